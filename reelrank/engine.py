@@ -1,0 +1,200 @@
+"""The engine: the durable store, the in-memory catalog and live state, and the feed pipeline,
+assembled and kept consistent.
+
+Entry points (the HTTP service, the CLI, the evaluation harness) hold one ``Engine``. Writes go
+store first, memory second: an event is in live state only once it is durable, and live state is
+rebuilt from the store at start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import Iterable
+
+from reelrank.errors import FieldProblem, NotFoundError, ValidationError
+from reelrank.pipeline.context import MODES, FeedContext, FeedRequest
+from reelrank.pipeline.feed import FeedPipeline, FeedResult, FeedTrace
+from reelrank.pipeline.filters import default_filters
+from reelrank.pipeline.rank import HeuristicScorer, Scored
+from reelrank.pipeline.sources import (
+    CoEngagementSource, FollowingSource, FreshSource, TrendingSource,
+)
+from reelrank.store.base import AppendResult, Store
+from reelrank.store.memory import Catalog, LiveState
+from reelrank.types import Candidate, Event, Item, UserSettings
+
+log = logging.getLogger(__name__)
+
+
+def default_pipeline() -> FeedPipeline:
+    trending, fresh = TrendingSource(), FreshSource()
+    return FeedPipeline(
+        sources={
+            "personalized": [CoEngagementSource(), FollowingSource(), trending, fresh],
+            "non_personalized": [trending, fresh],
+            "following": [FollowingSource()],
+        },
+        filters=default_filters(),
+        scorer=HeuristicScorer(),
+    )
+
+
+@dataclass
+class RankResult:
+    model_version: str
+    items: list[Scored]
+
+
+class Engine:
+    def __init__(self, store: Store, pipeline: FeedPipeline | None = None,
+                 live: LiveState | None = None, traces_per_user: int = 5,
+                 max_traced_users: int = 10_000):
+        self.store = store
+        self.catalog = live.catalog if live is not None else Catalog()
+        self.live = live or LiveState(self.catalog)
+        self.pipeline = pipeline or default_pipeline()
+        self._traces: OrderedDict[str, deque[FeedTrace]] = OrderedDict()
+        self._traces_per_user = traces_per_user
+        self._max_traced_users = max_traced_users
+        self._trace_lock = threading.Lock()
+
+    # -- start-up -------------------------------------------------------------------------------
+    def load(self) -> "Engine":
+        """Fill the catalog and live state from the store (start-up, or after an import)."""
+        batch: list[Item] = []
+        for item in self.store.iter_items():
+            batch.append(item)
+            if len(batch) >= 10_000:
+                self.catalog.upsert(batch)
+                batch = []
+        self.catalog.upsert(batch)
+        n = 0
+        for _, event in self.store.iter_events():
+            self.live.apply(event)
+            n += 1
+        log.info("loaded %d items and replayed %d events", len(self.catalog), n)
+        return self
+
+    # -- writes ---------------------------------------------------------------------------------
+    def ingest_items(self, items: list[Item]) -> int:
+        n = self.store.upsert_items(items)
+        self.catalog.upsert(items)
+        return n
+
+    def ingest_events(self, events: list[Event]) -> AppendResult:
+        """Validate against the catalog, store durably, then update live state. A batch with
+        any invalid event is rejected whole."""
+        problems = [
+            FieldProblem(field=f"events[{i}].item_id", index=i,
+                         message=f"unknown item_id {e.item_id!r}: post it to /v1/items first")
+            for i, e in enumerate(events) if e.item_id not in self.catalog
+        ]
+        if problems:
+            raise ValidationError("the batch refers to unknown items; nothing was stored", problems)
+        result = self.store.append_events(events)
+        for e in result.accepted:
+            self.live.apply(e)
+        return result
+
+    # -- reads ----------------------------------------------------------------------------------
+    def context(self, request: FeedRequest) -> FeedContext:
+        if request.mode not in MODES:
+            raise ValidationError("unknown mode", [FieldProblem("mode", f"must be one of {MODES}")])
+        settings = self.store.get_settings(request.user_id)
+        mode = request.mode if settings.personalization else "non_personalized"
+        return FeedContext(request=request, settings=settings, catalog=self.catalog,
+                           live=self.live, user=self.live.user(request.user_id), mode=mode,
+                           now=self.live.clock)
+
+    def feed(self, request: FeedRequest) -> FeedResult:
+        result = self.pipeline.build(self.context(request))
+        self.live.record_served(request.user_id, [i.item_id for i in result.items])
+        self._keep_trace(result.trace)
+        return result
+
+    def rank(self, user_id: str, item_ids: list[str], region: str | None = None,
+             device: str | None = None) -> RankResult:
+        unknown = [FieldProblem(f"item_ids[{i}]", f"unknown item_id {x!r}", index=i)
+                   for i, x in enumerate(item_ids) if x not in self.catalog]
+        if unknown:
+            raise ValidationError("unknown item ids", unknown)
+        ctx = self.context(FeedRequest(user_id=user_id, n=len(item_ids), region=region,
+                                       device=device))
+        scored = self.pipeline.scorer.score(ctx, [Candidate(i, "request") for i in item_ids])
+        scored.sort(key=lambda s: (-s.score, s.item_id))
+        return RankResult(self.pipeline.scorer.version, scored)
+
+    def explain(self, user_id: str, item_id: str) -> dict:
+        """Why this item was (or would be) shown to this user, from the pipeline's own trace."""
+        item = self.catalog.get(item_id)
+        if item is None:
+            raise NotFoundError(f"unknown item_id {item_id!r}")
+        with self._trace_lock:
+            traces = list(self._traces.get(user_id, ()))
+        # The feed that showed it tells the story; later feeds only filtered it as served.
+        for trace in reversed(traces):
+            if item_id in trace.served:
+                return _explain_from_trace(trace, item_id)
+        for trace in reversed(traces):
+            if item_id in trace.proposals or item_id in trace.removed:
+                return _explain_from_trace(trace, item_id)
+        # Not in a recent feed: run the filters and the scorer on this one item.
+        ctx = self.context(FeedRequest(user_id=user_id, n=1))
+        cand = Candidate(item_id, "explain")
+        removed = []
+        kept = [cand]
+        for f in self.pipeline.filters:
+            res = f.apply(ctx, kept)
+            removed += [{"filter": r.filter, "reason": r.reason} for r in res.removed]
+            if res.kept:
+                kept = res.kept
+        scored = self.pipeline.scorer.score(ctx, [cand])
+        s = scored[0] if scored else None
+        return {
+            "user_id": user_id, "item_id": item_id, "shown": False, "request_id": None,
+            "source": None, "sources": [],
+            "reasons": [{"code": r.code, "text": r.text} for r in (s.reasons if s else ())],
+            "score": s.score if s else None, "predictions": s.predictions if s else {},
+            "filters": removed, "rerank": [], "model_version": self.pipeline.scorer.version,
+        }
+
+    def _keep_trace(self, trace: FeedTrace) -> None:
+        with self._trace_lock:
+            q = self._traces.get(trace.user_id)
+            if q is None:
+                q = self._traces[trace.user_id] = deque(maxlen=self._traces_per_user)
+            self._traces.move_to_end(trace.user_id)
+            q.append(trace)
+            while len(self._traces) > self._max_traced_users:
+                self._traces.popitem(last=False)
+
+    # -- the viewer's settings ------------------------------------------------------------------
+    def settings(self, user_id: str) -> UserSettings:
+        return self.store.get_settings(user_id)
+
+    def put_settings(self, settings: UserSettings) -> None:
+        self.store.put_settings(settings)
+
+
+def _explain_from_trace(trace: FeedTrace, item_id: str) -> dict:
+    proposals = trace.proposals.get(item_id, [])
+    scored = trace.scored.get(item_id)
+    removed = trace.removed.get(item_id)
+    reasons = scored.reasons if scored else tuple(r for c in proposals for r in c.reasons)
+    seen_codes: set[str] = set()
+    unique = [r for r in reasons if not (r.code in seen_codes or seen_codes.add(r.code))]
+    return {
+        "user_id": trace.user_id, "item_id": item_id, "shown": item_id in trace.served,
+        "request_id": trace.request_id, "mode": trace.mode,
+        "source": scored.candidate.source if scored else (proposals[0].source if proposals else None),
+        "sources": [{"source": c.source, "score": c.score} for c in proposals],
+        "reasons": [{"code": r.code, "text": r.text} for r in unique],
+        "score": scored.score if scored else None,
+        "predictions": scored.predictions if scored else {},
+        "filters": [{"filter": removed.filter, "reason": removed.reason}] if removed else [],
+        "rerank": trace.rerank_notes.get(item_id, []),
+        "position": trace.served.index(item_id) + 1 if item_id in trace.served else None,
+    }

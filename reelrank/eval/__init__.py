@@ -1,0 +1,1 @@
+"""Offline evaluation: metrics, splits and replay, and the synthetic world."""

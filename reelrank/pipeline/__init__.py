@@ -1,0 +1,1 @@
+"""The feed pipeline: candidate sources -> filters -> scorer -> re-ranker (see feed.py)."""

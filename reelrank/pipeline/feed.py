@@ -1,0 +1,149 @@
+"""build a feed: request -> candidates -> filters -> scores -> re-ranked page + trace.
+
+Read top to bottom, ``FeedPipeline.build`` is the whole serving path of one feed request:
+
+1. each candidate source of the request's mode proposes items (a source that raises is logged
+   and skipped);
+2. proposals of the same item are merged, keeping every source's reasons;
+3. filters remove what must not be shown, each removal with its reason;
+4. if too few remain, a last-resort source tops the pool up so a feed is never empty;
+5. the scorer predicts and scores; 6. the re-ranker applies spacing rules and cuts the page.
+
+The trace records all of it; explanations are read from the trace.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from reelrank.pipeline.context import FeedContext
+from reelrank.pipeline.filters import Filter, Removed
+from reelrank.pipeline.rank import Scored, Scorer
+from reelrank.pipeline.rerank import SpacingReranker
+from reelrank.pipeline.sources import CandidateSource
+from reelrank.types import Candidate, FeedItem, Reason
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FeedTrace:
+    request_id: str
+    user_id: str
+    mode: str
+    ts: int
+    source_counts: dict[str, int] = field(default_factory=dict)
+    source_errors: dict[str, str] = field(default_factory=dict)
+    proposals: dict[str, list[Candidate]] = field(default_factory=dict)  # item -> by source
+    removed: dict[str, Removed] = field(default_factory=dict)
+    scored: dict[str, Scored] = field(default_factory=dict)
+    rerank_notes: dict[str, list[str]] = field(default_factory=dict)
+    served: list[str] = field(default_factory=list)
+    elapsed_ms: float = 0.0
+
+
+@dataclass
+class FeedResult:
+    request_id: str
+    user_id: str
+    mode: str
+    model_version: str
+    items: list[FeedItem]
+    trace: FeedTrace
+    notices: list[Reason] = field(default_factory=list)
+
+
+class CatalogFallbackSource:
+    """Newest items of the whole catalog: the last resort that keeps a feed from running dry."""
+
+    name = "catalog"
+
+    def generate(self, ctx: FeedContext, n: int) -> list[Candidate]:
+        reason = Reason("exploration", "something new to explore")
+        items = ctx.catalog.newest(n)
+        return [Candidate(it.item_id, self.name, 0.0, (reason,)) for it in items]
+
+
+class FeedPipeline:
+    def __init__(self, sources: dict[str, list[CandidateSource]], filters: list[Filter],
+                 scorer: Scorer, reranker: SpacingReranker | None = None,
+                 fallback: CandidateSource | None = None, overfetch: int = 5):
+        self.sources = sources  # by mode
+        self.filters = filters
+        self.scorer = scorer
+        self.reranker = reranker or SpacingReranker()
+        self.fallback = fallback or CatalogFallbackSource()
+        self.overfetch = overfetch
+
+    def build(self, ctx: FeedContext) -> FeedResult:
+        started = time.perf_counter()
+        n = ctx.request.n
+        trace = FeedTrace(uuid.uuid4().hex, ctx.request.user_id, ctx.mode, ctx.now)
+        want = max(n * self.overfetch, 50)
+
+        for source in self.sources.get(ctx.mode, []):
+            self._collect(source, ctx, want, trace)
+        kept = self._filter(ctx, self._merge(trace), trace)
+        if len(kept) < n and ctx.mode != "following":
+            # Ask for many: most of the newest items may already be seen.
+            self._collect(self.fallback, ctx, want + len(trace.removed) + n, trace)
+            kept = self._filter(ctx, self._merge(trace), trace)
+
+        scored = self.scorer.score(ctx, kept)
+        if ctx.mode == "following":
+            # Following is a time-ordered feed: the source's order is the order.
+            for s in scored:
+                s.score = s.candidate.score
+        trace.scored = {s.item_id: s for s in scored}
+        page = self.reranker.rerank(ctx, scored, n)
+        trace.rerank_notes = page.notes
+        items = [FeedItem(s.item_id, float(s.score), s.candidate.source, _dedupe(s.reasons))
+                 for s in page.items]
+        trace.served = [i.item_id for i in items]
+        trace.elapsed_ms = (time.perf_counter() - started) * 1000
+        return FeedResult(trace.request_id, ctx.request.user_id, ctx.mode,
+                          self.scorer.version, items, trace)
+
+    def _collect(self, source: CandidateSource, ctx: FeedContext, n: int,
+                 trace: FeedTrace) -> None:
+        try:
+            cands = source.generate(ctx, n)
+        except Exception as exc:  # a broken source must never break the feed
+            log.exception("candidate source %s failed", source.name)
+            trace.source_errors[source.name] = f"{type(exc).__name__}: {exc}"
+            return
+        trace.source_counts[source.name] = len(cands)
+        for c in cands:
+            trace.proposals.setdefault(c.item_id, []).append(c)
+
+    @staticmethod
+    def _merge(trace: FeedTrace) -> list[Candidate]:
+        """One candidate per item: the best-scoring source leads, every source's reasons stay."""
+        merged = []
+        for item_id, cands in trace.proposals.items():
+            if item_id in trace.removed:
+                continue
+            best = max(cands, key=lambda c: c.score)
+            reasons = tuple(r for c in sorted(cands, key=lambda c: -c.score) for r in c.reasons)
+            merged.append(Candidate(item_id, best.source, best.score, reasons))
+        return merged
+
+    def _filter(self, ctx: FeedContext, cands: list[Candidate], trace: FeedTrace) -> list[Candidate]:
+        for f in self.filters:
+            result = f.apply(ctx, cands)
+            for r in result.removed:
+                trace.removed[r.item_id] = r
+            cands = result.kept
+        return cands
+
+
+def _dedupe(reasons: tuple[Reason, ...]) -> tuple[Reason, ...]:
+    seen, out = set(), []
+    for r in reasons:
+        if r.code not in seen:
+            seen.add(r.code)
+            out.append(r)
+    return tuple(out)

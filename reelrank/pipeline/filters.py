@@ -1,0 +1,111 @@
+"""Filters: each returns what it kept and what it removed, with a reason.
+
+The removed lists are where explanations and debugging come from ("why did I not get X?").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from reelrank.pipeline.context import FeedContext
+from reelrank.types import Candidate
+
+
+@dataclass(frozen=True, slots=True)
+class Removed:
+    item_id: str
+    filter: str
+    reason: str
+
+
+@dataclass
+class FilterResult:
+    kept: list[Candidate]
+    removed: list[Removed] = field(default_factory=list)
+
+
+class Filter(Protocol):
+    name: str
+
+    def apply(self, ctx: FeedContext, candidates: list[Candidate]) -> FilterResult: ...
+
+
+class _PredicateFilter:
+    """A filter defined by one function: ``reason_for(ctx, candidate) -> str | None``."""
+
+    name = "filter"
+
+    def reason_for(self, ctx: FeedContext, cand: Candidate) -> str | None:
+        raise NotImplementedError
+
+    def apply(self, ctx: FeedContext, candidates: list[Candidate]) -> FilterResult:
+        kept, removed = [], []
+        for c in candidates:
+            reason = self.reason_for(ctx, c)
+            if reason is None:
+                kept.append(c)
+            else:
+                removed.append(Removed(c.item_id, self.name, reason))
+        return FilterResult(kept, removed)
+
+
+class VisibilityFilter(_PredicateFilter):
+    """Drops items that are unknown or marked invisible by the app."""
+
+    name = "visibility"
+
+    def reason_for(self, ctx, cand):
+        item = ctx.catalog.get(cand.item_id)
+        if item is None:
+            return "unknown item"
+        return None if item.visible else "invisible"
+
+
+class SeenFilter(_PredicateFilter):
+    """Drops what the viewer was already shown (impressions) or sent in an earlier page."""
+
+    name = "seen"
+
+    def reason_for(self, ctx, cand):
+        if ctx.user is None:
+            return None
+        if cand.item_id in ctx.user.seen:
+            return "seen"
+        if cand.item_id in ctx.user.served:
+            return "already served"
+        return None
+
+
+class NotInterestedFilter(_PredicateFilter):
+    """Drops items the viewer marked not interested (or reported)."""
+
+    name = "not_interested"
+
+    def reason_for(self, ctx, cand):
+        if ctx.user is not None and cand.item_id in ctx.user.not_interested:
+            return "not interested"
+        return None
+
+
+class MutedKeywordFilter(_PredicateFilter):
+    """Drops items whose caption or hashtags contain a word the viewer muted."""
+
+    name = "muted_keyword"
+
+    def reason_for(self, ctx, cand):
+        muted = ctx.settings.muted_keywords
+        if not muted:
+            return None
+        item = ctx.catalog.get(cand.item_id)
+        if item is None:
+            return None
+        text = " ".join((item.caption, *item.hashtags)).lower()
+        for word in muted:
+            if word.lower().lstrip("#") in text:
+                return f"muted keyword '{word}'"
+        return None
+
+
+def default_filters() -> list[Filter]:
+    return [VisibilityFilter(), SeenFilter(), NotInterestedFilter(), MutedKeywordFilter()]

@@ -1,0 +1,116 @@
+"""Candidate sources: each proposes items for a request, with its own score and reasons.
+
+A source is any object with a ``name`` and ``generate(ctx, n) -> list[Candidate]``. Sources are
+cheap and independent; the feed asks each for more than it needs and a failing one is skipped.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Protocol
+
+from reelrank.pipeline.context import FeedContext
+from reelrank.store.memory import DAY_MS
+from reelrank.types import Candidate, Reason
+
+
+class CandidateSource(Protocol):
+    name: str
+
+    def generate(self, ctx: FeedContext, n: int) -> list[Candidate]: ...
+
+
+def _normalise(pairs: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """Scale scores to (0, 1] so sources can be compared."""
+    if not pairs:
+        return []
+    top = max(s for _, s in pairs) or 1.0
+    return [(i, s / top) for i, s in pairs]
+
+
+class TrendingSource:
+    """Most engaged-with items in the recent window; all-time popular when the window is empty."""
+
+    name = "trending"
+
+    def generate(self, ctx: FeedContext, n: int) -> list[Candidate]:
+        pairs = ctx.live.trending(n)
+        reason = Reason("trending", "popular right now")
+        if len(pairs) < n:
+            known = {i for i, _ in pairs}
+            pairs += [(i, s * 0.5) for i, s in ctx.live.popular(n + len(pairs)) if i not in known]
+            pairs = pairs[:n]
+        return [Candidate(i, self.name, s, (reason,)) for i, s in _normalise(pairs)]
+
+
+class FreshSource:
+    """Recent uploads that few viewers have seen yet: every new video gets a first audience."""
+
+    name = "fresh"
+
+    def __init__(self, max_age_ms: int = 3 * DAY_MS, max_impressions: int = 200):
+        self.max_age_ms = max_age_ms
+        self.max_impressions = max_impressions
+
+    def generate(self, ctx: FeedContext, n: int) -> list[Candidate]:
+        reason = Reason("fresh", "a new video we are trying out")
+        out = []
+        for item in ctx.catalog.newest(n * 4, created_after=ctx.now - self.max_age_ms):
+            if ctx.live.item_stats(item.item_id).impressions < self.max_impressions:
+                age = max(0, ctx.now - item.created_at)
+                out.append(Candidate(item.item_id, self.name, 1.0 - age / self.max_age_ms,
+                                     (reason,)))
+                if len(out) >= n:
+                    break
+        return out
+
+
+class CoEngagementSource:
+    """Items that viewers engaged with together with this viewer's recent positives."""
+
+    name = "co_engagement"
+
+    def __init__(self, seeds: int = 10, per_seed: int = 30):
+        self.seeds = seeds
+        self.per_seed = per_seed
+
+    def generate(self, ctx: FeedContext, n: int) -> list[Candidate]:
+        if ctx.user is None or not ctx.user.positives:
+            return []
+        seeds = list(ctx.user.positives)[-self.seeds:]
+        scores: Counter = Counter()
+        because: dict[str, str] = {}
+        for rank, seed in enumerate(reversed(seeds)):
+            recency = 1.0 / (1 + rank)  # the latest swipe counts most
+            for other, count in ctx.live.co_engaged(seed, self.per_seed):
+                scores[other] += recency * count
+                because.setdefault(other, seed)
+        out = []
+        for item_id, score in _normalise(scores.most_common(n)):
+            seed_item = ctx.catalog.get(because[item_id])
+            label = (seed_item.caption or seed_item.item_id) if seed_item else because[item_id]
+            text = f"viewers who enjoyed \"{label[:60]}\" also enjoyed this"
+            out.append(Candidate(item_id, self.name, score, (Reason("co_engagement", text),)))
+        return out
+
+
+class FollowingSource:
+    """Newest videos of the creators this viewer follows."""
+
+    name = "following"
+
+    def generate(self, ctx: FeedContext, n: int) -> list[Candidate]:
+        if ctx.user is None or not ctx.user.following:
+            return []
+        items = []
+        for creator in ctx.user.following:
+            for item_id in ctx.catalog.by_creator(creator):
+                item = ctx.catalog.get(item_id)
+                if item is not None:
+                    items.append(item)
+        items.sort(key=lambda it: (it.created_at, it.item_id), reverse=True)
+        reason = Reason("following", "you follow this creator")
+        newest = items[0].created_at if items else 0
+        span = max(1, newest - (items[min(len(items), n) - 1].created_at if items else 0))
+        return [Candidate(it.item_id, self.name, 1.0 - 0.5 * (newest - it.created_at) / span,
+                          (reason,)) for it in items[: n]]

@@ -1,0 +1,38 @@
+"""Durable store (catalog, event log, settings, keys) and live in-memory state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from reelrank.errors import StoreError
+from reelrank.store.base import AppendResult, Store
+
+__all__ = ["AppendResult", "Store", "open_store"]
+
+
+def open_store(url: str | Path) -> Store:
+    """Open a backend chosen by the URL's scheme.
+
+    - ``sqlite:///abs/path/reelrank.db`` or ``sqlite:relative.db``: the embedded default;
+    - a bare path: a directory (``reelrank.db`` inside it) or a file;
+    - ``postgresql://...``: the scale path (not in this build yet).
+    """
+    text = str(url)
+    if text.startswith("sqlite:"):
+        path = text[len("sqlite:"):]
+        if path.startswith("///"):
+            path = path[2:]
+        elif path.startswith("//"):
+            raise StoreError(f"sqlite URL must be sqlite:///path, got {text!r}")
+        from reelrank.store.sqlite import SQLiteStore
+
+        return SQLiteStore(Path(path))
+    if "://" in text:
+        scheme = text.split("://", 1)[0]
+        raise StoreError(f"no store backend for scheme {scheme!r}")
+    path = Path(text)
+    if path.is_dir() or not path.suffix:
+        path = path / "reelrank.db"
+    from reelrank.store.sqlite import SQLiteStore
+
+    return SQLiteStore(path)

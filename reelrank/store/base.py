@@ -1,0 +1,82 @@
+"""Narrow interfaces of the durable store, one per consumer.
+
+The service's ingest path needs only ``CatalogWriter`` and ``EventWriter``; the start-up rebuild of
+live state needs only ``EventReader``; auth needs only ``KeyStore``. A backend (SQLite by default,
+PostgreSQL at scale) implements all of them in one object, ``Store``, and must pass the contract
+suite in ``tests/store/test_contract.py`` unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Protocol, runtime_checkable
+
+from reelrank.types import ApiKey, Event, Item, UserSettings
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """What an append did: the events newly stored (in input order) and how many were known."""
+
+    accepted: list[Event]
+    duplicates: int
+
+
+class CatalogReader(Protocol):
+    def get_items(self, item_ids: Iterable[str]) -> dict[str, Item]: ...
+    def iter_items(self) -> Iterator[Item]: ...
+    def count_items(self) -> int: ...
+
+
+class CatalogWriter(Protocol):
+    def upsert_items(self, items: Iterable[Item]) -> int:
+        """Insert or replace items atomically; returns how many were written."""
+        ...
+
+
+class EventWriter(Protocol):
+    def append_events(self, events: Iterable[Event]) -> AppendResult:
+        """Append atomically and durably. An event whose ``event_id`` is known (in the log or
+        earlier in the same batch) is skipped and counted as a duplicate."""
+        ...
+
+
+class EventReader(Protocol):
+    def iter_events(
+        self, after_seq: int = 0, user_id: str | None = None, since_ts: int | None = None
+    ) -> Iterator[tuple[int, Event]]:
+        """Events in log order as ``(seq, event)``; ``seq`` grows with each append."""
+        ...
+
+    def count_events(self, user_id: str | None = None) -> int: ...
+    def last_seq(self) -> int: ...
+
+
+class SettingsStore(Protocol):
+    def get_settings(self, user_id: str) -> UserSettings:
+        """The user's settings, or the defaults for a user who never set any."""
+        ...
+
+    def put_settings(self, settings: UserSettings) -> None: ...
+
+
+class KeyStore(Protocol):
+    def put_key(self, key: ApiKey) -> None: ...
+    def find_key(self, key_hash: str) -> ApiKey | None: ...
+    def count_keys(self, scope: str | None = None) -> int: ...
+
+
+class UserEraser(Protocol):
+    def erase_user(self, user_id: str) -> int:
+        """Remove every stored row about the user; returns how many events were removed."""
+        ...
+
+
+@runtime_checkable
+class Store(CatalogReader, CatalogWriter, EventWriter, EventReader, SettingsStore, KeyStore,
+            UserEraser, Protocol):
+    """Everything a backend provides. Entry points hold this; components take the narrow parts."""
+
+    url: str
+
+    def close(self) -> None: ...

@@ -1,0 +1,306 @@
+"""Live state in process memory: what the next feed request needs to know, kept current.
+
+Two parts, both derived from the event log and rebuilt from it at start-up:
+
+- ``Catalog``: the items by id, the newest first, and each creator's items;
+- ``LiveState``: per viewer the recent history, what they were shown, counters and affinities;
+  per item the windowed engagement that drives "trending"; and item-to-item co-engagement
+  from viewers' recent positive events.
+
+Every accepted event goes through ``LiveState.apply`` right after the store commits it, so the
+next feed request of that viewer sees it. The clock is the event time of the newest event seen
+(not the wall clock), so replays of historical logs behave as they did live.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+import time
+from collections import Counter, OrderedDict, deque
+from dataclasses import dataclass, field
+
+from reelrank.types import LONG_VIEW_RATIO, NEGATIVE_TYPES, POSITIVE_TYPES, Event, Item
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+
+# How much each kind of event says about an item's appeal, for trending and affinities.
+ENGAGEMENT_WEIGHTS: dict[str, float] = {
+    "long_view": 1.0, "like": 2.0, "share": 3.0, "comment": 2.0, "follow": 3.0, "rewatch": 1.0,
+    "profile_visit": 0.5, "skip": -0.3, "not_interested": -3.0, "report": -5.0,
+}
+
+
+class Catalog:
+    """Items in memory, for the feed path (the store stays the durable copy)."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, Item] = {}
+        self._by_created: list[tuple[int, str]] = []  # sorted ascending by created_at
+        self._by_creator: dict[str, set[str]] = {}
+        self._lock = threading.Lock()
+
+    def upsert(self, items: list[Item]) -> None:
+        with self._lock:
+            for it in items:
+                old = self._items.get(it.item_id)
+                if old is not None:
+                    pos = bisect.bisect_left(self._by_created, (old.created_at, old.item_id))
+                    if pos < len(self._by_created) and self._by_created[pos] == (old.created_at, old.item_id):
+                        del self._by_created[pos]
+                    self._by_creator.get(old.creator_id, set()).discard(old.item_id)
+                self._items[it.item_id] = it
+                bisect.insort(self._by_created, (it.created_at, it.item_id))
+                self._by_creator.setdefault(it.creator_id, set()).add(it.item_id)
+
+    def get(self, item_id: str) -> Item | None:
+        return self._items.get(item_id)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def ids(self) -> list[str]:
+        return list(self._items)
+
+    def newest(self, n: int, created_after: int | None = None) -> list[Item]:
+        """Up to ``n`` items, newest first, optionally only those created after a time."""
+        out: list[Item] = []
+        for created, item_id in reversed(self._by_created):
+            if created_after is not None and created <= created_after:
+                break
+            out.append(self._items[item_id])
+            if len(out) >= n:
+                break
+        return out
+
+    def by_creator(self, creator_id: str) -> set[str]:
+        return set(self._by_creator.get(creator_id, ()))
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    item_id: str
+    type: str
+    ts: int
+    watch_ms: int | None
+    watch_ratio: float | None
+
+
+@dataclass
+class UserState:
+    """What the engine knows about one viewer right now."""
+
+    user_id: str
+    history: deque = field(default_factory=lambda: deque(maxlen=200))  # of HistoryEntry
+    seen: set = field(default_factory=set)  # items with an impression or a view
+    served: "OrderedDict[str, None]" = field(default_factory=OrderedDict)  # sent in feeds
+    not_interested: set = field(default_factory=set)
+    following: set = field(default_factory=set)  # creator ids
+    counts: Counter = field(default_factory=Counter)  # by event type, plus "long_view"
+    creator_affinity: Counter = field(default_factory=Counter)
+    hashtag_affinity: Counter = field(default_factory=Counter)
+    hashtag_long_views: Counter = field(default_factory=Counter)  # for "you watched 3 #x ..."
+    positives: deque = field(default_factory=lambda: deque(maxlen=20))  # recent positive items
+    last_ts: int = 0
+    region: str | None = None
+    device: str | None = None
+
+    def is_new(self) -> bool:
+        return not self.history
+
+
+@dataclass
+class ItemStats:
+    impressions: int = 0
+    views: int = 0
+    long_views: int = 0
+    likes: int = 0
+    shares: int = 0
+    negatives: int = 0
+    watch_ratio_sum: float = 0.0
+
+
+class LiveState:
+    """Per-viewer and per-item state, updated by every accepted event."""
+
+    def __init__(self, catalog: Catalog, *, trending_window_ms: int = DAY_MS,
+                 co_engagement_span: int = 10, served_memory: int = 500,
+                 trending_refresh_events: int = 1000,
+                 trending_refresh_seconds: float = 2.0) -> None:
+        self.catalog = catalog
+        self.trending_window_ms = trending_window_ms
+        self.co_engagement_span = co_engagement_span
+        self.served_memory = served_memory
+        self.clock = 0  # newest event time seen, ms
+        self._users: dict[str, UserState] = {}
+        self._items: dict[str, ItemStats] = {}
+        self._co: dict[str, Counter] = {}
+        # Trending: engagement in hourly buckets; a running sum over the window.
+        self._buckets: deque[tuple[int, Counter]] = deque()
+        self._trending: Counter = Counter()
+        self._popular: Counter = Counter()  # all-time positive engagement, the cold fallback
+        self._popular_cache: tuple[int, float, int, list[tuple[str, float]]] | None = None
+        # (state version, wall time, length, top list): ranking all items on every request
+        # would cost O(catalog); a list at most this stale is good enough for "trending".
+        self._trending_cache: tuple[int, float, int, list[tuple[str, float]]] | None = None
+        self.trending_refresh_events = trending_refresh_events
+        self.trending_refresh_seconds = trending_refresh_seconds
+        self._version = 0
+        self._lock = threading.RLock()
+
+    # -- writes ---------------------------------------------------------------------------------
+    def apply(self, event: Event) -> None:
+        """Fold one accepted event into the state. Events for unknown items are ignored here
+        (they are stored; the item may arrive later and a rebuild picks them up)."""
+        item = self.catalog.get(event.item_id)
+        if item is None:
+            return
+        with self._lock:
+            self._version += 1
+            if event.ts > self.clock:
+                self.clock = event.ts
+            u = self._users.get(event.user_id)
+            if u is None:
+                u = self._users[event.user_id] = UserState(event.user_id)
+            s = self._items.get(event.item_id)
+            if s is None:
+                s = self._items[event.item_id] = ItemStats()
+            ratio = None
+            if event.watch_ms is not None and item.duration_ms > 0:
+                ratio = event.watch_ms / item.duration_ms
+            t = event.type
+            u.counts[t] += 1
+            u.last_ts = max(u.last_ts, event.ts)
+            if event.region:
+                u.region = event.region
+            if event.device:
+                u.device = event.device
+            if t == "impression":
+                u.seen.add(event.item_id)
+                s.impressions += 1
+                return  # an impression says nothing about taste yet
+            u.history.append(HistoryEntry(event.item_id, t, event.ts, event.watch_ms, ratio))
+            signal = ENGAGEMENT_WEIGHTS.get(t, 0.0)
+            if t in ("play", "skip", "rewatch"):
+                u.seen.add(event.item_id)
+                s.views += 1
+                s.watch_ratio_sum += min(ratio or 0.0, 2.0)
+                if t == "play" and ratio is not None and ratio >= LONG_VIEW_RATIO:
+                    s.long_views += 1
+                    u.counts["long_view"] += 1
+                    u.hashtag_long_views.update(item.hashtags)
+                    signal = ENGAGEMENT_WEIGHTS["long_view"]
+                elif t == "play":
+                    signal = 0.0
+            if t == "like":
+                s.likes += 1
+            elif t == "unlike":
+                s.likes = max(0, s.likes - 1)
+                signal = -ENGAGEMENT_WEIGHTS["like"]
+            elif t == "share":
+                s.shares += 1
+            elif t == "follow":
+                u.following.add(item.creator_id)
+            elif t == "unfollow":
+                u.following.discard(item.creator_id)
+            if t in NEGATIVE_TYPES:
+                s.negatives += 1
+                u.not_interested.add(event.item_id)
+            if signal:
+                u.creator_affinity[item.creator_id] += signal
+                for tag in item.hashtags:
+                    u.hashtag_affinity[tag] += signal
+                self._add_trending(event.item_id, event.ts, max(signal, 0.0))
+            if signal > 0 and (t in POSITIVE_TYPES or t == "play"):
+                self._add_co_engagement(u, event.item_id)
+
+    def _add_co_engagement(self, u: UserState, item_id: str) -> None:
+        if item_id in u.positives:
+            return
+        for other in list(u.positives)[-self.co_engagement_span:]:
+            self._co.setdefault(item_id, Counter())[other] += 1
+            self._co.setdefault(other, Counter())[item_id] += 1
+        u.positives.append(item_id)
+
+    def _add_trending(self, item_id: str, ts: int, weight: float) -> None:
+        if weight <= 0:
+            return
+        bucket = ts // HOUR_MS
+        if self._buckets and self._buckets[-1][0] >= bucket:
+            # Late events land in the newest bucket: trending is about recency, not exact hours.
+            self._buckets[-1][1][item_id] += weight
+        else:
+            self._buckets.append((bucket, Counter({item_id: weight})))
+        self._trending[item_id] += weight
+        self._popular[item_id] += weight
+        self._expire_trending()
+
+    def _expire_trending(self) -> None:
+        oldest = (self.clock - self.trending_window_ms) // HOUR_MS
+        while self._buckets and self._buckets[0][0] < oldest:
+            _, counts = self._buckets.popleft()
+            self._trending.subtract(counts)
+            for k in [k for k, _ in counts.items() if self._trending[k] <= 1e-9]:
+                del self._trending[k]
+
+    def record_served(self, user_id: str, item_ids: list[str]) -> None:
+        """Remember what a feed response sent, so the next page does not repeat it even before
+        the app reports impressions. Memory only: impressions are the durable record."""
+        with self._lock:
+            u = self._users.get(user_id)
+            if u is None:
+                u = self._users[user_id] = UserState(user_id)
+            for i in item_ids:
+                u.served[i] = None
+                u.served.move_to_end(i)
+            while len(u.served) > self.served_memory:
+                u.served.popitem(last=False)
+
+    def forget_user(self, user_id: str) -> None:
+        with self._lock:
+            self._users.pop(user_id, None)
+
+    # -- reads ----------------------------------------------------------------------------------
+    def user(self, user_id: str) -> UserState | None:
+        return self._users.get(user_id)
+
+    def user_ids(self) -> list[str]:
+        return list(self._users)
+
+    def item_stats(self, item_id: str) -> ItemStats:
+        return self._items.get(item_id) or ItemStats()
+
+    def trending(self, n: int) -> list[tuple[str, float]]:
+        """Top items by engagement in the window ending at the clock."""
+        top, self._trending_cache = self._top(self._trending, self._trending_cache, n)
+        return top
+
+    def popular(self, n: int) -> list[tuple[str, float]]:
+        """Top items by all-time engagement (for when the trending window is empty)."""
+        top, self._popular_cache = self._top(self._popular, self._popular_cache, n)
+        return top
+
+    def _top(self, counts: Counter, cached, n: int):
+        """Ranking all items on every request would cost O(catalog), so the top list is
+        recomputed only when the state moved by ``trending_refresh_events`` events or the list
+        is older than ``trending_refresh_seconds``."""
+        if cached is not None and cached[2] >= n:
+            version, made_at, _, top = cached
+            fresh = (version == self._version
+                     or (self._version - version < self.trending_refresh_events
+                         and time.monotonic() - made_at < self.trending_refresh_seconds))
+            if fresh:
+                return top[:n], cached
+        with self._lock:
+            size = max(n, 500)
+            top = counts.most_common(size)
+            cached = (self._version, time.monotonic(), size, top)
+        return top[:n], cached
+
+    def co_engaged(self, item_id: str, n: int) -> list[tuple[str, int]]:
+        counts = self._co.get(item_id)
+        return counts.most_common(n) if counts else []

@@ -1,0 +1,309 @@
+"""The embedded default store: one SQLite file in WAL mode.
+
+Durability: every write is one transaction committed with ``synchronous=FULL``, so when
+``append_events`` returns, the events are in the WAL on disk and survive a ``kill -9`` of the
+process (and a power cut). Each thread gets its own connection (SQLite connections are not
+shared across threads); WAL lets readers run while one writer commits. Writes are serialised by
+a process-wide lock so a batch is checked for duplicates and inserted atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from reelrank.errors import StoreError
+from reelrank.store.base import AppendResult
+from reelrank.types import ApiKey, Event, Item, UserSettings
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    item_id TEXT PRIMARY KEY,
+    creator_id TEXT NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    caption TEXT NOT NULL DEFAULT '',
+    hashtags TEXT NOT NULL DEFAULT '[]',
+    sound_id TEXT,
+    language TEXT,
+    region TEXT,
+    visible INTEGER NOT NULL DEFAULT 1,
+    attributes TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    user_id TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    watch_ms INTEGER,
+    request_id TEXT,
+    position INTEGER,
+    device TEXT,
+    region TEXT,
+    source TEXT,
+    session_id TEXT
+);
+CREATE INDEX IF NOT EXISTS events_user ON events (user_id, seq);
+CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
+CREATE TABLE IF NOT EXISTS user_settings (
+    user_id TEXT PRIMARY KEY,
+    personalization INTEGER NOT NULL,
+    muted_keywords TEXT NOT NULL,
+    daily_limit_minutes INTEGER
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_hash TEXT PRIMARY KEY,
+    scope TEXT NOT NULL,
+    user_id TEXT,
+    created_at INTEGER NOT NULL
+);
+"""
+
+_EVENT_COLUMNS = (
+    "event_id, user_id, item_id, ts, type, watch_ms, request_id, position, device, region, "
+    "source, session_id"
+)
+_ITEM_COLUMNS = (
+    "item_id, creator_id, duration_ms, created_at, caption, hashtags, sound_id, language, region, "
+    "visible, attributes"
+)
+# SQLite's default limit on host parameters is 32766; stay far below it.
+_CHUNK = 900
+
+
+def _item_row(item: Item) -> tuple:
+    return (
+        item.item_id, item.creator_id, item.duration_ms, item.created_at, item.caption,
+        json.dumps(list(item.hashtags)), item.sound_id, item.language, item.region,
+        1 if item.visible else 0, json.dumps(dict(item.attributes), sort_keys=True),
+    )
+
+
+def _item_from_row(row: tuple) -> Item:
+    return Item(
+        item_id=row[0], creator_id=row[1], duration_ms=row[2], created_at=row[3], caption=row[4],
+        hashtags=tuple(json.loads(row[5])), sound_id=row[6], language=row[7], region=row[8],
+        visible=bool(row[9]), attributes=json.loads(row[10]),
+    )
+
+
+def _event_row(e: Event) -> tuple:
+    return (
+        e.event_id, e.user_id, e.item_id, e.ts, e.type, e.watch_ms, e.request_id, e.position,
+        e.device, e.region, e.source, e.session_id,
+    )
+
+
+def _event_from_row(row: tuple) -> Event:
+    return Event(*row)
+
+
+class SQLiteStore:
+    """Catalog, event log, settings and keys in one SQLite database file."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.url = f"sqlite:///{self.path.resolve()}"
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create {self.path.parent}: {exc}") from exc
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        self._write_lock = threading.RLock()
+        self._closed = False
+        conn = self._conn()
+        conn.executescript(SCHEMA)
+
+    # -- connections ----------------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StoreError("store is closed")
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            # Erased users' rows must not survive in free pages of the file.
+            conn.execute("PRAGMA secure_delete=ON")
+            self._local.conn = conn
+            with self._all_lock:
+                self._all.append(conn)
+        return conn
+
+    def close(self) -> None:
+        with self._all_lock:
+            for conn in self._all:
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
+            self._all.clear()
+        self._closed = True
+
+    def _write(self, fn):
+        """Run ``fn(conn)`` in one IMMEDIATE transaction; all or nothing."""
+        with self._write_lock:
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+    # -- catalog --------------------------------------------------------------------------------
+    def upsert_items(self, items: Iterable[Item]) -> int:
+        rows = [_item_row(i) for i in items]
+        if not rows:
+            return 0
+        sql = (
+            f"INSERT INTO items ({_ITEM_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
+            "ON CONFLICT(item_id) DO UPDATE SET creator_id=excluded.creator_id, "
+            "duration_ms=excluded.duration_ms, created_at=excluded.created_at, "
+            "caption=excluded.caption, hashtags=excluded.hashtags, sound_id=excluded.sound_id, "
+            "language=excluded.language, region=excluded.region, visible=excluded.visible, "
+            "attributes=excluded.attributes"
+        )
+        self._write(lambda c: c.executemany(sql, rows))
+        return len(rows)
+
+    def get_items(self, item_ids: Iterable[str]) -> dict[str, Item]:
+        ids = list(dict.fromkeys(item_ids))
+        out: dict[str, Item] = {}
+        conn = self._conn()
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start:start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for row in conn.execute(
+                f"SELECT {_ITEM_COLUMNS} FROM items WHERE item_id IN ({marks})", chunk
+            ):
+                out[row[0]] = _item_from_row(row)
+        return out
+
+    def iter_items(self) -> Iterator[Item]:
+        cur = self._conn().execute(f"SELECT {_ITEM_COLUMNS} FROM items ORDER BY rowid")
+        while rows := cur.fetchmany(5000):
+            yield from (_item_from_row(r) for r in rows)
+
+    def count_items(self) -> int:
+        return self._conn().execute("SELECT COUNT(*) FROM items").fetchone()[0]
+
+    # -- event log ------------------------------------------------------------------------------
+    def append_events(self, events: Iterable[Event]) -> AppendResult:
+        batch = list(events)
+        if not batch:
+            return AppendResult(accepted=[], duplicates=0)
+
+        def run(conn: sqlite3.Connection) -> AppendResult:
+            known: set[str] = set()
+            ids = list({e.event_id for e in batch})
+            for start in range(0, len(ids), _CHUNK):
+                chunk = ids[start:start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                known.update(r[0] for r in conn.execute(
+                    f"SELECT event_id FROM events WHERE event_id IN ({marks})", chunk))
+            accepted: list[Event] = []
+            for e in batch:
+                if e.event_id in known:
+                    continue
+                known.add(e.event_id)
+                accepted.append(e)
+            conn.executemany(
+                f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                [_event_row(e) for e in accepted],
+            )
+            return AppendResult(accepted=accepted, duplicates=len(batch) - len(accepted))
+
+        return self._write(run)
+
+    def iter_events(
+        self, after_seq: int = 0, user_id: str | None = None, since_ts: int | None = None
+    ) -> Iterator[tuple[int, Event]]:
+        where = ["seq > ?"]
+        args: list = [after_seq]
+        if user_id is not None:
+            where.append("user_id = ?")
+            args.append(user_id)
+        if since_ts is not None:
+            where.append("ts >= ?")
+            args.append(since_ts)
+        cur = self._conn().execute(
+            f"SELECT seq, {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY seq",
+            args,
+        )
+        while rows := cur.fetchmany(10000):
+            for r in rows:
+                yield r[0], _event_from_row(r[1:])
+
+    def count_events(self, user_id: str | None = None) -> int:
+        if user_id is None:
+            return self._conn().execute("SELECT COUNT(*) FROM events").fetchone()[0]
+        return self._conn().execute(
+            "SELECT COUNT(*) FROM events WHERE user_id = ?", (user_id,)).fetchone()[0]
+
+    def last_seq(self) -> int:
+        return self._conn().execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+
+    # -- settings -------------------------------------------------------------------------------
+    def get_settings(self, user_id: str) -> UserSettings:
+        row = self._conn().execute(
+            "SELECT personalization, muted_keywords, daily_limit_minutes FROM user_settings "
+            "WHERE user_id = ?", (user_id,)).fetchone()
+        if row is None:
+            return UserSettings(user_id=user_id)
+        return UserSettings(user_id=user_id, personalization=bool(row[0]),
+                            muted_keywords=tuple(json.loads(row[1])), daily_limit_minutes=row[2])
+
+    def put_settings(self, settings: UserSettings) -> None:
+        row = (settings.user_id, 1 if settings.personalization else 0,
+               json.dumps(list(settings.muted_keywords)), settings.daily_limit_minutes)
+        self._write(lambda c: c.execute(
+            "INSERT INTO user_settings (user_id, personalization, muted_keywords, "
+            "daily_limit_minutes) VALUES (?,?,?,?) ON CONFLICT(user_id) DO UPDATE SET "
+            "personalization=excluded.personalization, muted_keywords=excluded.muted_keywords, "
+            "daily_limit_minutes=excluded.daily_limit_minutes", row))
+
+    # -- keys -----------------------------------------------------------------------------------
+    def put_key(self, key: ApiKey) -> None:
+        created = key.created_at or int(time.time() * 1000)
+        self._write(lambda c: c.execute(
+            "INSERT OR REPLACE INTO api_keys (key_hash, scope, user_id, created_at) "
+            "VALUES (?,?,?,?)", (key.key_hash, key.scope, key.user_id, created)))
+
+    def find_key(self, key_hash: str) -> ApiKey | None:
+        row = self._conn().execute(
+            "SELECT key_hash, scope, user_id, created_at FROM api_keys WHERE key_hash = ?",
+            (key_hash,)).fetchone()
+        return ApiKey(*row) if row else None
+
+    def count_keys(self, scope: str | None = None) -> int:
+        if scope is None:
+            return self._conn().execute("SELECT COUNT(*) FROM api_keys").fetchone()[0]
+        return self._conn().execute(
+            "SELECT COUNT(*) FROM api_keys WHERE scope = ?", (scope,)).fetchone()[0]
+
+    # -- erasure --------------------------------------------------------------------------------
+    def erase_user(self, user_id: str) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            n = conn.execute("DELETE FROM events WHERE user_id = ?", (user_id,)).rowcount
+            conn.execute("DELETE FROM user_settings WHERE user_id = ?", (user_id,))
+            conn.execute("DELETE FROM api_keys WHERE user_id = ?", (user_id,))
+            return n
+
+        removed = self._write(run)
+        # Deleted rows linger in free pages and in the WAL until both are rewritten.
+        with self._write_lock:
+            conn = self._conn()
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return removed

@@ -1,0 +1,99 @@
+"""Frozen value types shared across the package.
+
+Everything that crosses a module boundary (store <-> pipeline <-> service) is one of these,
+so each layer can be tested with plain values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+EVENT_TYPES: frozenset[str] = frozenset(
+    {
+        "impression", "play", "skip", "like", "unlike", "share", "comment", "follow",
+        "unfollow", "not_interested", "report", "rewatch", "pause", "profile_visit",
+    }
+)
+# Events with a watch duration attached.
+VIEW_TYPES: frozenset[str] = frozenset({"play", "skip", "rewatch"})
+# Explicit signals that the viewer wanted more of this.
+POSITIVE_TYPES: frozenset[str] = frozenset({"like", "share", "comment", "follow", "rewatch", "profile_visit"})
+# Explicit signals that the viewer wanted less of this.
+NEGATIVE_TYPES: frozenset[str] = frozenset({"not_interested", "report"})
+
+# A play counts as a "long view" (a positive) from this share of the video's duration on.
+LONG_VIEW_RATIO = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    item_id: str
+    creator_id: str
+    duration_ms: int
+    created_at: int
+    caption: str = ""
+    hashtags: tuple[str, ...] = ()
+    sound_id: str | None = None
+    language: str | None = None
+    region: str | None = None
+    visible: bool = True
+    attributes: Mapping[str, str | float | int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    event_id: str
+    user_id: str
+    item_id: str
+    ts: int
+    type: str
+    watch_ms: int | None = None
+    request_id: str | None = None
+    position: int | None = None
+    device: str | None = None
+    region: str | None = None
+    source: str | None = None
+    session_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UserSettings:
+    user_id: str
+    personalization: bool = True
+    muted_keywords: tuple[str, ...] = ()
+    daily_limit_minutes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    code: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """An item proposed by a candidate source, with the source's own score and reasons."""
+
+    item_id: str
+    source: str
+    score: float = 0.0
+    reasons: tuple[Reason, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FeedItem:
+    item_id: str
+    score: float
+    source: str
+    reasons: tuple[Reason, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A credential as stored: only the hash of the token is kept."""
+
+    key_hash: str
+    scope: str  # "ingest" | "serve" | "admin" | "user"
+    user_id: str | None = None
+    created_at: int = 0

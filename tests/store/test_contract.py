@@ -1,0 +1,135 @@
+"""The store contract: every backend must pass this suite unchanged.
+
+Backends are listed in ``BACKENDS``; a backend whose server is not reachable is skipped with the
+reason, never silently passed.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from reelrank.store import open_store
+from reelrank.store.base import Store
+from reelrank.types import ApiKey, Event, Item, UserSettings
+
+BACKENDS = ["sqlite"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, tmp_path):
+    if request.param == "sqlite":
+        s = open_store(f"sqlite:///{tmp_path}/contract.db")
+    yield s
+    s.close()
+
+
+def item(i: int, **kw) -> Item:
+    base = dict(item_id=f"v{i}", creator_id=f"c{i % 3}", duration_ms=10_000 + i, created_at=1000 + i,
+                caption=f"video {i}", hashtags=("cats", f"t{i}"), sound_id="s1", language="en",
+                region="US", attributes={"topic": "pets", "n": i})
+    base.update(kw)
+    return Item(**base)
+
+
+def event(i: int, **kw) -> Event:
+    base = dict(event_id=f"e{i}", user_id=f"u{i % 2}", item_id="v1", ts=5000 + i, type="play",
+                watch_ms=1234, request_id="r1", position=i, device="ios", region="US",
+                source="feed", session_id="s")
+    base.update(kw)
+    return Event(**base)
+
+
+def test_is_a_store(backend):
+    assert isinstance(backend, Store)
+
+
+def test_items_round_trip_and_upsert(backend):
+    assert backend.upsert_items([item(1), item(2)]) == 2
+    got = backend.get_items(["v1", "v2", "missing"])
+    assert got["v1"] == item(1)
+    assert set(got) == {"v1", "v2"}
+    backend.upsert_items([item(1, caption="new", visible=False)])
+    assert backend.get_items(["v1"])["v1"].caption == "new"
+    assert backend.get_items(["v1"])["v1"].visible is False
+    assert backend.count_items() == 2
+    assert [i.item_id for i in backend.iter_items()] == ["v1", "v2"]
+
+
+def test_events_round_trip_in_log_order(backend):
+    evs = [event(i) for i in range(5)]
+    res = backend.append_events(evs)
+    assert res.accepted == evs and res.duplicates == 0
+    stored = list(backend.iter_events())
+    assert [e for _, e in stored] == evs
+    seqs = [s for s, _ in stored]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 5
+    assert backend.last_seq() == seqs[-1]
+    assert [e.event_id for _, e in backend.iter_events(after_seq=seqs[2])] == ["e3", "e4"]
+    assert [e.event_id for _, e in backend.iter_events(user_id="u1")] == ["e1", "e3"]
+    assert [e.event_id for _, e in backend.iter_events(since_ts=5003)] == ["e3", "e4"]
+    assert backend.count_events() == 5 and backend.count_events("u0") == 3
+
+
+def test_ingestion_is_idempotent(backend):
+    backend.append_events([event(1), event(2)])
+    res = backend.append_events([event(2), event(3), event(3, ts=1)])
+    assert [e.event_id for e in res.accepted] == ["e3"]
+    assert res.duplicates == 2
+    assert backend.count_events() == 3
+    # The first copy wins: a re-sent id never overwrites what was stored.
+    assert [e.ts for _, e in backend.iter_events() if e.event_id == "e3"] == [5003]
+
+
+def test_empty_append(backend):
+    res = backend.append_events([])
+    assert res.accepted == [] and res.duplicates == 0
+
+
+def test_failed_batch_stores_nothing(backend):
+    bad = event(2, ts=None)  # NOT NULL violated by the second element
+    with pytest.raises(Exception):
+        backend.append_events([event(1), bad])
+    assert backend.count_events() == 0
+
+
+def test_settings_defaults_and_round_trip(backend):
+    assert backend.get_settings("u9") == UserSettings(user_id="u9")
+    s = UserSettings(user_id="u9", personalization=False, muted_keywords=("spoiler", "#x"),
+                     daily_limit_minutes=30)
+    backend.put_settings(s)
+    assert backend.get_settings("u9") == s
+    backend.put_settings(UserSettings(user_id="u9"))
+    assert backend.get_settings("u9") == UserSettings(user_id="u9")
+
+
+def test_keys(backend):
+    backend.put_key(ApiKey(key_hash="h1", scope="admin", created_at=7))
+    backend.put_key(ApiKey(key_hash="h2", scope="user", user_id="u1", created_at=8))
+    assert backend.find_key("h1") == ApiKey("h1", "admin", None, 7)
+    assert backend.find_key("nope") is None
+    assert backend.count_keys() == 2 and backend.count_keys("user") == 1
+
+
+def test_erase_user(backend):
+    backend.append_events([event(i) for i in range(6)])
+    backend.put_settings(UserSettings(user_id="u0", personalization=False))
+    backend.put_key(ApiKey(key_hash="hu0", scope="user", user_id="u0"))
+    assert backend.erase_user("u0") == 3
+    assert backend.count_events("u0") == 0 and backend.count_events() == 3
+    assert backend.get_settings("u0") == UserSettings(user_id="u0")
+    assert backend.find_key("hu0") is None
+
+
+def test_concurrent_appends_lose_nothing(backend):
+    def worker(w: int):
+        for b in range(5):
+            backend.append_events([event(w * 1000 + b * 10 + k) for k in range(10)])
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert backend.count_events() == 200
