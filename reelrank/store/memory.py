@@ -20,7 +20,7 @@ import time
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 
-from reelrank.types import LONG_VIEW_RATIO, NEGATIVE_TYPES, POSITIVE_TYPES, Event, Item
+from reelrank.types import NEGATIVE_TYPES, POSITIVE_TYPES, Event, Item, is_long_view
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -189,7 +189,7 @@ class LiveState:
                 u.seen.add(event.item_id)
                 s.views += 1
                 s.watch_ratio_sum += min(ratio or 0.0, 2.0)
-                if t == "play" and ratio is not None and ratio >= LONG_VIEW_RATIO:
+                if t == "play" and is_long_view(event.watch_ms, item.duration_ms):
                     s.long_views += 1
                     u.counts["long_view"] += 1
                     u.hashtag_long_views.update(item.hashtags)

@@ -31,7 +31,7 @@ def engine(store):
     return e
 
 
-def play(u: str, i: int, k: int, ratio: float = 0.9, ts: int = T0) -> list[Event]:
+def play(u: str, i: int, k: int, ratio: float = 1.0, ts: int = T0) -> list[Event]:
     return [Event(f"{u}-{i}-{k}-imp", u, f"v{i}", ts + k, "impression"),
             Event(f"{u}-{i}-{k}-play", u, f"v{i}", ts + k, "play", watch_ms=int(10_000 * ratio))]
 

@@ -1,0 +1,55 @@
+"""The impression-outcome join on hand-built streams."""
+
+from __future__ import annotations
+
+from reelrank.features import Joiner, join_events
+from reelrank.types import Event
+
+H = 3_600_000
+DUR = {"a": 10_000, "b": 60_000}
+
+
+def ev(i, user, item, ts, type_, watch=None):
+    return Event(f"e{i}", user, item, ts, type_, watch_ms=watch)
+
+
+def test_outcomes_are_attributed_to_their_impression():
+    stream = [ev(1, "u", "a", 0, "impression"), ev(2, "u", "a", 5, "play", 10_000),
+              ev(3, "u", "a", 6, "like"), ev(4, "u", "b", 10, "impression"),
+              ev(5, "u", "b", 20, "skip", 2_000)]
+    out = {x.item_id: x for x in join_events(stream, DUR.get, window_ms=H)}
+    assert out["a"].long_view == 1 and out["a"].like == 1 and out["a"].watch_ratio == 1.0
+    assert out["b"].long_view == 0 and out["b"].watch_ms == 2_000 and out["b"].like == 0
+
+
+def test_impression_without_outcome_is_a_negative_when_the_window_closes():
+    j = Joiner(DUR.get, window_ms=H)
+    assert j.add(ev(1, "u", "a", 0, "impression")) == []
+    closed = j.add(ev(2, "v", "b", H + 1, "impression"))  # time passes the window of the first
+    assert [(x.user_id, x.item_id, x.long_view, x.outcomes) for x in closed] == [("u", "a", 0, 0)]
+
+
+def test_late_and_duplicate_events():
+    j = Joiner(DUR.get, window_ms=H)
+    j.add(ev(1, "u", "a", 0, "impression"))
+    j.add(ev(2, "u", "a", 10, "play", 500))
+    assert j.add(ev(2, "u", "a", 10, "play", 500)) == []  # same event_id again
+    closed = j.add(ev(3, "u", "a", 2 * H, "like"))  # after the window: not attributed
+    assert len(closed) == 1 and closed[0].like == 0 and closed[0].watch_ms == 500
+    assert j.stats.duplicates == 1 and j.stats.unattributed == 1 and j.stats.attributed == 1
+
+
+def test_showing_the_same_video_again_closes_the_first_example():
+    stream = [ev(1, "u", "a", 0, "impression"), ev(2, "u", "a", 1, "play", 100),
+              ev(3, "u", "a", 2, "impression"), ev(4, "u", "a", 3, "play", 10_000)]
+    out = list(join_events(stream, DUR.get, window_ms=H))
+    assert [(x.ts, x.watch_ms) for x in out] == [(0, 100), (2, 10_000)]
+
+
+def test_unknown_items_and_erasure():
+    j = Joiner(DUR.get, window_ms=H)
+    j.add(ev(1, "u", "zzz", 0, "impression"))  # no duration known: not opened
+    j.add(ev(2, "u", "a", 0, "impression"))
+    j.add(ev(3, "w", "a", 0, "impression"))
+    assert j.forget_user("u") == 1
+    assert [x.user_id for x in j.flush()] == ["w"]
