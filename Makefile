@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/reelrank demo --data-dir $(DEMO_DIR) --port $(PORT)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_serving.py

@@ -60,6 +60,8 @@ class Engine:
         self._traces_per_user = traces_per_user
         self._max_traced_users = max_traced_users
         self._trace_lock = threading.Lock()
+        self._user_locks = [threading.Lock() for _ in range(64)]
+        self._catalog_lock = threading.Lock()
 
     # -- start-up -------------------------------------------------------------------------------
     def load(self) -> "Engine":
@@ -80,8 +82,10 @@ class Engine:
 
     # -- writes ---------------------------------------------------------------------------------
     def ingest_items(self, items: list[Item]) -> int:
-        n = self.store.upsert_items(items)
-        self.catalog.upsert(items)
+        # One lock over both writes: concurrent upserts of an item leave store and memory agreeing.
+        with self._catalog_lock:
+            n = self.store.upsert_items(items)
+            self.catalog.upsert(items)
         return n
 
     def ingest_events(self, events: list[Event]) -> AppendResult:
@@ -106,12 +110,14 @@ class Engine:
         settings = self.store.get_settings(request.user_id)
         mode = request.mode if settings.personalization else "non_personalized"
         return FeedContext(request=request, settings=settings, catalog=self.catalog,
-                           live=self.live, user=self.live.user(request.user_id), mode=mode,
+                           live=self.live, user=self.live.user_snapshot(request.user_id), mode=mode,
                            now=self.live.clock)
 
     def feed(self, request: FeedRequest) -> FeedResult:
-        result = self.pipeline.build(self.context(request))
-        self.live.record_served(request.user_id, [i.item_id for i in result.items])
+        # Two concurrent pages for one viewer must not both serve the same items.
+        with self._user_locks[hash(request.user_id) % len(self._user_locks)]:
+            result = self.pipeline.build(self.context(request))
+            self.live.record_served(request.user_id, [i.item_id for i in result.items])
         self._keep_trace(result.trace)
         return result
 

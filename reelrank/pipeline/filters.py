@@ -5,6 +5,7 @@ The removed lists are where explanations and debugging come from ("why did I not
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -89,22 +90,41 @@ class NotInterestedFilter(_PredicateFilter):
 
 
 class MutedKeywordFilter(_PredicateFilter):
-    """Drops items whose caption or hashtags contain a word the viewer muted."""
+    """Drops items whose caption words or hashtags include a word the viewer muted.
+
+    Whole words only ("cat" mutes "#cat" and "my cat", not "education"); a muted phrase of
+    several words matches that sequence of words."""
 
     name = "muted_keyword"
 
     def reason_for(self, ctx, cand):
-        muted = ctx.settings.muted_keywords
+        muted = [(w, _words(w)) for w in ctx.settings.muted_keywords]
+        muted = [(w, ws) for w, ws in muted if ws]
         if not muted:
             return None
         item = ctx.catalog.get(cand.item_id)
         if item is None:
             return None
-        text = " ".join((item.caption, *item.hashtags)).lower()
-        for word in muted:
-            if word.lower().lstrip("#") in text:
+        caption = _words(item.caption)
+        tags = {t.lower().lstrip("#") for t in item.hashtags}
+        for word, parts in muted:
+            if len(parts) == 1 and (parts[0] in tags or parts[0] in caption):
+                return f"muted keyword '{word}'"
+            if _contains_run(caption, parts) or " ".join(parts) in tags:
                 return f"muted keyword '{word}'"
         return None
+
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def _contains_run(words: list[str], run: list[str]) -> bool:
+    n = len(run)
+    return any(words[i:i + n] == run for i in range(len(words) - n + 1))
 
 
 def default_filters() -> list[Filter]:

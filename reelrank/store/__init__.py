@@ -14,7 +14,8 @@ def open_store(url: str | Path) -> Store:
     """Open a backend chosen by the URL's scheme.
 
     - ``sqlite:///abs/path/reelrank.db`` or ``sqlite:relative.db``: the embedded default;
-    - a bare path: a directory (``reelrank.db`` inside it) or a file;
+    - a bare path: a file ending in .db / .sqlite / .sqlite3, else a directory
+      (``reelrank.db`` inside it);
     - ``postgresql://...``: the scale path (not in this build yet).
     """
     text = str(url)
@@ -31,7 +32,7 @@ def open_store(url: str | Path) -> Store:
         scheme = text.split("://", 1)[0]
         raise StoreError(f"no store backend for scheme {scheme!r}")
     path = Path(text)
-    if path.is_dir() or not path.suffix:
+    if path.suffix not in (".db", ".sqlite", ".sqlite3") or path.is_dir():
         path = path / "reelrank.db"
     from reelrank.store.sqlite import SQLiteStore
 

@@ -112,6 +112,15 @@ class UserState:
     def is_new(self) -> bool:
         return not self.history
 
+    def snapshot(self) -> "UserState":
+        """A copy a request can read while new events keep changing the original."""
+        return UserState(
+            self.user_id, deque(self.history, maxlen=self.history.maxlen), set(self.seen),
+            OrderedDict(self.served), set(self.not_interested), set(self.following),
+            Counter(self.counts), Counter(self.creator_affinity), Counter(self.hashtag_affinity),
+            Counter(self.hashtag_long_views), deque(self.positives, maxlen=self.positives.maxlen),
+            self.last_ts, self.region, self.device)
+
 
 @dataclass
 class ItemStats:
@@ -266,7 +275,13 @@ class LiveState:
 
     # -- reads ----------------------------------------------------------------------------------
     def user(self, user_id: str) -> UserState | None:
+        """The live object (changes as events arrive); see ``user_snapshot`` for requests."""
         return self._users.get(user_id)
+
+    def user_snapshot(self, user_id: str) -> UserState | None:
+        with self._lock:
+            u = self._users.get(user_id)
+            return u.snapshot() if u is not None else None
 
     def user_ids(self) -> list[str]:
         return list(self._users)

@@ -121,6 +121,11 @@ class SQLiteStore:
         self._closed = False
         conn = self._conn()
         conn.executescript(SCHEMA)
+        # The file holds viewers' behaviour: readable by its owner only.
+        for suffix in ("", "-wal", "-shm"):
+            f = Path(f"{self.path}{suffix}")
+            if f.exists():
+                f.chmod(0o600)
 
     # -- connections ----------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:

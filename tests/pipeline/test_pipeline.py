@@ -188,3 +188,44 @@ def test_pipeline_without_sources_still_feeds(engine):
     engine.pipeline = pipe
     assert len(engine.feed(FeedRequest("u8", n=4)).items) == 4
     assert TrendingSource().generate(engine.context(FeedRequest("u8")), 3) == []
+
+
+def test_muted_keywords_match_whole_words_and_hashtags(engine):
+    from reelrank.types import UserSettings
+
+    engine.ingest_items([
+        Item("m1", "cm", 10_000, T0 + 10, caption="my cat sleeps", hashtags=("pets",)),
+        Item("m2", "cn", 10_000, T0 + 11, caption="education today", hashtags=("school",)),
+        Item("m3", "co", 10_000, T0 + 12, caption="morning", hashtags=("#Cat",)),
+    ])
+    engine.put_settings(UserSettings("mu", muted_keywords=("cat", "")))
+    res = engine.feed(FeedRequest("mu", n=60))
+    served = {i.item_id for i in res.items}
+    assert "m2" in served and not served & {"m1", "m3"}
+    assert res.trace.removed["m1"].reason == "muted keyword 'cat'"
+
+
+def test_feed_reads_a_snapshot_while_events_arrive(engine):
+    import threading
+
+    errors = []
+    stop = threading.Event()
+
+    def writer():
+        k = 0
+        while not stop.is_set():
+            engine.ingest_events(play("busy", k % 60, k))
+            k += 1
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        for _ in range(30):
+            try:
+                engine.feed(FeedRequest("busy", n=5))
+            except Exception as exc:  # pragma: no cover - the failure being guarded against
+                errors.append(exc)
+    finally:
+        stop.set()
+        t.join()
+    assert errors == []

@@ -1,0 +1,160 @@
+"""The ``reelrank`` command line: demo, serve, import, simulate.
+
+Entry points are the only places that read settings and assemble objects; everything below them
+takes explicit arguments.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    help="ReelRank: a real-time 'For You' feed engine for short video.",
+    no_args_is_help=True, add_completion=False,
+)
+
+DATA_DIR_HELP = "Directory of the embedded store (SQLite file, keys, models)."
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def serve(
+    data_dir: Path = typer.Option(Path("data"), help=DATA_DIR_HELP),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(8000, help="TCP port."),
+    insecure_no_auth: bool = typer.Option(
+        False, "--insecure-no-auth", help="Accept requests without tokens. Local trials only."),
+    log_level: str = typer.Option("info", help="debug | info | warning | error"),
+) -> None:
+    """Serve the HTTP API (see API.md) on the embedded store in DATA_DIR.
+
+    On first start, generates one token per scope (ingest, serve, admin) and writes them to
+    DATA_DIR/keys.json; the store keeps only their hashes. Live state is rebuilt from the event
+    log before the port opens.
+    """
+    from reelrank.service.server import prepare, run
+
+    _logging(log_level)
+    app_, keys_path = prepare(data_dir, insecure_no_auth=insecure_no_auth)
+    if keys_path is not None:
+        typer.echo(f"API tokens (ingest, serve, admin): {keys_path}")
+    else:
+        typer.echo("WARNING: authentication is off (--insecure-no-auth). Local trials only.")
+    typer.echo(f"ReelRank serving on http://{host}:{port}")
+    run(app_, host=host, port=port, log_level=log_level)
+
+
+@app.command("import")
+def import_(
+    dataset: str = typer.Argument(..., help="kuairand | movielens | sequences"),
+    path: Path = typer.Argument(..., help="Dataset folder (kuairand, movielens) or file (sequences).",
+                                exists=True),
+    data_dir: Path = typer.Option(Path("data"), help=DATA_DIR_HELP),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Import a dataset into the store: items first, then events (idempotent: importing the
+    same data twice adds nothing).
+
+    kuairand: a KuaiRand-Pure folder (log_standard_*.csv.gz, video_features_basic_pure.csv);
+    each log row becomes an impression, a play with its play time, and like / follow / comment /
+    share / not_interested events for its flags.
+    movielens: an ml-latest-small style folder; ratings become plays, ratings >= 4 also likes.
+    sequences: a file of 'user item' or 'user item1 item2 ...' lines, in time order.
+    Import while the server is stopped: a running server picks the data up at its next start.
+    """
+    from reelrank.importers import DATASETS
+    from reelrank.store import open_store
+
+    if dataset not in DATASETS:
+        raise typer.BadParameter(f"must be one of {sorted(DATASETS)}", param_hint="DATASET")
+    store = open_store(data_dir)
+    try:
+        report = DATASETS[dataset](path, store, progress=progress)
+    finally:
+        store.close()
+    typer.echo(f"imported {report.items} items, {report.events} events "
+               f"({report.duplicates} duplicates skipped) in {report.seconds:.1f} s into {data_dir}")
+
+
+@app.command()
+def simulate(
+    data_dir: Path = typer.Option(Path("data"), help=DATA_DIR_HELP),
+    users: int = typer.Option(500, help="Number of synthetic viewers."),
+    items: int = typer.Option(3000, help="Number of synthetic videos."),
+    creators: int = typer.Option(200, help="Number of synthetic creators."),
+    sessions: int = typer.Option(2, help="Background sessions per viewer."),
+    swipes: int = typer.Option(20, help="Swipes per background session."),
+    seed: int = typer.Option(7, help="Random seed: the same seed builds the same world."),
+) -> None:
+    """Build a synthetic short-video world (creators, topics, sounds, viewers with hidden tastes)
+    and write its catalog and a background history of events into the store.
+
+    For demos, tests and load runs only: quality claims come from the real datasets.
+    """
+    from reelrank.store import open_store
+
+    store = open_store(data_dir)
+    try:
+        n_items, n_events = _write_world(store, users, items, creators, sessions, swipes, seed)
+    finally:
+        store.close()
+    typer.echo(f"synthetic world: {n_items} items, {n_events} events written to {data_dir}")
+
+
+def _write_world(store, users: int, items: int, creators: int, sessions: int, swipes: int,
+                 seed: int) -> tuple[int, int]:
+    from reelrank.eval.simulator import build_world, generate_history
+    from reelrank.importers import import_into
+
+    world = build_world(n_users=users, n_items=items, n_creators=creators, seed=seed)
+    history = generate_history(world, n_sessions_per_user=sessions,
+                               swipes_per_session=swipes, seed=seed)
+    report = import_into(store, world.items, history, progress=True, desc="synthetic")
+    return report.items, report.events
+
+
+@app.command()
+def demo(
+    data_dir: Path = typer.Option(Path("demo-data"), help=DATA_DIR_HELP),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(8000, help="TCP port."),
+    users: int = typer.Option(300, help="Synthetic viewers in the demo world."),
+    items: int = typer.Option(2000, help="Synthetic videos in the demo world."),
+) -> None:
+    """Build a synthetic world (once), then serve it with authentication on, printing the URL
+    and the tokens to use."""
+    import json
+
+    from reelrank.service.server import prepare, run
+    from reelrank.store import open_store
+
+    _logging("info")
+    store = open_store(data_dir)
+    try:
+        if store.count_items() == 0:
+            typer.echo("building the synthetic demo world ...")
+            _write_world(store, users, items, max(20, items // 15), 2, 20, 7)
+    finally:
+        store.close()
+    app_, keys_path = prepare(data_dir, insecure_no_auth=False)
+    base = f"http://{host}:{port}"
+    keys = json.loads(Path(keys_path).read_text())
+    typer.echo("")
+    typer.echo(f"ReelRank demo on {base}")
+    typer.echo(f"tokens (also in {keys_path}):")
+    for scope, token in keys.items():
+        typer.echo(f"  {scope:7s} {token}")
+    typer.echo(f"try: curl -H 'Authorization: Bearer {keys['serve']}' "
+               f"'{base}/v1/feed?user_id=u1&n=5'")
+    typer.echo("")
+    run(app_, host=host, port=port, log_level="info")
+
+
+if __name__ == "__main__":
+    app()

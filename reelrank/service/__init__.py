@@ -1,0 +1,6 @@
+"""The HTTP service (FastAPI): ``create_app(engine, auth)``; ``server.serve`` runs it."""
+
+from reelrank.service.app import create_app
+from reelrank.service.deps import Authenticator, ensure_service_keys
+
+__all__ = ["Authenticator", "create_app", "ensure_service_keys"]

@@ -1,0 +1,282 @@
+"""The HTTP service: ``create_app(engine, auth)`` assembles routes, error handling and metrics.
+
+The routes are thin (parse, call the ``Engine``, shape the answer); this module owns what is
+common to all of them:
+
+- one error shape for every non-2xx answer,
+  ``{"error": {"code": "<snake_case>", "message": "...", "details": [...]}}``, whatever raised it:
+  request validation (422 ``invalid_input``, each detail naming its field as ``events[3].type``
+  and the batch ``index``), the engine's errors, HTTP errors, and unexpected exceptions (500
+  ``internal_error``, logged with the stack, none of it in the body);
+- request metrics by route template, and a cap on the request body size.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from http import HTTPStatus
+from typing import Any, Iterable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import reelrank
+from reelrank.engine import Engine
+from reelrank.errors import (
+    AuthError, ForbiddenError, NotFoundError, ReelRankError, StoreError, ValidationError,
+)
+from reelrank.service.deps import Authenticator, bearer_token
+from reelrank.service.metrics import ServiceMetrics
+from reelrank.service.routes import catalog, feed, ops, users
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # 10,000 items with long captions fit
+MAX_ERROR_DETAILS = 100
+
+
+def create_app(engine: Engine, auth: Authenticator | None, *,
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+    """An app serving ``engine`` (already loaded). ``auth=None`` switches authentication off:
+    every request acts as admin (``--insecure-no-auth``, local trials only)."""
+    app = FastAPI(
+        title="ReelRank", version=reelrank.__version__,
+        description="A real-time 'For You' feed engine for short video (HTTP API v1).",
+    )
+    metrics = ServiceMetrics(engine)
+    app.state.engine = engine
+    app.state.auth = auth
+    app.state.metrics = metrics
+    for module in (catalog, feed, users, ops):
+        app.include_router(module.router)
+    _install_error_handlers(app)
+    app.add_middleware(_ObserveRequests, metrics=metrics, max_body_bytes=max_body_bytes)
+    return app
+
+
+# -- errors -----------------------------------------------------------------------------------
+def error_response(status: int, code: str, message: str, details: Iterable[dict] = (),
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message, "details": list(details)}},
+        status_code=status, headers=headers,
+    )
+
+
+def _code_for_status(status: int) -> str:
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        return f"http_{status}"
+    return phrase.lower().replace(" ", "_").replace("-", "_").replace("'", "")
+
+
+_LOC_SOURCES = {"body", "query", "path", "header", "cookie"}
+
+
+def field_path(loc: Iterable[Any]) -> tuple[str, int | None]:
+    """Pydantic's ``("body", "events", 3, "type")`` as ``("events[3].type", 3)``: the dotted
+    and bracketed path of the field, and the index of the batch element it sits in."""
+    parts = list(loc)
+    if parts and parts[0] in _LOC_SOURCES:
+        parts = parts[1:]
+    text, index = "", None
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+            if index is None:
+                index = part
+        elif str(part).isidentifier():
+            text += f".{part}" if text else str(part)
+        else:
+            text += f"[{json.dumps(str(part))}]"
+    return text or "body", index
+
+
+def _validation_details(errors: Iterable[dict]) -> list[dict]:
+    details = []
+    for err in errors:
+        if err.get("type") == "json_invalid":
+            pos = err.get("loc", ("body", None))[-1]
+            reason = (err.get("ctx") or {}).get("error", "malformed JSON")
+            details.append({"field": "body", "message": f"malformed JSON: {reason} "
+                                                         f"(at character {pos})"})
+            continue
+        field, index = field_path(err.get("loc", ()))
+        if err.get("type") == "extra_forbidden":
+            message = "unknown field: not part of the API contract"
+        elif err.get("type") == "missing":
+            message = "required"
+        else:
+            message = err.get("msg", "invalid")
+        detail: dict[str, Any] = {"field": field, "message": message}
+        if index is not None:
+            detail["index"] = index
+        details.append(detail)
+    return details
+
+
+def _summary(details: list[dict], what: str) -> str:
+    indexes = {d["index"] for d in details if d.get("index") is not None}
+    if indexes:
+        noun = "element" if len(indexes) == 1 else "elements"
+        text = (f"{what}: {len(indexes)} invalid {noun} (see each detail's index); the whole "
+                "request was rejected and nothing of it was stored")
+    else:
+        noun = "problem" if len(details) == 1 else "problems"
+        text = f"{what}: {len(details)} {noun}"
+    if len(details) > MAX_ERROR_DETAILS:
+        text += f"; the first {MAX_ERROR_DETAILS} of {len(details)} problems are listed"
+    return text
+
+
+def _capped(details: list[dict]) -> list[dict]:
+    return details[:MAX_ERROR_DETAILS]
+
+
+def _body_not_json(request: Request, errors: list[dict]) -> bool:
+    """A body that was never parsed as JSON (a form, or no content type: curl's ``-d``)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    is_json = content_type == "application/json" or content_type.endswith("+json")
+    return not is_json and any(tuple(e.get("loc", ())) == ("body",)
+                               and e.get("type") != "missing" for e in errors)
+
+
+def _unauthorized(exc: AuthError) -> JSONResponse:
+    return error_response(401, AuthError.code, str(exc), headers={"WWW-Authenticate": "Bearer"})
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def on_request_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = list(exc.errors())
+        auth: Authenticator | None = request.app.state.auth
+        if auth is not None and any(e.get("type") == "json_invalid" for e in errors):
+            # The body is parsed before the route's access dependency runs; without this an
+            # anonymous caller would get a 422 where every other request gets a 401.
+            try:
+                await run_in_threadpool(auth.identify, bearer_token(request))
+            except AuthError as auth_exc:
+                return _unauthorized(auth_exc)
+        details = _validation_details(errors)
+        if _body_not_json(request, errors):
+            details = [{"field": "body", "message": "the body must be a JSON object, sent with "
+                                                    "'Content-Type: application/json'"}]
+        return error_response(422, ValidationError.code, _summary(details, "invalid request"),
+                              _capped(details))
+
+    @app.exception_handler(ValidationError)
+    async def on_invalid(request: Request, exc: ValidationError) -> JSONResponse:
+        details = []
+        for p in exc.problems:
+            d: dict[str, Any] = {"field": p.field, "message": p.message}
+            if p.index is not None:
+                d["index"] = p.index
+            details.append(d)
+        return error_response(422, exc.code, str(exc), _capped(details))
+
+    @app.exception_handler(NotFoundError)
+    async def on_not_found(request: Request, exc: NotFoundError) -> JSONResponse:
+        return error_response(404, exc.code, str(exc))
+
+    @app.exception_handler(AuthError)
+    async def on_auth(request: Request, exc: AuthError) -> JSONResponse:
+        return _unauthorized(exc)
+
+    @app.exception_handler(ForbiddenError)
+    async def on_forbidden(request: Request, exc: ForbiddenError) -> JSONResponse:
+        return error_response(403, exc.code, str(exc))
+
+    @app.exception_handler(StoreError)
+    async def on_store(request: Request, exc: StoreError) -> JSONResponse:
+        log.error("store error on %s %s: %s", request.method, request.url.path, exc)
+        return error_response(503, exc.code, "the store is unavailable; try again")
+
+    @app.exception_handler(ReelRankError)
+    async def on_other(request: Request, exc: ReelRankError) -> JSONResponse:
+        log.error("%s on %s %s: %s", type(exc).__name__, request.method, request.url.path, exc)
+        return error_response(500, exc.code, "the service failed; it was logged")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else _code_for_status(exc.status_code)
+        return error_response(exc.status_code, _code_for_status(exc.status_code), message,
+                              headers=getattr(exc, "headers", None))
+
+
+# -- metrics, body limit, last-resort errors --------------------------------------------------
+class _ObserveRequests:
+    """ASGI middleware: times and counts requests by route template (never the raw path: user
+    ids would explode the label set), refuses bodies over the size cap, and turns an exception
+    no handler took into the 500 error shape."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, max_body_bytes: int):
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+
+        async def observed_send(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_started = True
+            await send(message)
+
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    # Raised inside the route's body parsing, answered by the HTTP handler.
+                    raise StarletteHTTPException(413, self._too_large)
+            return message
+
+        try:
+            if self._declared_length(scope) > self.max_body_bytes:
+                await error_response(413, _code_for_status(413), self._too_large)(
+                    scope, receive, observed_send)
+            else:
+                await self.app(scope, limited_receive, observed_send)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if response_started:
+                raise
+            await error_response(500, "internal_error", "the service failed; it was logged")(
+                scope, receive, observed_send)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            method = scope.get("method", "")
+            self.metrics.requests.labels(method, route, str(status)).inc()
+            self.metrics.request_seconds.labels(method, route).observe(
+                time.perf_counter() - started)
+
+    @property
+    def _too_large(self) -> str:
+        return f"the request body is over {self.max_body_bytes} bytes"
+
+    @staticmethod
+    def _declared_length(scope: Scope) -> int:
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    return int(value)
+                except ValueError:
+                    return 0
+        return 0

@@ -1,0 +1,1 @@
+"""HTTP routes by area: catalog and events, feed/rank/explain, users, operations."""

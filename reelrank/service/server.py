@@ -1,0 +1,91 @@
+"""Run the service: open the store, load the engine, make sure keys exist, start uvicorn.
+
+``prepare`` builds the app without running it (so the CLI can print where the keys are first);
+``run`` starts uvicorn on it and ``serve`` is prepare + run. Also runnable without the CLI::
+
+    python -m reelrank.service.server --data-dir DIR [--host H] [--port P] [--insecure-no-auth]
+
+One uvicorn worker only: the engine's live state lives in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI
+
+from reelrank.engine import Engine
+from reelrank.service.app import create_app
+from reelrank.service.deps import Authenticator, ensure_service_keys
+from reelrank.store import open_store
+
+log = logging.getLogger(__name__)
+
+_LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+def prepare(data_dir: Path, insecure_no_auth: bool = False) -> tuple[FastAPI, Path | None]:
+    """The app on the store in ``data_dir`` (created if missing), and the keys file (None
+    when auth is off). The caller owns the store: ``app.state.engine.store.close()``."""
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    store = open_store(data_dir)
+    try:
+        engine = Engine(store).load()
+        if insecure_no_auth:
+            return create_app(engine, None), None
+        keys = ensure_service_keys(store, data_dir)
+        return create_app(engine, Authenticator(store)), keys
+    except BaseException:
+        store.close()
+        raise
+
+
+def run(app: FastAPI, host: str, port: int, log_level: str = "info") -> None:
+    """Run ``app`` with uvicorn until stopped, then close its store."""
+    # No access log: it would write every client's IP address, which the service promises
+    # not to keep; request counts and latencies are in /metrics.
+    config = uvicorn.Config(app, host=host, port=port, workers=1, log_level=log_level,
+                            access_log=False)
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        app.state.engine.store.close()
+
+
+def serve(data_dir: Path, host: str, port: int, insecure_no_auth: bool = False,
+          log_level: str = "info") -> None:
+    app, keys = prepare(data_dir, insecure_no_auth)
+    if insecure_no_auth:
+        log.warning("authentication is OFF (--insecure-no-auth): anyone who can reach %s:%d "
+                    "acts as admin", host, port)
+        if host not in _LOOPBACK:
+            log.warning("auth is off and the service listens on %s, beyond this machine", host)
+    elif keys is not None:
+        log.info("API keys (ingest, serve, admin) are in %s", keys)
+    run(app, host, port, log_level)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m reelrank.service.server",
+                                     description="Run the ReelRank HTTP service.")
+    parser.add_argument("--data-dir", type=Path, required=True,
+                        help="directory of the store and the generated keys")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--insecure-no-auth", action="store_true",
+                        help="no authentication at all; for local trials only")
+    parser.add_argument("--log-level", default="info",
+                        choices=["critical", "error", "warning", "info", "debug"])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve(args.data_dir, args.host, args.port, args.insecure_no_auth, args.log_level)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
