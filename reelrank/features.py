@@ -18,7 +18,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
-from reelrank.types import Event, is_long_view
+from reelrank.types import Event, Token, is_long_view
 
 TASKS = ("long_view", "like", "follow", "comment", "share", "negative")
 
@@ -159,3 +159,11 @@ def join_events(events: Iterable[Event], duration_of: Callable[[str], int | None
     for e in events:
         yield from joiner.add(e)
     yield from joiner.flush()
+
+
+# -- history tokens: what the user tower reads -------------------------------------------------
+
+def token_from_example(ex: Example) -> Token:
+    kind = "long_view" if ex.long_view else ("play" if ex.watch_ms > 0 else "impression")
+    return Token(ex.item_id, ex.ts, kind, ex.watch_ratio if ex.watch_ms > 0 else None,
+                 ex.like, ex.share, ex.comment, ex.follow, ex.negative)

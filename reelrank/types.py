@@ -104,3 +104,24 @@ class ApiKey:
     scope: str  # "ingest" | "serve" | "admin" | "user"
     user_id: str | None = None
     created_at: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """One viewed video in a history, with what the viewer did with it."""
+
+    item_id: str
+    ts: int
+    event_type: str  # "long_view", "play" (shorter), or "impression" when nothing followed
+    watch_ratio: float | None
+    like: int = 0
+    share: int = 0
+    comment: int = 0
+    follow: int = 0
+    negative: int = 0
+
+    @property
+    def positive(self) -> bool:
+        """A long view or an explicit positive: what retrieval learns to predict."""
+        return bool(self.like or self.share or self.comment or self.follow
+                    or self.event_type == "long_view")

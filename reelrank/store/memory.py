@@ -20,7 +20,9 @@ import time
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 
-from reelrank.types import NEGATIVE_TYPES, POSITIVE_TYPES, Event, Item, is_long_view
+import dataclasses
+
+from reelrank.types import NEGATIVE_TYPES, POSITIVE_TYPES, Event, Item, Token, is_long_view
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -105,6 +107,7 @@ class UserState:
     hashtag_affinity: Counter = field(default_factory=Counter)
     hashtag_long_views: Counter = field(default_factory=Counter)  # for "you watched 3 #x ..."
     positives: deque = field(default_factory=lambda: deque(maxlen=20))  # recent positive items
+    tokens: deque = field(default_factory=lambda: deque(maxlen=100))  # of Token: model input
     last_ts: int = 0
     region: str | None = None
     device: str | None = None
@@ -119,7 +122,7 @@ class UserState:
             OrderedDict(self.served), set(self.not_interested), set(self.following),
             Counter(self.counts), Counter(self.creator_affinity), Counter(self.hashtag_affinity),
             Counter(self.hashtag_long_views), deque(self.positives, maxlen=self.positives.maxlen),
-            self.last_ts, self.region, self.device)
+            deque(self.tokens, maxlen=self.tokens.maxlen), self.last_ts, self.region, self.device)
 
 
 @dataclass
@@ -131,6 +134,29 @@ class ItemStats:
     shares: int = 0
     negatives: int = 0
     watch_ratio_sum: float = 0.0
+
+
+def _update_tokens(tokens: deque, event: Event, ratio: float | None, long: bool) -> None:
+    """Fold an event into the viewer's token list: consecutive events on one video make one
+    token (the longest view, and every flag), as the impression-outcome join does offline."""
+    last = tokens[-1] if tokens else None
+    if last is None or last.item_id != event.item_id:
+        last = Token(event.item_id, event.ts, "impression", None)
+        tokens.append(last)
+    t = event.type
+    change: dict = {}
+    if t in ("play", "skip", "rewatch") and ratio is not None:
+        if last.watch_ratio is None or ratio > last.watch_ratio:
+            change["watch_ratio"] = ratio
+            change["event_type"] = "long_view" if long or last.event_type == "long_view" else "play"
+    elif t in ("like", "share", "comment", "follow"):
+        change[t] = 1
+    elif t == "unlike":
+        change["like"] = 0
+    elif t in NEGATIVE_TYPES:
+        change["negative"] = 1
+    if change:
+        tokens[-1] = dataclasses.replace(last, **change)
 
 
 class LiveState:
@@ -193,6 +219,7 @@ class LiveState:
                 s.impressions += 1
                 return  # an impression says nothing about taste yet
             u.history.append(HistoryEntry(event.item_id, t, event.ts, event.watch_ms, ratio))
+            _update_tokens(u.tokens, event, ratio, is_long_view(event.watch_ms, item.duration_ms))
             signal = ENGAGEMENT_WEIGHTS.get(t, 0.0)
             if t in ("play", "skip", "rewatch"):
                 u.seen.add(event.item_id)
