@@ -120,6 +120,78 @@ def _write_world(store, users: int, items: int, creators: int, sessions: int, sw
 
 
 @app.command()
+def train(
+    data_dir: Path = typer.Option(Path("data"), help=DATA_DIR_HELP),
+    retrieval_epochs: int = typer.Option(5, help="Epochs of the two-tower retrieval model."),
+    ranker_epochs: int = typer.Option(1, help="Epochs of the multi-task ranker (0: no ranker)."),
+    holdout: float = typer.Option(0.1, help="Share of the time span held out for measurement."),
+    seed: int = typer.Option(0, help="Random seed: the same seed and data train the same model."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Train the retrieval model and the ranker on everything in the store and publish them to
+    DATA_DIR/models. Both models train on the earlier part of the log and are measured on the
+    last HOLDOUT share of time (ranker AUC/GAUC per task, retrieval Recall@100); the figures are
+    printed and saved with the model. A running server switches to the new version without a
+    restart (POST /v1/admin/train does the same from inside the server)."""
+    import json
+
+    from reelrank.registry import ModelRegistry
+    from reelrank.store import open_store
+    from reelrank.train.job import TrainConfig, train_from_store
+    from reelrank.train.ranker import RankerConfig
+    from reelrank.train.retrieval import RetrievalConfig
+
+    _logging("warning")
+    cfg = TrainConfig(retrieval=RetrievalConfig(epochs=retrieval_epochs, seed=seed),
+                      ranker=RankerConfig(epochs=ranker_epochs, seed=seed),
+                      holdout=holdout, seed=seed)
+    store = open_store(data_dir)
+    try:
+        result = train_from_store(store, ModelRegistry(Path(data_dir) / "models"), cfg,
+                                  progress=progress)
+    finally:
+        store.close()
+    typer.echo(json.dumps(result.metrics, indent=2))
+    typer.echo(f"published model version {result.version} in {result.seconds:.0f} s")
+
+
+@app.command("eval")
+def eval_(
+    dataset: str = typer.Option(
+        ..., help="KIND:PATH. kuairand:FOLDER (KuaiRand-Pure; temporal split by local day, "
+                  "UTC+8), beauty:FILE or sequences:FILE ('user item' lines in time order; "
+                  "leave-one-out), movielens:FOLDER (leave-one-out over the ratings)."),
+    cutoff: str = typer.Option(
+        None, help="First test day, YYYY-MM-DD (kuairand only): train on the days before it, "
+                   "test on it and the following days. Default: the last 4 days of the log."),
+    test_days: int = typer.Option(None, help="How many days to test on (kuairand only)."),
+    models: list[str] = typer.Option(
+        [], help="Comma-separated model names: random, pop, pop_recent, itemknn, engine "
+                 "(the v0 pipeline), reelrank (the trained neural models), and implicit_als, "
+                 "implicit_bpr, recbole_sasrec with the peers extra. Default: all built-in."),
+    out: Path = typer.Option(Path("eval-report"), help="Folder for report.json, report.md, PNGs."),
+    max_users: int = typer.Option(None, help="Evaluate a seeded sample of test users (quick runs)."),
+    seed: int = typer.Option(0, help="Seed of the random baseline and of every sample."),
+    progress: bool = typer.Option(True, help="Progress bars on stderr."),
+    replay: bool = typer.Option(True, help="Also replay the test days through the engine with "
+                                           "live updates on and off (kuairand only)."),
+) -> None:
+    """Evaluate models on a real dataset with its standard protocol, print a table, and write
+    report.json, report.md and plots. Every model runs on the same split in the same run:
+    KuaiRand by time (AUC, GAUC, LogLoss per task; NDCG@10 of play time; Recall@K of long
+    views; real-time replay by session position), next-item files leave-one-out with full
+    ranking (HR@10, NDCG@10, MRR), and beyond-accuracy figures for the top-10 lists."""
+    from reelrank.eval.command import run_eval_command
+
+    _logging("warning")
+    try:
+        run_eval_command(dataset, cutoff, models, out, test_days, max_users, seed, progress,
+                         replay)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
+@app.command()
 def demo(
     data_dir: Path = typer.Option(Path("demo-data"), help=DATA_DIR_HELP),
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),

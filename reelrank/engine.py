@@ -18,10 +18,14 @@ from reelrank.errors import FieldProblem, NotFoundError, ValidationError
 from reelrank.pipeline.context import MODES, FeedContext, FeedRequest
 from reelrank.pipeline.feed import FeedPipeline, FeedResult, FeedTrace
 from reelrank.pipeline.filters import default_filters
+from reelrank.pipeline.neural import NeuralScorer, RetrievalSource, ServingModels
 from reelrank.pipeline.rank import HeuristicScorer, Scored
 from reelrank.pipeline.sources import (
     CoEngagementSource, FollowingSource, FreshSource, TrendingSource,
 )
+from reelrank.registry import ModelRegistry
+from reelrank.train.job import TrainConfig, train_from_store
+from reelrank.train.jobs import JobRunner
 from reelrank.store.base import AppendResult, Store
 from reelrank.store.memory import Catalog, LiveState
 from reelrank.types import Candidate, Event, Item, UserSettings
@@ -29,16 +33,23 @@ from reelrank.types import Candidate, Event, Item, UserSettings
 log = logging.getLogger(__name__)
 
 
-def default_pipeline() -> FeedPipeline:
+def default_pipeline(models: ServingModels | None = None) -> FeedPipeline:
+    """The feed as served: the retrieval model is the main source when a model is published;
+    the v0 sources stay, as fallbacks and for viewers and videos the models do not know yet."""
     trending, fresh = TrendingSource(), FreshSource()
+    personal: list = [CoEngagementSource(), FollowingSource(), trending, fresh]
+    scorer = HeuristicScorer()
+    if models is not None:
+        personal.insert(0, RetrievalSource(models))
+        scorer = NeuralScorer(models, fallback=scorer)
     return FeedPipeline(
         sources={
-            "personalized": [CoEngagementSource(), FollowingSource(), trending, fresh],
+            "personalized": personal,
             "non_personalized": [trending, fresh],
             "following": [FollowingSource()],
         },
         filters=default_filters(),
-        scorer=HeuristicScorer(),
+        scorer=scorer,
     )
 
 
@@ -50,12 +61,18 @@ class RankResult:
 
 class Engine:
     def __init__(self, store: Store, pipeline: FeedPipeline | None = None,
-                 live: LiveState | None = None, traces_per_user: int = 5,
+                 live: LiveState | None = None, registry: ModelRegistry | None = None,
+                 index_kind: str = "ann", traces_per_user: int = 5,
                  max_traced_users: int = 10_000):
         self.store = store
         self.catalog = live.catalog if live is not None else Catalog()
         self.live = live or LiveState(self.catalog)
-        self.pipeline = pipeline or default_pipeline()
+        self.registry = registry
+        self.models = ServingModels(registry, self.catalog, index_kind=index_kind)
+        self.pipeline = pipeline or default_pipeline(self.models)
+        self.train_config = TrainConfig()
+        self.training = (JobRunner(self._train, on_done=lambda _v: self.models.refresh())
+                         if registry is not None else None)
         self._traces: OrderedDict[str, deque[FeedTrace]] = OrderedDict()
         self._traces_per_user = traces_per_user
         self._max_traced_users = max_traced_users
@@ -78,7 +95,13 @@ class Engine:
             self.live.apply(event)
             n += 1
         log.info("loaded %d items and replayed %d events", len(self.catalog), n)
+        self.models.refresh()
         return self
+
+    def _train(self, progress) -> tuple[str | None, dict]:
+        result = train_from_store(self.store, self.registry, self.train_config, progress=False,
+                                  on_progress=progress)
+        return result.version, result.metrics
 
     # -- writes ---------------------------------------------------------------------------------
     def ingest_items(self, items: list[Item]) -> int:
@@ -86,6 +109,7 @@ class Engine:
         with self._catalog_lock:
             n = self.store.upsert_items(items)
             self.catalog.upsert(items)
+        self.models.add_items(items)
         return n
 
     def ingest_events(self, events: list[Event]) -> AppendResult:

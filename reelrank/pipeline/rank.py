@@ -77,6 +77,10 @@ class HeuristicScorer:
             "negative": _rate(s.negatives, max(s.impressions, s.views), 0.01, 100.0),
         }
 
+    def signals(self, ctx: FeedContext, item: Item) -> tuple[Reason, ...]:
+        """The viewer's history signals that point at this item, as reasons."""
+        return self._affinity(ctx, item)[1]
+
     def _affinity(self, ctx: FeedContext, item: Item) -> tuple[float, tuple[Reason, ...]]:
         """How much this viewer's history points at the item's hashtags and creator, in [-1, 1],
         with the signals that justify it."""

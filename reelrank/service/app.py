@@ -33,7 +33,7 @@ from reelrank.errors import (
 )
 from reelrank.service.deps import Authenticator, bearer_token
 from reelrank.service.metrics import ServiceMetrics
-from reelrank.service.routes import catalog, feed, ops, users
+from reelrank.service.routes import admin, catalog, feed, ops, users
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def create_app(engine: Engine, auth: Authenticator | None, *,
     app.state.engine = engine
     app.state.auth = auth
     app.state.metrics = metrics
-    for module in (catalog, feed, users, ops):
+    for module in (catalog, feed, users, ops, admin):
         app.include_router(module.router)
     _install_error_handlers(app)
     app.add_middleware(_ObserveRequests, metrics=metrics, max_body_bytes=max_body_bytes)

@@ -18,6 +18,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from reelrank.engine import Engine
+from reelrank.registry import ModelRegistry
 from reelrank.service.app import create_app
 from reelrank.service.deps import Authenticator, ensure_service_keys
 from reelrank.store import open_store
@@ -34,7 +35,7 @@ def prepare(data_dir: Path, insecure_no_auth: bool = False) -> tuple[FastAPI, Pa
     data_dir.mkdir(parents=True, exist_ok=True)
     store = open_store(data_dir)
     try:
-        engine = Engine(store).load()
+        engine = Engine(store, registry=ModelRegistry(data_dir / "models")).load()
         if insecure_no_auth:
             return create_app(engine, None), None
         keys = ensure_service_keys(store, data_dir)

@@ -106,6 +106,9 @@ class UserState:
     creator_affinity: Counter = field(default_factory=Counter)
     hashtag_affinity: Counter = field(default_factory=Counter)
     hashtag_long_views: Counter = field(default_factory=Counter)  # for "you watched 3 #x ..."
+    creator_long_views: Counter = field(default_factory=Counter)
+    length_views: Counter = field(default_factory=Counter)  # by length_class(duration)
+    length_long_views: Counter = field(default_factory=Counter)
     positives: deque = field(default_factory=lambda: deque(maxlen=20))  # recent positive items
     tokens: deque = field(default_factory=lambda: deque(maxlen=100))  # of Token: model input
     last_ts: int = 0
@@ -117,12 +120,15 @@ class UserState:
 
     def snapshot(self) -> "UserState":
         """A copy a request can read while new events keep changing the original."""
-        return UserState(
-            self.user_id, deque(self.history, maxlen=self.history.maxlen), set(self.seen),
-            OrderedDict(self.served), set(self.not_interested), set(self.following),
-            Counter(self.counts), Counter(self.creator_affinity), Counter(self.hashtag_affinity),
-            Counter(self.hashtag_long_views), deque(self.positives, maxlen=self.positives.maxlen),
-            deque(self.tokens, maxlen=self.tokens.maxlen), self.last_ts, self.region, self.device)
+        copies = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, deque):
+                value = deque(value, maxlen=value.maxlen)
+            elif isinstance(value, (set, Counter, OrderedDict)):
+                value = value.copy()
+            copies[f.name] = value
+        return UserState(**copies)
 
 
 @dataclass
@@ -134,6 +140,14 @@ class ItemStats:
     shares: int = 0
     negatives: int = 0
     watch_ratio_sum: float = 0.0
+
+
+def length_class(duration_ms: int) -> int:
+    """Coarse video length: <10 s, <20 s, <40 s, <80 s, <160 s, longer."""
+    for k, limit in enumerate((10_000, 20_000, 40_000, 80_000, 160_000)):
+        if duration_ms < limit:
+            return k
+    return 5
 
 
 def _update_tokens(tokens: deque, event: Event, ratio: float | None, long: bool) -> None:
@@ -224,11 +238,15 @@ class LiveState:
             if t in ("play", "skip", "rewatch"):
                 u.seen.add(event.item_id)
                 s.views += 1
+                if t != "rewatch":
+                    u.length_views[length_class(item.duration_ms)] += 1
                 s.watch_ratio_sum += min(ratio or 0.0, 2.0)
                 if t == "play" and is_long_view(event.watch_ms, item.duration_ms):
                     s.long_views += 1
                     u.counts["long_view"] += 1
                     u.hashtag_long_views.update(item.hashtags)
+                    u.creator_long_views[item.creator_id] += 1
+                    u.length_long_views[length_class(item.duration_ms)] += 1
                     signal = ENGAGEMENT_WEIGHTS["long_view"]
                 elif t == "play":
                     signal = 0.0

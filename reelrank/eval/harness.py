@@ -1,0 +1,601 @@
+"""Run models on a split, compute the metrics, write report.json / report.md and plots.
+
+Every model is a ``Recommender`` (``reelrank.eval.data``) made by a zero-argument factory from
+``available_models()``. The harness owns the split, the id mapping and the metrics
+(``reelrank.eval.metrics``), so every model is measured on the same data the same way.
+
+Temporal split (short video), per model:
+
+- impressions: each test impression is scored (``score_pairs`` if the model has it, else its row
+  of ``score_users``, users in chunks); per task of ``features.TASKS``: AUC, GAUC (per user,
+  impression-weighted; users with one class only are left out) of the model's ranking score (for
+  ``negative`` of minus the score: a good feed puts what will be hated last), and, when the model
+  gives probabilities (``predict_tasks``), LogLoss plus AUC/GAUC of the task's own probability
+  (``head`` in the JSON); watch time: mean NDCG@10 per user-day (a user's impressions of
+  one local day ranked by score; user-days with a single impression are left out, any order of one
+  item is perfect) with relevance = play time (ms), and again with relevance = watch ratio capped
+  at 2 (the cap the engine uses), which does not reward long videos for being long;
+- retrieval: for each test user with a long view, the whole catalog minus what they were shown in
+  the training period is ranked; Recall@50/100/200 of the distinct long-viewed test videos
+  (``metrics.recall_at_k``; equal scores put the targets last; ``-inf`` = not retrieved);
+- beyond accuracy over the same users' top-10 lists: catalog coverage, creator-exposure Gini over
+  every creator of the catalog (zeros included), mean popularity percentile (training counts),
+  intra-list tag diversity, share of slots from creators new to the viewer (no training
+  positive with that creator).
+
+Leave-one-out (next item), per model: HR@10, NDCG@10 and MRR of the target's rank
+(``metrics.target_ranks``) over the full catalog minus the user's training items, and the same
+beyond-accuracy figures over the users' top-10 lists.
+
+A model with an attribute ``max_ranking_users`` (the engine: one 200-item feed costs 40-70 ms on
+a laptop-class core) is ranked for a seeded sample of that many users; the report says so, and
+then repeats every model's ranking metrics over the users all models were ranked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import math
+import platform
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from tqdm import tqdm
+
+from reelrank.eval import metrics
+from reelrank.eval.baselines import (
+    EngineRecommender, ItemKNNRecommender, PopularityRecommender, RandomRecommender,
+    RecentPopularityRecommender,
+)
+from reelrank.eval.data import Recommender
+from reelrank.eval.protocols import LeaveOneOutSplit, TemporalSplit, sample_users
+from reelrank.features import TASKS
+
+logger = logging.getLogger(__name__)
+
+ModelFactory = Callable[[], Recommender]
+RECALL_KS = (50, 100, 200)
+TOP_N = 10
+WATCH_RATIO_CAP = 2.0
+REVERSED_TASKS = frozenset({"negative"})
+ENGINE_RANKING_USERS = 3000
+
+
+def available_models(*, seed: int = 0, progress: bool = False,
+                     peers: bool = True) -> dict[str, ModelFactory]:
+    """Model name -> factory of a fresh, unfitted model: the baselines, the engine and, with
+    ``peers`` (importing their libraries takes seconds), the peer libraries of
+    ``reelrank.eval.peers`` whose library imports here."""
+    def engine() -> EngineRecommender:
+        model = EngineRecommender(progress=progress)
+        model.max_ranking_users = ENGINE_RANKING_USERS
+        return model
+
+    models: dict[str, ModelFactory] = {
+        "random": lambda: RandomRecommender(seed),
+        "pop": PopularityRecommender,
+        "pop_recent": RecentPopularityRecommender,
+        "itemknn": ItemKNNRecommender,
+        "engine": engine,
+        "reelrank": lambda: _neural(progress),
+    }
+    if not peers:
+        return models
+    try:
+        peers = importlib.import_module("reelrank.eval.peers")
+    except ImportError as exc:
+        logger.info("peer models unavailable (%s): skipped", exc)
+        return models
+    found = getattr(peers, "available_peers", None) or getattr(peers, "available_models", None)
+    found = found() if callable(found) else None
+    if not isinstance(found, dict):
+        logger.warning("reelrank.eval.peers has no available_peers(): peers skipped")
+        return models
+    for name, factory in found.items():
+        if name in models:
+            logger.warning("peer model %r shadows a built-in name: skipped", name)
+        else:
+            models[name] = factory
+    return models
+
+
+def _neural(progress: bool):
+    from reelrank.eval.neural import NeuralRecommender
+
+    model = NeuralRecommender(progress=progress)
+    model.max_ranking_users = None
+    return model
+
+
+@dataclass
+class ModelRun:
+    name: str
+    metrics: dict = field(default_factory=dict)
+    fit_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)  # the model's own ``settings``, if it has any
+    lorenz: tuple[list[float], list[float]] | None = None  # creator-exposure curve, downsampled
+    ranked_users: np.ndarray | None = None  # the users ranked for retrieval / next item
+    per_user: dict[str, np.ndarray] = field(default_factory=dict)  # metric -> value per user
+
+    def as_dict(self) -> dict:
+        return {"metrics": self.metrics, "fit_seconds": round(self.fit_seconds, 2),
+                "eval_seconds": round(self.eval_seconds, 2),
+                "wall_seconds": round(self.fit_seconds + self.eval_seconds, 2),
+                "notes": self.notes, "settings": self.settings}
+
+
+def fit(model: Recommender, split: TemporalSplit | LeaveOneOutSplit) -> None:
+    """``fit_events`` for a model that learns from raw events, ``fit`` for the others."""
+    if hasattr(model, "fit_events"):
+        events = (split.train_events if isinstance(split, TemporalSplit)
+                  else split.train_events())
+        model.fit_events(split.train, split.dataset.items, events)
+    else:
+        model.fit(split.train)
+
+
+def evaluate(name: str, factory: ModelFactory, split, *, seed: int = 0,
+             progress: bool = False, chunk: int = 256) -> ModelRun:
+    """Fit one model and evaluate it on the split's protocol."""
+    run = ModelRun(name)
+    model = factory()
+    started = time.perf_counter()
+    try:
+        fit(model, split)
+        run.fit_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        if isinstance(split, TemporalSplit):
+            _evaluate_temporal(model, split, run, seed, progress, chunk)
+        else:
+            _evaluate_next_item(model, split, run, seed, progress, chunk)
+        run.eval_seconds = time.perf_counter() - started
+        run.settings = dict(getattr(model, "settings", None) or {})
+    finally:
+        if hasattr(model, "close"):
+            model.close()
+    logger.info("%s: fit %.1fs, eval %.1fs", name, run.fit_seconds, run.eval_seconds)
+    return run
+
+
+def _ranking_users(model, users: np.ndarray, seed: int, run: ModelRun) -> np.ndarray:
+    limit = getattr(model, "max_ranking_users", None)
+    picked = sample_users(users, limit, seed)
+    if len(picked) < len(users):
+        run.notes.append(f"ranked for a seeded sample of {len(picked)} of {len(users)} users")
+    return picked
+
+
+def _chunks(values: np.ndarray, size: int, progress: bool, desc: str):
+    for start in tqdm(range(0, len(values), size), desc=desc, disable=not progress,
+                      dynamic_ncols=True, unit=" chunks"):
+        yield values[start:start + size]
+
+
+# --- temporal protocol --------------------------------------------------------------------------
+
+
+def _pair_outputs(model, users: np.ndarray, items: np.ndarray, chunk: int, progress: bool,
+                  name: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Scores (and task probabilities, if the model gives them) of (user, item) pairs."""
+    scores = np.zeros(len(users), dtype=np.float64)
+    probs: dict[str, np.ndarray] = {}
+    order = np.argsort(users, kind="stable")
+    uniq, starts = np.unique(users[order], return_index=True)
+    bounds = np.append(starts, len(users))
+    for k in _chunks(np.arange(len(uniq)), chunk, progress, f"{name}: impressions"):
+        rows = order[bounds[k[0]]:bounds[k[-1] + 1]]
+        u, i = users[rows], items[rows]
+        if hasattr(model, "score_pairs"):
+            scores[rows] = model.score_pairs(u, i)
+        else:
+            matrix = np.asarray(model.score_users(uniq[k]), dtype=np.float64)
+            scores[rows] = matrix[np.searchsorted(uniq[k], u), i]
+        if hasattr(model, "predict_tasks"):
+            for task, p in model.predict_tasks(u, i).items():
+                probs.setdefault(task, np.full(len(users), np.nan))[rows] = p
+    return scores, probs
+
+
+def impression_metrics(split: TemporalSplit, scores: np.ndarray,
+                       probs: dict[str, np.ndarray]) -> dict:
+    test = split.test
+    out: dict = {}
+    for task in TASKS:
+        y = test.labels[task]
+        # A good ranking puts what the viewer will hate last: the negative task reads -score.
+        signed = -scores if task in REVERSED_TASKS else scores
+        value, n_users, _ = metrics.gauc_detail(test.user, y, signed)
+        p = probs.get(task)
+        has_p = p is not None and not np.isnan(p).any()
+        out[task] = {"auc": metrics.auc(y, signed), "gauc": value, "gauc_users": n_users,
+                     "positives": int(y.sum()),
+                     "scored_by": "-score" if task in REVERSED_TASKS else "score",
+                     "logloss": metrics.logloss(y, p) if has_p else None}
+        if has_p:  # the model's own head for this task, ranked by its probability
+            out[task]["head"] = {"auc": metrics.auc(y, p), "gauc": metrics.gauc(test.user, y, p)}
+    # A user-day with a single impression is ranked perfectly by any model: left out.
+    group = test.user.astype(np.int64) * 1_000_000 + test.day
+    _, inverse, sizes = np.unique(group, return_inverse=True, return_counts=True)
+    ranked = sizes[inverse.ravel()] >= 2
+    g, sc = group[ranked], scores[ranked]
+    out["watch"] = {
+        "ndcg10_play_time": metrics.grouped_ndcg_at_k(g, test.watch_ms[ranked], sc, 10),
+        "ndcg10_watch_ratio": metrics.grouped_ndcg_at_k(
+            g, np.minimum(test.watch_ratio[ranked], WATCH_RATIO_CAP), sc, 10),
+        "groups": int(np.sum(sizes >= 2)), "impressions": int(ranked.sum()),
+        "group": "user x local day, >= 2 impressions",
+    }
+    return out
+
+
+def _evaluate_temporal(model, split: TemporalSplit, run: ModelRun, seed: int, progress: bool,
+                       chunk: int, recall_ks: tuple[int, ...] = RECALL_KS) -> None:
+    scores, probs = _pair_outputs(model, split.test.user, split.test.item, chunk, progress,
+                                  run.name)
+    run.metrics["impressions"] = impression_metrics(split, scores, probs)
+    users = _ranking_users(model, split.retrieval_users, seed, run)
+    targets = dict(zip(split.retrieval_users.tolist(), split.retrieval_targets))
+    n_items = split.index.item_ids.shape[0]
+    k_max = min(max(recall_ks), n_items)
+    recalls: dict[int, list[float]] = {k: [] for k in recall_ks}
+    lists: list[np.ndarray] = []
+    for part in _chunks(users, chunk, progress, f"{run.name}: retrieval"):
+        s = np.array(model.score_users(part), dtype=np.float64)
+        _exclude(s, [split.train_seen[u] for u in part])
+        kth = -np.partition(-s, k_max - 1, axis=1)[:, k_max - 1]
+        for row, u in enumerate(part):
+            cand = np.flatnonzero((s[row] >= kth[row]) & np.isfinite(s[row]))
+            cs = s[row, cand]
+            target = targets[int(u)]
+            ranked = cand[np.lexsort((np.isin(cand, target), -cs))]  # ties: targets last
+            for k in recall_ks:
+                recalls[k].append(metrics.recall_at_k(ranked.tolist(), target.tolist(), k))
+            lists.append(cand[np.lexsort((cand, -cs))][:TOP_N])
+    run.metrics["retrieval"] = {f"recall@{k}": float(np.mean(v)) if v else math.nan
+                                for k, v in recalls.items()}
+    run.metrics["retrieval"]["users"] = len(users)
+    run.ranked_users = np.asarray(users)
+    run.per_user = {f"recall@{k}": np.array(v) for k, v in recalls.items()}
+    _beyond_accuracy(split, users, lists, run)
+
+
+def _exclude(s: np.ndarray, per_row: list[np.ndarray]) -> None:
+    rows = np.repeat(np.arange(len(per_row)), [len(x) for x in per_row])
+    if len(rows):
+        s[rows, np.concatenate(per_row)] = -np.inf
+
+
+def _beyond_accuracy(split, users: np.ndarray, lists: list[np.ndarray], run: ModelRun) -> None:
+    index, train = split.index, split.train
+    n_creators = index.creator_ids.shape[0]
+    shown = np.concatenate(lists) if lists else np.zeros(0, dtype=np.int64)
+    exposure = np.bincount(index.item_creator[shown], minlength=n_creators)
+    seqs = train.sequences()
+    seen = [np.unique(index.item_creator[seqs[u]]).tolist() for u in users]
+    tagged = any(index.item_tags)
+    run.metrics["beyond"] = {
+        "coverage@10": metrics.catalog_coverage([x.tolist() for x in lists],
+                                                index.item_ids.shape[0]),
+        "creator_gini@10": metrics.gini(exposure),
+        "popularity_pct@10": metrics.popularity_percentile(lists, train.item_popularity()),
+        "tag_diversity@10": metrics.intra_list_diversity([x.tolist() for x in lists],
+                                                         index.item_tags) if tagged else None,
+        "new_creator_share@10": metrics.new_creator_share([x.tolist() for x in lists],
+                                                          index.item_creator.tolist(), seen),
+        "lists": len(lists),
+    }
+    x, y = metrics.lorenz_curve(exposure)
+    pick = np.unique(np.linspace(0, len(x) - 1, min(len(x), 201)).astype(int))
+    run.lorenz = (x[pick].tolist(), y[pick].tolist())
+
+
+# --- leave-one-out ------------------------------------------------------------------------------
+
+
+def _evaluate_next_item(model, split: LeaveOneOutSplit, run: ModelRun, seed: int,
+                        progress: bool, chunk: int) -> None:
+    users = _ranking_users(model, split.users, seed, run)
+    where = {int(u): k for k, u in enumerate(split.users)}
+    ranks: list[np.ndarray] = []
+    lists: list[np.ndarray] = []
+    top = min(TOP_N, split.index.item_ids.shape[0])
+    for part in _chunks(users, chunk, progress, f"{run.name}: ranking"):
+        rows = [where[int(u)] for u in part]
+        s = np.array(model.score_users(part), dtype=np.float64)
+        exclude = [split.exclude[r] for r in rows]
+        ranks.append(metrics.target_ranks(s, split.targets[rows], exclude))
+        _exclude(s, exclude)
+        best = np.argpartition(-s, top - 1, axis=1)[:, :top]
+        for row in range(len(part)):
+            b = best[row][np.isfinite(s[row, best[row]])]
+            lists.append(b[np.lexsort((b, -s[row, b]))])
+    r = np.concatenate(ranks) if ranks else np.zeros(0)
+    run.metrics["next_item"] = {"hr@10": metrics.hit_rate_at_k(r, 10),
+                                "ndcg@10": metrics.ndcg_at_k_single(r, 10),
+                                "mrr": metrics.mrr(r), "users": len(r)}
+    run.ranked_users = np.asarray(users)
+    run.per_user = {"ranks": r}
+    _beyond_accuracy(split, users, lists, run)
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for package in ("reelrank", "numpy", "torch", "matplotlib", "rich", "tqdm", "scipy",
+                    "implicit", "recbole"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def clean(value):
+    """JSON-safe: NaN/inf -> None, numpy scalars -> Python numbers, floats rounded."""
+    if isinstance(value, dict):
+        return {str(k): clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(v) for v in value]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        return round(v, 6) if math.isfinite(v) else None
+    return value
+
+
+def run(split: TemporalSplit | LeaveOneOutSplit, models: dict[str, ModelFactory], *,
+        replay: bool = False, seed: int = 0, progress: bool = False,
+        settings: dict | None = None, command: str = "") -> tuple[dict, dict[str, tuple]]:
+    """Evaluate every model (in the given order) and, on a temporal split, the engine replay.
+    Returns the report (JSON-ready after ``clean``) and each model's creator Lorenz curve."""
+    started = time.perf_counter()
+    ds = split.dataset
+    report: dict = {
+        "dataset": {"kind": ds.kind, "path": str(ds.path), "items": len(ds.items),
+                    "events": len(ds.events), "users": int(split.index.user_ids.shape[0])},
+        "split": split.describe(),
+        "sizes": {"train_interactions": len(split.train),
+                  "train_users_with_positives": int(len(np.unique(split.train.user))),
+                  "items": int(split.train.n_items)},
+        "settings": {"seed": seed, "recall_ks": list(RECALL_KS), "top_n": TOP_N,
+                     "watch_ratio_cap": WATCH_RATIO_CAP, **(settings or {})},
+        "models": {}, "versions": versions(), "command": command,
+    }
+    lorenz: dict[str, tuple] = {}
+    runs = []
+    for name, factory in models.items():
+        try:
+            result = evaluate(name, factory, split, seed=seed, progress=progress)
+        except Exception as exc:  # one broken model must not cost the others' results
+            logger.exception("model %s failed", name)
+            report["models"][name] = {"error": f"{type(exc).__name__}: {exc}", "notes": []}
+            continue
+        runs.append(result)
+        report["models"][name] = result.as_dict()
+        if result.lorenz is not None:
+            lorenz[name] = result.lorenz
+    _common_users(runs, report)
+    if replay and isinstance(split, TemporalSplit):
+        from reelrank.eval.replay import run_replay
+
+        report["replay"] = run_replay(split, progress)
+    report["wall_seconds"] = round(time.perf_counter() - started, 2)
+    return report, lorenz
+
+
+def _common_users(runs: list[ModelRun], report: dict) -> None:
+    """Where some model was ranked for a sample of the users only, every model's ranking
+    metrics again over the users all models were ranked for, so the rows compare."""
+    sets = [r.ranked_users for r in runs if r.ranked_users is not None]
+    if not sets or all(len(x) == len(sets[0]) for x in sets):
+        return
+    common = sets[0]
+    for x in sets[1:]:
+        common = np.intersect1d(common, x)
+    section = "retrieval" if "retrieval" in runs[0].metrics else "next_item"
+    for r in runs:
+        pick = np.isin(r.ranked_users, common)
+        if "ranks" in r.per_user:
+            ranks = r.per_user["ranks"][pick]
+            entry = {"hr@10": metrics.hit_rate_at_k(ranks, 10),
+                     "ndcg@10": metrics.ndcg_at_k_single(ranks, 10), "mrr": metrics.mrr(ranks)}
+        else:
+            entry = {k: float(np.mean(v[pick])) if pick.any() else math.nan
+                     for k, v in r.per_user.items()}
+        entry["users"] = int(pick.sum())
+        report["models"][r.name]["metrics"][section]["common_users"] = entry
+
+
+def write_report(report: dict, out: Path, lorenz: dict[str, tuple] | None = None) -> list[Path]:
+    """report.json, report.md and the plots in ``out``; returns the paths written."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "report.json", out / "report.md"]
+    (out / "report.json").write_text(json.dumps(clean(report), indent=2) + "\n")
+    (out / "report.md").write_text(markdown(report))
+    written += _plots(report, out, lorenz or {})
+    return written
+
+
+# --- tables -------------------------------------------------------------------------------------
+
+DASH = "—"
+
+
+def _fmt(value, digits: int = 4) -> str:
+    if value is None:
+        return DASH
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.{digits}f}" if math.isfinite(value) else DASH
+    return str(value)
+
+
+def tables(report: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The report as (title, header, rows) tables: what the console and report.md show."""
+    models = {k: r for k, r in report["models"].items() if "error" not in r}
+    out = []
+    if report["split"]["protocol"] == "temporal":
+        rows = []
+        for name, r in models.items():
+            m = r["metrics"]["impressions"]
+            rows.append([name, _fmt(m["long_view"]["gauc"]), _fmt(m["long_view"]["auc"]),
+                         _fmt(m["long_view"]["logloss"]), _fmt(m["watch"]["ndcg10_play_time"]),
+                         _fmt(m["watch"]["ndcg10_watch_ratio"]), _fmt(r["fit_seconds"], 1),
+                         _fmt(r["eval_seconds"], 1)])
+        out.append(("Test impressions", ["model", "GAUC long view", "AUC long view",
+                                         "LogLoss long view", "NDCG@10 play time",
+                                         "NDCG@10 watch ratio", "fit s", "eval s"], rows))
+        for metric, title in (("gauc", "GAUC by task"), ("auc", "AUC by task"),
+                              ("logloss", "LogLoss by task")):
+            rows = [[name] + [_fmt(r["metrics"]["impressions"][t][metric]) for t in TASKS]
+                    for name, r in models.items()]
+            if metric == "gauc" and models:
+                first = next(iter(models.values()))["metrics"]["impressions"]
+                rows.append(["(users, positives)"] + [
+                    f"{first[t]['gauc_users']}, {first[t]['positives']}" for t in TASKS])
+            header = [f"{t} (-score)" if t in REVERSED_TASKS and metric != "logloss" else t
+                      for t in TASKS]
+            out.append((title, ["model", *header], rows))
+        rows = [[name] + [_fmt(r["metrics"]["retrieval"][f"recall@{k}"]) for k in RECALL_KS]
+                + [_fmt(r["metrics"]["retrieval"]["users"])] for name, r in models.items()]
+        out.append(("Retrieval (whole catalog minus seen)",
+                    ["model", *(f"Recall@{k}" for k in RECALL_KS), "users"], rows))
+        out += _common_table(models, "retrieval", [f"recall@{k}" for k in RECALL_KS],
+                             [f"Recall@{k}" for k in RECALL_KS])
+    else:
+        rows = [[name, _fmt(r["metrics"]["next_item"]["hr@10"]),
+                 _fmt(r["metrics"]["next_item"]["ndcg@10"]), _fmt(r["metrics"]["next_item"]["mrr"]),
+                 _fmt(r["metrics"]["next_item"]["users"]), _fmt(r["fit_seconds"], 1),
+                 _fmt(r["eval_seconds"], 1)] for name, r in models.items()]
+        out.append(("Next item (leave-one-out, full ranking)",
+                    ["model", "HR@10", "NDCG@10", "MRR", "users", "fit s", "eval s"], rows))
+        out += _common_table(models, "next_item", ["hr@10", "ndcg@10", "mrr"],
+                             ["HR@10", "NDCG@10", "MRR"])
+    keys = ("coverage@10", "creator_gini@10", "popularity_pct@10", "tag_diversity@10",
+            "new_creator_share@10")
+    rows = [[name] + [_fmt(r["metrics"]["beyond"][k]) for k in keys] for name, r in models.items()]
+    out.append(("Beyond accuracy (top-10 lists)",
+                ["model", "coverage", "creator Gini", "popularity pct", "tag diversity",
+                 "new-creator share"], rows))
+    replay = report.get("replay")
+    if replay:
+        from reelrank.eval.replay import BUCKETS
+
+        rows = []
+        for mode in ("live_on", "live_off"):
+            r = replay[mode]
+            rows.append([mode.replace("_", " "), _fmt(r["overall"]["gauc"])]
+                        + [_fmt(r["by_position"][b]["gauc"]) for b in BUCKETS]
+                        + [_fmt(r["seconds"], 1)])
+        rows.append(["(impressions)", _fmt(replay["live_on"]["overall"]["impressions"])]
+                    + [_fmt(replay["live_on"]["by_position"][b]["impressions"]) for b in BUCKETS]
+                    + [""])
+        out.append(("Engine replay: GAUC of long view by session position",
+                    ["engine", "all", *(f"pos {b}" for b in BUCKETS), "seconds"], rows))
+    return out
+
+
+def _common_table(models: dict, section: str, keys: list[str], labels: list[str]) -> list:
+    if not any("common_users" in r["metrics"][section] for r in models.values()):
+        return []
+    rows = [[name] + [_fmt(r["metrics"][section]["common_users"][k]) for k in keys]
+            + [_fmt(r["metrics"][section]["common_users"]["users"])]
+            for name, r in models.items()]
+    return [("Same, on the users every model was ranked for", ["model", *labels, "users"], rows)]
+
+
+def markdown(report: dict) -> str:
+    ds, split = report["dataset"], report["split"]
+    lines = [f"# Evaluation: {ds['kind']} ({split['protocol']})", ""]
+    if report.get("command"):
+        lines += ["```", report["command"], "```", ""]
+    lines += [f"Dataset: `{ds['path']}`: {ds['items']} items, {ds['events']} events, "
+              f"{ds['users']} users.", ""]
+    lines += ["Split:", ""] + [f"- {k}: {_fmt(v)}" for k, v in split.items() if k != "protocol"]
+    lines.append("")
+    for title, header, rows in tables(report):
+        lines += [f"## {title}", "", "| " + " | ".join(header) + " |",
+                  "|" + "|".join("---" for _ in header) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        lines.append("")
+    notes = [(name, n) for name, r in report["models"].items() for n in r["notes"]]
+    notes += [(name, f"failed: {r['error']}") for name, r in report["models"].items()
+              if "error" in r]
+    if notes:
+        lines += ["## Notes", ""] + [f"- {name}: {n}" for name, n in notes] + [""]
+    lines += ["Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
+              f"Wall time: {_fmt(report.get('wall_seconds'), 1)} s", ""]
+    return "\n".join(lines)
+
+
+def rich_tables(report: dict) -> list:
+    from rich.table import Table
+
+    out = []
+    for title, header, rows in tables(report):
+        table = Table(title=title)
+        for k, h in enumerate(header):
+            table.add_column(h, justify="left" if k == 0 else "right")
+        for row in rows:
+            table.add_row(*row)
+        out.append(table)
+    return out
+
+
+def _plots(report: dict, out: Path, lorenz: dict[str, tuple]) -> list[Path]:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        logger.warning("matplotlib is not installed: no plots")
+        return []
+    written = []
+    replay = report.get("replay")
+    if replay:
+        from reelrank.eval.replay import BUCKETS
+
+        fig = Figure(figsize=(6, 4))
+        ax = fig.add_subplot()
+        width = 0.38
+        for k, (mode, label) in enumerate((("live_on", "live updates ON"),
+                                          ("live_off", "live updates OFF"))):
+            vals = [replay[mode]["by_position"][b]["gauc"] for b in BUCKETS]
+            vals = [v if v is not None and math.isfinite(v) else 0.0 for v in vals]
+            ax.bar(np.arange(len(BUCKETS)) + (k - 0.5) * width, vals, width, label=label)
+        counts = [replay["live_on"]["by_position"][b] for b in BUCKETS]
+        ax.set_xticks(np.arange(len(BUCKETS)), [
+            f"{b}\n{c['impressions']} impressions\n{c['gauc_users']} users"
+            for b, c in zip(BUCKETS, counts)])
+        ax.set_xlabel("position in session (user-day)")
+        ax.set_ylabel("GAUC of long view")
+        ax.set_ylim(0.4, None)
+        ax.set_title("Engine replay of the test days")
+        ax.legend()
+        path = out / "replay_gauc_by_position.png"
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        written.append(path)
+    if lorenz:
+        fig = Figure(figsize=(5.5, 5))
+        ax = fig.add_subplot()
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="equal exposure")
+        for name, (x, y) in lorenz.items():
+            ax.plot(x, y, label=name)
+        ax.set_xlabel("share of creators (least exposed first)")
+        ax.set_ylabel("share of top-10 slots")
+        ax.set_title("Creator exposure (Lorenz)")
+        ax.legend()
+        path = out / "creator_exposure_lorenz.png"
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        written.append(path)
+    return written

@@ -1,0 +1,53 @@
+"""A trained model set as one unit: retrieval and ranker with the settings that rebuild them.
+
+``state()`` gives plain data (state dicts, kwargs, lists) that the registry saves with
+``torch.save`` and loads with ``weights_only=True``; ``ModelBundle.from_state`` rebuilds the
+modules. No I/O here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from reelrank.models.ranker import DEFAULT_VALUE_WEIGHTS, Ranker
+from reelrank.models.retrieval import TwoTower
+
+
+@dataclass
+class ModelBundle:
+    retrieval: TwoTower | None = None
+    retrieval_kwargs: dict[str, Any] = field(default_factory=dict)
+    ranker: Ranker | None = None
+    ranker_kwargs: dict[str, Any] = field(default_factory=dict)
+    value_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_VALUE_WEIGHTS))
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "format": 1,
+            "retrieval": self.retrieval.state_dict() if self.retrieval is not None else None,
+            "retrieval_kwargs": _plain(self.retrieval_kwargs),
+            "ranker": self.ranker.state_dict() if self.ranker is not None else None,
+            "ranker_kwargs": _plain(self.ranker_kwargs),
+            "value_weights": dict(self.value_weights),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "ModelBundle":
+        retrieval = ranker = None
+        if state.get("retrieval") is not None:
+            retrieval = TwoTower(**state["retrieval_kwargs"])
+            retrieval.load_state_dict(state["retrieval"])
+            retrieval.eval()
+        if state.get("ranker") is not None:
+            ranker = Ranker(**state["ranker_kwargs"])
+            ranker.load_state_dict(state["ranker"])
+            ranker.eval()
+        return cls(retrieval, dict(state.get("retrieval_kwargs", {})), ranker,
+                   dict(state.get("ranker_kwargs", {})),
+                   dict(state.get("value_weights", DEFAULT_VALUE_WEIGHTS)))
+
+
+def _plain(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Tuples become lists so the state loads under ``weights_only=True``."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}

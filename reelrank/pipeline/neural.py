@@ -1,0 +1,204 @@
+"""The trained models in the serving path: the retrieval source and the neural scorer.
+
+``ServingModels`` holds the model set in use and swaps in a newly published version without a
+restart: the new set is loaded and its catalog vectors and index built off to the side, then
+one reference assignment makes it current. A request holds the set it started with, so a swap
+in the middle of a request changes nothing for that request.
+
+Both stages fall back gracefully: with no model published (or for a viewer with no history) the
+retrieval source proposes nothing and the v0 sources carry the feed; the scorer falls back to
+the heuristic scorer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+import torch
+
+from reelrank.features import dense_features
+from reelrank.models.bundle import ModelBundle
+from reelrank.models.ranker import CONTEXT_FIELDS, RankInputs
+from reelrank.models.retrieval import ItemInputs, encode_histories
+from reelrank.pipeline.context import FeedContext
+from reelrank.pipeline.rank import HeuristicScorer, Scored
+from reelrank.registry import ModelRegistry
+from reelrank.store.memory import Catalog
+from reelrank.types import Candidate, Item, Reason
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModels:
+    version: str
+    bundle: ModelBundle
+    meta: dict
+    item_ids: list[str]  # row order of item_vectors and of the ranker's item cache
+    item_index: dict[str, int]
+    item_vectors: torch.Tensor | None  # (I, D) retrieval vectors
+    index: object | None  # a reelrank.index.VectorIndex over item_vectors
+    ranker_items: ItemInputs | None
+
+
+class ServingModels:
+    def __init__(self, registry: ModelRegistry | None, catalog: Catalog, index_kind: str = "ann"):
+        self.registry = registry
+        self.catalog = catalog
+        self.index_kind = index_kind
+        self.current: LoadedModels | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def version(self) -> str | None:
+        cur = self.current
+        return cur.version if cur else None
+
+    def refresh(self) -> bool:
+        """Load the registry's latest version if it is not the one in use; True if swapped."""
+        if self.registry is None:
+            return False
+        latest = self.registry.latest()
+        if latest is None or latest == self.version:
+            return False
+        with self._lock:
+            if latest == self.version:
+                return False
+            artifact = self.registry.load(latest)
+            loaded = self._prepare(artifact.version, ModelBundle.from_state(artifact.state),
+                                   artifact.meta)
+            self.current = loaded  # the swap: one reference assignment
+        log.info("serving model version %s", latest)
+        return True
+
+    def add_items(self, items: list[Item]) -> None:
+        """New or changed uploads get a retrieval vector from their content right away, so
+        they can be retrieved before the next training run."""
+        cur = self.current
+        if cur is None or cur.index is None or not items:
+            return
+        retrieval = cur.bundle.retrieval
+        with torch.no_grad():
+            vectors = retrieval.item_vectors(retrieval.items.encode_items(items))
+        invisible = [it.item_id for it in items if not it.visible]
+        cur.index.add([it.item_id for it in items], vectors.numpy().astype("float32"))
+        if invisible:
+            cur.index.remove(invisible)
+
+    def _prepare(self, version: str, bundle: ModelBundle, meta: dict) -> LoadedModels:
+        items = [self.catalog.get(i) for i in self.catalog.ids()]
+        items = [it for it in items if it is not None]
+        ids = [it.item_id for it in items]
+        vectors = index = ranker_items = None
+        with torch.no_grad():
+            if bundle.retrieval is not None and items:
+                vectors = bundle.retrieval.item_vectors(bundle.retrieval.items.encode_items(items))
+                index = _make_index(self.index_kind, ids, vectors)
+            if bundle.ranker is not None and items:
+                ranker_items = bundle.ranker.items.encode_items(items)
+        return LoadedModels(version, bundle, meta, ids, {i: k for k, i in enumerate(ids)},
+                            vectors, index, ranker_items)
+
+
+def _make_index(kind: str, ids: list[str], vectors: torch.Tensor):
+    from reelrank.index import make_index
+
+    index = make_index(kind)
+    index.build(ids, vectors.numpy().astype("float32"))
+    return index
+
+
+class RetrievalSource:
+    """The main candidate source: the two-tower model over the viewer's live history."""
+
+    name = "retrieval"
+
+    def __init__(self, models: ServingModels):
+        self.models = models
+
+    def generate(self, ctx: FeedContext, n: int) -> list[Candidate]:
+        m = self.models.current
+        if m is None or m.index is None or ctx.user is None or not ctx.user.tokens:
+            return []
+        retrieval = m.bundle.retrieval
+        h = encode_histories([list(ctx.user.tokens)], m.item_index, retrieval.users.max_len)
+        if (h.items < 0).all():
+            return []
+        with torch.no_grad():
+            user = retrieval.user_vectors(h, m.item_vectors)[0].numpy()  # (D,)
+        exclude = set(ctx.user.seen) | set(ctx.user.served) | set(ctx.user.not_interested)
+        hits = m.index.search(user, n, exclude=exclude)[0]
+        if not hits:
+            return []
+        top = hits[0][1]
+        low = hits[-1][1]
+        span = (top - low) or 1.0
+        reason = Reason("for_you", "picked for you from what you watched recently")
+        return [Candidate(i, self.name, 0.5 + 0.5 * (s - low) / span, (reason,)) for i, s in hits]
+
+
+class NeuralScorer:
+    """Scores candidates with the multi-task ranker and the value formula; the heuristic
+    scorer's signals still supply the human-readable reasons."""
+
+    def __init__(self, models: ServingModels, fallback: HeuristicScorer | None = None,
+                 history_len: int = 30):
+        self.models = models
+        self.fallback = fallback or HeuristicScorer()
+        self.history_len = history_len
+
+    @property
+    def version(self) -> str:
+        return self.models.version or self.fallback.version
+
+    def score(self, ctx: FeedContext, candidates: list[Candidate]) -> list[Scored]:
+        m = self.models.current
+        if m is None or m.bundle.ranker is None or m.ranker_items is None or not candidates:
+            return self.fallback.score(ctx, candidates)
+        items = [ctx.catalog.get(c.item_id) for c in candidates]
+        keep = [(c, it) for c, it in zip(candidates, items) if it is not None]
+        if not keep:
+            return []
+        probs = self._predict(m, ctx, [it for _, it in keep])  # (N, T)
+        tasks = m.bundle.ranker.tasks
+        out = []
+        for (cand, item), row in zip(keep, probs):
+            preds = {t: float(p) for t, p in zip(tasks, row)}
+            value = sum(w * preds[t] for t, w in m.bundle.value_weights.items() if t in preds)
+            reasons = self.fallback.signals(ctx, item) if ctx.personalized else ()
+            out.append(Scored(cand, value, preds, reasons + cand.reasons))
+        return out
+
+    def _predict(self, m: LoadedModels, ctx: FeedContext, items: list[Item]) -> torch.Tensor:
+        ranker = m.bundle.ranker
+        cand_inputs = _item_inputs(ranker, m, items)
+        tokens = list(ctx.user.tokens)[-self.history_len:] if ctx.user is not None else []
+        hist_items = list(dict.fromkeys(t.item_id for t in tokens if t.item_id in ctx.catalog))
+        local = {i: k for k, i in enumerate(hist_items)}
+        history = encode_histories([tokens], local, self.history_len)
+        N = len(items)
+        history = type(history)(history.items.expand(N, -1), history.view.expand(N, -1),
+                                history.flags.expand(N, -1, -1), history.gap.expand(N, -1))
+        hist_inputs = _item_inputs(ranker, m, [ctx.catalog.get(i) for i in hist_items])
+        req = ctx.request
+        device = req.device or (ctx.user.device if ctx.user else None)
+        values = {"device": device, "region": ctx.region, "source": req.source}
+        context = torch.stack([
+            ranker.context[j].lookup_rows([values[f]] * N) for j, f in enumerate(CONTEXT_FIELDS)
+        ], dim=1)  # (N, C)
+        dense = torch.tensor([dense_features(ctx.user, it, ctx.live.item_stats(it.item_id), ctx.now)
+                              for it in items], dtype=torch.float32)  # (N, F)
+        hour = torch.full((N,), (ctx.now // 3_600_000) % 24, dtype=torch.long)
+        with torch.no_grad():
+            logits = ranker(RankInputs(cand_inputs, history, hist_inputs, context, hour, dense))
+        return torch.sigmoid(logits)
+
+
+def _item_inputs(ranker, m: LoadedModels, items: list[Item]) -> ItemInputs:
+    """Cached encodings for catalog items known at load time; new uploads encoded now."""
+    rows = [m.item_index.get(it.item_id, -1) for it in items]
+    if all(r >= 0 for r in rows):
+        return m.ranker_items[torch.tensor(rows, dtype=torch.long)]
+    return ranker.items.encode_items(items)

@@ -1,0 +1,258 @@
+"""Training the two-tower retrieval model from viewers' token histories.
+
+Every position of every history is a training target at once (the next positive video),
+scored against the batch's own positives plus shared negatives sampled by popularity, with
+log-Q correction (models/losses.py). Histories are packed once into flat arrays
+(``SequenceTable``) so that a batch is a few numpy slices, not Python loops over events.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from reelrank.features import Token
+from reelrank.models.losses import sampled_softmax_loss
+from reelrank.models.retrieval import (
+    FLAGS, HistoryInputs, ItemInputs, TwoTower, gap_bucket, view_bucket,
+)
+from reelrank.types import Item
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RetrievalConfig:
+    dim: int = 64
+    max_len: int = 50
+    layers: int = 2
+    heads: int = 2
+    dropout: float = 0.3
+    use_content: bool = True
+    content_fields: tuple[str, ...] = ("creator", "sound", "tags", "duration", "words")
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    negatives: int = 2048
+    negative_power: float = 0.75  # negatives ~ count^power
+    epochs: int = 20
+    time_budget_s: float | None = None
+    seed: int = 0
+
+    def model(self) -> TwoTower:
+        return TwoTower(self.dim, self.max_len, self.layers, self.heads, self.dropout,
+                        use_content=self.use_content, content_fields=self.content_fields)
+
+
+@dataclass
+class SequenceTable:
+    """All histories as flat arrays: user u's tokens are ``[offsets[u], offsets[u+1])``."""
+
+    user_ids: list[str]
+    offsets: np.ndarray  # (U+1,) int64
+    item: np.ndarray  # (T,) int64 catalog index
+    view: np.ndarray  # (T,) int64
+    flags: np.ndarray  # (T, F) float32
+    gap: np.ndarray  # (T,) int64
+    positive: np.ndarray  # (T,) bool
+
+    @classmethod
+    def from_tokens(cls, histories: Mapping[str, Sequence[Token]],
+                    item_index: Mapping[str, int]) -> "SequenceTable":
+        user_ids, offsets = [], [0]
+        item, view, flags, gap, positive = [], [], [], [], []
+        for user, toks in histories.items():
+            prev = None
+            kept = 0
+            for t in toks:
+                idx = item_index.get(t.item_id)
+                if idx is None:
+                    continue
+                item.append(idx)
+                kind = "play" if t.event_type == "long_view" else t.event_type
+                view.append(view_bucket(kind, t.watch_ratio))
+                flags.append([getattr(t, f) for f in FLAGS])
+                gap.append(gap_bucket(t.ts - prev) if prev is not None else 0)
+                positive.append(t.positive)
+                prev = t.ts
+                kept += 1
+            user_ids.append(user)
+            offsets.append(offsets[-1] + kept)
+        return cls(user_ids, np.asarray(offsets, dtype=np.int64),
+                   np.asarray(item, dtype=np.int64), np.asarray(view, dtype=np.int64),
+                   np.asarray(flags, dtype=np.float32).reshape(-1, len(FLAGS)),
+                   np.asarray(gap, dtype=np.int64), np.asarray(positive, dtype=bool))
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def window(self, users: np.ndarray, max_len: int, ends: np.ndarray | None = None,
+               with_targets: bool = True) -> tuple[HistoryInputs, torch.Tensor | None]:
+        """Left-padded inputs for each user's tokens before ``ends`` (default: all of them);
+        with targets, position p's target is the next token's item if it is positive, else -1."""
+        B = len(users)
+        items = np.full((B, max_len), -1, dtype=np.int64)
+        view = np.zeros((B, max_len), dtype=np.int64)
+        flags = np.zeros((B, max_len, self.flags.shape[1]), dtype=np.float32)
+        gap = np.zeros((B, max_len), dtype=np.int64)
+        targets = np.full((B, max_len), -1, dtype=np.int64) if with_targets else None
+        for b, u in enumerate(users):
+            start, stop = self.offsets[u], self.offsets[u + 1]
+            end = stop if ends is None else start + ends[b]
+            if with_targets:
+                # Inputs are tokens [s, end-1), targets the tokens [s+1, end).
+                s = max(start, end - 1 - max_len)
+                n = end - 1 - s
+                if n <= 0:
+                    continue
+                nxt = slice(s + 1, end)
+                targets[b, max_len - n:] = np.where(self.positive[nxt], self.item[nxt], -1)
+                src = slice(s, end - 1)
+            else:
+                s = max(start, end - max_len)
+                n = end - s
+                if n <= 0:
+                    continue
+                src = slice(s, end)
+            items[b, max_len - n:] = self.item[src]
+            view[b, max_len - n:] = self.view[src]
+            flags[b, max_len - n:] = self.flags[src]
+            gap[b, max_len - n:] = self.gap[src]
+        h = HistoryInputs(torch.from_numpy(items), torch.from_numpy(view),
+                          torch.from_numpy(flags), torch.from_numpy(gap))
+        return h, (torch.from_numpy(targets) if with_targets else None)
+
+
+@dataclass
+class TrainReport:
+    epochs: int = 0
+    steps: int = 0
+    seconds: float = 0.0
+    losses: list[float] = field(default_factory=list)
+    evals: list[dict] = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+
+
+def encode_catalog(model: TwoTower, items: Sequence[Item]) -> ItemInputs:
+    """Admit the catalog's ids into the model's tables, then encode every item."""
+    model.items.observe(items)
+    return model.items.encode_items(items)
+
+
+def item_matrix(model: TwoTower, catalog: ItemInputs, chunk: int = 65536) -> torch.Tensor:
+    """(I, D) vectors of the whole catalog, in inference mode."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = torch.cat([model.item_vectors(catalog[torch.arange(s, min(s + chunk, len(catalog)))])
+                         for s in range(0, len(catalog), chunk)])
+    model.train(was_training)
+    return out
+
+
+def user_matrix(model: TwoTower, table: SequenceTable, users: np.ndarray, items: torch.Tensor,
+                max_len: int, chunk: int = 1024) -> torch.Tensor:
+    """(len(users), D) vectors after each user's whole history, in inference mode."""
+    was_training = model.training
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(users), chunk):
+            h, _ = table.window(users[s:s + chunk], max_len, with_targets=False)
+            out.append(model.user_vectors(h, items))
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros((0, items.shape[1]))
+
+
+def train_retrieval(model: TwoTower, catalog: ItemInputs, table: SequenceTable,
+                    cfg: RetrievalConfig, *, progress: bool = True,
+                    evaluate: Callable[[TwoTower, int], dict] | None = None,
+                    on_progress: Callable[[float], None] | None = None) -> TrainReport:
+    """Train in place; ``evaluate(model, epoch)`` runs after each epoch when given."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    report = TrainReport(config=asdict(cfg))
+    n_items = len(catalog)
+    counts = np.bincount(table.item[table.positive], minlength=n_items).astype(np.float64)
+    q = (counts + 1.0) ** cfg.negative_power
+    q /= q.sum()
+    log_q = torch.from_numpy(np.log(q)).float()
+    users = np.flatnonzero(table.lengths() >= 2)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    started = time.perf_counter()
+    steps_per_epoch = max(1, math.ceil(len(users) / cfg.batch_size))
+    total_steps = steps_per_epoch * cfg.epochs
+    bar = tqdm(total=total_steps, disable=not progress, desc="retrieval", unit="step")
+    model.train()
+    for epoch in range(cfg.epochs):
+        epoch_loss, n = 0.0, 0
+        for batch in _length_buckets(users, table.lengths(), cfg.batch_size, rng):
+            width = int(min(cfg.max_len, table.lengths()[batch].max() - 1))
+            h, targets = table.window(batch, width)
+            valid = targets >= 0
+            if not valid.any():
+                continue
+            negs = torch.from_numpy(rng.choice(n_items, size=cfg.negatives, p=q))
+            loss = _step_loss(model, catalog, h, targets, valid, negs, log_q, n_items)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            epoch_loss += loss.item()
+            n += 1
+            report.steps += 1
+            bar.update(1)
+            if on_progress:
+                on_progress(report.steps / total_steps)
+        report.losses.append(epoch_loss / max(1, n))
+        report.epochs = epoch + 1
+        bar.set_postfix(loss=f"{report.losses[-1]:.3f}")
+        if evaluate is not None:
+            metrics = evaluate(model, epoch)
+            report.evals.append({"epoch": epoch + 1, **metrics})
+            log.info("epoch %d loss %.4f %s", epoch + 1, report.losses[-1], metrics)
+        if cfg.time_budget_s is not None and time.perf_counter() - started > cfg.time_budget_s:
+            log.info("time budget reached after %d epochs", epoch + 1)
+            break
+    bar.close()
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _length_buckets(users: np.ndarray, lengths: np.ndarray, batch_size: int,
+                    rng: np.random.Generator) -> list[np.ndarray]:
+    """Batches of users with similar history lengths, in random order: most histories are
+    short, and padding every batch to the longest one would multiply the transformer's work."""
+    order = users[np.lexsort((rng.random(len(users)), lengths[users]))]
+    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def _step_loss(model: TwoTower, catalog: ItemInputs, h: HistoryInputs, targets: torch.Tensor,
+               valid: torch.Tensor, negs: torch.Tensor, log_q: torch.Tensor,
+               n_items: int) -> torch.Tensor:
+    """Encode only the items this batch touches, then the sampled softmax over
+    [the batch's positives, the sampled negatives]."""
+    hist_items = h.items[h.items >= 0]
+    positives = torch.unique(targets[valid])  # (P,)
+    need = torch.unique(torch.cat([hist_items, positives, negs]))  # (K,)
+    where = torch.full((n_items,), -1, dtype=torch.long)
+    where[need] = torch.arange(len(need))
+    vec = model.item_vectors(catalog[need])  # (K, D)
+    local = HistoryInputs(torch.where(h.items >= 0, where[h.items.clamp(min=0)], h.items),
+                          h.view, h.flags, h.gap)
+    out = model.users(local, vec)  # (B, L, D)
+    u = out[valid]  # (N, D)
+    cand_ids = torch.cat([positives, negs])  # (C,)
+    cand_vec = vec[where[cand_ids]]  # (C, D)
+    target_idx = torch.searchsorted(positives, targets[valid])  # (N,) index into positives
+    return sampled_softmax_loss(u, target_idx, cand_vec, cand_ids, log_q[cand_ids])
