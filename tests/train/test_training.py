@@ -92,3 +92,47 @@ def test_hot_swap_while_serving_fails_no_request(world_store, tmp_path):
     assert errors == []
     assert engine.models.version == second != first
     assert second in versions
+
+
+def test_admin_train_endpoint_publishes_and_serving_switches(world_store, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from reelrank.service.app import create_app
+
+    engine = Engine(world_store, registry=ModelRegistry(tmp_path / "models"),
+                    index_kind="exact").load()
+    engine.train_config = TINY
+    client = TestClient(create_app(engine, None))
+    assert client.get("/v1/feed", params={"user_id": "u1"}).json()["model_version"] == \
+        "heuristic-v0"
+    r = client.post("/v1/admin/train")
+    assert r.status_code == 202
+    job_id = r.json()["job_id"]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/admin/jobs/{job_id}").json()
+        if job["status"] in ("done", "failed"):
+            break
+        time.sleep(0.1)
+    assert job["status"] == "done", job
+    assert job["progress"] == 1.0
+    feed = client.get("/v1/feed", params={"user_id": "u1"}).json()
+    assert feed["model_version"] == job["model_version"]
+    assert client.get("/v1/admin/jobs/nope").status_code == 404
+
+
+def test_a_failing_training_job_never_stops_the_feed(store, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from reelrank.service.app import create_app
+
+    engine = Engine(store, registry=ModelRegistry(tmp_path / "models")).load()  # empty store
+    client = TestClient(create_app(engine, None))
+    job_id = client.post("/v1/admin/train").json()["job_id"]
+    deadline = time.monotonic() + 30
+    while client.get(f"/v1/admin/jobs/{job_id}").json()["status"] not in ("done", "failed"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    job = client.get(f"/v1/admin/jobs/{job_id}").json()
+    assert job["status"] == "failed" and "empty" in job["error"]
+    assert client.get("/v1/feed", params={"user_id": "x"}).status_code == 200
