@@ -5,12 +5,17 @@ finds the best-scoring videos for a query vector. Two backends share one contrac
 
 - ``ExactIndex``: brute force, float32 matmul + argpartition. The reference the ANN is tested
   against, and the right choice for small catalogs.
-- ``AnnIndex``: faiss IVF with 4-bit product-quantized codes scanned by faiss' "fast scan" kernels
-  (IndexIVFPQFastScan, inner-product metric), then an exact re-rank of the best ``rerank * max(k, 32)``
-  candidates against the float32 vectors this index keeps. Chosen by benchmarks/bench_index.py
-  (results in benchmarks/results/index.md): on structured item vectors it reached the recall target
-  at a fraction of the latency of IVF-Flat and of HNSW (faiss or hnswlib, inner product or the
-  MIPS->L2 reduction), whose graphs lose recall on clustered vectors with skewed norms.
+- ``AnnIndex``: faiss IVF with 4-bit product-quantized codes scanned by faiss' "fast scan"
+  kernels (IndexIVFPQFastScan, inner-product metric), then an exact re-rank of the best
+  ``rerank * max(k, 32)`` candidates against the float32 vectors this index keeps.
+
+The ANN was chosen by benchmarks/bench_index.py (benchmarks/results/index.md). On structured
+item vectors (topic clusters, low rank, skewed norms) no HNSW graph reached recall@100 0.95
+(faiss or hnswlib, inner product or the MIPS->L2 reduction: 0.84-0.88 at efSearch=800). IVF
+did; at 1M items this one reached 0.96 at p50 1.4 ms / p99 1.7 ms on one thread, where IVF-Flat
+needed about 1.5-2x the CPU for the same recall (it scans full floats, not 4-bit codes).
+A serving process should also run BLAS on one thread per request (OPENBLAS_NUM_THREADS=1): on a
+busy machine numpy's thread pool made a 20k-row exact scan 10-30x slower.
 
 Both return exact inner-product scores (the ANN re-ranks), best first, as ``(item_id, score)``.
 ``exclude`` (e.g. videos the viewer has seen) is honoured while still returning ``k`` items when
@@ -183,7 +188,8 @@ class _Store:
         return np.unique(rows[rows >= 0])
 
     def scores(self, q: np.ndarray, banned: np.ndarray) -> np.ndarray:
-        """Exact scores of queries (B, D) against every stored row, -inf for dead/banned: (B, rows)."""
+        """Exact scores of queries (B, D) against every stored row: (B, rows), -inf where
+        a row is dead or banned."""
         scores = q @ self.vectors[: self.rows].T  # (B, rows)
         scores[:, ~self.alive[: self.rows]] = -np.inf
         scores[:, banned] = -np.inf

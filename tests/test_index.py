@@ -41,7 +41,8 @@ def structured(n: int, dim: int, n_queries: int, seed: int = 0):
     x *= np.exp(0.35 * rng.standard_normal(n))[:, None]
     topics = rng.choice(256, size=(n_queries, 3), p=share)
     w = rng.dirichlet(np.full(3, 0.5), size=n_queries)
-    q = np.einsum("qk,qkd->qd", w, centers[topics]) + 0.3 * rng.standard_normal((n_queries, dim)) / 8
+    q = np.einsum("qk,qkd->qd", w, centers[topics])
+    q += 0.3 * rng.standard_normal((n_queries, dim)) / 8
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     return x.astype(np.float32), q.astype(np.float32)
 

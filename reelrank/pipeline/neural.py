@@ -105,6 +105,13 @@ class ServingModels:
 def _make_index(kind: str, ids: list[str], vectors: torch.Tensor):
     from reelrank.index import make_index
 
+    if kind == "ann":
+        import faiss
+
+        # One request per thread: faiss' OpenMP threads only wait on each other here
+        # (benchmarks/results/index.md).
+        faiss.omp_set_num_threads(1)
+
     index = make_index(kind)
     index.build(ids, vectors.numpy().astype("float32"))
     return index
