@@ -199,12 +199,16 @@ def demo(
     users: int = typer.Option(300, help="Synthetic viewers in the demo world."),
     items: int = typer.Option(2000, help="Synthetic videos in the demo world."),
 ) -> None:
-    """Build a synthetic world (once), then serve it with authentication on, printing the URL
-    and the tokens to use."""
+    """Build a synthetic world and train the neural models on it (once), then serve it with
+    authentication on, printing the URL and the tokens to use."""
     import json
 
+    from reelrank.registry import ModelRegistry
     from reelrank.service.server import prepare, run
     from reelrank.store import open_store
+    from reelrank.train.job import TrainConfig, train_from_store
+    from reelrank.train.ranker import RankerConfig
+    from reelrank.train.retrieval import RetrievalConfig
 
     _logging("info")
     store = open_store(data_dir)
@@ -212,6 +216,12 @@ def demo(
         if store.count_items() == 0:
             typer.echo("building the synthetic demo world ...")
             _write_world(store, users, items, max(20, items // 15), 2, 20, 7)
+        registry = ModelRegistry(Path(data_dir) / "models")
+        if registry.latest() is None:
+            typer.echo("training the neural models on the demo world (once) ...")
+            cfg = TrainConfig(retrieval=RetrievalConfig(epochs=3), ranker=RankerConfig(epochs=1))
+            result = train_from_store(store, registry, cfg, progress=True)
+            typer.echo(f"published model version {result.version}")
     finally:
         store.close()
     app_, keys_path = prepare(data_dir, insecure_no_auth=False)
