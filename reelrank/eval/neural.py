@@ -14,6 +14,7 @@ out), and answers:
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,14 @@ class NeuralRecommender(EngineRecommender):
         root = Path(self._tmp.name)
         engine = build_engine(items, events, root / "store", self.progress)
         registry = ModelRegistry(root / "models")
-        result = train_from_store(engine.store, registry, self.config, progress=self.progress)
+        config = self.config
+        impressions = sum(1 for e in events if e.type == "impression")
+        if impressions and len(train) >= 0.95 * impressions:
+            # Next-item data: every shown item was taken, so there is nothing for a ranker to
+            # learn to order; only retrieval is trained (and evaluated).
+            config = replace(config, ranker=replace(config.ranker, epochs=0))
+            self.settings["ranker"] = "not trained: every impression in this data is a positive"
+        result = train_from_store(engine.store, registry, config, progress=self.progress)
         engine.registry = registry
         engine.models.registry = registry
         engine.models.refresh()

@@ -15,6 +15,8 @@ in site-packages is touched); see ``_recbole_runtime`` and ``_recbole_config``.
 
 from __future__ import annotations
 
+import functools
+
 import contextlib
 import importlib
 import logging
@@ -514,6 +516,7 @@ class RecBoleSASRec:
     def fit(self, train: Interactions) -> None:
         import torch
         from recbole.data import create_dataset, data_preparation
+        _import_recbole_models()
         from recbole.model.sequential_recommender import SASRec
         from recbole.utils import init_seed
 
@@ -664,8 +667,24 @@ class RecBoleSASRec:
 _PEERS: dict[str, tuple[str, Callable[[], Recommender]]] = {
     "implicit_als": ("implicit", ImplicitALS),
     "implicit_bpr": ("implicit", ImplicitBPR),
-    "recbole_sasrec": ("recbole", RecBoleSASRec),
+    # Bounded like ReelRank's own training target (15 minutes on the 2-core machine).
+    "recbole_sasrec": ("recbole", functools.partial(RecBoleSASRec, time_budget_s=900.0)),
 }
+
+
+def _import_recbole_models() -> None:
+    """Import RecBole's model zoo without its side effect: one of its modules (SINE) turns on
+    torch's anomaly detection for the whole process when imported, which slows every other
+    model's training and makes harmless masked NaNs fatal."""
+    import torch
+
+    anomaly = torch.is_anomaly_enabled()
+    try:
+        import recbole.data  # noqa: F401
+        import recbole.model.sequential_recommender  # noqa: F401
+        import recbole.trainer  # noqa: F401
+    finally:
+        torch.autograd.set_detect_anomaly(anomaly)
 
 
 def _import_error(module: str) -> str | None:
@@ -676,9 +695,7 @@ def _import_error(module: str) -> str | None:
             import implicit.cpu.bpr  # noqa: F401
             import threadpoolctl  # noqa: F401
         elif module == "recbole":
-            import recbole.data  # noqa: F401
-            import recbole.model.sequential_recommender  # noqa: F401
-            import recbole.trainer  # noqa: F401
+            _import_recbole_models()
         else:
             raise ImportError(f"unknown peer library {module}")
     except Exception as exc:  # noqa: BLE001 - an optional extra may fail in any way on import

@@ -82,8 +82,9 @@ class Ranker(nn.Module):
         tok = tok + self.view(h.view) + self.flags(h.flags) + self.gap(h.gap)  # (N, L, D)
         q = cand.unsqueeze(1).expand_as(tok)  # (N, L, D)
         w = self.attention(torch.cat([q, tok, q * tok, q - tok], dim=-1)).squeeze(-1)  # (N, L)
-        w = w.masked_fill(pad, float("-inf"))
-        w = torch.softmax(w, dim=-1).nan_to_num(0.0)  # all-padding rows -> zero weights
+        # A finite fill and a multiply, not -inf: a row of only padding must give zero weights
+        # without a NaN anywhere, forward or backward.
+        w = torch.softmax(w.masked_fill(pad, -1e9), dim=-1) * (~pad).to(w.dtype)  # (N, L)
         attended = (w.unsqueeze(-1) * tok).sum(1)  # (N, D)
         ctx = [emb(x.context[:, j]) for j, emb in enumerate(self.context)]  # each (N, D)
         features = torch.cat(
