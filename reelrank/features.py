@@ -181,10 +181,22 @@ DENSE_FEATURES = (
 )
 
 
-def dense_features(user, item, stats, now: int) -> list[float]:
+def user_aggregates(user) -> tuple[float, float] | None:
+    """The viewer-wide sums ``dense_features`` divides by: computed once per request, not once
+    per candidate."""
+    if user is None:
+        return None
+    tag_total = sum(abs(v) for v in user.hashtag_affinity.values()) + 5.0
+    all_views = sum(user.length_views.values())
+    overall = (sum(user.length_long_views.values()) + 1.5) / (all_views + 5)
+    return tag_total, overall
+
+
+def dense_features(user, item, stats, now: int, aggregates=None) -> list[float]:
     """The ranker's counters for one (viewer, video) at time ``now``, from a ``UserState`` (or
     None for a new viewer) and the video's ``ItemStats``. Rates are smoothed towards priors so
-    a handful of events cannot make them extreme.
+    a handful of events cannot make them extreme. ``aggregates`` is ``user_aggregates(user)``
+    when the caller scores many videos for one viewer.
 
     Every feature depends on the video (alone or with the viewer). Counters of the viewer alone
     (how much they watch, their overall long-view rate) are left out on purpose: they are the
@@ -194,13 +206,11 @@ def dense_features(user, item, stats, now: int) -> list[float]:
     views = stats.views
     shown = max(stats.impressions, views)
     if user is not None:
+        tag_total, overall = aggregates if aggregates is not None else user_aggregates(user)
         creator_aff = user.creator_affinity.get(item.creator_id, 0.0)
-        tag_total = sum(abs(v) for v in user.hashtag_affinity.values()) + 5.0
         tag_aff = sum(user.hashtag_affinity.get(t, 0.0) for t in item.hashtags) / tag_total
         creator_long = user.creator_long_views.get(item.creator_id, 0)
         follows = 1.0 if item.creator_id in user.following else 0.0
-        all_views = sum(user.length_views.values())
-        overall = (sum(user.length_long_views.values()) + 1.5) / (all_views + 5)
         k = length_class(item.duration_ms)
         in_class = (user.length_long_views.get(k, 0) + 5 * overall) / (user.length_views.get(k, 0) + 5)
         length_lift = in_class - overall

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from reelrank.store.memory import Catalog, LiveState, UserState
 from reelrank.types import UserSettings
@@ -30,6 +30,8 @@ class FeedContext:
     user: UserState | None  # None for a viewer never seen before
     mode: str  # the mode actually served (settings can force non_personalized)
     now: int  # event-time clock, ms
+    # Per-request values that several stages derive from the viewer (computed once).
+    cache: dict = field(default_factory=dict)
 
     @property
     def region(self) -> str | None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from reelrank.features import dense_features
+from reelrank.features import dense_features, user_aggregates
 from reelrank.models.bundle import ModelBundle
 from reelrank.models.ranker import CONTEXT_FIELDS, RankInputs
 from reelrank.models.retrieval import ItemInputs, encode_histories
@@ -171,8 +171,8 @@ class NeuralScorer:
         probs = self._predict(m, ctx, [it for _, it in keep])  # (N, T)
         tasks = m.bundle.ranker.tasks
         out = []
-        for (cand, item), row in zip(keep, probs):
-            preds = {t: float(p) for t, p in zip(tasks, row)}
+        for (cand, item), row in zip(keep, probs.tolist()):
+            preds = dict(zip(tasks, row))
             value = sum(w * preds[t] for t, w in m.bundle.value_weights.items() if t in preds)
             reasons = self.fallback.signals(ctx, item) if ctx.personalized else ()
             out.append(Scored(cand, value, preds, reasons + cand.reasons))
@@ -195,8 +195,10 @@ class NeuralScorer:
         context = torch.stack([
             ranker.context[j].lookup_rows([values[f]] * N) for j, f in enumerate(CONTEXT_FIELDS)
         ], dim=1)  # (N, C)
-        dense = torch.tensor([dense_features(ctx.user, it, ctx.live.item_stats(it.item_id), ctx.now)
-                              for it in items], dtype=torch.float32)  # (N, F)
+        agg = user_aggregates(ctx.user)
+        dense = torch.tensor([dense_features(ctx.user, it, ctx.live.item_stats(it.item_id),
+                                             ctx.now, agg) for it in items],
+                             dtype=torch.float32)  # (N, F)
         hour = torch.full((N,), (ctx.now // 3_600_000) % 24, dtype=torch.long)
         with torch.no_grad():
             logits = ranker(RankInputs(cand_inputs, history, hist_inputs, context, hour, dense))

@@ -89,7 +89,13 @@ class HeuristicScorer:
             return 0.0, ()
         reasons: list[Reason] = []
         # The prior strength shrinks affinities built on a handful of events towards zero.
-        total = sum(abs(v) for v in u.hashtag_affinity.values()) + self.affinity_prior
+        totals = ctx.cache.get("affinity_totals")
+        if totals is None:
+            totals = ctx.cache["affinity_totals"] = (
+                sum(abs(v) for v in u.hashtag_affinity.values()) + self.affinity_prior,
+                max((abs(v) for v in u.creator_affinity.values()), default=0.0)
+                + self.affinity_prior)
+        total, top = totals
         tag_score = sum(u.hashtag_affinity.get(t, 0.0) for t in item.hashtags) / total
         best = max(item.hashtags, key=lambda t: u.hashtag_long_views.get(t, 0), default=None)
         if best is not None and u.hashtag_long_views.get(best, 0) > 0:
@@ -102,8 +108,6 @@ class HeuristicScorer:
             creator_score = 1.0
             reasons.append(Reason("following", "you follow this creator"))
         else:
-            top = max((abs(v) for v in u.creator_affinity.values()), default=0.0)
-            top += self.affinity_prior
             creator_score = u.creator_affinity.get(item.creator_id, 0.0) / top
             if creator_score > 0.2:
                 reasons.append(Reason("creator_affinity", "you enjoyed videos by this creator"))
