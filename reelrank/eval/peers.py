@@ -15,9 +15,8 @@ in site-packages is touched); see ``_recbole_runtime`` and ``_recbole_config``.
 
 from __future__ import annotations
 
-import functools
-
 import contextlib
+import functools
 import importlib
 import logging
 import os

@@ -11,6 +11,8 @@ import pytest
 pytest.importorskip("implicit")
 pytest.importorskip("recbole")
 
+import torch  # noqa: E402
+
 from reelrank.eval.data import Interactions, Recommender  # noqa: E402
 from reelrank.eval.peers import (  # noqa: E402
     ImplicitALS,
@@ -158,6 +160,7 @@ def test_recbole_sasrec_ranks_unseen_in_cluster_items_first(
     assert s["loss_type"] == "CE" and s["recbole_version"] == "1.2.1"
     # the runtime shims leave no trace in the process or the working directory
     assert not hasattr(np, "float") and not hasattr(np, "unicode")
+    assert not torch.is_anomaly_enabled()  # RecBole's model zoo switches it on when imported
     assert sys.argv == argv and os.environ.get("CUDA_VISIBLE_DEVICES") == cuda
     np.testing.assert_array_equal(np.random.get_state()[1], rng_before)
     assert list(tmp_path.iterdir()) == []
