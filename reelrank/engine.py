@@ -79,6 +79,9 @@ class Engine:
         self._trace_lock = threading.Lock()
         self._user_locks = [threading.Lock() for _ in range(64)]
         self._catalog_lock = threading.Lock()
+        # Called with a user id when that viewer's data is erased or reset, so that components
+        # holding derived copies (an online trainer's pending examples, caches) drop them too.
+        self.erase_listeners: list = []
 
     # -- start-up -------------------------------------------------------------------------------
     def load(self) -> "Engine":
