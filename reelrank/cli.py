@@ -224,11 +224,13 @@ def demo(
             typer.echo(f"published model version {result.version}")
     finally:
         store.close()
-    app_, keys_path = prepare(data_dir, insecure_no_auth=False)
+    app_, keys_path = prepare(data_dir, insecure_no_auth=False, demo=True)
     base = f"http://{host}:{port}"
     keys = json.loads(Path(keys_path).read_text())
     typer.echo("")
     typer.echo(f"ReelRank demo on {base}")
+    typer.echo(f"web app: {base}/app/  (demo sign-in: anyone who can reach this port can "
+               "act as any viewer and as the operator)")
     typer.echo(f"tokens (also in {keys_path}):")
     for scope, token in keys.items():
         typer.echo(f"  {scope:7s} {token}")

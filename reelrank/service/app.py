@@ -33,7 +33,7 @@ from reelrank.errors import (
 )
 from reelrank.service.deps import Authenticator, bearer_token
 from reelrank.service.metrics import ServiceMetrics
-from reelrank.service.routes import admin, catalog, feed, ops, users
+from reelrank.service.routes import admin, catalog, feed, ops, users, web
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,10 @@ MAX_ERROR_DETAILS = 100
 
 
 def create_app(engine: Engine, auth: Authenticator | None, *,
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, demo: bool = False) -> FastAPI:
     """An app serving ``engine`` (already loaded). ``auth=None`` switches authentication off:
-    every request acts as admin (``--insecure-no-auth``, local trials only)."""
+    every request acts as admin (``--insecure-no-auth``, local trials only). ``demo=True``
+    (``reelrank demo`` only) turns on the web app's demo sign-in, which hands out tokens."""
     app = FastAPI(
         title="ReelRank", version=reelrank.__version__,
         description="A real-time 'For You' feed engine for short video (HTTP API v1).",
@@ -55,6 +56,7 @@ def create_app(engine: Engine, auth: Authenticator | None, *,
     app.state.metrics = metrics
     for module in (catalog, feed, users, ops, admin):
         app.include_router(module.router)
+    web.install(app, demo=demo)
     _install_error_handlers(app)
     app.add_middleware(_ObserveRequests, metrics=metrics, max_body_bytes=max_body_bytes)
     return app

@@ -28,18 +28,20 @@ log = logging.getLogger(__name__)
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
-def prepare(data_dir: Path, insecure_no_auth: bool = False) -> tuple[FastAPI, Path | None]:
+def prepare(data_dir: Path, insecure_no_auth: bool = False,
+            demo: bool = False) -> tuple[FastAPI, Path | None]:
     """The app on the store in ``data_dir`` (created if missing), and the keys file (None
-    when auth is off). The caller owns the store: ``app.state.engine.store.close()``."""
+    when auth is off). The caller owns the store: ``app.state.engine.store.close()``.
+    ``demo`` turns on the web app's demo sign-in (``reelrank demo`` only)."""
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     store = open_store(data_dir)
     try:
         engine = Engine(store, registry=ModelRegistry(data_dir / "models")).load()
         if insecure_no_auth:
-            return create_app(engine, None), None
+            return create_app(engine, None, demo=demo), None
         keys = ensure_service_keys(store, data_dir)
-        return create_app(engine, Authenticator(store)), keys
+        return create_app(engine, Authenticator(store), demo=demo), keys
     except BaseException:
         store.close()
         raise
