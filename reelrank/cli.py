@@ -1,4 +1,4 @@
-"""The ``reelrank`` command line: demo, serve, import, simulate.
+"""The ``reelrank`` command line: demo, serve, trainer, import, simulate, train, eval.
 
 Entry points are the only places that read settings and assemble objects; everything below them
 takes explicit arguments.
@@ -31,17 +31,21 @@ def serve(
     insecure_no_auth: bool = typer.Option(
         False, "--insecure-no-auth", help="Accept requests without tokens. Local trials only."),
     log_level: str = typer.Option("info", help="debug | info | warning | error"),
+    trainer: bool = typer.Option(
+        True, help="Run the online trainer in this process (--no-trainer when a separate "
+                   "`reelrank trainer` process runs)."),
 ) -> None:
     """Serve the HTTP API (see API.md) on the embedded store in DATA_DIR.
 
     On first start, generates one token per scope (ingest, serve, admin) and writes them to
     DATA_DIR/keys.json; the store keeps only their hashes. Live state is rebuilt from the event
-    log before the port opens.
+    log before the port opens. Each model version published to DATA_DIR/models is swapped in
+    without a restart; the online trainer learns from new events within seconds.
     """
     from reelrank.service.server import prepare, run
 
     _logging(log_level)
-    app_, keys_path = prepare(data_dir, insecure_no_auth=insecure_no_auth)
+    app_, keys_path = prepare(data_dir, insecure_no_auth=insecure_no_auth, trainer=trainer)
     if keys_path is not None:
         typer.echo(f"API tokens (ingest, serve, admin): {keys_path}")
     else:
@@ -153,6 +157,44 @@ def train(
         store.close()
     typer.echo(json.dumps(result.metrics, indent=2))
     typer.echo(f"published model version {result.version} in {result.seconds:.0f} s")
+
+
+@app.command("trainer")
+def trainer_(
+    data_dir: Path = typer.Option(Path("data"), help=DATA_DIR_HELP),
+    publish_every: float = typer.Option(5.0, help="Seconds between published versions."),
+    retrieval_every: float = typer.Option(120.0, help="Seconds between versions that carry "
+                                                      "new retrieval weights (an index rebuild)."),
+    log_level: str = typer.Option("info", help="debug | info | warning | error"),
+) -> None:
+    """Run the online trainer as its own process: tail the event log in DATA_DIR, learn from
+    each closed impression in small steps, and publish versions to DATA_DIR/models, which every
+    API process (`reelrank serve --no-trainer`) swaps in. Starts from the latest published
+    version (train one first with `reelrank train`). Stop it with Ctrl-C; killing it at any
+    point leaves the registry consistent and serving untouched."""
+    import signal
+    import threading
+
+    from reelrank.registry import ModelRegistry
+    from reelrank.store import open_store
+    from reelrank.train.trainer import OnlineTrainer, TrainerConfig
+
+    _logging(log_level)
+    store = open_store(data_dir)
+    cfg = TrainerConfig(publish_every_s=publish_every, retrieval_every_s=retrieval_every,
+                        verify_users=True)
+    runner = OnlineTrainer(store, ModelRegistry(Path(data_dir) / "models"), cfg)
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    runner.start()
+    typer.echo(f"online trainer on {data_dir}: publishing to {Path(data_dir) / 'models'}")
+    try:
+        while not done.wait(30.0):
+            typer.echo(f"trainer: {runner.status()}")
+    finally:
+        runner.stop()
+        store.close()
 
 
 @app.command("eval")

@@ -82,6 +82,8 @@ class Engine:
         # Called with a user id when that viewer's data is erased or reset, so that components
         # holding derived copies (an online trainer's pending examples, caches) drop them too.
         self.erase_listeners: list = []
+        self.trainer = None  # the online trainer, when this process runs one (start_trainer)
+        self._watch_stop = threading.Event()
 
     # -- start-up -------------------------------------------------------------------------------
     def load(self) -> "Engine":
@@ -105,6 +107,41 @@ class Engine:
         result = train_from_store(self.store, self.registry, self.train_config, progress=False,
                                   on_progress=progress)
         return result.version, result.metrics
+
+    # -- online learning --------------------------------------------------------------------------
+    def start_trainer(self, config=None):
+        """Run the online trainer (``reelrank.train.trainer``) in a background thread of this
+        process: it tails the event log and hands new weights straight to serving. A trainer
+        that fails is restarted by itself; serving never waits on it."""
+        from reelrank.train.trainer import OnlineTrainer
+
+        if self.registry is None:
+            raise ValueError("the online trainer needs a model registry")
+        if self.trainer is None:
+            self.trainer = OnlineTrainer(self.store, self.registry, config, catalog=self.catalog,
+                                         install=self.models.install)
+            self.erase_listeners.append(self.trainer.forget_user)
+        return self.trainer.start()
+
+    def stop_trainer(self) -> None:
+        """Stop the online trainer and the model watcher (before closing the store)."""
+        self._watch_stop.set()
+        if self.trainer is not None:
+            self.trainer.stop()
+
+    def watch_models(self, every_s: float = 2.0) -> threading.Thread:
+        """Poll the registry and swap in each newly published version (a trainer in another
+        process, or ``reelrank train``). Failures are logged and retried."""
+        def loop() -> None:
+            while not self._watch_stop.wait(every_s):
+                try:
+                    self.models.refresh()
+                except Exception:
+                    log.exception("loading the latest model failed; serving keeps its model")
+
+        thread = threading.Thread(target=loop, name="model-watch", daemon=True)
+        thread.start()
+        return thread
 
     # -- writes ---------------------------------------------------------------------------------
     def ingest_items(self, items: list[Item]) -> int:

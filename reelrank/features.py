@@ -9,10 +9,18 @@ not-interested / report. When the window closes (event time passes it) or the sa
 again, the example is emitted; an impression with no outcome becomes a negative example. Events
 with no open impression (late beyond the window, or never shown) are counted, not attributed.
 Duplicates (a known ``event_id``) are ignored.
+
+Online, waiting an hour for every window would make the model an hour late. With ``settle_ms``
+the example closes ``settle_ms`` after the view ended (the ``play`` or ``skip`` carrying the watch
+time: in a feed the viewer has swiped on by then, and the likes and shares of that swipe arrive
+with it). An outcome that arrives later but still inside the window is a *late* event: it updates
+the emitted example, which is emitted again as a correction (``revision`` > 0) if a label changed.
+An impression with no outcome still waits for the whole window before it counts as a negative.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 from collections import OrderedDict
@@ -44,6 +52,8 @@ class Example:
     share: int = 0
     negative: int = 0
     outcomes: int = 0  # how many outcome events were attributed
+    ended_ts: int | None = None  # when the view ended (play/skip with a watch time), if it did
+    revision: int = 0  # 0 when first emitted; +1 for each correction by a late event
 
     @property
     def long_view(self) -> int:
@@ -64,6 +74,8 @@ class JoinStats:
     unattributed: int = 0  # outcome with no open impression (late, or never shown)
     duplicates: int = 0
     emitted: int = 0
+    late: int = 0  # outcomes for an example already emitted early (settle_ms), within the window
+    corrections: int = 0  # late outcomes that changed a label: the example was emitted again
 
 
 @dataclass
@@ -73,11 +85,15 @@ class Joiner:
     duration_of: Callable[[str], int | None]
     window_ms: int = 3_600_000
     dedupe_memory: int = 1_000_000
+    settle_ms: int | None = None  # close this long after the view ended (online); None: window
     stats: JoinStats = field(default_factory=JoinStats)
 
     def __post_init__(self) -> None:
         self._open: dict[tuple[str, str], Example] = {}
+        self._due: dict[tuple[str, str], int] = {}  # open key -> when it closes
         self._expiry: list[tuple[int, int, tuple[str, str]]] = []  # (close_at, seq, key)
+        # Examples emitted early, kept until their window ends for late outcomes.
+        self._done: OrderedDict[tuple[str, str], Example] = OrderedDict()
         self._seq = 0
         self._seen_ids: OrderedDict[str, None] = OrderedDict()
         self.clock = 0
@@ -96,7 +112,9 @@ class Joiner:
         if event.type == "impression":
             previous = self._open.pop(key, None)
             if previous is not None:
+                del self._due[key]
                 out.append(self._emit(previous))
+            self._done.pop(key, None)  # shown again: late outcomes now belong to the new one
             duration = self.duration_of(event.item_id)
             if duration is None:
                 return out
@@ -104,54 +122,105 @@ class Joiner:
             self._open[key] = Example(
                 event.user_id, event.item_id, event.ts, duration, event.request_id,
                 event.position, event.device, event.region, event.source, event.session_id)
-            self._seq += 1
-            heapq.heappush(self._expiry, (event.ts + self.window_ms, self._seq, key))
+            self._schedule(key, event.ts + self.window_ms)
             return out
         ex = self._open.get(key)
-        if ex is None or event.ts > ex.ts + self.window_ms:
+        if ex is None:
+            done = self._done.get(key)
+            if done is not None and event.ts <= done.ts + self.window_ms:
+                self.stats.late += 1
+                before = _labels(done)
+                _attribute(done, event)
+                if _labels(done) != before:
+                    done.revision += 1
+                    self.stats.corrections += 1
+                    out.append(dataclasses.replace(done))
+                return out
+            self.stats.unattributed += 1
+            return out
+        if event.ts > ex.ts + self.window_ms:
             self.stats.unattributed += 1
             return out
         self.stats.attributed += 1
-        ex.outcomes += 1
-        t = event.type
-        if t in ("play", "skip", "rewatch") and event.watch_ms is not None:
-            ex.watch_ms = max(ex.watch_ms, event.watch_ms)
-        elif t == "like":
-            ex.like = 1
-        elif t == "unlike":
-            ex.like = 0
-        elif t == "follow":
-            ex.follow = 1
-        elif t == "comment":
-            ex.comment = 1
-        elif t == "share":
-            ex.share = 1
-        elif t in ("not_interested", "report"):
-            ex.negative = 1
+        _attribute(ex, event)
+        if (self.settle_ms is not None and event.type in ("play", "skip")
+                and event.watch_ms is not None):
+            ex.ended_ts = event.ts if ex.ended_ts is None else max(ex.ended_ts, event.ts)
+            close_at = max(ex.ended_ts, ex.ts) + self.settle_ms
+            if close_at < self._due[key]:
+                self._schedule(key, close_at)
         return out
+
+    def _schedule(self, key: tuple[str, str], close_at: int) -> None:
+        self._due[key] = close_at
+        self._seq += 1
+        heapq.heappush(self._expiry, (close_at, self._seq, key))
 
     def flush(self, now: int | None = None) -> list[Example]:
         """Emit examples whose window closed by ``now`` (all of them when ``now`` is None)."""
         out = []
         while self._expiry and (now is None or self._expiry[0][0] < now):
             close_at, _, key = heapq.heappop(self._expiry)
-            ex = self._open.get(key)
-            # The heap may hold a stale entry for a pair shown again since.
-            if ex is not None and ex.ts + self.window_ms == close_at:
-                del self._open[key]
+            # The heap may hold stale entries: a pair shown again, or closed earlier since.
+            if self._due.get(key) == close_at:
+                ex = self._open.pop(key)
+                del self._due[key]
                 out.append(self._emit(ex))
+                if self.settle_ms is not None and now is not None:
+                    self._done[key] = dataclasses.replace(ex)  # the caller keeps its own
+        if self._done:
+            horizon = None if now is None else now - self.window_ms
+            # Oldest emitted first (roughly by impression time): stop at the first one still
+            # inside its window.
+            while self._done:
+                key, ex = next(iter(self._done.items()))
+                if horizon is not None and ex.ts >= horizon:
+                    break
+                del self._done[key]
         return out
 
     def _emit(self, ex: Example) -> Example:
         self.stats.emitted += 1
         return ex
 
+    def open_ended_since(self) -> int | None:
+        """The earliest view end among examples not yet emitted (online freshness watermark)."""
+        ends = [ex.ended_ts for ex in self._open.values() if ex.ended_ts is not None]
+        return min(ends) if ends else None
+
     def forget_user(self, user_id: str) -> int:
         """Drop pending examples of a user (erasure); returns how many."""
         keys = [k for k in self._open if k[0] == user_id]
         for k in keys:
             del self._open[k]
+            del self._due[k]
+        for k in [k for k in self._done if k[0] == user_id]:
+            del self._done[k]
         return len(keys)
+
+
+def _labels(ex: Example) -> tuple:
+    return (ex.watch_ms, ex.like, ex.follow, ex.comment, ex.share, ex.negative)
+
+
+def _attribute(ex: Example, event: Event) -> None:
+    """Fold one outcome event into its example."""
+    ex.outcomes += 1
+    t = event.type
+    if t in ("play", "skip", "rewatch") and event.watch_ms is not None:
+        ex.watch_ms = max(ex.watch_ms, event.watch_ms)
+    elif t == "like":
+        ex.like = 1
+    elif t == "unlike":
+        ex.like = 0
+    elif t == "follow":
+        ex.follow = 1
+    elif t == "comment":
+        ex.comment = 1
+    elif t == "share":
+        ex.share = 1
+    elif t in ("not_interested", "report"):
+        ex.negative = 1
 
 
 def join_events(events: Iterable[Event], duration_of: Callable[[str], int | None],
@@ -251,24 +320,68 @@ def ranking_rows(events: Iterable[Event], live, *, history_len: int = 30,
     ranker's inputs at each impression *before* it is applied, and joining each impression with
     its outcomes. This is the code path serving uses (the same live state, the same
     ``dense_features``), so training sees exactly what serving will see."""
-    catalog = live.catalog
-    joiner = Joiner(lambda i: catalog.get(i).duration_ms if catalog.get(i) else None, window_ms)
-    pending: dict[tuple[str, str, int], tuple[list[float], tuple[Token, ...]]] = {}
-
-    def finish(closed: list[Example]) -> Iterator[RankingRow]:
-        for ex in closed:
-            got = pending.pop((ex.user_id, ex.item_id, ex.ts), None)
-            if got is not None:
-                yield RankingRow(ex, got[0], got[1], (ex.ts // 3_600_000) % 24)
-
+    rows = RowStream(live, history_len=history_len, window_ms=window_ms)
     for e in events:
-        if e.type == "impression":
-            item = catalog.get(e.item_id)
+        yield from rows.add(e)
+    yield from rows.flush()
+
+
+class RowStream:
+    """``ranking_rows`` one event at a time, for the online trainer: ``add`` returns the rows
+    whose examples closed. With ``settle_ms`` (see ``Joiner``) rows close soon after the view
+    ends, and a late outcome yields the same row again with corrected labels."""
+
+    def __init__(self, live, *, history_len: int = 30, window_ms: int = 3_600_000,
+                 settle_ms: int | None = None):
+        self.live = live
+        self.history_len = history_len
+        catalog = live.catalog
+        self.joiner = Joiner(lambda i: catalog.get(i).duration_ms if catalog.get(i) else None,
+                             window_ms, settle_ms=settle_ms)
+        self._pending: dict[tuple[str, str, int], tuple[list[float], tuple[Token, ...]]] = {}
+        # Inputs of rows emitted early, kept while a late outcome may still correct them.
+        self._emitted: OrderedDict[tuple[str, str, int], tuple] = OrderedDict()
+
+    def add(self, event: Event) -> list[RankingRow]:
+        if event.type == "impression":
+            item = self.live.catalog.get(event.item_id)
             if item is not None:
-                user = live.user(e.user_id)
-                history = tuple(list(user.tokens)[-history_len:]) if user is not None else ()
-                pending[(e.user_id, e.item_id, e.ts)] = (
-                    dense_features(user, item, live.item_stats(e.item_id), e.ts), history)
-        yield from finish(joiner.add(e))
-        live.apply(e)
-    yield from finish(joiner.flush())
+                user = self.live.user(event.user_id)
+                history = tuple(list(user.tokens)[-self.history_len:]) if user is not None else ()
+                self._pending[(event.user_id, event.item_id, event.ts)] = (
+                    dense_features(user, item, self.live.item_stats(event.item_id), event.ts),
+                    history)
+        out = self._finish(self.joiner.add(event))
+        self.live.apply(event)
+        return out
+
+    def flush(self, now: int | None = None) -> list[RankingRow]:
+        return self._finish(self.joiner.flush(now))
+
+    def forget_user(self, user_id: str) -> int:
+        """Drop everything pending about a viewer (erasure); returns the examples dropped."""
+        for store in (self._pending, self._emitted):
+            for k in [k for k in store if k[0] == user_id]:
+                del store[k]
+        self.live.forget_user(user_id)
+        return self.joiner.forget_user(user_id)
+
+    def _finish(self, closed: list[Example]) -> list[RankingRow]:
+        out = []
+        early = self.joiner.settle_ms is not None
+        for ex in closed:
+            key = (ex.user_id, ex.item_id, ex.ts)
+            got = self._pending.pop(key, None)
+            if got is None and ex.revision:
+                got = self._emitted.get(key)
+            if got is None:
+                continue
+            if early:
+                self._emitted[key] = got
+                self._emitted.move_to_end(key)
+            out.append(RankingRow(ex, got[0], got[1], (ex.ts // 3_600_000) % 24))
+        if early:
+            horizon = self.joiner.clock - self.joiner.window_ms
+            while self._emitted and next(iter(self._emitted))[2] < horizon:
+                self._emitted.popitem(last=False)
+        return out

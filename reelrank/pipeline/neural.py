@@ -73,6 +73,13 @@ class ServingModels:
         log.info("serving model version %s", latest)
         return True
 
+    def install(self, version: str, bundle: ModelBundle, meta: dict) -> None:
+        """Serve a model set handed over in memory (the in-process online trainer), with the
+        same off-to-the-side preparation and one-assignment swap as ``refresh``."""
+        with self._lock:
+            self.current = self._prepare(version, bundle, meta)
+        log.debug("serving model version %s", version)
+
     def add_items(self, items: list[Item]) -> None:
         """New or changed uploads get a retrieval vector from their content right away, so
         they can be retrieved before the next training run."""
@@ -92,8 +99,25 @@ class ServingModels:
         items = [it for it in items if it is not None]
         ids = [it.item_id for it in items]
         vectors = index = ranker_items = None
+        cur = self.current
+        same = meta.get("retrieval_version")
+        kept = [self.catalog.get(i) for i in cur.item_ids] if cur is not None else []
+        if (same is not None and cur is not None and cur.index is not None
+                and cur.meta.get("retrieval_version") == same and all(kept)):
+            # Online versions that changed only the ranker keep the retrieval model, its
+            # vectors and its index: rebuilding the index takes seconds on a large catalog.
+            # Uploads since then are in the index already (``add_items``); they get their rows.
+            bundle.retrieval, index = cur.bundle.retrieval, cur.index
+            new = [it for it in items if it.item_id not in cur.item_index]
+            items = kept + new
+            ids = cur.item_ids + [it.item_id for it in new]
+            vectors = cur.item_vectors
+            if new:
+                with torch.no_grad():
+                    fresh = bundle.retrieval.item_vectors(bundle.retrieval.items.encode_items(new))
+                vectors = torch.cat([vectors, fresh])
         with torch.no_grad():
-            if bundle.retrieval is not None and items:
+            if bundle.retrieval is not None and items and index is None:
                 vectors = bundle.retrieval.item_vectors(bundle.retrieval.items.encode_items(items))
                 index = _make_index(self.index_kind, ids, vectors)
             if bundle.ranker is not None and items:

@@ -29,15 +29,20 @@ _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
 def prepare(data_dir: Path, insecure_no_auth: bool = False,
-            demo: bool = False) -> tuple[FastAPI, Path | None]:
+            demo: bool = False, trainer: bool = True) -> tuple[FastAPI, Path | None]:
     """The app on the store in ``data_dir`` (created if missing), and the keys file (None
     when auth is off). The caller owns the store: ``app.state.engine.store.close()``.
-    ``demo`` turns on the web app's demo sign-in (``reelrank demo`` only)."""
+    ``demo`` turns on the web app's demo sign-in (``reelrank demo`` only). ``trainer`` runs
+    the online trainer in this process (off when a ``reelrank trainer`` process runs); either
+    way the engine swaps in each version published to the registry."""
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     store = open_store(data_dir)
     try:
         engine = Engine(store, registry=ModelRegistry(data_dir / "models")).load()
+        engine.watch_models()
+        if trainer:
+            engine.start_trainer()
         if insecure_no_auth:
             return create_app(engine, None, demo=demo), None
         keys = ensure_service_keys(store, data_dir)
@@ -56,12 +61,13 @@ def run(app: FastAPI, host: str, port: int, log_level: str = "info") -> None:
     try:
         uvicorn.Server(config).run()
     finally:
+        app.state.engine.stop_trainer()
         app.state.engine.store.close()
 
 
 def serve(data_dir: Path, host: str, port: int, insecure_no_auth: bool = False,
-          log_level: str = "info") -> None:
-    app, keys = prepare(data_dir, insecure_no_auth)
+          log_level: str = "info", trainer: bool = True) -> None:
+    app, keys = prepare(data_dir, insecure_no_auth, trainer=trainer)
     if insecure_no_auth:
         log.warning("authentication is OFF (--insecure-no-auth): anyone who can reach %s:%d "
                     "acts as admin", host, port)
@@ -83,10 +89,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="no authentication at all; for local trials only")
     parser.add_argument("--log-level", default="info",
                         choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument("--no-trainer", action="store_true",
+                        help="no online trainer in this process (run `reelrank trainer`)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve(args.data_dir, args.host, args.port, args.insecure_no_auth, args.log_level)
+    serve(args.data_dir, args.host, args.port, args.insecure_no_auth, args.log_level,
+          trainer=not args.no_trainer)
     return 0
 
 

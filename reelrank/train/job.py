@@ -63,7 +63,10 @@ def train_from_store(store: CatalogReader | EventReader, registry: ModelRegistry
     items = list(store.iter_items())
     if not items:
         raise ValueError("the catalog is empty: nothing to train on")
-    events = sorted((e for _, e in store.iter_events()), key=lambda e: e.ts)
+    # The log position trained through: an online trainer starting from this version learns
+    # what comes after it (events appended while this run reads are left to it).
+    last_seq = store.last_seq()
+    events = sorted((e for s, e in store.iter_events() if s <= last_seq), key=lambda e: e.ts)
     if not events:
         raise ValueError("the event log is empty: nothing to train on")
     catalog = Catalog()
@@ -78,7 +81,8 @@ def train_from_store(store: CatalogReader | EventReader, registry: ModelRegistry
     train_rows = [r for r in rows if r.example.ts < cut]
     test_rows = [r for r in rows if r.example.ts >= cut]
     item_index = {it.item_id: k for k, it in enumerate(items)}
-    metrics: dict = {"events": len(events), "items": len(items), "rows_train": len(train_rows),
+    metrics: dict = {"events": len(events), "last_seq": last_seq, "items": len(items),
+                     "rows_train": len(train_rows),
                      "rows_holdout": len(test_rows), "cut_ts": cut}
 
     # -- ranker (epochs=0 skips it: e.g. next-item data with no impressions to rank) ----------

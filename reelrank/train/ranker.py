@@ -182,7 +182,7 @@ def train_ranker(model: Ranker, catalog: ItemInputs, table: RankingTable, cfg: R
                 logits, labels, reduction="none").mean(0)  # (T,)
             loss = (per_task * weights).sum()
             if cfg.pairwise_weight:
-                loss = loss + cfg.pairwise_weight * _pairwise_loss(logits, labels,
+                loss = loss + cfg.pairwise_weight * pairwise_loss(logits, labels,
                                                                    user_codes[idx], weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -210,7 +210,7 @@ def _viewer_grouped_order(user_codes: torch.Tensor, gen: torch.Generator) -> tor
     return torch.from_numpy(np.lexsort((jitter.numpy(), viewer_rank.numpy())))
 
 
-def _pairwise_loss(logits: torch.Tensor, labels: torch.Tensor, users: torch.Tensor,
+def pairwise_loss(logits: torch.Tensor, labels: torch.Tensor, users: torch.Tensor,
                    weights: torch.Tensor) -> torch.Tensor:
     """Mean logistic loss over same-viewer pairs whose labels differ, per task, weighted:
     softplus(-(s_i - s_j)) for every pair with y_i > y_j."""

@@ -1,0 +1,273 @@
+"""Online learning: small training steps on the examples the event stream closes, as it flows.
+
+``OnlineLearner`` is the synchronous core, with no threads and no I/O: it holds a training copy
+of a published ``ModelBundle``, takes ``RankingRow``s (``features.RowStream`` makes them from
+events, with the same live-state features serving computes) and updates
+
+- the ranker: one Adam step per batch of closed impressions, with the batch trainer's loss
+  (per-task cross-entropy plus the same-viewer pairwise term, ``train.ranker``);
+- the retrieval model: one sampled-softmax step per batch of positives (long views and explicit
+  positives), each predicted from the viewer's history before it, against the batch's other
+  positives and negatives drawn half from recent positives and half uniformly from the catalog,
+  with log-Q correction.
+
+New ids (videos, creators, tags, context values) are admitted into the dynamic embedding tables
+as they appear, so a video uploaded after the last batch run gets its own learned row within
+seconds of its first views. Batch norm keeps the running statistics of the batch run: a small
+online batch is not a sample of the whole traffic.
+
+``reelrank.train.trainer`` runs a learner against the store's event log in a thread or a
+process and publishes its versions; ``reelrank.eval.replay`` drives one in event time.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from reelrank.features import RankingRow, token_from_example
+from reelrank.models.bundle import ModelBundle
+from reelrank.models.embeddings import DynamicEmbedding
+from reelrank.models.losses import sampled_softmax_loss
+from reelrank.models.retrieval import encode_histories
+from reelrank.store.memory import Catalog
+from reelrank.train.ranker import WatchQuantiles, build_table, observe_context, pairwise_loss
+from reelrank.types import Item
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OnlineConfig:
+    batch_size: int = 128  # rows per step
+    max_wait_ms: int = 1_000  # a smaller batch is trained once its oldest row waited this long
+    max_queue: int = 20_000  # rows waiting for a step; beyond it the oldest are dropped
+    ranker_lr: float = 1e-4
+    retrieval_lr: float = 5e-5
+    pairwise_weight: float = 3.0  # as in RankerConfig
+    negatives: int = 256
+    train_ranker: bool = True
+    train_retrieval: bool = True
+    history_len: int = 30  # the ranker's history (RankerConfig.history_len)
+    quantile_views: int = 50_000  # recent views the watch-time quantiles are taken over
+    seed: int = 0
+
+
+@dataclass
+class StepReport:
+    rows: int
+    ranker_loss: float | None = None
+    retrieval_loss: float | None = None
+    retrieval_rows: int = 0
+    ended: list[int] = field(default_factory=list)  # view-end times of the rows trained
+
+
+class OnlineLearner:
+    """A training copy of one published model set, updated in small steps."""
+
+    def __init__(self, bundle: ModelBundle, catalog: Catalog, cfg: OnlineConfig | None = None):
+        self.cfg = cfg or OnlineConfig()
+        self.bundle = bundle
+        self.catalog = catalog
+        self.queue: deque[tuple[int, RankingRow]] = deque()  # (arrival clock, row)
+        self.dropped = 0
+        self.steps = 0
+        self.rows_trained = 0
+        self.retrieval_steps = 0
+        self._views: deque[tuple[int, int]] = deque(maxlen=self.cfg.quantile_views)
+        self._quantiles: WatchQuantiles | None = None
+        self._views_since_quantiles = 0
+        self._recent_positives: deque[str] = deque(maxlen=20_000)
+        self._positive_counts: Counter = Counter()
+        self._catalog_ids: list[str] = []
+        self._rng = np.random.default_rng(self.cfg.seed)
+        self._ranker_opt = self._retrieval_opt = None
+        if bundle.ranker is not None and self.cfg.train_ranker:
+            self._ranker_opt = torch.optim.Adam(bundle.ranker.parameters(), lr=self.cfg.ranker_lr)
+        if bundle.retrieval is not None and self.cfg.train_retrieval:
+            self._retrieval_opt = torch.optim.Adam(bundle.retrieval.parameters(),
+                                                   lr=self.cfg.retrieval_lr)
+
+    # -- input ---------------------------------------------------------------------------------
+    def observe(self, rows: Sequence[RankingRow]) -> None:
+        """Rows already learned by the base model (the log before it): they only tune the
+        watch-time quantiles and the negative sampler."""
+        for r in rows:
+            self._note(r)
+
+    def add(self, rows: Sequence[RankingRow], clock: int) -> None:
+        """Rows to train on; ``clock`` is when they arrived (the caller's time, ms)."""
+        for r in rows:
+            self._note(r)
+            self.queue.append((clock, r))
+        while len(self.queue) > self.cfg.max_queue:
+            self.queue.popleft()
+            self.dropped += 1
+
+    def _note(self, r: RankingRow) -> None:
+        ex = r.example
+        if ex.watch_ms > 0 and ex.revision == 0:
+            self._views.append((ex.duration_ms, ex.watch_ms))
+            self._views_since_quantiles += 1
+        if ex.revision == 0 and token_from_example(ex).positive:
+            if len(self._recent_positives) == self._recent_positives.maxlen:
+                old = self._recent_positives[0]
+                self._positive_counts[old] -= 1
+                if self._positive_counts[old] <= 0:
+                    del self._positive_counts[old]
+            self._recent_positives.append(ex.item_id)
+            self._positive_counts[ex.item_id] += 1
+
+    def forget_user(self, user_id: str) -> int:
+        """Drop a viewer's rows still waiting for a step (erasure); returns how many."""
+        before = len(self.queue)
+        self.queue = deque((c, r) for c, r in self.queue if r.example.user_id != user_id)
+        return before - len(self.queue)
+
+    def ready(self, clock: int) -> bool:
+        """A full batch is waiting, or a partial one has waited ``max_wait_ms``."""
+        if len(self.queue) >= self.cfg.batch_size:
+            return True
+        return bool(self.queue) and clock - self.queue[0][0] >= self.cfg.max_wait_ms
+
+    def oldest_waiting_end(self) -> int | None:
+        ends = [r.example.ended_ts for _, r in self.queue if r.example.ended_ts is not None]
+        return min(ends) if ends else None
+
+    # -- training ------------------------------------------------------------------------------
+    def step(self) -> StepReport | None:
+        """Train on up to ``batch_size`` waiting rows, oldest first."""
+        if not self.queue:
+            return None
+        n = min(self.cfg.batch_size, len(self.queue))
+        rows = [self.queue.popleft()[1] for _ in range(n)]
+        rows = [r for r in rows if self.catalog.get(r.example.item_id) is not None]
+        report = StepReport(len(rows), ended=[r.example.ended_ts for r in rows
+                                              if r.example.ended_ts is not None])
+        if not rows:
+            return report
+        if self._ranker_opt is not None:
+            report.ranker_loss = self._ranker_step(rows)
+        if self._retrieval_opt is not None:
+            report.retrieval_loss, report.retrieval_rows = self._retrieval_step(rows)
+            if report.retrieval_rows:
+                self.retrieval_steps += 1
+        self.steps += 1
+        self.rows_trained += len(rows)
+        return report
+
+    def _items(self, ids) -> tuple[list[Item], dict[str, int]]:
+        items = []
+        for i in dict.fromkeys(ids):
+            it = self.catalog.get(i)
+            if it is not None:
+                items.append(it)
+        return items, {it.item_id: k for k, it in enumerate(items)}
+
+    def _ranker_step(self, rows: list[RankingRow]) -> float:
+        ranker, cfg = self.bundle.ranker, self.cfg
+        hist = [t.item_id for r in rows for t in r.history[-cfg.history_len:]]
+        items, index = self._items([r.example.item_id for r in rows] + hist)
+        ranker.items.observe(items)
+        observe_context(ranker, rows)
+        _sync(ranker, self._ranker_opt)
+        table = build_table(rows, ranker, index, self._watch_quantiles(), cfg.history_len)
+        idx = torch.arange(len(rows))
+        ranker.train()
+        ranker.dense_norm.eval()  # keep the batch run's statistics (see the module docstring)
+        logits = ranker(table.batch(idx, ranker.items.encode_items(items), len(items)))  # (B, T)
+        labels = table.labels  # (B, T)
+        loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(0).sum()
+        if cfg.pairwise_weight:
+            users = torch.from_numpy(np.unique(np.array(table.user_ids), return_inverse=True)[1])
+            loss = loss + cfg.pairwise_weight * pairwise_loss(
+                logits, labels, users, torch.ones(len(ranker.tasks)))
+        self._ranker_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self._ranker_opt.step()
+        ranker.eval()
+        return float(loss.item())
+
+    def _retrieval_step(self, rows: list[RankingRow]) -> tuple[float | None, int]:
+        model = self.bundle.retrieval
+        max_len = model.users.max_len
+        pos = [r for r in rows if r.example.revision == 0 and token_from_example(r.example).positive
+               and r.history]
+        if not pos:
+            return None, 0
+        negatives = self._sample_negatives(self.cfg.negatives)
+        hist = [t.item_id for r in pos for t in r.history[-max_len:]]
+        items, index = self._items([r.example.item_id for r in pos] + negatives + hist)
+        pos = [r for r in pos if r.example.item_id in index]
+        if not pos:
+            return None, 0
+        model.items.observe(items)
+        _sync(model, self._retrieval_opt)
+        model.train()
+        vectors = model.item_vectors(model.items.encode_items(items))  # (K, D)
+        h = encode_histories([r.history for r in pos], index, max_len)
+        keep = (h.items >= 0).any(dim=1)  # (B,) someone with a known history item
+        if not keep.any():
+            model.eval()
+            return None, 0
+        h = type(h)(h.items[keep], h.view[keep], h.flags[keep], h.gap[keep])
+        users = model.user_vectors(h, vectors)  # (B', D)
+        targets = torch.tensor([index[r.example.item_id] for r, k in zip(pos, keep.tolist()) if k])
+        positives = torch.unique(targets)  # (P,)
+        neg = torch.tensor([index[i] for i in negatives if i in index], dtype=torch.long)
+        cand = torch.cat([positives, neg])  # (C,)
+        log_q = torch.log(self._sample_probability([items[k].item_id for k in cand.tolist()]))
+        loss = sampled_softmax_loss(users, torch.searchsorted(positives, targets), vectors[cand],
+                                    cand, log_q)
+        self._retrieval_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self._retrieval_opt.step()
+        model.eval()
+        return float(loss.item()), int(keep.sum())
+
+    def _sample_negatives(self, n: int) -> list[str]:
+        """Half from recent positives (popularity), half uniform over the catalog."""
+        if len(self._catalog_ids) != len(self.catalog):
+            self._catalog_ids = self.catalog.ids()
+        out = []
+        if self._recent_positives:
+            picks = self._rng.integers(0, len(self._recent_positives), n // 2)
+            out += [self._recent_positives[k] for k in picks]
+        if self._catalog_ids:
+            picks = self._rng.integers(0, len(self._catalog_ids), n - len(out))
+            out += [self._catalog_ids[k] for k in picks]
+        return out
+
+    def _sample_probability(self, ids: list[str]) -> torch.Tensor:
+        """The chance ``_sample_negatives`` draws each id, for the log-Q correction."""
+        total = len(self._recent_positives)
+        uniform = 1.0 / max(1, len(self._catalog_ids))
+        p = [(0.5 * self._positive_counts.get(i, 0) / total if total else 0.0)
+             + (0.5 if total else 1.0) * uniform for i in ids]
+        return torch.tensor(p, dtype=torch.float32).clamp(min=1e-12)
+
+    def _watch_quantiles(self) -> WatchQuantiles:
+        if self._quantiles is None or self._views_since_quantiles >= 2_000:
+            views = np.array(self._views, dtype=np.int64).reshape(-1, 2)
+            self._quantiles = WatchQuantiles(views[:, 0], views[:, 1].astype(np.float64))
+            self._views_since_quantiles = 0
+        return self._quantiles
+
+    # -- output --------------------------------------------------------------------------------
+    def state(self) -> dict:
+        """The bundle as plain state (``ModelBundle.state``), detached from training."""
+        return copy.deepcopy(self.bundle.state())
+
+
+def _sync(model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
+    """Fit the optimizer's per-row state to tables that admitted ids (see models.embeddings)."""
+    for m in model.modules():
+        if isinstance(m, DynamicEmbedding):
+            m.sync_optimizer(opt)

@@ -1,0 +1,348 @@
+"""The online trainer: tails the event log, learns in small steps, publishes versions.
+
+One loop, run in a background thread of the serving process (the single-process default) or as
+its own process (``reelrank trainer``, when several API processes share a store):
+
+1. read the events appended to the store's log since the last read (by sequence number);
+2. turn them into training rows with ``features.RowStream`` over the trainer's own live state:
+   the ranker's inputs as they were when each impression happened, the labels once the view has
+   settled (``OnlineConfig``-independent: ``TrainerConfig.settle_ms``), an impression with no
+   outcome a negative when its window closes;
+3. ``OnlineLearner.step`` on each full batch (or a partial one that waited ``max_wait_ms``);
+4. every ``publish_every_s``, hand the new weights to serving: in process, straight to
+   ``ServingModels.install`` (written to the registry every ``persist_every_s``); as a separate
+   process, by publishing to the registry, which API processes poll.
+
+The retrieval model's new weights are handed over less often (``retrieval_every_s``): serving
+rebuilds its vector index for them. Ranker-only versions keep the index.
+
+The trainer starts from the registry's latest version and first replays the log up to the
+sequence number that version was trained through, to rebuild its live state; rows after it are
+learned. Anything that goes wrong in the loop is logged, counted in ``status()``, and the
+trainer starts over from the registry after a back-off: serving never waits on it and never
+sees an exception from it. Erasure: ``forget_user`` drops a viewer's pending rows and state
+before the next step.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from reelrank.features import RowStream
+from reelrank.models.bundle import ModelBundle
+from reelrank.registry import ModelRegistry
+from reelrank.store.memory import Catalog, LiveState
+from reelrank.train.online import OnlineConfig, OnlineLearner
+
+log = logging.getLogger(__name__)
+
+Install = Callable[[str, ModelBundle, dict], None]
+
+
+@dataclass
+class TrainerConfig:
+    poll_s: float = 0.1  # how often the log is read when idle
+    publish_every_s: float = 1.0  # new ranker weights go to serving at most this often
+    retrieval_every_s: float = 120.0  # ... and new retrieval weights (an index rebuild) this often
+    persist_every_s: float = 60.0  # in process: how often a version is written to the registry
+    keep_versions: int = 10  # registry versions kept when pruning after a publish
+    settle_ms: int = 1_000  # an example closes this long after its view ended
+    window_ms: int = 3_600_000  # an impression with no outcome is a negative after this long
+    read_chunk: int = 5_000  # events read from the log per pass
+    verify_users: bool = False  # before a step, drop rows of viewers whose events are gone
+    torch_threads: int = 1
+    backoff_s: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0)
+    online: OnlineConfig = field(default_factory=OnlineConfig)
+
+
+class OnlineTrainer:
+    def __init__(self, store, registry: ModelRegistry, cfg: TrainerConfig | None = None, *,
+                 catalog: Catalog | None = None, install: Install | None = None,
+                 clock: Callable[[], float] = time.time):
+        """``store`` is read only (events, items, and ``count_events`` with ``verify_users``).
+        ``catalog``: the serving process' catalog, shared read-only (a separate process loads
+        its own). ``install``: hands a version to serving in memory (None: registry only)."""
+        self.store = store
+        self.registry = registry
+        self.cfg = cfg or TrainerConfig()
+        self.install = install
+        self.clock = clock
+        self._shared_catalog = catalog
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._erase: deque[str] = deque()
+        self.learner: OnlineLearner | None = None
+        self.rows: RowStream | None = None
+        self.cursor = 0
+        self.state = "stopped"  # stopped | waiting_for_model | catching_up | running | failed
+        self.failures = 0
+        self.last_error: str | None = None
+        self.base_version: str | None = None
+        self.serving_version: str | None = None
+        self.versions_handed = 0
+        self.lags_ms: deque[float] = deque(maxlen=20_000)  # view end -> weights serving
+        self.through_ts: int | None = None
+        self._reset_publish_state()
+
+    def _reset_publish_state(self) -> None:
+        self._last_publish = self._last_persist = self._last_retrieval = self.clock()
+        self._retrieval_state: dict | None = None
+        self._retrieval_module = None
+        self._retrieval_steps_published = 0
+        self._retrieval_version: str | None = None
+        self._clock_seen: tuple[int, int] | None = None
+        self._trained_through_ts = -1
+        self._unpublished_ends: list[int] = []
+        self._steps_since_publish = 0
+        self._read_ts = 0
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> "OnlineTrainer":
+        if self._thread is not None and self._thread.is_alive():
+            return self
+        self._stop.clear()
+        self._thread = threading.Thread(target=self.run, name="online-trainer", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.state = "stopped"
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def forget_user(self, user_id: str) -> None:
+        """Erasure listener: the trainer thread drops the viewer's pending data before its next
+        step (a request never waits on the trainer)."""
+        self._erase.append(user_id)
+
+    def run(self) -> None:
+        """The loop; returns when ``stop`` is called. Never raises."""
+        torch.set_num_threads(self.cfg.torch_threads)
+        while not self._stop.is_set():
+            try:
+                if self.learner is None and not self._bootstrap():
+                    self._stop.wait(1.0)
+                    continue
+                if not self.cycle():
+                    self._stop.wait(self.cfg.poll_s)
+            except Exception as exc:  # the trainer may fail; serving must not notice
+                self.failures += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.state = "failed"
+                log.exception("online trainer failed (%d so far); starting over", self.failures)
+                self.learner = self.rows = None
+                delays = self.cfg.backoff_s
+                self._stop.wait(delays[min(self.failures, len(delays)) - 1])
+
+    # -- one pass ---------------------------------------------------------------------------------
+    def _bootstrap(self) -> bool:
+        """Load the latest version and replay the log through it; False if none is published."""
+        latest = self.registry.latest()
+        if latest is None:
+            self.state = "waiting_for_model"
+            return False
+        self.state = "catching_up"
+        artifact = self.registry.load(latest)
+        bundle = ModelBundle.from_state(artifact.state)
+        catalog = self._shared_catalog
+        if catalog is None:
+            catalog = Catalog()
+            catalog.upsert(list(self.store.iter_items()))
+        online = self.cfg.online
+        history = max(online.history_len,
+                      bundle.retrieval.users.max_len if bundle.retrieval is not None else 0)
+        self.rows = RowStream(LiveState(catalog), history_len=history,
+                              window_ms=self.cfg.window_ms, settle_ms=self.cfg.settle_ms)
+        self.learner = OnlineLearner(bundle, catalog, online)
+        self.base_version = latest
+        self.cursor = 0
+        self._reset_publish_state()
+        # Until the retrieval weights are handed over, every version carries the base's.
+        self._retrieval_version = artifact.meta.get("retrieval_version", latest)
+        self._retrieval_state = artifact.state.get("retrieval")
+        self._trained_through = int(artifact.meta.get("through_seq",
+                                                      artifact.meta.get("metrics", {})
+                                                      .get("last_seq", -1)))
+        if self._trained_through < 0:
+            # Trained before versions recorded their log position: learn from now on.
+            self._trained_through = self.store.last_seq()
+        log.info("online trainer: base %s, trained through seq %d", latest,
+                 self._trained_through)
+        while self._read() == self.cfg.read_chunk and not self._stop.is_set():
+            pass
+        self.state = "running"
+        return True
+
+    def cycle(self) -> bool:
+        """Read, train, publish once; True if there was anything to do."""
+        self._apply_erasures()
+        read = self._read()
+        now = self._event_clock()
+        closed = self.rows.flush(now)
+        # Closed by the passing of time alone: an impression the base model already saw, with
+        # nothing new about it, is not learned twice.
+        old = [r for r in closed if r.example.ts <= self._trained_through_ts]
+        self.learner.observe(old)
+        self.learner.add([r for r in closed if r.example.ts > self._trained_through_ts], now)
+        busy = read > 0
+        while self.learner.ready(now) and not self._stop.is_set():
+            if self.cfg.verify_users:
+                self._verify_users()
+            report = self.learner.step()
+            if report is None:
+                break
+            self._unpublished_ends += report.ended
+            self._steps_since_publish += 1
+            busy = True
+            self._apply_erasures()
+        if self._steps_since_publish and self.clock() - self._last_publish >= \
+                self.cfg.publish_every_s:
+            self.publish()
+            busy = True
+        return busy
+
+    def _read(self) -> int:
+        learner, rows = self.learner, self.rows
+        n = 0
+        batch = []
+        for seq, event in self.store.iter_events(after_seq=self.cursor):
+            batch.append((seq, event))
+            n += 1
+            if n >= self.cfg.read_chunk:
+                break
+        if not batch:
+            return 0
+        missing = {e.item_id for _, e in batch if e.item_id not in rows.live.catalog}
+        if missing and self._shared_catalog is None:
+            rows.live.catalog.upsert(list(self.store.get_items(missing).values()))
+        for seq, event in batch:
+            out = rows.add(event)
+            self._read_ts = max(self._read_ts, event.ts)
+            if seq <= self._trained_through:
+                self._trained_through_ts = max(self._trained_through_ts, event.ts)
+                learner.observe(out)
+            else:
+                learner.add(out, self._event_clock())
+        self.cursor = batch[-1][0]
+        return n
+
+    def _event_clock(self) -> int:
+        """Event time, moving on with the wall clock while no events arrive, so that examples
+        settle and windows close on a quiet stream too."""
+        joiner = self.rows.joiner
+        wall = int(self.clock() * 1000)
+        if self._clock_seen is None or self._clock_seen[0] != joiner.clock:
+            self._clock_seen = (joiner.clock, wall)
+        return joiner.clock + (wall - self._clock_seen[1])
+
+    def _apply_erasures(self) -> None:
+        while self._erase:
+            user = self._erase.popleft()
+            if self.rows is not None:
+                self.rows.forget_user(user)
+            if self.learner is not None:
+                self.learner.forget_user(user)
+
+    def _verify_users(self) -> None:
+        """A separate process hears of no erasure: a viewer with no events left in the store was
+        erased, so their waiting rows are dropped before they are learned."""
+        n = min(self.learner.cfg.batch_size, len(self.learner.queue))
+        users = {self.learner.queue[k][1].example.user_id for k in range(n)}
+        for u in users:
+            if self.store.count_events(u) == 0:
+                self.forget_user(u)
+        self._apply_erasures()
+
+    # -- publishing ---------------------------------------------------------------------------------
+    def publish(self) -> str:
+        """Hand the current weights to serving (and to the registry when due)."""
+        learner = self.learner
+        now = self.clock()
+        state = learner.bundle.state()  # references to the training tensors: copied below
+        state["ranker"] = copy.deepcopy(state["ranker"])
+        if self._retrieval_state is None or (
+                learner.retrieval_steps != self._retrieval_steps_published
+                and now - self._last_retrieval >= self.cfg.retrieval_every_s):
+            if self._retrieval_state is not None:
+                self._retrieval_version = f"{self.base_version}+r{learner.retrieval_steps}"
+            self._retrieval_state = copy.deepcopy(state["retrieval"])
+            self._retrieval_module = None
+            self._retrieval_steps_published = learner.retrieval_steps
+            self._last_retrieval = now
+        state["retrieval"] = self._retrieval_state
+        self.through_ts = self._watermark()
+        meta = {
+            "base_version": self.base_version, "retrieval_version": self._retrieval_version,
+            "through_seq": self.cursor, "through_ts": self.through_ts,
+            "online": {"steps": learner.steps, "rows": learner.rows_trained,
+                       "retrieval_steps": learner.retrieval_steps, "dropped": learner.dropped,
+                       "join": asdict(self.rows.joiner.stats)},
+        }
+        persist = self.install is None or now - self._last_persist >= self.cfg.persist_every_s
+        if persist:
+            version = self.registry.publish(state, meta)
+            self.registry.prune(self.cfg.keep_versions)
+            self._last_persist = now
+        else:
+            version = f"{self.base_version}+{learner.steps}"
+        if self.install is not None:
+            # Serving never changes a module it is handed, so one retrieval module serves every
+            # version until the retrieval weights change (rebuilding it would copy every table).
+            bundle = ModelBundle.from_state({**state, "retrieval": None})
+            if self._retrieval_module is None and state["retrieval"] is not None:
+                self._retrieval_module = ModelBundle.from_state(state).retrieval
+            bundle.retrieval = self._retrieval_module
+            self.install(version, bundle, meta)
+        served = self.clock() * 1000
+        # Lags only mean something for events stamped with this clock as they happened (not
+        # for an imported or replayed history).
+        self.lags_ms.extend(lag for lag in (served - e for e in self._unpublished_ends)
+                            if 0 <= lag < 3_600_000)
+        self._unpublished_ends = []
+        self._steps_since_publish = 0
+        self._last_publish = now
+        self.serving_version = version
+        self.versions_handed += 1
+        return version
+
+    def _watermark(self) -> int:
+        """Every example whose view ended at or before this time is in the weights published
+        now: events up to it were read, and none of them is still settling or waiting."""
+        marks = [self._read_ts]
+        pending = self.rows.joiner.open_ended_since()
+        if pending is not None:
+            marks.append(pending - 1)
+        waiting = self.learner.oldest_waiting_end()
+        if waiting is not None:
+            marks.append(waiting - 1)
+        return min(marks)
+
+    def status(self) -> dict:
+        lags = np.array(self.lags_ms, dtype=np.float64)
+        learner = self.learner
+        return {
+            "state": self.state, "alive": self.alive, "failures": self.failures,
+            "last_error": self.last_error, "base_version": self.base_version,
+            "serving_version": self.serving_version, "versions": self.versions_handed,
+            "cursor": self.cursor, "through_ts": self.through_ts,
+            "steps": learner.steps if learner else 0,
+            "rows_trained": learner.rows_trained if learner else 0,
+            "rows_waiting": len(learner.queue) if learner else 0,
+            "lag_ms": {"n": int(len(lags)),
+                       "p50": float(np.percentile(lags, 50)) if len(lags) else None,
+                       "p99": float(np.percentile(lags, 99)) if len(lags) else None},
+        }
