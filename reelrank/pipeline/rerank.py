@@ -1,15 +1,37 @@
-"""Re-ranking: turn a scored list into a feed page under spacing rules.
+"""Re-ranking: turn a scored list into a feed page under diversity and exploration rules.
 
-Greedy: take the best remaining item that does not break a rule; items that could not be placed
-are left for a later page (with a note in the trace), never forced in.
+Greedy, one slot at a time: take the best remaining item that breaks no rule. The rules:
+
+- **creator run**: at most ``max_creator_run`` consecutive items of one creator (hard: an item
+  that can only break it is left for a later page, never forced in);
+- **sound run**: at most ``max_sound_run`` consecutive items using one sound;
+- **topic share**: within any ``topic_window`` consecutive items, at most ``max_topic_share`` of
+  them (rounded down, at least 1) on one topic (``reelrank.topics``);
+- **exploration slots**: by slot ``k`` (1-based) at least ``round(k * exploration_share)`` items
+  come from exploration (new videos and new creators, marked by the exploration source's reason
+  codes), when there are any; of those, at least ``new_creator_share`` go to new creators.
+
+The sound and topic rules are soft: when nothing left satisfies them they are relaxed (topic
+first), so a narrow candidate pool gives a full page rather than a short one. The runs and
+windows continue across pages: the tail of what the viewer was last served counts as the items
+before slot 1. Every move is noted per item in the trace, which ``/v1/explain`` shows.
+
+The following feed is exempt: it is the creators the viewer chose, newest first, by contract.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from reelrank.pipeline.context import FeedContext
 from reelrank.pipeline.rank import Scored
+from reelrank.topics import topic_label, topic_of
+
+# Reason codes of exploration candidates (``reelrank.pipeline.explore``).
+NEW_CREATOR = "new_creator"
+NEW_VIDEO = "new_video"
+EXPLORATION_CODES = frozenset({NEW_CREATOR, NEW_VIDEO})
 
 
 @dataclass
@@ -18,40 +40,164 @@ class RerankResult:
     notes: dict[str, list[str]]  # item_id -> what the re-ranker did to it
 
 
-@dataclass
-class SpacingReranker:
-    """Never the same creator twice in a row (configurable run length)."""
+@dataclass(frozen=True, slots=True)
+class _Row:
+    scored: Scored
+    creator: str | None
+    sound: str | None
+    topic: str | None
+    explore: bool
+    new_creator: bool
 
-    max_creator_run: int = 1
 
+class DiversityReranker:
+    """Spacing, topic diversity and guaranteed exploration slots. ``None`` (or 0) switches a rule
+    off: ``DiversityReranker(None, None, 0, 1.0, 0.0)`` keeps the scorer's order."""
+
+    def __init__(self, max_creator_run: int | None = 1, max_sound_run: int | None = 1,
+                 topic_window: int = 5, max_topic_share: float = 0.6,
+                 exploration_share: float = 0.1, new_creator_share: float = 0.5):
+        for name, value in (("max_creator_run", max_creator_run), ("max_sound_run", max_sound_run)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {value}")
+        if topic_window < 0 or not 0.0 < max_topic_share <= 1.0:
+            raise ValueError("topic_window must be >= 0 and max_topic_share in (0, 1]")
+        if not 0.0 <= exploration_share <= 1.0 or not 0.0 <= new_creator_share <= 1.0:
+            raise ValueError("exploration_share and new_creator_share must be in [0, 1]")
+        self.max_creator_run = max_creator_run
+        self.max_sound_run = max_sound_run
+        self.topic_window = topic_window
+        self.max_topic_share = max_topic_share
+        self.exploration_share = exploration_share
+        self.new_creator_share = new_creator_share
+
+    @property
+    def max_per_topic(self) -> int | None:
+        """Items of one topic allowed in any ``topic_window`` consecutive items."""
+        if self.topic_window <= 1 or self.max_topic_share >= 1.0:
+            return None
+        return max(1, math.floor(self.max_topic_share * self.topic_window + 1e-9))
+
+    def settings(self) -> dict:
+        return {"max_creator_run": self.max_creator_run, "max_sound_run": self.max_sound_run,
+                "topic_window": self.topic_window, "max_topic_share": self.max_topic_share,
+                "exploration_share": self.exploration_share,
+                "new_creator_share": self.new_creator_share}
+
+    # -- the page ---------------------------------------------------------------------------------
     def rerank(self, ctx: FeedContext, scored: list[Scored], n: int) -> RerankResult:
-        pool = sorted(scored, key=lambda s: (-s.score, s.item_id))
-        out: list[Scored] = []
+        pool = [self._row(ctx, s) for s in sorted(scored, key=lambda s: (-s.score, s.item_id))]
         notes: dict[str, list[str]] = {}
+        if ctx.mode == "following":
+            return RerankResult([r.scored for r in pool[:n]], notes)
+        before = self._served_tail(ctx)
+        out: list[_Row] = []
+        explored = new_creators = 0
         while pool and len(out) < n:
-            chosen = None
-            for idx, cand in enumerate(pool):
-                if not self._breaks_run(ctx, out, cand):
-                    chosen = idx
-                    break
-                note = f"moved down: same creator as the {self.max_creator_run} item(s) before it"
-                if note not in notes.setdefault(cand.item_id, []):
-                    notes[cand.item_id].append(note)
-            if chosen is None:
+            slot = len(out) + 1
+            want_explore = explored < round(slot * self.exploration_share + 1e-9)
+            want_new = new_creators < round((explored + 1) * self.new_creator_share + 1e-9)
+            idx = self._pick(pool, before + out, notes, want_explore, want_new)
+            if idx is None:
                 break
-            out.append(pool.pop(chosen))
+            row = pool.pop(idx)
+            if row.explore:
+                explored += 1
+                new_creators += row.new_creator
+            out.append(row)
         for left in pool:
-            if left.item_id in notes:
-                notes[left.item_id].append("left for a later page")
-        return RerankResult(out, notes)
+            if left.scored.item_id in notes:
+                notes[left.scored.item_id].append("left for a later page")
+        return RerankResult([r.scored for r in out], notes)
 
-    def _breaks_run(self, ctx: FeedContext, placed: list[Scored], cand: Scored) -> bool:
-        if len(placed) < self.max_creator_run:
-            return False
-        creator = _creator(ctx, cand.item_id)
-        return all(_creator(ctx, p.item_id) == creator for p in placed[-self.max_creator_run:])
+    def _pick(self, pool: list[_Row], placed: list[_Row], notes: dict[str, list[str]],
+              want_explore: bool, want_new: bool) -> int | None:
+        """Index in ``pool`` of the item for the next slot, noting why better-scored items
+        were passed over."""
+        if want_explore:
+            groups = ([r for r in pool if r.explore and r.new_creator], [r for r in pool if r.explore])
+            for group in groups if want_new else groups[1:]:
+                for relax in range(3):
+                    for row in group:
+                        if not self._blocked(row, placed, relax):
+                            idx = pool.index(row)
+                            if idx > 0:
+                                _note(notes, row, "moved up: an exploration slot "
+                                      f"({_explore_text(row)})")
+                            return idx
+        for relax in range(3):
+            for idx, row in enumerate(pool):
+                why = self._blocked(row, placed, relax)
+                if why is None:
+                    if relax:
+                        _note(notes, row, "placed although "
+                              + ("its topic" if relax == 1 else "its topic or sound")
+                              + " repeats: nothing else fit")
+                    return idx
+                if relax == 0:
+                    _note(notes, row, f"moved down: {why}")
+        return None
+
+    def _blocked(self, row: _Row, placed: list[_Row], relax: int) -> str | None:
+        """Why ``row`` may not come next (``None``: it may). ``relax`` 1 drops the topic rule,
+        2 the sound rule too; the creator rule always holds."""
+        k = self.max_creator_run
+        if k is not None and row.creator is not None and len(placed) >= k and all(
+                p.creator == row.creator for p in placed[-k:]):
+            return f"same creator as the {k} item(s) before it"
+        k = self.max_sound_run
+        if relax < 2 and k is not None and row.sound is not None and len(placed) >= k and all(
+                p.sound == row.sound for p in placed[-k:]):
+            return f"same sound as the {k} item(s) before it"
+        cap = self.max_per_topic
+        if relax < 1 and cap is not None and row.topic is not None:
+            recent = placed[-(self.topic_window - 1):]
+            if sum(p.topic == row.topic for p in recent) >= cap:
+                return (f"{topic_label(row.topic)} already fills {cap} of the last "
+                        f"{self.topic_window} slots")
+        return None
+
+    # -- per-item facts ---------------------------------------------------------------------------
+    def _row(self, ctx: FeedContext, s: Scored) -> _Row:
+        item = ctx.catalog.get(s.item_id)
+        codes = {r.code for r in s.reasons} | {r.code for r in s.candidate.reasons}
+        return _Row(s, item.creator_id if item else None, item.sound_id if item else None,
+                    topic_of(item), bool(codes & EXPLORATION_CODES), NEW_CREATOR in codes)
+
+    def _served_tail(self, ctx: FeedContext) -> list[_Row]:
+        """The last items sent to this viewer: the runs and the topic window continue from
+        them, so page 2 does not open with the creator that closed page 1."""
+        if ctx.user is None or not ctx.user.served:
+            return []
+        keep = max(self.max_creator_run or 0, self.max_sound_run or 0, self.topic_window - 1)
+        if keep <= 0:
+            return []
+        tail = list(ctx.user.served)[-keep:]
+        rows = []
+        for item_id in tail:
+            item = ctx.catalog.get(item_id)
+            rows.append(_Row(None, item.creator_id if item else None,  # type: ignore[arg-type]
+                             item.sound_id if item else None, topic_of(item), False, False))
+        return rows
 
 
-def _creator(ctx: FeedContext, item_id: str) -> str | None:
-    item = ctx.catalog.get(item_id)
-    return item.creator_id if item else None
+class SpacingReranker(DiversityReranker):
+    """The v0 re-ranker: never the same creator twice in a row (configurable run length), no
+    other rule."""
+
+    def __init__(self, max_creator_run: int = 1):
+        super().__init__(max_creator_run=max_creator_run, max_sound_run=None, topic_window=0,
+                         exploration_share=0.0)
+
+    def _served_tail(self, ctx: FeedContext) -> list[_Row]:
+        return []  # v0 behaviour: each page on its own
+
+
+def _note(notes: dict[str, list[str]], row: _Row, text: str) -> None:
+    mine = notes.setdefault(row.scored.item_id, [])
+    if text not in mine:
+        mine.append(text)
+
+
+def _explore_text(row: _Row) -> str:
+    return "a new creator we are trying out" if row.new_creator else "a new video we are trying out"
