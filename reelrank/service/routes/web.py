@@ -32,7 +32,7 @@ from reelrank.service.deps import (
     bearer_token,
 )
 from reelrank.service.schemas import ERROR_RESPONSES, Id
-from reelrank.types import Item
+from reelrank.types import EVENT_TYPES, Item
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,9 @@ def demo_directory(engine: EngineDep) -> dict:
     for user_id in engine.live.user_ids()[:DIRECTORY_SCAN]:
         state = engine.live.user_snapshot(user_id)
         if state is not None:
-            viewers.append((sum(state.counts.values()), user_id, state))
+            # counts also tallies derived labels (long views); only real events are counted.
+            events = sum(n for kind, n in state.counts.items() if kind in EVENT_TYPES)
+            viewers.append((events, user_id, state))
     viewers.sort(key=lambda v: (-v[0], v[1]))
     creators = Counter()
     for item_id in engine.catalog.ids():

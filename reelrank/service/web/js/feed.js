@@ -33,6 +33,7 @@ export class FeedPage {
     this.visible = false;
     this.wheel = { sum: 0, lockedUntil: 0 };
     this.drag = null;
+    this.followed = new Set(); // creator ids this viewer is known to follow
     this.sender = new EventSender({ onError: (err) => toast(`Events not sent: ${err.message}`) });
     this.tracker = new ViewTracker(this.sender);
     this.build();
@@ -135,6 +136,7 @@ export class FeedPage {
     this.generation += 1;
     this.tracker.card = null;
     this.sender.queue = [];
+    this.followed.clear();
     this.cards = [];
     this.index = -1;
     clear(this.track);
@@ -187,10 +189,17 @@ export class FeedPage {
         const item = records.get(fi.item_id);
         if (!item) return;
         const card = { itemId: fi.item_id, item, requestId: feed.request_id, position, source: fi.source,
+          modelVersion: feed.model_version,
           reasons: fi.reasons || [], score: fi.score, index: this.cards.length };
         this.cards.push(card);
         this.track.append(renderCard(card));
         card.el.dataset.index = String(card.index);
+        // The following source only proposes creators the viewer follows.
+        if (fi.source === 'following') this.followed.add(item.creator_id);
+        if (this.followed.has(item.creator_id)) {
+          card.followed = true;
+          setPressed(card, 'follow', true);
+        }
       });
       this.emptyEl.hidden = this.cards.length > 0;
       this.emptyEl.textContent = 'Nothing new to show right now. Check back soon.';
@@ -284,6 +293,8 @@ export class FeedPage {
       this.sender.record(card.liked ? 'like' : 'unlike', card);
     } else if (action === 'follow') {
       const following = !card.followed;
+      if (following) this.followed.add(card.item.creator_id);
+      else this.followed.delete(card.item.creator_id);
       for (const other of this.cards) {
         if (other.item.creator_id === card.item.creator_id) {
           other.followed = following;

@@ -2,7 +2,7 @@
 
 import { get, post } from './api.js';
 import { session } from './session.js';
-import { h, clear, toast } from './dom.js';
+import { h, append, clear, toast } from './dom.js';
 import { showSignIn } from './signin.js';
 import { FeedPage } from './feed.js';
 import { MePage } from './me.js';
@@ -43,9 +43,9 @@ class App {
     const nav = document.getElementById('nav');
     clear(nav).append(...Object.entries(PAGES).map(([name, { label }]) => h('a', { href: `#/${name}`,
       class: 'nav-link', dataset: { page: name } }, label)));
-    clear(document.getElementById('who')).append(
+    append(clear(document.getElementById('who')), [
       h('span', { id: 'who-user', text: session.userId }),
-      session.demo ? h('span', { class: 'chip demo', title: 'Signed in through the demo sign-in', text: 'demo' }) : null);
+      session.demo ? h('span', { class: 'chip demo', title: 'Signed in through the demo sign-in', text: 'demo' }) : null]);
   }
 
   route() {

@@ -3,7 +3,7 @@
 
 import { get, put, post, del, userPath } from './api.js';
 import { session } from './session.js';
-import { h, clear, toast, confirmDialog, humanize } from './dom.js';
+import { h, append, clear, toast, confirmDialog, humanize } from './dom.js';
 import { barChart } from './charts.js';
 
 export class MePage {
@@ -67,8 +67,8 @@ export class MePage {
   }
 
   show() {
-    clear(this.whoEl).append(`Signed in as `, h('b', { id: 'me-user', text: session.userId }),
-      session.demo ? h('span', { class: 'chip demo', text: 'demo sign-in' }) : null);
+    append(clear(this.whoEl), ['Signed in as ', h('b', { id: 'me-user', text: session.userId }),
+      session.demo ? h('span', { class: 'chip demo', text: 'demo sign-in' }) : null]);
     this.loadSettings();
     this.loadTransparency();
   }
@@ -166,7 +166,7 @@ export class MePage {
     const interests = data.inferred_interests || {};
     const top = (list) => (Array.isArray(list) ? list : []).slice(0, 6)
       .map((x) => ({ label: x.id ?? x.name ?? String(x), value: Number(x.weight ?? x.value ?? 0) }));
-    clear(this.summaryEl).append(
+    append(clear(this.summaryEl), [
       byType.size ? [h('h3', { text: 'Your events by type' }),
         barChart([...byType].sort((a, b) => b[1] - a[1]).map(([label, value]) => ({ label, value })))] : null,
       top(interests.hashtags).length ? [h('h3', { text: 'Hashtags ReelRank thinks you like' }),
@@ -174,7 +174,7 @@ export class MePage {
       top(interests.creators).length ? [h('h3', { text: 'Creators' }),
         barChart(top(interests.creators).map((r) => ({ ...r, label: `@${r.label}` })))] : null,
       Array.isArray(data.access_log) ? h('p', { class: 'muted small',
-        text: `Access log: ${data.access_log.length} reads or changes of your data by you or the service.` }) : null);
+        text: `Access log: ${data.access_log.length} reads or changes of your data by you or the service.` }) : null]);
   }
 
   async refresh() {
@@ -214,11 +214,11 @@ export class MePage {
     try {
       const t = await get('/v1/transparency', { as: null });
       this.transparencyLoaded = true;
-      clear(this.transparencyEl).append(
+      append(clear(this.transparencyEl), [
         t.summary ? h('p', { text: t.summary }) : null,
         Array.isArray(t.signals) ? h('ul', {}, t.signals.map((s) => h('li', {}, h('b', { text: s.signal }), ` — ${s.how}`))) : null,
         Array.isArray(t.your_options) ? [h('h3', { text: 'Your options' }),
-          h('ul', {}, t.your_options.map((o) => h('li', {}, h('b', { text: humanize(o.option) }), ` — ${o.how}`)))] : null);
+          h('ul', {}, t.your_options.map((o) => h('li', {}, h('b', { text: humanize(o.option) }), ` — ${o.how}`)))] : null]);
     } catch (err) {
       clear(this.transparencyEl).append(h('p', { class: 'muted', text: `Not available: ${err.message}` }));
     }

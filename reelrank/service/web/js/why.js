@@ -33,7 +33,7 @@ export function renderExplanation(x, card) {
     h('h3', { text: 'Found by' }),
     h('p', { class: 'why-source' },
       sources.length
-        ? sources.map((s, i) => [i ? ', ' : '', h('span', { class: 'chip', text: sourceLabel(s.source) })])
+        ? sources.map((s) => h('span', { class: 'chip', text: sourceLabel(s.source) }))
         : h('span', { class: 'chip', text: sourceLabel(x.source || card.source) })),
     rows.length ? [
       h('h3', { text: 'What the model expects you to do' }),
@@ -51,7 +51,7 @@ export function renderExplanation(x, card) {
       fact('score', x.score === null || x.score === undefined ? '–' : formatNumber(x.score, 3)),
       fact('position', x.position ? `#${x.position} of its page` : '–'),
       fact('feed mode', x.mode ? humanize(x.mode) : '–'),
-      fact('model', x.model_version || '–')),
+      fact('model', x.model_version || card.modelVersion || '–')),
     h('p', { class: 'muted small' },
       'Read from the feed pipeline\'s own trace of the request that showed this video. ',
       'Change what shapes your feed under Me.'));

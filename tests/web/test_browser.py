@@ -1,0 +1,276 @@
+"""End to end: headless Chromium drives the web app against a real server in demo mode.
+
+Each test signs in as its own synthetic viewer, so tests share one server without sharing
+state. The page's clock is Playwright's fake clock, moved forward to stand for time spent on a
+card: the play events must carry that time, which is what "the real time the card was on screen"
+means to the server.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+
+from reelrank.pipeline.context import FeedRequest
+
+
+
+def wait_until(check, timeout: float = 8.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def sign_in(page, server, user_id: str) -> None:
+    page.clock.install()
+    page.goto(server.base_url + "/app/")
+    notice = page.locator("#demo-notice")
+    notice.wait_for()
+    assert "Demo sign-in" in notice.inner_text()
+    page.fill("#signin-user", user_id)
+    page.click("#signin-submit")
+    page.wait_for_selector(".card.active")
+
+
+def active(page) -> dict:
+    return page.eval_on_selector(".card.active", "el => ({index: Number(el.dataset.index), "
+                                 "item: el.dataset.itemId, source: el.dataset.source})")
+
+
+def wait_active_index(page, index: int) -> None:
+    page.wait_for_function(
+        f"document.querySelector('.card.active') && "
+        f"document.querySelector('.card.active').dataset.index === '{index}'", timeout=8000)
+
+
+def touch_swipe_up(page) -> None:
+    """A finger dragged up the screen, as real touch input (not mouse events)."""
+    cdp = page.context.new_cdp_session(page)
+    x, y0, y1 = 160, 600, 300
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": x, "y": y0}]})
+    for k in range(1, 7):
+        cdp.send("Input.dispatchTouchEvent",
+                 {"type": "touchMove", "touchPoints": [{"x": x, "y": y0 + (y1 - y0) * k / 6}]})
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+    cdp.detach()
+
+
+def swipe(page, how: str) -> None:
+    if how == "key":
+        page.keyboard.press("ArrowDown")
+    elif how == "wheel":
+        page.mouse.move(160, 400)
+        page.mouse.wheel(0, 120)
+    else:
+        touch_swipe_up(page)
+
+
+def by_type(events) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for e in events:
+        out.setdefault(e.type, []).append(e)
+    return out
+
+
+# (how to leave the card, ms on screen): a mix of inputs, of plays and of skips.
+SWIPES = [("key", 4_000), ("wheel", 600), ("touch", 300), ("key", 2_500), ("touch", 700),
+          ("wheel", 5_000), ("key", 400), ("touch", 3_000), ("wheel", 500), ("key", 800)]
+
+
+def test_swipe_ten_cards_then_like_one(phone, server):
+    user = "u1"
+    before = len(server.events_of(user))
+    sign_in(phone, server, user)
+    shown = []
+    for k, (how, dwell) in enumerate(SWIPES):
+        card = active(phone)
+        assert card["index"] == k
+        shown.append((card["item"], dwell))
+        phone.clock.fast_forward(dwell)
+        swipe(phone, how)
+        wait_active_index(phone, k + 1)
+    # Every swipe's events reach the server: 11 impressions (cards 0..10), 10 views.
+    def new_events():
+        events = server.events_of(user)[before:]
+        kinds = by_type(events)
+        views = kinds.get("play", []) + kinds.get("skip", [])
+        return kinds if len(kinds.get("impression", [])) == 11 and len(views) == 10 else None
+
+    kinds = wait_until(new_events, what="impressions and views of the ten swipes")
+    views = {e.item_id: e for e in kinds["play"] + kinds["skip"]}
+    for item_id, dwell in shown:
+        view = views[item_id]
+        assert view.type == ("play" if dwell >= 2_000 else "skip"), (item_id, dwell, view)
+        # The time on screen, plus the few real milliseconds the test itself took.
+        assert dwell <= view.watch_ms < dwell + 1_500, (dwell, view.watch_ms)
+        assert view.request_id and view.position is not None and view.device == "web"
+    impressions = {e.item_id for e in kinds["impression"]}
+    assert {item for item, _ in shown} <= impressions
+
+    # Like the card on screen.
+    liked = active(phone)["item"]
+    button = phone.locator(".card.active [data-action=like]")
+    button.click()
+    assert button.get_attribute("aria-pressed") == "true"
+    like = wait_until(lambda: [e for e in server.events_of(user)[before:] if e.type == "like"],
+                      what="the like event")
+    assert [e.item_id for e in like] == [liked]
+
+
+def test_why_this_video_shows_the_explanation(phone, server):
+    user = "u2"
+    sign_in(phone, server, user)
+    phone.keyboard.press("ArrowDown")
+    wait_active_index(phone, 1)
+    card = active(phone)
+    phone.click(".card.active [data-action=why]")
+    sheet = phone.locator("#why-sheet")
+    sheet.locator(".why-reasons li").first.wait_for()
+    shown = [t.strip() for t in sheet.locator(".why-reasons li").all_inner_texts()]
+    explained = server.engine.explain(user, card["item"])
+    assert explained["shown"] is True
+    assert shown == [r["text"] for r in explained["reasons"]] and shown
+    facts = sheet.locator(".why-facts").inner_text()
+    assert f"#{explained['position']} of its page" in facts
+    if explained["predictions"]:
+        assert sheet.locator(".why-predictions rect.chart-bar").count() == len(explained["predictions"])
+    phone.keyboard.press("Escape")
+    assert not sheet.is_visible()
+
+
+def test_mute_a_word_then_turn_personalization_off(phone, server):
+    user = "u3"
+    sign_in(phone, server, user)
+    assert phone.locator("#feed-mode").get_attribute("data-mode") == "personalized"
+    upcoming = phone.eval_on_selector_all(".card", "els => els.map(e => e.dataset.itemId)")
+    # Mute the hashtag most common among the cards loaded but not shown yet.
+    tags: dict[str, int] = {}
+    for item_id in upcoming[1:]:
+        for tag in server.engine.catalog.get(item_id).hashtags:
+            tags[tag] = tags.get(tag, 0) + 1
+    word = max(sorted(tags), key=tags.get)
+
+    phone.click("a[data-page=me]")
+    phone.fill("#mute-input", word)
+    phone.click("#mute-add")
+    phone.locator(f".muted-word[data-word='{word}']").wait_for()
+    assert server.engine.settings(user).muted_keywords == (word,)
+
+    def mentions(item_id: str) -> bool:
+        item = server.engine.catalog.get(item_id)
+        words = set(re.findall(r"\w+", item.caption.lower())) | {t.lower() for t in item.hashtags}
+        return word.lower() in words
+
+    phone.click("a[data-page=feed]")
+    current = active(phone)["index"]
+    # The cards queued before the mute were replaced: none ahead mentions the word.
+    phone.wait_for_function(f"document.querySelectorAll('.card').length > {current + 1}")
+    ahead = phone.eval_on_selector_all(
+        ".card", f"els => els.filter(e => Number(e.dataset.index) > {current}).map(e => e.dataset.itemId)")
+    assert ahead and not [i for i in ahead if mentions(i)]
+    for k in range(1, 4):
+        phone.keyboard.press("ArrowDown")
+        wait_active_index(phone, current + k)
+        assert not mentions(active(phone)["item"])
+    later = server.engine.feed(FeedRequest(user_id=user, n=20))
+    assert later.items and not [i.item_id for i in later.items if mentions(i.item_id)]
+
+    # Personalization off: the feed says so and its new cards come from non-personal sources.
+    phone.click("a[data-page=me]")
+    switch = phone.locator("#personalization")
+    assert switch.is_checked()
+    switch.click()
+    phone.wait_for_function("document.querySelector('#settings-status').textContent === 'Saved'")
+    assert server.engine.settings(user).personalization is False
+    phone.click("a[data-page=feed]")
+    phone.wait_for_function("document.querySelector('#feed-mode').dataset.mode === 'non_personalized'")
+    assert phone.locator("#feed-mode").inner_text() == "Not personalized"
+    current = active(phone)["index"]
+    phone.wait_for_function(f"document.querySelectorAll('.card').length > {current + 1}")
+    allowed = {s.name for s in server.engine.pipeline.sources["non_personalized"]}
+    new_sources = phone.eval_on_selector_all(
+        ".card", f"els => els.filter(e => Number(e.dataset.index) > {current}).map(e => e.dataset.source)")
+    assert new_sources and set(new_sources) <= allowed, (new_sources, allowed)
+
+
+def test_download_then_erase_my_data(phone, server):
+    user = "u4"
+    sign_in(phone, server, user)
+    for k in range(3):
+        phone.clock.fast_forward(2_500)
+        phone.keyboard.press("ArrowDown")
+        wait_active_index(phone, k + 1)
+    phone.click(".card.active [data-action=like]")
+    wait_until(lambda: any(e.type == "like" for e in server.events_of(user)), what="the like")
+    phone.click("a[data-page=me]")
+
+    with phone.expect_download() as info:
+        phone.click("#download-data")
+    download = info.value
+    assert download.suggested_filename == f"reelrank-data-{user}.json"
+    data = json.loads(open(download.path(), encoding="utf-8").read())
+    assert data["user_id"] == user
+    stored = {e.event_id for e in server.events_of(user)}
+    downloaded = {e["event_id"] for e in data["events"]}
+    assert downloaded == stored and len(stored) > 20  # the background history plus this session
+    assert {"impression", "play", "like"} <= {e["type"] for e in data["events"]}
+    phone.locator("#data-summary svg").first.wait_for()
+
+    phone.click("#erase-data")
+    phone.click("#modal-confirm")
+    phone.wait_for_function("document.querySelector('#data-status').textContent.startsWith('Erased')")
+    assert server.store.count_events(user) == 0
+    assert server.engine.live.user(user) is None or server.engine.live.user(user).is_new()
+    import httpx
+
+    export = httpx.get(f"{server.base_url}/v1/users/{user}/data",
+                       headers={"Authorization": f"Bearer {server.admin_token}"}).json()
+    assert export["events"] == []
+    # The page signed the same id in again (erasure revoked its token): its feed is a cold start.
+    phone.click("a[data-page=feed]")
+    phone.wait_for_function("document.querySelectorAll('.card').length > 0")
+    assert phone.locator(".card.active").count() == 1
+
+
+def test_creator_studio_shows_a_creators_insights(desktop, server):
+    sign_in(desktop, server, "u5")
+    desktop.click("a[data-page=studio]")
+    studio = desktop.locator(".studio")
+    studio.wait_for()
+    creator = studio.get_attribute("data-creator-id")
+    videos = len(server.engine.catalog.by_creator(creator))
+    tiles = desktop.locator(".studio .tile").all_inner_texts()
+    assert any(f"@{creator}" in t for t in tiles) and any(str(videos) in t for t in tiles)
+    assert desktop.locator(".studio .data-table tbody tr").count() == min(videos, 10)
+    # Another creator from the picker.
+    other = desktop.locator("#creator-picker .chip-btn").nth(1)
+    other_id = other.get_attribute("data-creator-id")
+    other.click()
+    desktop.wait_for_function(
+        f"document.querySelector('.studio') && document.querySelector('.studio').dataset.creatorId === '{other_id}'")
+
+
+def test_operator_console_shows_live_figures_and_trains(desktop, server):
+    sign_in(desktop, server, "u6")
+    desktop.click("a[data-page=console]")
+    version = desktop.locator("[data-tile=model-version] .tile-value")
+    version.wait_for()
+    assert version.inner_text() == server.engine.pipeline.scorer.version
+    desktop.locator(".line-chart path.chart-line").first.wait_for()
+    assert desktop.locator(".tile").count() >= 8
+    desktop.click("#train-start")
+    desktop.wait_for_function(
+        "document.querySelector('#train-status').textContent.startsWith('done')", timeout=90_000)
+    new_version = server.engine.pipeline.scorer.version
+    assert new_version != "heuristic-v0"
+    assert new_version in desktop.locator("#train-status").inner_text()
+    desktop.wait_for_function(
+        f"document.querySelector('[data-tile=model-version] .tile-value').textContent === '{new_version}'")
