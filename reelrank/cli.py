@@ -234,6 +234,45 @@ def eval_(
 
 
 @app.command()
+def audit(
+    world: str = typer.Option("synthetic", help="synthetic, or kuairand:FOLDER (a replay of "
+                                                "the KuaiRand-Pure test days)."),
+    settings: str = typer.Option("off,default,strong",
+                                 help="Comma-separated: off, v0, default, strong."),
+    out: Path = typer.Option(None, help="Folder for report.json and report.md."),
+    users: int = typer.Option(300, help="synthetic: viewers."),
+    items: int = typer.Option(4000, help="synthetic: videos."),
+    days: int = typer.Option(3, help="synthetic: simulated days (one session per viewer a day)."),
+    swipes: int = typer.Option(40, help="synthetic: most swipes in a session."),
+    cutoff: str = typer.Option("2022-05-01", help="kuairand: first test day."),
+    test_days: int = typer.Option(4, help="kuairand: test days replayed."),
+    max_users: int = typer.Option(3000, help="kuairand: sampled test viewers (0: all)."),
+    seed: int = typer.Option(7, help="World seed (synthetic) or user-sample seed (kuairand)."),
+    progress: bool = typer.Option(True, help="Progress bars on stderr."),
+) -> None:
+    """Fairness and diversity audit: creator exposure Gini, popularity bias, per-viewer topic
+    entropy over time, coverage, new-creator exposure and engagement, for each feed setting,
+    on a simulator run or a replay of real data."""
+    import torch
+
+    from reelrank.audit import run_audit, settings_named
+
+    _logging("warning")
+    torch.set_num_threads(1)
+    try:
+        chosen = settings_named(settings)
+        if world == "synthetic":
+            options = dict(users=users, items=items, days=days, swipes=swipes, seed=seed)
+        else:
+            options = dict(cutoff=cutoff, test_days=test_days, max_users=max_users or None,
+                           seed=seed)
+        _, text = run_audit(world, chosen, out, progress=progress, **options)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    typer.echo(text)
+
+
+@app.command()
 def demo(
     data_dir: Path = typer.Option(Path("demo-data"), help=DATA_DIR_HELP),
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),

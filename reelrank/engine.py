@@ -21,8 +21,10 @@ from reelrank.pipeline.filters import default_filters
 from reelrank.pipeline.neural import NeuralScorer, RetrievalSource, ServingModels
 from reelrank.pipeline.rank import HeuristicScorer, Scored
 from reelrank.pipeline.sources import (
-    CoEngagementSource, FollowingSource, FreshSource, TrendingSource,
+    CoEngagementSource, FollowingSource, TrendingSource,
 )
+from reelrank.pipeline.explore import ExploreSource
+from reelrank.pipeline.rerank import DiversityReranker
 from reelrank.registry import ModelRegistry
 from reelrank.train.job import TrainConfig, train_from_store
 from reelrank.train.jobs import JobRunner
@@ -33,11 +35,19 @@ from reelrank.types import Candidate, Event, Item, UserSettings
 log = logging.getLogger(__name__)
 
 
-def default_pipeline(models: ServingModels | None = None) -> FeedPipeline:
+def default_pipeline(models: ServingModels | None = None, *,
+                     reranker: DiversityReranker | None = None,
+                     explore: ExploreSource | None = None,
+                     exploration: bool = True) -> FeedPipeline:
     """The feed as served: the retrieval model is the main source when a model is published;
-    the v0 sources stay, as fallbacks and for viewers and videos the models do not know yet."""
-    trending, fresh = TrendingSource(), FreshSource()
-    personal: list = [CoEngagementSource(), FollowingSource(), trending, fresh]
+    the v0 sources stay, as fallbacks and for viewers and videos the models do not know yet.
+
+    New videos reach their first audiences through ``explore`` (default ``ExploreSource()``);
+    ``exploration=False`` leaves them to the other sources. ``reranker`` (default
+    ``DiversityReranker()``) sets the diversity rules and the exploration share of each page."""
+    trending = TrendingSource()
+    fresh = [explore or ExploreSource()] if exploration else []
+    personal: list = [CoEngagementSource(), FollowingSource(), trending, *fresh]
     scorer = HeuristicScorer()
     if models is not None:
         personal.insert(0, RetrievalSource(models))
@@ -45,11 +55,12 @@ def default_pipeline(models: ServingModels | None = None) -> FeedPipeline:
     return FeedPipeline(
         sources={
             "personalized": personal,
-            "non_personalized": [trending, fresh],
+            "non_personalized": [trending, *fresh],
             "following": [FollowingSource()],
         },
         filters=default_filters(),
         scorer=scorer,
+        reranker=reranker or DiversityReranker(),
     )
 
 
@@ -82,6 +93,10 @@ class Engine:
         # Called with a user id when that viewer's data is erased or reset, so that components
         # holding derived copies (an online trainer's pending examples, caches) drop them too.
         self.erase_listeners: list = []
+        # Called with each FeedResult served and with each batch of newly accepted events
+        # (live figures: /v1/stats); a failing listener is logged, never fatal.
+        self.feed_listeners: list = []
+        self.event_listeners: list = []
         self.trainer = None  # the online trainer, when this process runs one (start_trainer)
         self._watch_stop = threading.Event()
 
@@ -165,6 +180,7 @@ class Engine:
         result = self.store.append_events(events)
         for e in result.accepted:
             self.live.apply(e)
+        _notify(self.event_listeners, result.accepted)
         return result
 
     # -- reads ----------------------------------------------------------------------------------
@@ -183,6 +199,7 @@ class Engine:
             result = self.pipeline.build(self.context(request))
             self.live.record_served(request.user_id, [i.item_id for i in result.items])
         self._keep_trace(result.trace)
+        _notify(self.feed_listeners, result)
         return result
 
     def rank(self, user_id: str, item_ids: list[str], region: str | None = None,
@@ -247,6 +264,14 @@ class Engine:
 
     def put_settings(self, settings: UserSettings) -> None:
         self.store.put_settings(settings)
+
+
+def _notify(listeners: list, value) -> None:
+    for listener in list(listeners):
+        try:
+            listener(value)
+        except Exception:
+            log.exception("a listener failed")
 
 
 def _explain_from_trace(trace: FeedTrace, item_id: str) -> dict:

@@ -86,8 +86,11 @@ class _Bucket:
 
 class ExposureLedger:
     def __init__(self, bucket_ms: int = HOUR_MS, max_buckets: int = 48,
-                 max_viewers_per_bucket: int = 100_000):
+                 max_viewers_per_bucket: int = 100_000, origin_ms: int | None = None):
         self.bucket_ms = bucket_ms
+        # With an origin (an audit run's start), buckets count from it and anything earlier
+        # falls in the first; without one they are aligned to the epoch (hours, UTC days).
+        self.origin_ms = origin_ms
         self.max_buckets = max_buckets
         self.max_viewers_per_bucket = max_viewers_per_bucket
         self.item_slots: Counter = Counter()
@@ -151,7 +154,10 @@ class ExposureLedger:
                 b.topics.pop(user_id, None)
 
     def _bucket(self, ts: int) -> _Bucket:
-        key = ts // self.bucket_ms
+        if self.origin_ms is None:
+            key = ts // self.bucket_ms
+        else:
+            key = max(0, (ts - self.origin_ms) // self.bucket_ms)
         b = self._buckets.get(key)
         if b is None:
             b = self._buckets[key] = _Bucket()
@@ -202,7 +208,8 @@ class ExposureLedger:
     def _bucket_figures(self, key: int, b: _Bucket, topics: dict[str, Counter]) -> dict:
         ent = [e for e in (entropy_bits(c.values()) for c in topics.values()) if not math.isnan(e)]
         return {
-            "start_ms": key * self.bucket_ms, "slots": b.slots, "viewers": len(topics),
+            "start_ms": key * self.bucket_ms + (self.origin_ms or 0), "slots": b.slots,
+            "viewers": len(topics),
             "per_user_topic_entropy_bits": sum(ent) / len(ent) if ent else None,
             "impressions": b.impressions, "views": b.views,
             "long_view_rate": b.long_views / b.views if b.views else None,

@@ -32,7 +32,10 @@ from reelrank.errors import (
     AuthError, ForbiddenError, NotFoundError, ReelRankError, StoreError, ValidationError,
 )
 from reelrank.service.deps import Authenticator, bearer_token
+from reelrank.insights import insights_for
 from reelrank.service.metrics import ServiceMetrics
+from reelrank.service.routes import creators, stats
+from reelrank.service.stats import LiveStats
 from reelrank.service.routes import admin, catalog, feed, ops, users, web
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,10 @@ def create_app(engine: Engine, auth: Authenticator | None, *,
     app.state.engine = engine
     app.state.auth = auth
     app.state.metrics = metrics
+    app.state.stats = LiveStats(engine, metrics)
+    app.state.insights = insights_for(engine)
+    for module in (creators, stats):
+        app.include_router(module.router)
     for module in (catalog, feed, users, ops, admin):
         app.include_router(module.router)
     web.install(app, demo=demo)

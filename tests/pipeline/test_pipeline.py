@@ -201,7 +201,8 @@ def test_muted_keywords_match_whole_words_and_hashtags(engine):
     engine.put_settings(UserSettings("mu", muted_keywords=("cat", "")))
     res = engine.feed(FeedRequest("mu", n=60))
     served = {i.item_id for i in res.items}
-    assert "m2" in served and not served & {"m1", "m3"}
+    # m2 passes the filters (whether it makes this page depends on the ranking)
+    assert "m2" in res.trace.scored and not served & {"m1", "m3"}
     assert res.trace.removed["m1"].reason == "muted keyword 'cat'"
 
 

@@ -1,0 +1,21 @@
+"""``GET /v1/stats`` (admin): live figures of the running service (``service/stats.py``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
+
+from reelrank.service.deps import ADMIN
+from reelrank.service.schemas import ERROR_RESPONSES
+
+router = APIRouter(prefix="/v1", tags=["operations"], responses=ERROR_RESPONSES,
+                   dependencies=[Depends(ADMIN)])
+
+
+@router.get("/stats")
+async def get_stats(request: Request) -> dict[str, Any]:
+    """Events/s, feed latency p50/p99, model version and age, online engagement, catalog
+    coverage, creator exposure Gini, popularity bias and per-viewer topic diversity over time."""
+    return await run_in_threadpool(request.app.state.stats.view)

@@ -1,0 +1,152 @@
+"""Live figures of a running service, for ``GET /v1/stats``.
+
+``LiveStats`` listens to the engine (every served page, every accepted event, every erasure)
+and keeps an ``ExposureLedger`` plus two short wall-clock windows: events accepted (for
+events/s) and feed build times (for exact recent latency percentiles). The HTTP-level feed
+latency comes from the Prometheus histogram that ``ServiceMetrics`` already keeps, interpolated
+within its buckets the way Prometheus' ``histogram_quantile`` does.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+
+from reelrank.engine import Engine
+from reelrank.exposure import ExposureLedger
+from reelrank.service.metrics import ServiceMetrics
+
+log = logging.getLogger(__name__)
+
+
+class LiveStats:
+    def __init__(self, engine: Engine, metrics: ServiceMetrics | None = None,
+                 ledger: ExposureLedger | None = None, window_s: float = 60.0,
+                 latency_window: int = 5_000):
+        self.engine = engine
+        self.metrics = metrics
+        self.ledger = ledger or ExposureLedger()
+        self.window_s = window_s
+        self._events: deque[tuple[float, int]] = deque()  # (monotonic time, events accepted)
+        self._latencies: deque[float] = deque(maxlen=latency_window)  # pipeline ms
+        self._lock = threading.Lock()
+        self.started = time.monotonic()
+        engine.feed_listeners.append(self._on_feed)
+        engine.event_listeners.append(self._on_events)
+        engine.erase_listeners.append(self.ledger.forget_user)
+
+    def _on_feed(self, result) -> None:
+        self.ledger.observe_feed(result.user_id, result.trace.ts, result.items,
+                                 self.engine.catalog)
+        with self._lock:
+            self._latencies.append(result.trace.elapsed_ms)
+
+    def _on_events(self, events) -> None:
+        if not events:
+            return
+        self.ledger.observe_events(events, self.engine.catalog)
+        now = time.monotonic()
+        with self._lock:
+            self._events.append((now, len(events)))
+            while self._events and self._events[0][0] < now - self.window_s:
+                self._events.popleft()
+
+    def events_per_second(self) -> float:
+        now = time.monotonic()
+        with self._lock:
+            while self._events and self._events[0][0] < now - self.window_s:
+                self._events.popleft()
+            n = sum(k for _, k in self._events)
+        span = min(self.window_s, max(now - self.started, 1e-3))
+        return n / span
+
+    def view(self) -> dict:
+        engine = self.engine
+        catalog = engine.catalog
+        popularity = {i: float(engine.live.item_stats(i).views) for i in catalog.ids()}
+        exposure = self.ledger.figures(catalog, popularity)
+        over_time = exposure.pop("over_time")
+        with self._lock:
+            recent = sorted(self._latencies)
+        current = engine.models.current
+        published = current.meta.get("published_at") if current is not None else None
+        return {
+            "events_per_second": round(self.events_per_second(), 3),
+            "events_window_s": self.window_s,
+            "feed_latency_ms": {
+                "p50": _quantile(recent, 0.50), "p99": _quantile(recent, 0.99),
+                "requests": len(recent),
+                "measured": "feed pipeline time of the last requests, exact",
+            },
+            "http_feed_latency_ms": self._http_latency(),
+            "model": {
+                "version": engine.pipeline.scorer.version,
+                "published_at": published,
+                "age_s": (round(time.time() - published / 1000.0, 1)
+                          if isinstance(published, (int, float)) else None),
+            },
+            "catalog": {"items": len(catalog), "viewers_live": len(engine.live.user_ids())},
+            "online": _latest(over_time),
+            "fairness": {k: _clean(v) for k, v in exposure.items()},
+            "over_time": [{k: _clean(v) for k, v in b.items()} for b in over_time],
+            "clock_ms": engine.live.clock,
+        }
+
+    def _http_latency(self) -> dict | None:
+        """p50 / p99 of the feed route's HTTP time, from the Prometheus histogram (all modes,
+        since start), interpolated within buckets."""
+        if self.metrics is None:
+            return None
+        buckets: dict[float, float] = {}
+        for family in self.metrics.feed_seconds.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_bucket"):
+                    le = float(sample.labels["le"])
+                    buckets[le] = buckets.get(le, 0.0) + sample.value
+        if not buckets or buckets.get(math.inf, 0.0) == 0:
+            return {"p50": None, "p99": None, "requests": 0}
+        bounds = sorted(buckets.items())
+        return {"p50": _hist_quantile(bounds, 0.50), "p99": _hist_quantile(bounds, 0.99),
+                "requests": int(bounds[-1][1]),
+                "measured": "HTTP time of GET /v1/feed since start, bucket-interpolated"}
+
+
+def _quantile(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    k = min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))
+    return round(sorted_values[k], 3)
+
+
+def _hist_quantile(bounds: list[tuple[float, float]], q: float) -> float | None:
+    """Cumulative ``(upper bound s, count)`` pairs -> the q-quantile in ms."""
+    total = bounds[-1][1]
+    target = q * total
+    lower, below = 0.0, 0.0
+    for upper, count in bounds:
+        if count >= target:
+            if math.isinf(upper):
+                return round(lower * 1000, 3)  # past the last finite bucket: its bound
+            inside = count - below
+            frac = (target - below) / inside if inside > 0 else 1.0
+            return round((lower + (upper - lower) * frac) * 1000, 3)
+        lower, below = upper, count
+    return None
+
+
+def _latest(over_time: list[dict]) -> dict | None:
+    """The newest bucket with events in it: the online engagement figures."""
+    for b in reversed(over_time):
+        if b.get("views") or b.get("impressions"):
+            return {k: _clean(v) for k, v in b.items()}
+    return None
+
+
+def _clean(value):
+    """JSON has no NaN: unknown figures are null."""
+    if isinstance(value, float):
+        return None if math.isnan(value) else round(value, 6)
+    return value
