@@ -8,8 +8,10 @@ rebuilt from the store at start-up.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
+import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Iterable
@@ -21,7 +23,7 @@ from reelrank.pipeline.filters import default_filters
 from reelrank.pipeline.neural import NeuralScorer, RetrievalSource, ServingModels
 from reelrank.pipeline.rank import HeuristicScorer, Scored
 from reelrank.pipeline.sources import (
-    CoEngagementSource, FollowingSource, TrendingSource,
+    CoEngagementSource, FollowingSource, RegionalPopularSource, TrendingSource,
 )
 from reelrank.pipeline.explore import ExploreSource
 from reelrank.pipeline.rerank import DiversityReranker
@@ -45,9 +47,11 @@ def default_pipeline(models: ServingModels | None = None, *,
     New videos reach their first audiences through ``explore`` (default ``ExploreSource()``);
     ``exploration=False`` leaves them to the other sources. ``reranker`` (default
     ``DiversityReranker()``) sets the diversity rules and the exploration share of each page."""
-    trending = TrendingSource()
+    trending, regional = TrendingSource(), RegionalPopularSource()
     fresh = [explore or ExploreSource()] if exploration else []
-    personal: list = [CoEngagementSource(), FollowingSource(), trending, *fresh]
+    # A new viewer's first pages come from regional popularity, trending and fresh videos
+    # (the personal sources have nothing yet); from the first swipes on, the personal ones lead.
+    personal: list = [CoEngagementSource(), FollowingSource(), regional, trending, *fresh]
     scorer = HeuristicScorer()
     if models is not None:
         personal.insert(0, RetrievalSource(models))
@@ -55,7 +59,7 @@ def default_pipeline(models: ServingModels | None = None, *,
     return FeedPipeline(
         sources={
             "personalized": personal,
-            "non_personalized": [trending, *fresh],
+            "non_personalized": [regional, trending, *fresh],
             "following": [FollowingSource()],
         },
         filters=default_filters(),
@@ -97,6 +101,11 @@ class Engine:
         # (live figures: /v1/stats); a failing listener is logged, never fatal.
         self.feed_listeners: list = []
         self.event_listeners: list = []
+        self.retention_days: int | None = None  # set by the entry point that runs retention
+        self._ingest_lock = threading.Lock()  # store append + live apply, as one step
+        self._rebuild_lock = threading.Lock()
+        self._rebuild_wanted = False
+        self._rebuild_thread: threading.Thread | None = None
         self.trainer = None  # the online trainer, when this process runs one (start_trainer)
         self._watch_stop = threading.Event()
 
@@ -110,13 +119,53 @@ class Engine:
                 self.catalog.upsert(batch)
                 batch = []
         self.catalog.upsert(batch)
-        n = 0
-        for _, event in self.store.iter_events():
-            self.live.apply(event)
-            n += 1
+        n, _ = self._replay(self.live)
         log.info("loaded %d items and replayed %d events", len(self.catalog), n)
         self.models.refresh()
         return self
+
+    def _replay(self, live: LiveState, after_seq: int = 0) -> tuple[int, int]:
+        """Apply the log after ``after_seq`` to ``live``; returns (events, last seq). Events
+        from before a viewer's "refresh my feed" do not rebuild their interests."""
+        floors = {s.user_id: s.interests_reset_seq for s in self.store.iter_settings()
+                  if s.interests_reset_seq}
+        n, last = 0, after_seq
+        for seq, event in self.store.iter_events(after_seq=after_seq):
+            live.apply(event, interests=seq > floors.get(event.user_id, 0))
+            n, last = n + 1, seq
+        return n, last
+
+    def rebuild_live(self) -> None:
+        """Recompute live state from the log, after erasure or a retention purge removed events:
+        the per-item counters, trending and co-engagement that those events fed follow. Runs
+        beside serving; ingestion pauses only for the catch-up at the end."""
+        fresh = self.live.empty_like()
+        _, last = self._replay(fresh)
+        with self._ingest_lock:
+            self._replay(fresh, after_seq=last)
+            self.live.replace_with(fresh)
+
+    def schedule_rebuild(self) -> threading.Thread:
+        """Rebuild live state in the background; requests made while one runs fold into one
+        more run after it."""
+        with self._rebuild_lock:
+            self._rebuild_wanted = True
+            if self._rebuild_thread is None or not self._rebuild_thread.is_alive():
+                self._rebuild_thread = threading.Thread(target=self._rebuild_loop,
+                                                        name="live-rebuild", daemon=True)
+                self._rebuild_thread.start()
+            return self._rebuild_thread
+
+    def _rebuild_loop(self) -> None:
+        while True:
+            with self._rebuild_lock:
+                if not self._rebuild_wanted:
+                    return
+                self._rebuild_wanted = False
+            try:
+                self.rebuild_live()
+            except Exception:  # the live state stays as it was; the next erasure retries
+                log.exception("rebuilding live state failed")
 
     def _train(self, progress) -> tuple[str | None, dict]:
         result = train_from_store(self.store, self.registry, self.train_config, progress=False,
@@ -177,9 +226,10 @@ class Engine:
         ]
         if problems:
             raise ValidationError("the batch refers to unknown items; nothing was stored", problems)
-        result = self.store.append_events(events)
-        for e in result.accepted:
-            self.live.apply(e)
+        with self._ingest_lock:
+            result = self.store.append_events(events)
+            for e in result.accepted:
+                self.live.apply(e)
         _notify(self.event_listeners, result.accepted)
         return result
 
@@ -264,6 +314,50 @@ class Engine:
 
     def put_settings(self, settings: UserSettings) -> None:
         self.store.put_settings(settings)
+
+    # -- the viewer's data: reset, erasure, retention -------------------------------------------
+    def reset_interests(self, user_id: str) -> None:
+        """"Refresh my feed": forget the interests inferred so far, durably (a restart replays
+        the log without them), and keep the account, settings, follows and what was seen."""
+        with self._ingest_lock:
+            current = self.store.get_settings(user_id)
+            self.store.put_settings(dataclasses.replace(
+                current, interests_reset_seq=self.store.last_seq()))
+            self.live.reset_interests(user_id)
+        self._drop_traces(user_id)
+
+    def erase_user(self, user_id: str, rebuild: bool = True) -> int:
+        """Erase everything about the viewer: their events, settings and tokens in the store,
+        their live state and recent traces, and whatever the erase listeners hold (pending
+        training examples). The models keep no per-viewer parameters (the user vector is
+        computed from the live history at request time), so nothing of the viewer is left in
+        them to remove. Aggregates their events fed (item counters, trending) are recomputed
+        from the remaining log in the background. Returns how many events were removed."""
+        with self._ingest_lock:
+            removed = self.store.erase_user(user_id)
+            self.live.forget_user(user_id)
+        self._drop_traces(user_id)
+        for listener in list(self.erase_listeners):
+            try:
+                listener(user_id)
+            except Exception:
+                log.exception("an erase listener failed")
+        if rebuild and removed:
+            self.schedule_rebuild()
+        return removed
+
+    def purge_events_older_than(self, max_age_ms: int, now_ms: int | None = None) -> int:
+        """Retention: delete events older than ``max_age_ms`` (by wall clock unless ``now_ms``
+        is given) and rebuild live state without them."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        removed = self.store.delete_events_before(now_ms - max_age_ms)
+        if removed:
+            self.rebuild_live()
+        return removed
+
+    def _drop_traces(self, user_id: str) -> None:
+        with self._trace_lock:
+            self._traces.pop(user_id, None)
 
 
 def _notify(listeners: list, value) -> None:

@@ -68,8 +68,23 @@ class Event:
 class UserSettings:
     user_id: str
     personalization: bool = True
-    muted_keywords: tuple[str, ...] = ()
+    muted_keywords: tuple[str, ...] = ()  # words and hashtags
     daily_limit_minutes: int | None = None
+    hidden_creators: tuple[str, ...] = ()  # "not interested in this creator"
+    hidden_sounds: tuple[str, ...] = ()  # "not interested in this sound"
+    # Protective defaults for a young viewer: a daily limit and sensitive topics dampened.
+    young_viewer: bool = False
+    # Interests inferred from events up to this log position are forgotten ("refresh my feed").
+    interests_reset_seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRecord:
+    """Who read or changed a viewer's data, and when (the viewer can see this list)."""
+
+    ts: int
+    actor: str  # "user", "admin:<key prefix>", "serve:<key prefix>", "system"
+    action: str  # "export", "read_settings", "erase", ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ class FeedRequest:
     device: str | None = None
     source: str | None = None
     session_id: str | None = None
+    language: str | None = None
 
 
 @dataclass

@@ -7,7 +7,10 @@ Read top to bottom, ``FeedPipeline.build`` is the whole serving path of one feed
 2. proposals of the same item are merged, keeping every source's reasons;
 3. filters remove what must not be shown, each removal with its reason;
 4. if too few remain, a last-resort source tops the pool up so a feed is never empty;
-5. the scorer predicts and scores; 6. the re-ranker applies spacing rules and cuts the page.
+5. the scorer predicts and scores (in the modes not based on profiling, a scorer that uses only
+   the sources' own order); wellbeing rules dampen sensitive items for young viewers;
+6. the re-ranker applies spacing rules and cuts the page; a break notice is added when the
+   viewer is past their daily limit.
 
 The trace records all of it; explanations are read from the trace.
 """
@@ -24,6 +27,7 @@ from reelrank.pipeline.filters import Filter, Removed
 from reelrank.pipeline.rank import Scored, Scorer
 from reelrank.pipeline.rerank import SpacingReranker
 from reelrank.pipeline.sources import CandidateSource
+from reelrank.pipeline.wellbeing import WellbeingPolicy
 from reelrank.types import Candidate, FeedItem, Reason
 
 log = logging.getLogger(__name__)
@@ -67,16 +71,36 @@ class CatalogFallbackSource:
         return [Candidate(it.item_id, self.name, 0.0, (reason,)) for it in items]
 
 
+class SourceOrderScorer:
+    """The scorer of the feeds not based on profiling: an item's score is its candidate
+    source's own score (regional popularity, trending, recency), nothing learned about the
+    viewer."""
+
+    version = "non-personalized"
+
+    def __init__(self, source_weights: dict[str, float] | None = None):
+        # What the viewer's region watches comes before what is popular everywhere.
+        self.source_weights = source_weights or {
+            "popular_region": 1.0, "following": 1.0, "trending": 0.6, "fresh": 0.4}
+
+    def score(self, ctx: FeedContext, candidates: list[Candidate]) -> list[Scored]:
+        return [Scored(c, c.score * self.source_weights.get(c.source, 0.3), {}, c.reasons)
+                for c in candidates]
+
+
 class FeedPipeline:
     def __init__(self, sources: dict[str, list[CandidateSource]], filters: list[Filter],
                  scorer: Scorer, reranker: SpacingReranker | None = None,
-                 fallback: CandidateSource | None = None, overfetch: int = 5):
+                 fallback: CandidateSource | None = None, overfetch: int = 5,
+                 plain_scorer: Scorer | None = None, wellbeing: WellbeingPolicy | None = None):
         self.sources = sources  # by mode
         self.filters = filters
         self.scorer = scorer
+        self.plain_scorer = plain_scorer or SourceOrderScorer()
         self.reranker = reranker or SpacingReranker()
         self.fallback = fallback or CatalogFallbackSource()
         self.overfetch = overfetch
+        self.wellbeing = wellbeing or WellbeingPolicy()
 
     def build(self, ctx: FeedContext) -> FeedResult:
         started = time.perf_counter()
@@ -92,20 +116,22 @@ class FeedPipeline:
             self._collect(self.fallback, ctx, want + len(trace.removed) + n, trace)
             kept = self._filter(ctx, self._merge(trace), trace)
 
-        scored = self.scorer.score(ctx, kept)
-        if ctx.mode == "following":
-            # Following is a time-ordered feed: the source's order is the order.
-            for s in scored:
-                s.score = s.candidate.score
+        # Following is a time-ordered feed and non-personalized is popularity: neither may use
+        # what was learned about the viewer, so both keep the sources' own order.
+        scorer = self.scorer if ctx.personalized else self.plain_scorer
+        scored = scorer.score(ctx, kept)
+        for item_id, note in self.wellbeing.adjust(ctx, scored).items():
+            trace.rerank_notes.setdefault(item_id, []).append(note)
         trace.scored = {s.item_id: s for s in scored}
         page = self.reranker.rerank(ctx, scored, n)
-        trace.rerank_notes = page.notes
+        for item_id, notes in page.notes.items():
+            trace.rerank_notes.setdefault(item_id, []).extend(notes)
         items = [FeedItem(s.item_id, float(s.score), s.candidate.source, _dedupe(s.reasons))
                  for s in page.items]
         trace.served = [i.item_id for i in items]
         trace.elapsed_ms = (time.perf_counter() - started) * 1000
-        return FeedResult(trace.request_id, ctx.request.user_id, ctx.mode,
-                          self.scorer.version, items, trace)
+        return FeedResult(trace.request_id, ctx.request.user_id, ctx.mode, scorer.version,
+                          items, trace, notices=self.wellbeing.notices(ctx))
 
     def _collect(self, source: CandidateSource, ctx: FeedContext, n: int,
                  trace: FeedTrace) -> None:

@@ -89,6 +89,25 @@ class NotInterestedFilter(_PredicateFilter):
         return None
 
 
+class HiddenCreatorSoundFilter(_PredicateFilter):
+    """Drops videos of creators and sounds the viewer said they are not interested in."""
+
+    name = "not_interested_creator_sound"
+
+    def reason_for(self, ctx, cand):
+        s = ctx.settings
+        if not (s.hidden_creators or s.hidden_sounds):
+            return None
+        item = ctx.catalog.get(cand.item_id)
+        if item is None:
+            return None
+        if item.creator_id in s.hidden_creators:
+            return "not interested in this creator"
+        if item.sound_id is not None and item.sound_id in s.hidden_sounds:
+            return "not interested in this sound"
+        return None
+
+
 class MutedKeywordFilter(_PredicateFilter):
     """Drops items whose caption words or hashtags include a word the viewer muted.
 
@@ -128,4 +147,5 @@ def _contains_run(words: list[str], run: list[str]) -> bool:
 
 
 def default_filters() -> list[Filter]:
-    return [VisibilityFilter(), SeenFilter(), NotInterestedFilter(), MutedKeywordFilter()]
+    return [VisibilityFilter(), SeenFilter(), NotInterestedFilter(), HiddenCreatorSoundFilter(),
+            MutedKeywordFilter()]

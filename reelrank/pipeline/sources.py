@@ -43,6 +43,33 @@ class TrendingSource:
         return [Candidate(i, self.name, s, (reason,)) for i, s in _normalise(pairs)]
 
 
+class RegionalPopularSource:
+    """What viewers in the request's coarse region engage with most, preferring the viewer's
+    language when the request names one. Uses nothing about the viewer but region and
+    language, so it serves the feed that is not based on profiling (DSA Art. 38)."""
+
+    name = "popular_region"
+
+    def __init__(self, other_language_factor: float = 0.5):
+        self.other_language_factor = other_language_factor
+
+    def generate(self, ctx: FeedContext, n: int) -> list[Candidate]:
+        region = ctx.region
+        if not region:
+            return []
+        pairs = ctx.live.popular_in_region(region, n * 2)
+        language = ctx.request.language
+        if language:
+            weighted = []
+            for item_id, score in pairs:
+                item = ctx.catalog.get(item_id)
+                same = item is None or item.language in (None, language)
+                weighted.append((item_id, score * (1.0 if same else self.other_language_factor)))
+            pairs = sorted(weighted, key=lambda p: (-p[1], p[0]))
+        reason = Reason("popular_region", f"popular in your region ({region})")
+        return [Candidate(i, self.name, s, (reason,)) for i, s in _normalise(pairs[:n])]
+
+
 class FreshSource:
     """Recent uploads that few viewers have seen yet: every new video gets a first audience."""
 

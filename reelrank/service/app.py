@@ -36,7 +36,7 @@ from reelrank.insights import insights_for
 from reelrank.service.metrics import ServiceMetrics
 from reelrank.service.routes import creators, stats
 from reelrank.service.stats import LiveStats
-from reelrank.service.routes import admin, catalog, feed, ops, users, web
+from reelrank.service.routes import admin, catalog, feed, ops, transparency, users, web
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def create_app(engine: Engine, auth: Authenticator | None, *,
     app.state.insights = insights_for(engine)
     for module in (creators, stats):
         app.include_router(module.router)
-    for module in (catalog, feed, users, ops, admin):
+    for module in (catalog, feed, users, ops, admin, transparency):
         app.include_router(module.router)
     web.install(app, demo=demo)
     _install_error_handlers(app)

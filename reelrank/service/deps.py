@@ -53,6 +53,16 @@ class Principal:
     scope: str
     user_id: str | None = None
     authenticated: bool = True  # False when the service runs with auth switched off
+    key_id: str | None = None  # a short prefix of the key's hash, for the access log
+
+    @property
+    def actor(self) -> str:
+        """How the access log names this caller."""
+        if self.scope == USER_SCOPE:
+            return "the viewer"
+        if not self.authenticated:
+            return "admin (auth off)"
+        return f"{self.scope} key {self.key_id}" if self.key_id else self.scope
 
 
 ANONYMOUS_ADMIN = Principal(scope="admin", authenticated=False)
@@ -70,7 +80,7 @@ class Authenticator:
         key = self.store.find_key(hash_token(token))
         if key is None:
             raise AuthError("unknown or revoked token")
-        return Principal(scope=key.scope, user_id=key.user_id)
+        return Principal(scope=key.scope, user_id=key.user_id, key_id=key.key_hash[:8])
 
     def mint(self, scope: str, user_id: str | None = None) -> str:
         """A new token; only its hash is kept. A user token needs the user it is bound to."""

@@ -22,6 +22,7 @@ Responses are the shapes of API.md; fields may be added, never removed or rename
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Annotated, Any, Literal, Union
@@ -218,8 +219,11 @@ class SettingsIn(_Request):
     personalization: bool | None = None
     muted_keywords: Annotated[list[MutedKeyword], Field(max_length=100)] | None = None
     daily_limit_minutes: Annotated[int, Field(ge=1, le=1440)] | None = None
+    hidden_creators: Annotated[list[Id], Field(max_length=1000)] | None = None
+    hidden_sounds: Annotated[list[Id], Field(max_length=1000)] | None = None
+    young_viewer: bool | None = None
 
-    @field_validator("personalization")
+    @field_validator("personalization", "young_viewer")
     @classmethod
     def _not_null(cls, value: bool | None) -> bool:
         if value is None:
@@ -242,28 +246,45 @@ class SettingsIn(_Request):
                 out.append(word)
         return out
 
+    @field_validator("hidden_creators", "hidden_sounds")
+    @classmethod
+    def _ids(cls, value: list[str] | None) -> list[str]:
+        if value is None:
+            raise PydanticCustomError("list_type", "must be a list of ids")
+        return list(dict.fromkeys(value))
+
     def merge(self, current: UserSettings) -> UserSettings:
-        given = self.model_fields_set
-        return UserSettings(
-            user_id=current.user_id,
-            personalization=(self.personalization if "personalization" in given
-                             else current.personalization),
-            muted_keywords=(tuple(self.muted_keywords) if "muted_keywords" in given
-                            and self.muted_keywords is not None else current.muted_keywords),
-            daily_limit_minutes=(self.daily_limit_minutes if "daily_limit_minutes" in given
-                                 else current.daily_limit_minutes),
-        )
+        """The current settings with the fields this body gives replaced (fields the API does
+        not expose, such as the reset marker, are kept)."""
+        change: dict[str, Any] = {}
+        for name in self.model_fields_set:
+            value = getattr(self, name)
+            change[name] = tuple(value) if isinstance(value, list) else value
+        return dataclasses.replace(current, **change)
 
 
 class SettingsOut(BaseModel):
     personalization: bool
     muted_keywords: list[str]
     daily_limit_minutes: int | None
+    hidden_creators: list[str]
+    hidden_sounds: list[str]
+    young_viewer: bool
 
     @classmethod
     def of(cls, s: UserSettings) -> "SettingsOut":
         return cls(personalization=s.personalization, muted_keywords=list(s.muted_keywords),
-                   daily_limit_minutes=s.daily_limit_minutes)
+                   daily_limit_minutes=s.daily_limit_minutes,
+                   hidden_creators=list(s.hidden_creators), hidden_sounds=list(s.hidden_sounds),
+                   young_viewer=s.young_viewer)
+
+
+class NotInterestedIn(_Request):
+    """``POST /v1/users/{id}/not_interested``: less of this video, its creator or its sound."""
+
+    item_id: Id
+    scope: Literal["video", "creator", "sound"] = "video"
+    ts: Annotated[int, Field(ge=0)] | None = None
 
 
 # -- operations -------------------------------------------------------------------------------

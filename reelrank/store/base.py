@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Protocol, runtime_checkable
 
-from reelrank.types import ApiKey, Event, Item, UserSettings
+from reelrank.types import AccessRecord, ApiKey, Event, Item, UserSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +58,22 @@ class SettingsStore(Protocol):
         ...
 
     def put_settings(self, settings: UserSettings) -> None: ...
+    def iter_settings(self) -> Iterator[UserSettings]:
+        """Every viewer who has stored settings (for the start-up rebuild)."""
+        ...
+
+
+class AccessLog(Protocol):
+    def log_access(self, user_id: str, actor: str, action: str, ts: int | None = None) -> None: ...
+    def access_log(self, user_id: str, limit: int = 1000) -> list[AccessRecord]:
+        """Newest first."""
+        ...
+
+
+class Retention(Protocol):
+    def delete_events_before(self, ts: int) -> int:
+        """Remove events with ``ts`` before the given time; returns how many."""
+        ...
 
 
 class KeyStore(Protocol):
@@ -68,13 +84,15 @@ class KeyStore(Protocol):
 
 class UserEraser(Protocol):
     def erase_user(self, user_id: str) -> int:
-        """Remove every stored row about the user; returns how many events were removed."""
+        """Remove every stored row about the user (events, settings, tokens, access log
+        entries, leaving one pseudonymous "erased" entry); returns how many events were
+        removed. Deleted rows must not survive in the backend's files."""
         ...
 
 
 @runtime_checkable
 class Store(CatalogReader, CatalogWriter, EventWriter, EventReader, SettingsStore, KeyStore,
-            UserEraser, Protocol):
+            UserEraser, AccessLog, Retention, Protocol):
     """Everything a backend provides. Entry points hold this; components take the narrow parts."""
 
     url: str

@@ -114,6 +114,10 @@ class UserState:
     last_ts: int = 0
     region: str | None = None
     device: str | None = None
+    watch_ms_by_day: dict = field(default_factory=dict)  # UTC day number -> ms watched
+
+    def watch_ms_on(self, day: int) -> int:
+        return self.watch_ms_by_day.get(day, 0)
 
     def is_new(self) -> bool:
         return not self.history
@@ -125,7 +129,7 @@ class UserState:
             value = getattr(self, f.name)
             if isinstance(value, deque):
                 value = deque(value, maxlen=value.maxlen)
-            elif isinstance(value, (set, Counter, OrderedDict)):
+            elif isinstance(value, (set, Counter, OrderedDict, dict)):
                 value = value.copy()
             copies[f.name] = value
         return UserState(**copies)
@@ -198,13 +202,27 @@ class LiveState:
         self._trending_cache: tuple[int, float, int, list[tuple[str, float]]] | None = None
         self.trending_refresh_events = trending_refresh_events
         self.trending_refresh_seconds = trending_refresh_seconds
+        self._regional: dict[str, Counter] = {}  # viewer region -> all-time engagement
+        self._regional_cache: dict[str, tuple] = {}
         self._version = 0
         self._lock = threading.RLock()
 
+    def empty_like(self) -> "LiveState":
+        """A new, empty state over the same catalog with the same settings."""
+        return LiveState(self.catalog, trending_window_ms=self.trending_window_ms,
+                         co_engagement_span=self.co_engagement_span,
+                         served_memory=self.served_memory,
+                         trending_refresh_events=self.trending_refresh_events,
+                         trending_refresh_seconds=self.trending_refresh_seconds)
+
     # -- writes ---------------------------------------------------------------------------------
-    def apply(self, event: Event) -> None:
+    def apply(self, event: Event, interests: bool = True) -> None:
         """Fold one accepted event into the state. Events for unknown items are ignored here
-        (they are stored; the item may arrive later and a rebuild picks them up)."""
+        (they are stored; the item may arrive later and a rebuild picks them up).
+
+        ``interests=False`` (events from before the viewer asked to refresh their feed) keeps
+        what is not an inferred interest (seen, not interested, following, watch time, the
+        item's own counters) and leaves out the viewer's history, tokens and affinities."""
         item = self.catalog.get(event.item_id)
         if item is None:
             return
@@ -232,21 +250,29 @@ class LiveState:
                 u.seen.add(event.item_id)
                 s.impressions += 1
                 return  # an impression says nothing about taste yet
-            u.history.append(HistoryEntry(event.item_id, t, event.ts, event.watch_ms, ratio))
-            _update_tokens(u.tokens, event, ratio, is_long_view(event.watch_ms, item.duration_ms))
+            if interests:
+                u.history.append(HistoryEntry(event.item_id, t, event.ts, event.watch_ms, ratio))
+                _update_tokens(u.tokens, event, ratio,
+                               is_long_view(event.watch_ms, item.duration_ms))
             signal = ENGAGEMENT_WEIGHTS.get(t, 0.0)
             if t in ("play", "skip", "rewatch"):
                 u.seen.add(event.item_id)
                 s.views += 1
-                if t != "rewatch":
+                if event.watch_ms:
+                    day = event.ts // DAY_MS
+                    u.watch_ms_by_day[day] = u.watch_ms_by_day.get(day, 0) + event.watch_ms
+                    if len(u.watch_ms_by_day) > 8:  # a week is enough for limits and export
+                        del u.watch_ms_by_day[min(u.watch_ms_by_day)]
+                if t != "rewatch" and interests:
                     u.length_views[length_class(item.duration_ms)] += 1
                 s.watch_ratio_sum += min(ratio or 0.0, 2.0)
                 if t == "play" and is_long_view(event.watch_ms, item.duration_ms):
                     s.long_views += 1
                     u.counts["long_view"] += 1
-                    u.hashtag_long_views.update(item.hashtags)
-                    u.creator_long_views[item.creator_id] += 1
-                    u.length_long_views[length_class(item.duration_ms)] += 1
+                    if interests:
+                        u.hashtag_long_views.update(item.hashtags)
+                        u.creator_long_views[item.creator_id] += 1
+                        u.length_long_views[length_class(item.duration_ms)] += 1
                     signal = ENGAGEMENT_WEIGHTS["long_view"]
                 elif t == "play":
                     signal = 0.0
@@ -265,11 +291,14 @@ class LiveState:
                 s.negatives += 1
                 u.not_interested.add(event.item_id)
             if signal:
-                u.creator_affinity[item.creator_id] += signal
-                for tag in item.hashtags:
-                    u.hashtag_affinity[tag] += signal
+                if interests:
+                    u.creator_affinity[item.creator_id] += signal
+                    for tag in item.hashtags:
+                        u.hashtag_affinity[tag] += signal
                 self._add_trending(event.item_id, event.ts, max(signal, 0.0))
-            if signal > 0 and (t in POSITIVE_TYPES or t == "play"):
+                if signal > 0 and u.region:
+                    self._regional.setdefault(u.region, Counter())[event.item_id] += signal
+            if signal > 0 and (t in POSITIVE_TYPES or t == "play") and interests:
                 self._add_co_engagement(u, event.item_id)
 
     def _add_co_engagement(self, u: UserState, item_id: str) -> None:
@@ -318,6 +347,37 @@ class LiveState:
         with self._lock:
             self._users.pop(user_id, None)
 
+    def reset_interests(self, user_id: str) -> None:
+        """Forget what was inferred about the viewer's taste; keep what they said and did
+        explicitly (following, not interested), what they have seen, and their watch time."""
+        with self._lock:
+            u = self._users.get(user_id)
+            if u is None:
+                return
+            for name in ("history", "tokens", "positives"):
+                getattr(u, name).clear()
+            for name in ("creator_affinity", "hashtag_affinity", "hashtag_long_views",
+                         "creator_long_views", "length_views", "length_long_views"):
+                getattr(u, name).clear()
+            self._version += 1
+
+    def replace_with(self, other: "LiveState") -> None:
+        """Take over the contents of a state rebuilt from the log (after erasure or a retention
+        purge changed it), keeping this object, which other components hold. What the log does
+        not record (what feeds sent) is carried over."""
+        with self._lock, other._lock:
+            for uid, u in self._users.items():
+                fresh = other._users.get(uid)
+                if fresh is not None:
+                    fresh.served = u.served
+            self.clock = max(self.clock, other.clock)
+            self._users, self._items, self._co = other._users, other._items, other._co
+            self._buckets, self._trending = other._buckets, other._trending
+            self._popular, self._regional = other._popular, other._regional
+            self._popular_cache = self._trending_cache = None
+            self._regional_cache = {}
+            self._version += 1
+
     # -- reads ----------------------------------------------------------------------------------
     def user(self, user_id: str) -> UserState | None:
         """The live object (changes as events arrive); see ``user_snapshot`` for requests."""
@@ -342,6 +402,14 @@ class LiveState:
     def popular(self, n: int) -> list[tuple[str, float]]:
         """Top items by all-time engagement (for when the trending window is empty)."""
         top, self._popular_cache = self._top(self._popular, self._popular_cache, n)
+        return top
+
+    def popular_in_region(self, region: str, n: int) -> list[tuple[str, float]]:
+        """Top items by all-time engagement of viewers in a (coarse) region."""
+        counts = self._regional.get(region)
+        if not counts:
+            return []
+        top, self._regional_cache[region] = self._top(counts, self._regional_cache.get(region), n)
         return top
 
     def _top(self, counts: Counter, cached, n: int):

@@ -9,7 +9,9 @@ a process-wide lock so a batch is checked for duplicates and inserted atomically
 
 from __future__ import annotations
 
+import hashlib
 import json
+import secrets
 import sqlite3
 import threading
 import time
@@ -18,7 +20,7 @@ from typing import Iterable, Iterator
 
 from reelrank.errors import StoreError
 from reelrank.store.base import AppendResult
-from reelrank.types import ApiKey, Event, Item, UserSettings
+from reelrank.types import AccessRecord, ApiKey, Event, Item, UserSettings
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -55,7 +57,20 @@ CREATE TABLE IF NOT EXISTS user_settings (
     user_id TEXT PRIMARY KEY,
     personalization INTEGER NOT NULL,
     muted_keywords TEXT NOT NULL,
-    daily_limit_minutes INTEGER
+    daily_limit_minutes INTEGER,
+    extra TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS access_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_ref TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS access_log_user ON access_log (user_ref, id);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS api_keys (
     key_hash TEXT PRIMARY KEY,
@@ -104,6 +119,17 @@ def _event_from_row(row: tuple) -> Event:
     return Event(*row)
 
 
+def _settings_from_row(user_id: str, row: tuple) -> UserSettings:
+    extra = json.loads(row[3] or "{}")
+    return UserSettings(
+        user_id=user_id, personalization=bool(row[0]), muted_keywords=tuple(json.loads(row[1])),
+        daily_limit_minutes=row[2], hidden_creators=tuple(extra.get("hidden_creators", ())),
+        hidden_sounds=tuple(extra.get("hidden_sounds", ())),
+        young_viewer=bool(extra.get("young_viewer", False)),
+        interests_reset_seq=int(extra.get("interests_reset_seq", 0)),
+    )
+
+
 class SQLiteStore:
     """Catalog, event log, settings and keys in one SQLite database file."""
 
@@ -121,11 +147,33 @@ class SQLiteStore:
         self._closed = False
         conn = self._conn()
         conn.executescript(SCHEMA)
+        self._migrate(conn)
+        self._salt = self._access_salt(conn)
         # The file holds viewers' behaviour: readable by its owner only.
         for suffix in ("", "-wal", "-shm"):
             f = Path(f"{self.path}{suffix}")
             if f.exists():
                 f.chmod(0o600)
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        """Bring a database made by an earlier version up to this schema."""
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(user_settings)")}
+        if "extra" not in columns:
+            conn.execute("ALTER TABLE user_settings ADD COLUMN extra TEXT NOT NULL DEFAULT '{}'")
+
+    def _access_salt(self, conn: sqlite3.Connection) -> str:
+        """The access log names viewers by a salted hash, so an erased viewer's id is not left
+        in the file while the record that their data was read (and erased) stays."""
+        row = conn.execute("SELECT value FROM meta WHERE key = 'access_salt'").fetchone()
+        if row:
+            return row[0]
+        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('access_salt', ?)",
+                     (secrets.token_hex(16),))
+        return conn.execute("SELECT value FROM meta WHERE key = 'access_salt'").fetchone()[0]
+
+    def _user_ref(self, user_id: str) -> str:
+        return hashlib.sha256(f"{self._salt}:{user_id}".encode()).hexdigest()
 
     # -- connections ----------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -263,21 +311,55 @@ class SQLiteStore:
     # -- settings -------------------------------------------------------------------------------
     def get_settings(self, user_id: str) -> UserSettings:
         row = self._conn().execute(
-            "SELECT personalization, muted_keywords, daily_limit_minutes FROM user_settings "
+            "SELECT personalization, muted_keywords, daily_limit_minutes, extra FROM user_settings "
             "WHERE user_id = ?", (user_id,)).fetchone()
         if row is None:
             return UserSettings(user_id=user_id)
-        return UserSettings(user_id=user_id, personalization=bool(row[0]),
-                            muted_keywords=tuple(json.loads(row[1])), daily_limit_minutes=row[2])
+        return _settings_from_row(user_id, row)
+
+    def iter_settings(self) -> Iterator[UserSettings]:
+        rows = self._conn().execute(
+            "SELECT user_id, personalization, muted_keywords, daily_limit_minutes, extra "
+            "FROM user_settings ORDER BY user_id").fetchall()
+        for row in rows:
+            yield _settings_from_row(row[0], row[1:])
 
     def put_settings(self, settings: UserSettings) -> None:
+        extra = {
+            "hidden_creators": list(settings.hidden_creators),
+            "hidden_sounds": list(settings.hidden_sounds),
+            "young_viewer": settings.young_viewer,
+            "interests_reset_seq": settings.interests_reset_seq,
+        }
         row = (settings.user_id, 1 if settings.personalization else 0,
-               json.dumps(list(settings.muted_keywords)), settings.daily_limit_minutes)
+               json.dumps(list(settings.muted_keywords)), settings.daily_limit_minutes,
+               json.dumps(extra, sort_keys=True))
         self._write(lambda c: c.execute(
             "INSERT INTO user_settings (user_id, personalization, muted_keywords, "
-            "daily_limit_minutes) VALUES (?,?,?,?) ON CONFLICT(user_id) DO UPDATE SET "
+            "daily_limit_minutes, extra) VALUES (?,?,?,?,?) ON CONFLICT(user_id) DO UPDATE SET "
             "personalization=excluded.personalization, muted_keywords=excluded.muted_keywords, "
-            "daily_limit_minutes=excluded.daily_limit_minutes", row))
+            "daily_limit_minutes=excluded.daily_limit_minutes, extra=excluded.extra", row))
+
+    # -- access log -----------------------------------------------------------------------------
+    def log_access(self, user_id: str, actor: str, action: str, ts: int | None = None) -> None:
+        ts = ts if ts is not None else int(time.time() * 1000)
+        self._write(lambda c: c.execute(
+            "INSERT INTO access_log (user_ref, ts, actor, action) VALUES (?,?,?,?)",
+            (self._user_ref(user_id), ts, actor, action)))
+
+    def access_log(self, user_id: str, limit: int = 1000) -> list[AccessRecord]:
+        rows = self._conn().execute(
+            "SELECT ts, actor, action FROM access_log WHERE user_ref = ? ORDER BY id DESC LIMIT ?",
+            (self._user_ref(user_id), limit)).fetchall()
+        return [AccessRecord(*r) for r in rows]
+
+    # -- retention ------------------------------------------------------------------------------
+    def delete_events_before(self, ts: int) -> int:
+        removed = self._write(lambda c: c.execute(
+            "DELETE FROM events WHERE ts < ?", (ts,)).rowcount)
+        if removed:
+            self._checkpoint()
+        return removed
 
     # -- keys -----------------------------------------------------------------------------------
     def put_key(self, key: ApiKey) -> None:
@@ -304,11 +386,19 @@ class SQLiteStore:
             n = conn.execute("DELETE FROM events WHERE user_id = ?", (user_id,)).rowcount
             conn.execute("DELETE FROM user_settings WHERE user_id = ?", (user_id,))
             conn.execute("DELETE FROM api_keys WHERE user_id = ?", (user_id,))
+            # The old entries go; one pseudonymous entry records that the erasure happened.
+            ref = self._user_ref(user_id)
+            conn.execute("DELETE FROM access_log WHERE user_ref = ?", (ref,))
+            conn.execute("INSERT INTO access_log (user_ref, ts, actor, action) VALUES (?,?,?,?)",
+                         (ref, int(time.time() * 1000), "system", "erased"))
             return n
 
         removed = self._write(run)
-        # Deleted rows linger in free pages and in the WAL until both are rewritten.
-        with self._write_lock:
-            conn = self._conn()
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._checkpoint()
         return removed
+
+    def _checkpoint(self) -> None:
+        # Deleted rows linger in the WAL until it is written back and truncated (secure_delete
+        # zeroes them in the main file's free pages).
+        with self._write_lock:
+            self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")

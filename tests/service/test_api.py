@@ -359,15 +359,16 @@ def test_explain(api):
 
 # -- settings -------------------------------------------------------------------------------------
 def test_settings_round_trip_and_partial_update(api):
+    extra = {"hidden_creators": [], "hidden_sounds": [], "young_viewer": False}
     assert api.get("/v1/users/u6/settings").json() == {
-        "personalization": True, "muted_keywords": [], "daily_limit_minutes": None}
+        "personalization": True, "muted_keywords": [], "daily_limit_minutes": None, **extra}
     r = api.put("/v1/users/u6/settings", json={"personalization": False,
                                                "muted_keywords": ["football", "#music"],
                                                "daily_limit_minutes": 30})
     assert r.status_code == 200
     r = api.put("/v1/users/u6/settings", json={"daily_limit_minutes": None})
     assert r.json() == {"personalization": False, "muted_keywords": ["football", "#music"],
-                        "daily_limit_minutes": None}
+                        "daily_limit_minutes": None, **extra}
     assert api.get("/v1/users/u6/settings").json() == r.json()
     page = feed_ids(api, "u6", n=20)
     assert page and all(int(i[1:]) % 4 in (0, 1) for i in page)  # no football, no music

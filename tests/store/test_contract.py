@@ -102,6 +102,28 @@ def test_settings_defaults_and_round_trip(backend):
     assert backend.get_settings("u9") == s
     backend.put_settings(UserSettings(user_id="u9"))
     assert backend.get_settings("u9") == UserSettings(user_id="u9")
+    full = UserSettings(user_id="u8", hidden_creators=("c1",), hidden_sounds=("s1", "s2"),
+                        young_viewer=True, interests_reset_seq=41)
+    backend.put_settings(full)
+    assert backend.get_settings("u8") == full
+    assert [s.user_id for s in backend.iter_settings()] == ["u8", "u9"]
+
+
+def test_access_log_newest_first_and_per_user(backend):
+    backend.log_access("u1", "admin:ab12", "export", ts=10)
+    backend.log_access("u2", "user", "read_settings", ts=11)
+    backend.log_access("u1", "user", "read_settings", ts=12)
+    log = backend.access_log("u1")
+    assert [(r.ts, r.actor, r.action) for r in log] == [
+        (12, "user", "read_settings"), (10, "admin:ab12", "export")]
+    assert [r.action for r in backend.access_log("u3")] == []
+
+
+def test_delete_events_before(backend):
+    backend.append_events([event(i, ts=1000 + i) for i in range(6)])
+    assert backend.delete_events_before(1003) == 3
+    assert sorted(e.ts for _, e in backend.iter_events()) == [1003, 1004, 1005]
+    assert backend.delete_events_before(0) == 0
 
 
 def test_keys(backend):
@@ -120,6 +142,10 @@ def test_erase_user(backend):
     assert backend.count_events("u0") == 0 and backend.count_events() == 3
     assert backend.get_settings("u0") == UserSettings(user_id="u0")
     assert backend.find_key("hu0") is None
+    backend.log_access("u0", "user", "export")
+    assert backend.erase_user("u0") == 0
+    # Only the record that an erasure happened is left, not what was read before.
+    assert [r.action for r in backend.access_log("u0")] == ["erased"]
 
 
 def test_concurrent_appends_lose_nothing(backend):

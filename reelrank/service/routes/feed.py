@@ -29,13 +29,15 @@ def get_feed(
     device: Annotated[ShortText | None, Query()] = None,
     source: Annotated[ShortText | None, Query()] = None,
     session_id: Annotated[Id | None, Query()] = None,
+    language: Annotated[ShortText | None, Query()] = None,
 ) -> FeedResponse:
     """The next page of the viewer's feed. Never-seen viewers get a cold-start feed; items
     already sent or marked not interested do not come back; with personalization off in the
     viewer's settings the page is non-personalized whatever ``mode`` asks."""
     started = time.perf_counter()
     result = engine.feed(FeedRequest(user_id=user_id, n=n, mode=mode, region=region,
-                                     device=device, source=source, session_id=session_id))
+                                     device=device, source=source, session_id=session_id,
+                                     language=language))
     metrics = request.app.state.metrics
     metrics.feed_seconds.labels(result.mode).observe(time.perf_counter() - started)
     metrics.feed_items.inc(len(result.items))

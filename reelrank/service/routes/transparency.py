@@ -1,0 +1,95 @@
+"""``GET /v1/transparency``: the main parameters of the ranking, in plain words (EU Digital
+Services Act, Art. 27), and the options a viewer has to change them (Art. 38).
+
+Public (no token): the terms of a recommender system are for anyone to read. The text is built
+from the objects that serve the feed (their sources, filters, scorer, value weights, wellbeing
+policy), so it changes when they do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from reelrank.service.deps import EngineDep
+
+router = APIRouter(prefix="/v1", tags=["transparency"])
+
+SIGNALS = [
+    ("what you watch and for how long", "Watching a video to the end, or for a long time, counts "
+     "most; a quick skip counts against similar videos."),
+    ("what you like, share, comment on and follow", "Explicit signals that you want more of "
+     "something."),
+    ("what you mark not interested, and muted words", "Removed from your feed, never only "
+     "down-weighted."),
+    ("how other viewers react to a video", "Its rates of long views, likes, shares and "
+     "negative feedback, recently and overall."),
+    ("context you or the app send", "Coarse region (country or province), device type, time of "
+     "day and where the request came from. No IP address or precise location is stored."),
+]
+
+
+def _first_sentence(obj: Any) -> str:
+    doc = (type(obj).__doc__ or "").strip().split("\n\n")[0]
+    return " ".join(doc.split())
+
+
+@router.get("/transparency")
+def transparency(engine: EngineDep) -> dict[str, Any]:
+    pipeline = engine.pipeline
+    models = engine.models.current
+    weights = dict(models.bundle.value_weights) if models is not None else None
+    wb = pipeline.wellbeing
+    rr = pipeline.reranker
+    return {
+        "model_version": pipeline.scorer.version,
+        "summary": (
+            "Your personalized feed is ordered by the predicted value of each video to you: "
+            "how likely you are to watch it for long, like, share, comment on it or follow its "
+            "creator, minus how likely you are to react negatively. The predictions come from "
+            "neural networks trained on viewers' behaviour; with personalization off, the feed "
+            "uses no profile of you at all."),
+        "signals": [{"signal": s, "how": h} for s, h in SIGNALS],
+        "value_formula": {
+            "weights": weights,
+            "text": ("score = sum over outcomes of weight x predicted probability"
+                     if weights else "no trained model is loaded: a transparent weighted sum of "
+                     "the video's engagement rates and your affinity for its hashtags and creator "
+                     "orders the feed"),
+        },
+        "candidate_sources": {
+            mode: [{"name": s.name, "what": _first_sentence(s)} for s in sources]
+            for mode, sources in pipeline.sources.items()
+        },
+        "filters": [{"name": f.name, "what": _first_sentence(f)} for f in pipeline.filters],
+        "reranking": {"what": _first_sentence(rr),
+                      "settings": {k: v for k, v in vars(rr).items()
+                                   if isinstance(v, (int, float, str, bool))}},
+        "wellbeing": {
+            "daily_limit": "Set a daily limit in your settings and the feed shows a break notice "
+                           "once you pass it.",
+            "young_viewers": (f"Young viewers get a daily limit of {wb.young_daily_limit_minutes} "
+                              f"minutes unless they set one, and videos on sensitive topics "
+                              f"({', '.join(sorted(wb.sensitive_tags))}) are down-weighted."),
+        },
+        "your_options": [
+            {"option": "personalization off", "how": "PUT /v1/users/{id}/settings "
+             "{\"personalization\": false}: a feed of what is popular in your region and "
+             "language, and your follows in time order, not based on profiling."},
+            {"option": "not interested", "how": "POST /v1/users/{id}/not_interested with a "
+             "video, its creator or its sound."},
+            {"option": "muted words and hashtags", "how": "muted_keywords in your settings."},
+            {"option": "refresh my feed", "how": "POST /v1/users/{id}/reset forgets the "
+             "interests inferred so far."},
+            {"option": "see your data", "how": "GET /v1/users/{id}/data, including who read it."},
+            {"option": "erase your data", "how": "DELETE /v1/users/{id}."},
+            {"option": "why this video", "how": "GET /v1/explain?user_id=..&item_id=.."},
+        ],
+        "data": {
+            "stored": "your events (what you watched, for how long, and your reactions), your "
+                      "settings, and coarse region and device type",
+            "not_stored": "IP addresses, precise location",
+            "retention_days": engine.retention_days,
+        },
+    }
