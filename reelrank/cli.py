@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -34,6 +35,9 @@ def serve(
     trainer: bool = typer.Option(
         True, help="Run the online trainer in this process (--no-trainer when a separate "
                    "`reelrank trainer` process runs)."),
+    retention_days: Optional[int] = typer.Option(
+        None, min=1, help="Delete events older than this many days (checked hourly); "
+                          "live state and exports follow."),
 ) -> None:
     """Serve the HTTP API (see API.md) on the embedded store in DATA_DIR.
 
@@ -45,7 +49,8 @@ def serve(
     from reelrank.service.server import prepare, run
 
     _logging(log_level)
-    app_, keys_path = prepare(data_dir, insecure_no_auth=insecure_no_auth, trainer=trainer)
+    app_, keys_path = prepare(data_dir, insecure_no_auth=insecure_no_auth, trainer=trainer,
+                              retention_days=retention_days)
     if keys_path is not None:
         typer.echo(f"API tokens (ingest, serve, admin): {keys_path}")
     else:

@@ -346,6 +346,27 @@ class Engine:
             self.schedule_rebuild()
         return removed
 
+    def start_retention(self, days: int, every_s: float = 3600.0) -> threading.Thread:
+        """Purge events older than ``days`` now and then every ``every_s`` seconds, in a
+        daemon thread (a failed purge is logged and retried at the next tick)."""
+        if days < 1:
+            raise ValueError("retention must be at least one day")
+        self.retention_days = days
+
+        def loop() -> None:
+            while True:
+                try:
+                    n = self.purge_events_older_than(days * 86_400_000)
+                    if n:
+                        log.info("retention: purged %d events older than %d days", n, days)
+                except Exception:
+                    log.exception("retention purge failed")
+                time.sleep(every_s)
+
+        thread = threading.Thread(target=loop, name="retention", daemon=True)
+        thread.start()
+        return thread
+
     def purge_events_older_than(self, max_age_ms: int, now_ms: int | None = None) -> int:
         """Retention: delete events older than ``max_age_ms`` (by wall clock unless ``now_ms``
         is given) and rebuild live state without them."""

@@ -29,7 +29,8 @@ _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
 def prepare(data_dir: Path, insecure_no_auth: bool = False,
-            demo: bool = False, trainer: bool = True) -> tuple[FastAPI, Path | None]:
+            demo: bool = False, trainer: bool = True,
+            retention_days: int | None = None) -> tuple[FastAPI, Path | None]:
     """The app on the store in ``data_dir`` (created if missing), and the keys file (None
     when auth is off). The caller owns the store: ``app.state.engine.store.close()``.
     ``demo`` turns on the web app's demo sign-in (``reelrank demo`` only). ``trainer`` runs
@@ -43,6 +44,8 @@ def prepare(data_dir: Path, insecure_no_auth: bool = False,
         engine.watch_models()
         if trainer:
             engine.start_trainer()
+        if retention_days is not None:
+            engine.start_retention(retention_days)
         if insecure_no_auth:
             return create_app(engine, None, demo=demo), None
         keys = ensure_service_keys(store, data_dir)
@@ -66,8 +69,10 @@ def run(app: FastAPI, host: str, port: int, log_level: str = "info") -> None:
 
 
 def serve(data_dir: Path, host: str, port: int, insecure_no_auth: bool = False,
-          log_level: str = "info", trainer: bool = True) -> None:
-    app, keys = prepare(data_dir, insecure_no_auth, trainer=trainer)
+          log_level: str = "info", trainer: bool = True,
+          retention_days: int | None = None) -> None:
+    app, keys = prepare(data_dir, insecure_no_auth, trainer=trainer,
+                        retention_days=retention_days)
     if insecure_no_auth:
         log.warning("authentication is OFF (--insecure-no-auth): anyone who can reach %s:%d "
                     "acts as admin", host, port)
@@ -91,11 +96,13 @@ def main(argv: list[str] | None = None) -> int:
                         choices=["critical", "error", "warning", "info", "debug"])
     parser.add_argument("--no-trainer", action="store_true",
                         help="no online trainer in this process (run `reelrank trainer`)")
+    parser.add_argument("--retention-days", type=int, default=None,
+                        help="delete events older than this many days (checked hourly)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     serve(args.data_dir, args.host, args.port, args.insecure_no_auth, args.log_level,
-          trainer=not args.no_trainer)
+          trainer=not args.no_trainer, retention_days=args.retention_days)
     return 0
 
 

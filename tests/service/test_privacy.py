@@ -241,3 +241,16 @@ def test_retention_purges_old_events_and_derived_state_follows(setup):
     assert engine.purge_events_older_than(30 * day, now_ms=T0) == 2
     assert engine.live.item_stats("v1").views == 1 and engine.live.user("old") is None
     assert api.get("/v1/users/old/data").json()["events"] == []
+
+
+def test_retention_thread_purges_at_start(setup):
+    engine, api, _ = setup
+    watch(api, "old", ["v1"], ts=int(time.time() * 1000) - 10 * 86_400_000)
+    watch(api, "new", ["v2"], ts=int(time.time() * 1000))
+    engine.start_retention(days=7, every_s=3600)
+    deadline = time.time() + 5
+    while engine.store.count_events() != 1 and time.time() < deadline:
+        time.sleep(0.02)
+    assert [e.user_id for _, e in engine.store.iter_events()] == ["new"]
+    assert engine.retention_days == 7
+    assert api.get("/v1/transparency").json()["data"]["retention_days"] == 7
