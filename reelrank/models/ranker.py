@@ -76,27 +76,76 @@ class Ranker(nn.Module):
         hist_vecs = self.items(x.history_items)  # (H, D)
         if hist_vecs.shape[0] == 0:  # nobody in the batch has a history: all padding
             hist_vecs = cand.new_zeros((1, cand.shape[1]))
-        h = x.history
-        pad = h.items < 0  # (N, L)
-        tok = hist_vecs[h.items.clamp(min=0)]  # (N, L, D)
-        tok = tok + self.view(h.view) + self.flags(h.flags) + self.gap(h.gap)  # (N, L, D)
-        q = cand.unsqueeze(1).expand_as(tok)  # (N, L, D)
-        w = self.attention(torch.cat([q, tok, q * tok, q - tok], dim=-1)).squeeze(-1)  # (N, L)
+        h = x.history  # (N, L), or (1, L) when every row shares one viewer's history
+        pad = h.items < 0  # (B, L)
+        tok = hist_vecs[h.items.clamp(min=0)]  # (B, L, D)
+        tok = tok + self.view(h.view) + self.flags(h.flags) + self.gap(h.gap)  # (B, L, D)
+        w = self._attention_logits(cand, tok)  # (N, L)
         # A finite fill and a multiply, not -inf: a row of only padding must give zero weights
         # without a NaN anywhere, forward or backward.
         w = torch.softmax(w.masked_fill(pad, -1e9), dim=-1) * (~pad).to(w.dtype)  # (N, L)
-        attended = (w.unsqueeze(-1) * tok).sum(1)  # (N, D)
+        if tok.shape[0] == 1:
+            attended = w @ tok[0]  # (N, D)
+        else:
+            attended = (w.unsqueeze(-1) * tok).sum(1)  # (N, D)
         ctx = [emb(x.context[:, j]) for j, emb in enumerate(self.context)]  # each (N, D)
         features = torch.cat(
             [cand, attended, cand * attended, *ctx, self.hour(x.hour), self.dense_norm(x.dense)],
             dim=-1)  # (N, width)
         features = self.dropout(features)
+        if not torch.is_grad_enabled():
+            return self._mmoe_batched(features)
         expert_out = torch.stack([e(features) for e in self.experts], dim=1)  # (N, E, H)
         logits = []
         for gate, tower in zip(self.gates, self.towers):
             g = torch.softmax(gate(features), dim=-1).unsqueeze(-1)  # (N, E, 1)
             logits.append(tower((g * expert_out).sum(1)))  # (N, 1)
         return torch.cat(logits, dim=-1)  # (N, T)
+
+    def _mmoe_batched(self, features: torch.Tensor) -> torch.Tensor:
+        """The experts, gates and towers above as a handful of batched products instead of
+        ~40 small layer calls (the same arithmetic; used when no gradient is needed)."""
+        N, E, T = features.shape[0], len(self.experts), len(self.tasks)
+        act = self.experts[0][1]
+        w1 = torch.cat([e[0].weight for e in self.experts])  # (E*H1, W)
+        b1 = torch.cat([e[0].bias for e in self.experts])
+        hidden = act(nn.functional.linear(features, w1, b1))  # (N, E*H1)
+        hidden = hidden.view(N, E, -1).transpose(0, 1)  # (E, N, H1)
+        w2 = torch.stack([e[2].weight.T for e in self.experts])  # (E, H1, H)
+        b2 = torch.stack([e[2].bias for e in self.experts]).unsqueeze(1)  # (E, 1, H)
+        expert_out = act(torch.baddbmm(b2, hidden, w2)).transpose(0, 1)  # (N, E, H)
+        gw = torch.cat([g.weight for g in self.gates])  # (T*E, W)
+        gb = torch.cat([g.bias for g in self.gates])
+        gates = torch.softmax(nn.functional.linear(features, gw, gb).view(N, T, E), dim=-1)
+        mixed = torch.bmm(gates, expert_out).transpose(0, 1)  # (T, N, H)
+        t1 = torch.stack([t[0].weight.T for t in self.towers])  # (T, H, H2)
+        tb1 = torch.stack([t[0].bias for t in self.towers]).unsqueeze(1)  # (T, 1, H2)
+        t2 = torch.stack([t[2].weight.T for t in self.towers])  # (T, H2, 1)
+        tb2 = torch.stack([t[2].bias for t in self.towers]).unsqueeze(1)  # (T, 1, 1)
+        top = self.towers[0][1](torch.baddbmm(tb1, mixed, t1))  # (T, N, H2)
+        return torch.baddbmm(tb2, top, t2).squeeze(-1).T  # (N, T)
+
+    def _attention_logits(self, cand: torch.Tensor, tok: torch.Tensor) -> torch.Tensor:
+        """The attention MLP's score of each history token for each candidate: (N, D) and
+        (B, L, D) with B in (1, N) -> (N, L).
+
+        The MLP's first layer reads [q, t, q*t, q-t]; it is linear, so it splits into a
+        per-candidate term, a per-token term and a bilinear term, computed without building
+        the (N, L, 4D) input. With one shared history (serving: one viewer, many candidates)
+        the bilinear term is a single (N, D) x (D, L*H) product."""
+        first, act, last = self.attention[0], self.attention[1], self.attention[2]
+        D = cand.shape[-1]
+        wq, wt, wp, wd = first.weight.split(D, dim=1)  # each (H, D)
+        per_cand = cand @ (wq + wd).T  # (N, H)
+        per_tok = tok @ (wt - wd).T  # (B, L, H)
+        if tok.shape[0] == 1 and cand.shape[0] > 1:
+            L, H = tok.shape[1], wp.shape[0]
+            mixed = tok[0].T.unsqueeze(-1) * wp.T.unsqueeze(1)  # (D, L, H)
+            bilinear = (cand @ mixed.reshape(D, L * H)).view(-1, L, H)  # (N, L, H)
+        else:
+            bilinear = (cand.unsqueeze(1) * tok) @ wp.T  # (N, L, H)
+        hidden = act(per_cand.unsqueeze(1) + per_tok + bilinear + first.bias)  # (N, L, H)
+        return last(hidden).squeeze(-1)  # (N, L)
 
 
 DEFAULT_VALUE_WEIGHTS: dict[str, float] = {

@@ -103,7 +103,7 @@ class ServingModels:
         same = meta.get("retrieval_version")
         kept = [self.catalog.get(i) for i in cur.item_ids] if cur is not None else []
         if (same is not None and cur is not None and cur.index is not None
-                and cur.meta.get("retrieval_version") == same and all(kept)):
+                and cur.meta.get("retrieval_version", cur.version) == same and all(kept)):
             # Online versions that changed only the ranker keep the retrieval model, its
             # vectors and its index: rebuilding the index takes seconds on a large catalog.
             # Uploads since then are in the index already (``add_items``); they get their rows.
@@ -121,9 +121,26 @@ class ServingModels:
                 vectors = bundle.retrieval.item_vectors(bundle.retrieval.items.encode_items(items))
                 index = _make_index(self.index_kind, ids, vectors)
             if bundle.ranker is not None and items:
-                ranker_items = bundle.ranker.items.encode_items(items)
+                tag = meta.get("ranker_items_version")
+                n = len(cur.item_ids) if cur is not None else 0
+                if (tag is not None and cur is not None and cur.ranker_items is not None
+                        and cur.meta.get("ranker_items_version") == tag
+                        and ids[:n] == cur.item_ids):
+                    # The ranker's item vocabulary is unchanged (online steps that admitted no
+                    # new id): the row indices of the known items are too.
+                    ranker_items = cur.ranker_items
+                    if len(items) > n:
+                        ranker_items = _cat_inputs(
+                            ranker_items, bundle.ranker.items.encode_items(items[n:]))
+                else:
+                    ranker_items = bundle.ranker.items.encode_items(items)
         return LoadedModels(version, bundle, meta, ids, {i: k for k, i in enumerate(ids)},
                             vectors, index, ranker_items)
+
+
+def _cat_inputs(a: ItemInputs, b: ItemInputs) -> ItemInputs:
+    return ItemInputs(*(torch.cat([getattr(a, f), getattr(b, f)])
+                        for f in ("item", "creator", "sound", "tags", "duration", "words")))
 
 
 def _make_index(kind: str, ids: list[str], vectors: torch.Tensor):
@@ -175,10 +192,11 @@ class NeuralScorer:
     scorer's signals still supply the human-readable reasons."""
 
     def __init__(self, models: ServingModels, fallback: HeuristicScorer | None = None,
-                 history_len: int = 30):
+                 history_len: int = 30, reasons_for_top: int = 100):
         self.models = models
         self.fallback = fallback or HeuristicScorer()
         self.history_len = history_len
+        self.reasons_for_top = reasons_for_top
 
     @property
     def version(self) -> str:
@@ -198,8 +216,13 @@ class NeuralScorer:
         for (cand, item), row in zip(keep, probs.tolist()):
             preds = dict(zip(tasks, row))
             value = sum(w * preds[t] for t, w in m.bundle.value_weights.items() if t in preds)
-            reasons = self.fallback.signals(ctx, item) if ctx.personalized else ()
-            out.append(Scored(cand, value, preds, reasons + cand.reasons))
+            out.append(Scored(cand, value, preds, cand.reasons))
+        if ctx.personalized:
+            # The viewer's signals behind an item ("you watched 3 #cooking videos to the end")
+            # are worded only for the items that can make the page, not all 500 candidates.
+            best = sorted(range(len(out)), key=lambda k: -out[k].score)[:self.reasons_for_top]
+            for k in best:
+                out[k].reasons = self.fallback.signals(ctx, keep[k][1]) + out[k].reasons
         return out
 
     def _predict(self, m: LoadedModels, ctx: FeedContext, items: list[Item]) -> torch.Tensor:
@@ -209,9 +232,7 @@ class NeuralScorer:
         hist_items = list(dict.fromkeys(t.item_id for t in tokens if t.item_id in ctx.catalog))
         local = {i: k for k, i in enumerate(hist_items)}
         history = encode_histories([tokens], local, self.history_len)
-        N = len(items)
-        history = type(history)(history.items.expand(N, -1), history.view.expand(N, -1),
-                                history.flags.expand(N, -1, -1), history.gap.expand(N, -1))
+        N = len(items)  # one history, shared by the N rows (the ranker broadcasts it)
         hist_inputs = _item_inputs(ranker, m, [ctx.catalog.get(i) for i in hist_items])
         req = ctx.request
         device = req.device or (ctx.user.device if ctx.user else None)

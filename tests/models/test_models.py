@@ -109,6 +109,40 @@ def test_ranker_shapes_and_value_formula():
     assert torch.allclose(v, 2 * probs["like"] - probs["negative"])
 
 
+def test_factored_attention_equals_the_mlp_over_the_concatenation():
+    torch.manual_seed(0)
+    model = Ranker(len(DENSE_FEATURES), dim=8, experts=2, expert_dim=8)
+    cand, tok = torch.randn(5, 8), torch.randn(5, 6, 8)
+    for t in (tok, tok[:1]):  # one history per row, and one history shared by all rows
+        full = t.expand(5, -1, -1)
+        q = cand.unsqueeze(1).expand_as(full)
+        slow = model.attention(torch.cat([q, full, q * full, q - full], dim=-1)).squeeze(-1)
+        assert torch.allclose(model._attention_logits(cand, t), slow, atol=1e-5)
+
+
+def test_batched_experts_at_inference_equal_the_layer_by_layer_path():
+    torch.manual_seed(0)
+    model = Ranker(len(DENSE_FEATURES), dim=8, experts=3, expert_dim=16).eval()
+    x = rank_inputs(model, 9)
+    with torch.no_grad():
+        fast = model(x)
+    slow = model(x)  # gradients on: the per-layer path used in training
+    assert torch.allclose(fast, slow.detach(), atol=1e-5)
+
+
+def test_a_shared_history_scores_like_the_same_history_repeated():
+    torch.manual_seed(0)
+    model = Ranker(len(DENSE_FEATURES), dim=8, experts=2, expert_dim=8).eval()
+    x = rank_inputs(model, 6)
+    h = x.history
+    one = HistoryInputs(h.items[:1], h.view[:1], h.flags[:1], h.gap[:1])
+    repeated = HistoryInputs(one.items.expand(6, -1), one.view.expand(6, -1),
+                             one.flags.expand(6, -1, -1), one.gap.expand(6, -1))
+    a = model(RankInputs(x.items, one, x.history_items, x.context, x.hour, x.dense))
+    b = model(RankInputs(x.items, repeated, x.history_items, x.context, x.hour, x.dense))
+    assert torch.allclose(a, b, atol=1e-5)
+
+
 def test_ranker_with_empty_history_rows():
     model = Ranker(len(DENSE_FEATURES), dim=8, experts=2, expert_dim=8).eval()
     x = rank_inputs(model, 4)
