@@ -70,6 +70,8 @@ def take(out: Path, viewer: str) -> list[Path]:
         desk.wait_for_selector(".card.active")
         desk.click("a[data-page=studio]")
         desk.locator(".studio").wait_for()
+        # Past the picker, to the audience and what to post next.
+        desk.evaluate("document.getElementById('page-studio').scrollTop = 270")
         desk.wait_for_timeout(500)
         shot(desk, "studio")
         desk.click("a[data-page=console]")

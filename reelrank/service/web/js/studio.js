@@ -74,16 +74,17 @@ export class StudioPage {
       h('section', { class: 'panel' },
         h('h3', { text: 'Your audience is into' }),
         this.interests(audience)),
-      h('section', { class: 'panel' },
-        h('h3', { text: 'Recent videos against similar ones' }),
-        measured.length
-          ? [pairChart(measured.slice(0, 6).map((v) => ({ label: v.item_id, mine: v.watch_through,
-            theirs: v.similar ? v.similar.watch_through : null })), { format: pct, names: ['watch-through', 'similar videos'] }),
-          videoTable(recent)]
-          : [h('p', { class: 'muted', text: 'No recent video has enough distinct viewers yet to report on.' }), videoTable(recent)]),
-      h('section', { class: 'panel' },
-        h('h3', { text: 'What to post next' }),
-        next.suppressed ? h('p', { class: 'muted', text: next.reason || 'not enough viewers yet' }) : suggestions(next.items || [])),
+      h('div', { class: 'studio-grid' },
+        h('section', { class: 'panel' },
+          h('h3', { text: 'What to post next' }),
+          next.suppressed ? h('p', { class: 'muted', text: next.reason || 'not enough viewers yet' }) : suggestions(next.items || [])),
+        h('section', { class: 'panel' },
+          h('h3', { text: 'Recent videos against similar ones' }),
+          measured.length
+            ? pairChart(measured.slice(0, 6).map((v) => ({ label: v.item_id, mine: v.watch_through,
+              theirs: v.similar ? v.similar.watch_through : null })), { format: pct, names: ['watch-through', 'similar videos'] })
+            : h('p', { class: 'muted', text: 'No recent video has enough distinct viewers yet to compare; each is listed below with its exploration state.' }))),
+      h('section', { class: 'panel' }, h('h3', { text: 'Recent videos' }), videoTable(recent)),
       h('p', { class: 'muted small', text: x.privacy || '' }));
   }
 
