@@ -7,6 +7,7 @@ takes explicit arguments.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -117,11 +118,12 @@ def simulate(
 
 
 def _write_world(store, users: int, items: int, creators: int, sessions: int, swipes: int,
-                 seed: int) -> tuple[int, int]:
+                 seed: int, start_ts: int | None = None) -> tuple[int, int]:
     from reelrank.eval.simulator import build_world, generate_history
     from reelrank.importers import import_into
 
-    world = build_world(n_users=users, n_items=items, n_creators=creators, seed=seed)
+    extra = {} if start_ts is None else {"start_ts": start_ts}
+    world = build_world(n_users=users, n_items=items, n_creators=creators, seed=seed, **extra)
     history = generate_history(world, n_sessions_per_user=sessions,
                                swipes_per_session=swipes, seed=seed)
     report = import_into(store, world.items, history, progress=True, desc="synthetic")
@@ -301,7 +303,10 @@ def demo(
     try:
         if store.count_items() == 0:
             typer.echo("building the synthetic demo world ...")
-            _write_world(store, users, items, max(20, items // 15), 2, 20, 7)
+            # The world's history ends now: the web app stamps events with the real time, and a
+            # world dated in the past would make every video look years old on the first swipe.
+            now = int(time.time() * 1000) // 3_600_000 * 3_600_000
+            _write_world(store, users, items, max(20, items // 15), 2, 20, 7, start_ts=now)
         registry = ModelRegistry(Path(data_dir) / "models")
         if registry.latest() is None:
             typer.echo("training the neural models on the demo world (once) ...")
