@@ -18,6 +18,21 @@ ON gains over OFF, especially deep in sessions, is what reacting to the last swi
 
 With ``max_users`` (set on the split) only the sampled users' test events are replayed, so item
 counters ON see only that part of the traffic.
+
+``replay_trained`` does the same with the trained neural models (``train_from_store`` on the
+training period, the ranker scoring through ``engine.rank``), in three arms:
+
+- ``static``: nothing of the test days goes in (the model and the live state of the cut-off);
+- ``frozen``: every event goes in through ``engine.ingest_events`` (live state, hence the
+  ranker's history and counters, follow the stream) but the weights stay as trained;
+- ``online``: as ``frozen``, and an ``OnlineLearner`` (the online trainer's core, on its own live
+  state through ``features.RowStream``) learns from each impression once it has settled, and its
+  ranker is swapped into serving (``ServingModels.install``) after every step, all in event time.
+
+``online`` minus ``frozen`` is what the weight updates are worth. Every test user's events are
+replayed and learned from; with ``score_users`` only a seeded sample of test users is scored
+(scoring dominates the run time), and the report says so. GAUC is reported overall, by session
+position and by test day: a frozen model grows stale day by day, an online one need not.
 """
 
 from __future__ import annotations
@@ -25,7 +40,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +48,15 @@ from tqdm import tqdm
 
 from reelrank.eval import metrics
 from reelrank.eval.baselines import build_engine, scratch_dir
-from reelrank.eval.protocols import TemporalSplit
+from reelrank.eval.protocols import TemporalSplit, day_name
+from reelrank.features import RowStream
+from reelrank.models.bundle import ModelBundle
+from reelrank.registry import ModelRegistry
+from reelrank.store.memory import LiveState
+from reelrank.train.job import TrainConfig, train_from_store
+from reelrank.train.online import OnlineConfig, OnlineLearner
+from reelrank.train.ranker import RankerConfig
+from reelrank.train.retrieval import RetrievalConfig
 from reelrank.types import Event
 
 logger = logging.getLogger(__name__)
@@ -138,3 +161,138 @@ def run_replay(split: TemporalSplit, progress: bool = False) -> dict:
                     report[name]["overall"]["gauc"], run.seconds)
     report["session"] = "one user's impressions on one local day; position 1-based in time order"
     return report
+
+
+# -- the trained models, online updates on and off ----------------------------------------------
+
+ARMS = ("static", "frozen", "online")
+
+
+@dataclass
+class TrainedReplayConfig:
+    # Only the ranker scores impressions, so retrieval is not trained for the replay.
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        retrieval=RetrievalConfig(epochs=0), ranker=RankerConfig(epochs=1), holdout=0.0))
+    # In event time a step waits for a full batch or a minute: on KuaiRand's traffic (an
+    # impression every few seconds) that is a step with about a dozen rows each minute.
+    online: OnlineConfig = field(default_factory=lambda: OnlineConfig(
+        train_retrieval=False, max_wait_ms=60_000))
+    settle_ms: int = 1_000
+    # New weights go to serving at most this often (event time): copying the ranker for serving
+    # costs tens of milliseconds, and a minute of KuaiRand traffic changes little.
+    install_every_ms: int = 300_000
+    score_users: int | None = None  # score a seeded sample of this many test users
+    seed: int = 0
+
+
+def replay_trained(split: TemporalSplit, cfg: TrainedReplayConfig | None = None,
+                   arms: tuple[str, ...] = ARMS, progress: bool = False) -> dict:
+    """Train on the split's training period once, then replay the test days in each arm."""
+    cfg = cfg or TrainedReplayConfig()
+    wanted = _wanted_rows(split, cfg.score_users, cfg.seed)
+    report: dict = {"arms": {}, "config": {"train": asdict(cfg.train), "online": asdict(cfg.online),
+                                            "settle_ms": cfg.settle_ms,
+                                            "install_every_ms": cfg.install_every_ms}}
+    with scratch_dir() as tmp:
+        root = Path(tmp)
+        started = time.perf_counter()
+        engine = build_engine(split.dataset.items, split.train_events, root / "train", progress)
+        registry = ModelRegistry(root / "models")
+        try:
+            result = train_from_store(engine.store, registry, cfg.train, progress=progress)
+        finally:
+            engine.store.close()
+        report["train"] = {"version": result.version, "seconds": round(
+            time.perf_counter() - started, 1), "rows": result.metrics.get("rows_train")}
+        for arm in arms:
+            run = replay_arm(split, arm, registry, wanted, cfg, root / arm, progress)
+            scores = run.pop("scores")
+            entry = position_report(split, scores)
+            entry["by_day"] = day_report(split, scores)
+            entry.update(run)
+            report["arms"][arm] = entry
+            logger.info("trained replay %s: GAUC %.4f in %.0fs", arm, entry["overall"]["gauc"],
+                        entry["seconds"])
+    report["scored_users"] = int(len(np.unique(split.test.user[_scored_mask(split, wanted)])))
+    report["test_users"] = int(len(np.unique(split.test.user)))
+    report["score_users"] = cfg.score_users
+    return report
+
+
+def _wanted_rows(split: TemporalSplit, n_users: int | None, seed: int) -> dict:
+    test, index = split.test, split.index
+    users = np.unique(test.user)
+    if n_users is not None and n_users < len(users):
+        users = np.sort(np.random.default_rng(seed).choice(users, n_users, replace=False))
+    keep = set(users.tolist())
+    rows: dict[tuple[str, str, int], list[int]] = defaultdict(list)
+    for k in range(len(test)):
+        if int(test.user[k]) in keep:
+            key = (index.user_ids[test.user[k]], index.item_ids[test.item[k]], int(test.ts[k]))
+            rows[key].append(k)
+    return rows
+
+
+def _scored_mask(split: TemporalSplit, wanted: dict) -> np.ndarray:
+    mask = np.zeros(len(split.test), dtype=bool)
+    for ks in wanted.values():
+        mask[ks] = True
+    return mask
+
+
+def replay_arm(split: TemporalSplit, arm: str, registry: ModelRegistry, wanted: dict,
+                cfg: TrainedReplayConfig, directory: Path, progress: bool) -> dict:
+    """One arm over the test days with the registry's latest (base) version: the scores of the
+    impressions in ``wanted`` (NaN elsewhere), the wall time, and the learner's figures."""
+    started = time.perf_counter()
+    engine = build_engine(split.dataset.items, split.train_events, directory, progress)
+    engine.registry = engine.models.registry = registry
+    engine.models.refresh()
+    base = registry.load()
+    scores = np.full(len(split.test), np.nan)
+    learner = rows = None
+    installs = installed = 0
+    last_install = split.cutoff_ms
+    if arm == "online":
+        learner = OnlineLearner(ModelBundle.from_state(base.state), engine.catalog, cfg.online)
+        rows = RowStream(LiveState(engine.catalog), history_len=cfg.online.history_len,
+                         window_ms=3_600_000, settle_ms=cfg.settle_ms)
+        for e in split.train_events:  # the trainer's own live state, as at its start-up
+            learner.observe(rows.add(e))
+    try:
+        with tqdm(total=len(split.test_events), desc=f"replay {arm}", unit=" events",
+                  disable=not progress, dynamic_ncols=True) as bar:
+            for batch in _instants(split.test_events):
+                _score_instant(engine, batch, wanted, scores)
+                if arm != "static":
+                    engine.ingest_events(batch)
+                if learner is not None:
+                    now = batch[0].ts
+                    closed = [r for e in batch for r in rows.add(e)] + rows.flush(now)
+                    learner.add(closed, now)
+                    while learner.ready(now):
+                        learner.step()
+                    if learner.steps > installed and now - last_install >= cfg.install_every_ms:
+                        installed, last_install = learner.steps, now
+                        installs += 1
+                        bundle = learner.serving_bundle(engine.models.current.bundle.retrieval)
+                        engine.models.install(f"{base.version}+{learner.steps}", bundle, {
+                            **base.meta, "retrieval_version": base.version,
+                            **learner.serving_meta(base.version)})
+                bar.update(len(batch))
+    finally:
+        engine.store.close()
+    out = {"scores": scores, "seconds": round(time.perf_counter() - started, 1)}
+    if learner is not None:
+        out["online"] = {"steps": learner.steps, "rows_trained": learner.rows_trained,
+                         "installs": installs, "join": asdict(rows.joiner.stats)}
+    return out
+
+
+def day_report(split: TemporalSplit, scores: np.ndarray) -> dict:
+    """GAUC of long_view per local test day, over the scored impressions."""
+    test, ok = split.test, ~np.isnan(scores)
+    y = test.labels["long_view"]
+    return {day_name(int(d)): _gauc_entry(test.user[ok & (test.day == d)],
+                                          y[ok & (test.day == d)], scores[ok & (test.day == d)])
+            for d in np.unique(test.day)}

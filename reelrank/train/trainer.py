@@ -26,7 +26,6 @@ before the next step.
 
 from __future__ import annotations
 
-import copy
 import logging
 import threading
 import time
@@ -95,7 +94,6 @@ class OnlineTrainer:
 
     def _reset_publish_state(self) -> None:
         self._last_publish = self._last_persist = self._last_retrieval = self.clock()
-        self._retrieval_state: dict | None = None
         self._retrieval_module = None
         self._retrieval_steps_published = 0
         self._retrieval_version: str | None = None
@@ -171,9 +169,9 @@ class OnlineTrainer:
         self.base_version = latest
         self.cursor = 0
         self._reset_publish_state()
-        # Until the retrieval weights are handed over, every version carries the base's.
+        # Until new retrieval weights are handed over, every version carries the base's.
         self._retrieval_version = artifact.meta.get("retrieval_version", latest)
-        self._retrieval_state = artifact.state.get("retrieval")
+        self._retrieval_module = ModelBundle.from_state(artifact.state).retrieval
         self._trained_through = int(artifact.meta.get("through_seq",
                                                       artifact.meta.get("metrics", {})
                                                       .get("last_seq", -1)))
@@ -272,40 +270,32 @@ class OnlineTrainer:
         """Hand the current weights to serving (and to the registry when due)."""
         learner = self.learner
         now = self.clock()
-        state = learner.bundle.state()  # references to the training tensors: copied below
-        state["ranker"] = copy.deepcopy(state["ranker"])
-        if self._retrieval_state is None or (
-                learner.retrieval_steps != self._retrieval_steps_published
+        if (learner.retrieval_steps != self._retrieval_steps_published
                 and now - self._last_retrieval >= self.cfg.retrieval_every_s):
-            if self._retrieval_state is not None:
-                self._retrieval_version = f"{self.base_version}+r{learner.retrieval_steps}"
-            self._retrieval_state = copy.deepcopy(state["retrieval"])
-            self._retrieval_module = None
+            self._retrieval_module = learner.retrieval_snapshot()
+            self._retrieval_version = f"{self.base_version}+r{learner.retrieval_steps}"
             self._retrieval_steps_published = learner.retrieval_steps
             self._last_retrieval = now
-        state["retrieval"] = self._retrieval_state
+        # Serving never changes a module it is handed: one retrieval copy serves every version
+        # until the retrieval weights change, and each version gets its own ranker copy.
+        bundle = learner.serving_bundle(self._retrieval_module)
         self.through_ts = self._watermark()
         meta = {
             "base_version": self.base_version, "retrieval_version": self._retrieval_version,
             "through_seq": self.cursor, "through_ts": self.through_ts,
+            **learner.serving_meta(self.base_version),
             "online": {"steps": learner.steps, "rows": learner.rows_trained,
                        "retrieval_steps": learner.retrieval_steps, "dropped": learner.dropped,
                        "join": asdict(self.rows.joiner.stats)},
         }
         persist = self.install is None or now - self._last_persist >= self.cfg.persist_every_s
         if persist:
-            version = self.registry.publish(state, meta)
+            version = self.registry.publish(bundle.state(), meta)
             self.registry.prune(self.cfg.keep_versions)
             self._last_persist = now
         else:
             version = f"{self.base_version}+{learner.steps}"
         if self.install is not None:
-            # Serving never changes a module it is handed, so one retrieval module serves every
-            # version until the retrieval weights change (rebuilding it would copy every table).
-            bundle = ModelBundle.from_state({**state, "retrieval": None})
-            if self._retrieval_module is None and state["retrieval"] is not None:
-                self._retrieval_module = ModelBundle.from_state(state).retrieval
-            bundle.retrieval = self._retrieval_module
             self.install(version, bundle, meta)
         served = self.clock() * 1000
         # Lags only mean something for events stamped with this clock as they happened (not

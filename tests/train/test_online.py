@@ -68,7 +68,7 @@ def swipe(engine, sim, viewer, state, ts, n=1):
     return ts
 
 
-def wait_for(predicate, timeout=10.0):
+def wait_for(predicate, timeout=30.0):
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
@@ -164,6 +164,10 @@ def test_swaps_while_requests_run_fail_no_request(engine, world):
             t.join()
     assert errors == []
     assert trainer.failures == 0
+    status = client.get("/v1/admin/trainer").json()
+    assert status["trainer"]["state"] == "running" and status["trainer"]["steps"] > 0
+    assert status["serving"]["version"] == engine.models.version
+    assert status["serving"]["through_ts"] == engine.models.current.meta["through_ts"]
 
 
 def test_erasure_drops_the_viewers_pending_examples(engine, world):

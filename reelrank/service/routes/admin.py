@@ -27,3 +27,17 @@ def get_job(job_id: str, engine: EngineDep) -> dict:
     if job is None:
         raise NotFoundError(f"no job {job_id!r}")
     return job.view()
+
+
+@router.get("/v1/admin/trainer")
+def trainer_status(engine: EngineDep) -> dict:
+    """The online trainer in this process (``null`` when it runs elsewhere or not at all) and
+    what serving runs: its version and the event time its weights have learned through."""
+    current = engine.models.current
+    meta = current.meta if current is not None else {}
+    return {
+        "trainer": engine.trainer.status() if getattr(engine, "trainer", None) else None,
+        "serving": {"version": engine.models.version, "base_version": meta.get("base_version"),
+                    "through_ts": meta.get("through_ts"), "through_seq": meta.get("through_seq"),
+                    "retrieval_version": meta.get("retrieval_version")},
+    }

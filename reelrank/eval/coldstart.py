@@ -1,0 +1,314 @@
+"""Cold start on the synthetic world: how many swipes the feed needs to find a new viewer's taste.
+
+The world (``eval.simulator``) gets a background history; the neural models are trained on it
+(``train_from_store``). Then new viewers, unknown to everything, arrive one after another over
+``arrival_span_ms`` and each swipes ``swipes`` videos, in a discrete-event loop in event time:
+whenever a viewer's next swipe is due, their page is asked for if it is used up (``page_size``
+videos from the engine's feed, as an app prefetches), the simulated viewer swipes the next
+video, and the swipe's events go in through ``engine.ingest_events``. The arms:
+
+- ``reelrank``: the engine as served, with online updates: an ``OnlineLearner`` learns from every
+  swipe of every new viewer once it settles, and its versions are swapped into serving in event
+  time (``reelrank.eval.replay`` does the same on KuaiRand);
+- ``reelrank_frozen``: the same engine with the weights as trained (live state still moves: the
+  user tower and the ranker read the viewer's live history at each request);
+- ``most_popular``: the videos with the most positive engagement in the background history, in
+  that order, each shown once.
+
+Per swipe number, over the new viewers: the mean watch ratio (capped at 2, as the engine caps
+it), the like rate, and the mean hidden fit (``World.true_affinity``: what the simulator's viewer
+actually thinks of the video, without the outcome noise). Fatigue and leaving are off, so a
+curve moves only with what the feed shows, and every viewer contributes to every swipe number.
+``swipes_to_80`` is the first swipe at which the trailing mean over ``smooth`` swipes reaches
+80% of the arm's final level (the mean of its last ``final_swipes``), and also 80% of the way
+from its first swipe's level to that final level.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import shutil
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from reelrank.eval.baselines import scratch_dir
+from reelrank.eval.simulator import Simulator, World, build_world, generate_history
+from reelrank.features import RowStream
+from reelrank.importers import import_into
+from reelrank.models.bundle import ModelBundle
+from reelrank.pipeline.context import FeedRequest
+from reelrank.registry import ModelRegistry
+from reelrank.store import open_store
+from reelrank.store.memory import LiveState
+from reelrank.train.job import TrainConfig, train_from_store
+from reelrank.train.online import OnlineConfig, OnlineLearner
+from reelrank.train.ranker import RankerConfig
+from reelrank.train.retrieval import RetrievalConfig
+
+log = logging.getLogger(__name__)
+
+ARMS = ("reelrank", "reelrank_frozen", "most_popular")
+MEASURES = ("watch_ratio", "like", "affinity")
+POSITIVE = {"like", "share", "comment", "follow"}
+
+
+@dataclass
+class ColdStartConfig:
+    items: int = 5_000
+    background_users: int = 1_000
+    sessions: int = 2  # background sessions per viewer
+    session_swipes: int = 20
+    new_viewers: int = 200
+    swipes: int = 40
+    page_size: int = 2
+    arrival_span_ms: int = 20 * 60_000
+    seed: int = 7
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        retrieval=RetrievalConfig(epochs=3), ranker=RankerConfig(epochs=1), holdout=0.0))
+    online: OnlineConfig = field(default_factory=lambda: OnlineConfig(max_wait_ms=5_000))
+    settle_ms: int = 1_000
+    retrieval_every_ms: int = 5 * 60_000  # event time between retrieval versions (index rebuild)
+    index_kind: str = "ann"
+    smooth: int = 5
+    final_swipes: int = 10
+
+
+def run_coldstart(cfg: ColdStartConfig | None = None, arms: tuple[str, ...] = ARMS,
+                  progress: bool = False) -> dict:
+    cfg = cfg or ColdStartConfig()
+    started = time.perf_counter()
+    world = build_world(n_users=cfg.background_users, n_items=cfg.items, seed=cfg.seed)
+    report: dict = {"config": _describe(cfg), "arms": {}}
+    with scratch_dir() as tmp:
+        base = Path(tmp) / "base"
+        store = open_store(base / "data")
+        try:
+            history = generate_history(world, cfg.sessions, cfg.session_swipes, seed=cfg.seed)
+            imported = import_into(store, world.items, history, progress=progress,
+                                   desc="background")
+            t0 = time.perf_counter()
+            version = None
+            if any(a != "most_popular" for a in arms):
+                version = train_from_store(store, ModelRegistry(base / "models"), cfg.train,
+                                           progress=progress).version
+            popular = _popularity(store)
+        finally:
+            store.close()
+        report["world"] = {"items": len(world.items), "background_events": imported.events,
+                           "model_version": version,
+                           "train_seconds": round(time.perf_counter() - t0, 1)}
+        for arm in arms:
+            t1 = time.perf_counter()
+            if arm == "most_popular":
+                values, extra = _run_popular(world, cfg, popular)
+            else:
+                directory = Path(tmp) / arm
+                shutil.copytree(base, directory)
+                values, extra = _run_engine(world, cfg, directory, arm == "reelrank", progress)
+            report["arms"][arm] = {**curves(values, cfg), **extra,
+                                   "seconds": round(time.perf_counter() - t1, 1)}
+            log.info("cold start %s: final like rate %.3f", arm,
+                     report["arms"][arm]["like"]["final"])
+    report["wall_seconds"] = round(time.perf_counter() - started, 1)
+    return report
+
+
+def _describe(cfg: ColdStartConfig) -> dict:
+    out = asdict(cfg)
+    out["train"] = {"retrieval_epochs": cfg.train.retrieval.epochs,
+                    "ranker_epochs": cfg.train.ranker.epochs}
+    return out
+
+
+def _viewers(world: World, cfg: ColdStartConfig) -> list:
+    return [world.new_viewer(f"new{k}", seed=10_000 + k) for k in range(cfg.new_viewers)]
+
+
+def _schedule(world: World, cfg: ColdStartConfig) -> list[tuple[int, int]]:
+    """(first swipe time, viewer number): arrivals spread over the span, the same every arm."""
+    rng = np.random.default_rng([cfg.seed, 99])
+    offsets = np.sort(rng.integers(0, cfg.arrival_span_ms, cfg.new_viewers))
+    return [(world.start_ts + int(o), k) for k, o in enumerate(offsets)]
+
+
+def _record(values: dict, world: World, viewer, item_id: str, events, k: int, pos: int) -> None:
+    item = world.item(item_id)
+    watch = max((e.watch_ms or 0) for e in events if e.type in ("play", "skip"))
+    values["watch_ratio"][k, pos] = min(2.0, watch / item.duration_ms)
+    values["like"][k, pos] = float(any(e.type == "like" for e in events))
+    values["affinity"][k, pos] = world.true_affinity(viewer.user_id, item_id)
+
+
+def _empty(cfg: ColdStartConfig) -> dict:
+    return {m: np.full((cfg.new_viewers, cfg.swipes), np.nan) for m in MEASURES}
+
+
+def _run_engine(world: World, cfg: ColdStartConfig, directory: Path, online: bool,
+                progress: bool) -> tuple[dict, dict]:
+    from reelrank.engine import Engine
+
+    store = open_store(directory / "data")
+    registry = ModelRegistry(directory / "models")
+    engine = Engine(store, registry=registry, index_kind=cfg.index_kind).load()
+    base = registry.load()
+    learner = rows = None
+    sources: Counter = Counter()
+    figures = {"installs": 0, "retrieval_installs": 0}
+    if online:
+        learner = OnlineLearner(ModelBundle.from_state(base.state), engine.catalog, cfg.online)
+        history = max(cfg.online.history_len, learner.bundle.retrieval.users.max_len)
+        rows = RowStream(LiveState(engine.catalog), history_len=history, settle_ms=cfg.settle_ms)
+        for _, e in store.iter_events():  # the trainer's own state, as at its start-up
+            learner.observe(rows.add(e))
+    retrieval_version, last_retrieval = base.version, world.start_ts
+    retrieval_module = engine.models.current.bundle.retrieval
+    sim = Simulator(world, fatigue_per_swipe=0.0, allow_leave=False, page_size=cfg.page_size)
+    viewers = _viewers(world, cfg)
+    states = [sim.new_session(v, f"cold-{v.user_id}") for v in viewers]
+    pages: list[list] = [[] for _ in viewers]
+    swiped = [0] * len(viewers)
+    gaps = np.random.default_rng([cfg.seed, 98])
+    values = _empty(cfg)
+    queue = _schedule(world, cfg)
+    heapq.heapify(queue)
+    bar = tqdm(total=cfg.new_viewers * cfg.swipes, desc=f"cold start {'online' if online else 'frozen'}",
+               disable=not progress, dynamic_ncols=True)
+    try:
+        while queue:
+            ts, k = heapq.heappop(queue)
+            viewer = viewers[k]
+            if not pages[k]:
+                res = engine.feed(FeedRequest(viewer.user_id, n=cfg.page_size,
+                                              region=viewer.region, device=viewer.device,
+                                              source="feed", session_id=states[k].session_id))
+                pages[k] = [(i.item_id, i.source, res.request_id, p)
+                            for p, i in enumerate(res.items)]
+                if not pages[k]:
+                    continue
+            item_id, source, request_id, position = pages[k].pop(0)
+            sources[source] += 1
+            events = sim.respond(viewer, item_id, ts, states[k], request_id=request_id,
+                                 position=position)
+            engine.ingest_events(events)
+            _record(values, world, viewer, item_id, events, k, swiped[k])
+            swiped[k] += 1
+            bar.update(1)
+            if swiped[k] < cfg.swipes:
+                heapq.heappush(queue, (events[-1].ts + int(gaps.integers(200, 1500)), k))
+            if learner is None:
+                continue
+            closed = [r for e in events for r in rows.add(e)] + rows.flush(ts)
+            learner.add(closed, ts)
+            stepped = False
+            while learner.ready(ts):
+                learner.step()
+                stepped = True
+            if not stepped:
+                continue
+            if learner.retrieval_steps and ts - last_retrieval >= cfg.retrieval_every_ms:
+                retrieval_module = learner.retrieval_snapshot()
+                retrieval_version = f"{base.version}+r{learner.retrieval_steps}"
+                last_retrieval = ts
+                figures["retrieval_installs"] += 1
+            bundle = learner.serving_bundle(retrieval_module)
+            engine.models.install(f"{base.version}+{learner.steps}", bundle, {
+                "retrieval_version": retrieval_version, **learner.serving_meta(base.version)})
+            figures["installs"] += 1
+    finally:
+        bar.close()
+        store.close()
+    total = sum(sources.values())
+    extra = {"sources": {s: round(n / total, 4) for s, n in sources.most_common()}}
+    if learner is not None:
+        extra["online"] = {**figures, "steps": learner.steps, "rows_trained": learner.rows_trained,
+                           "retrieval_steps": learner.retrieval_steps}
+    return values, extra
+
+
+def _popularity(store) -> list[str]:
+    """Items by positive engagement in the background history (long views and explicit
+    positives), most first; items never engaged with follow in catalog order."""
+    from reelrank.features import join_events, token_from_example
+
+    durations = {it.item_id: it.duration_ms for it in store.iter_items()}
+    events = sorted((e for _, e in store.iter_events()), key=lambda e: e.ts)
+    counts: Counter = Counter()
+    for ex in join_events(events, durations.get):
+        if token_from_example(ex).positive:
+            counts[ex.item_id] += 1
+    ranked = [i for i, _ in counts.most_common()]
+    seen = set(ranked)
+    return ranked + [i for i in durations if i not in seen]
+
+
+def _run_popular(world: World, cfg: ColdStartConfig, ranked: list[str]) -> tuple[dict, dict]:
+    sim = Simulator(world, fatigue_per_swipe=0.0, allow_leave=False, page_size=cfg.page_size)
+    values = _empty(cfg)
+    for (ts, k), viewer in zip(_schedule(world, cfg), _viewers(world, cfg)):
+        state = sim.new_session(viewer, f"cold-{viewer.user_id}")
+        for pos, item_id in enumerate(ranked[:cfg.swipes]):
+            events = sim.respond(viewer, item_id, ts, state)
+            _record(values, world, viewer, item_id, events, k, pos)
+            ts = events[-1].ts + 800
+    return values, {"sources": {"most_popular": 1.0}}
+
+
+def curves(values: dict, cfg: ColdStartConfig) -> dict:
+    """Per measure: the mean per swipe, the final level, and the swipes to 80% of it."""
+    out = {}
+    for m, arr in values.items():
+        mean = np.nanmean(arr, axis=0)  # (S,)
+        per_viewer_final = np.nanmean(arr[:, -cfg.final_swipes:], axis=1)
+        final = float(np.mean(per_viewer_final))
+        trailing = np.array([mean[max(0, s - cfg.smooth + 1):s + 1].mean()
+                             for s in range(len(mean))])
+        out[m] = {
+            "per_swipe": [round(float(x), 4) for x in mean],
+            "trailing": [round(float(x), 4) for x in trailing],
+            "final": round(final, 4),
+            "final_se": round(float(np.std(per_viewer_final) / np.sqrt(len(per_viewer_final))), 4),
+            "first": round(float(mean[0]), 4),
+            "swipes_to_80": _first_at(trailing, 0.8 * final),
+            "swipes_to_80_of_gain": _first_at(trailing, mean[0] + 0.8 * (final - mean[0]))
+            if final > mean[0] else None,
+        }
+    return out
+
+
+def _first_at(curve: np.ndarray, level: float) -> int | None:
+    hits = np.flatnonzero(curve >= level)
+    return int(hits[0]) + 1 if len(hits) else None
+
+
+def plot(report: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    titles = {"watch_ratio": "mean watch ratio (capped at 2)", "like": "like rate",
+              "affinity": "mean hidden fit (true affinity)"}
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for ax, m in zip(axes, MEASURES):
+        for arm, entry in report["arms"].items():
+            c = entry[m]
+            x = np.arange(1, len(c["per_swipe"]) + 1)
+            line, = ax.plot(x, c["trailing"], label=f"{arm} (final {c['final']:.3f})", lw=2)
+            ax.plot(x, c["per_swipe"], color=line.get_color(), alpha=0.25, lw=1)
+        ax.set_title(titles[m])
+        ax.set_xlabel("swipe number of a new viewer")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"New viewers on the synthetic world ({report['config']['new_viewers']} viewers;"
+                 f" bold: trailing mean of {report['config']['smooth']} swipes)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
