@@ -101,6 +101,11 @@ class CreatorInsights:
         audience = table.audience.get(creator_id, set())
         interested = [u for u in audience if self.settings_of(u).personalization]
         demand = self._demand(interested)
+        baseline = None
+        if self.explore is not None:  # the watch-through a video needs to graduate, once
+            recent = self.explore.recent_uploads(self.catalog, self.live.clock)
+            baseline = self.explore.cohort_baseline(
+                [self.live.item_stats(x.item_id) for x in recent])
         return {
             "creator_id": creator_id,
             "videos": len(videos),
@@ -110,7 +115,8 @@ class CreatorInsights:
                         "5; viewers with personalization off count in video performance, not "
                         "in interests"),
             "audience": self._audience(audience, interested, demand),
-            "recent_videos": [self._video(it, table) for it in videos[: self.recent_videos]],
+            "recent_videos": [self._video(it, table, baseline)
+                              for it in videos[: self.recent_videos]],
             "what_to_post_next": self._suggestions(demand, len(interested), videos),
         }
 
@@ -131,16 +137,13 @@ class CreatorInsights:
         }
         return out
 
-    def _video(self, item: Item, table: _Table) -> dict:
+    def _video(self, item: Item, table: _Table, baseline: float | None) -> dict:
         agg = table.items.get(item.item_id, _ItemAgg())
         out: dict = {"item_id": item.item_id, "created_at": item.created_at,
                      "topic": topic_label(topic_of(item)),
                      "length": LENGTH_LABELS[length_class(item.duration_ms)]}
-        if self.explore is not None:
-            s = self.live.item_stats(item.item_id)
-            recent = self.explore.recent_uploads(self.catalog, self.live.clock)
-            base = self.explore.cohort_baseline([self.live.item_stats(x.item_id) for x in recent])
-            st = self.explore.standing(item.item_id, s, base)
+        if self.explore is not None and baseline is not None:
+            st = self.explore.standing(item.item_id, self.live.item_stats(item.item_id), baseline)
             out["exploration"] = {"state": st.state, "pool": st.pool,
                                   "pools": list(self.explore.pools)}
         if agg.viewers < self.min_viewers:

@@ -133,6 +133,8 @@ def audit_replay(path: str | Path, settings: list, *, cutoff: str = "2022-05-01"
             "slate_ndcg10_watch_ratio": float(np.nanmean(slate[:, 1])),
             "slate_top10_topic_entropy_bits": float(np.nanmean(slate[:, 2])),
             "slates": len(slate_stats[s.name]),
+            # Paired with the first setting, viewer by viewer: (mean difference, standard error).
+            "slate_vs_first": _paired(slate_stats[settings[0].name], slate_stats[s.name]),
             "new_creator_exposure_share": new_slots / max(fig["slots"], 1),
             "new_creators": len(new_creators),
         })
@@ -177,6 +179,16 @@ def _rerank_slate(engine, pipe, user: str, slate: dict[str, tuple[int, float]]
     for i in order[:10]:
         topics[topic_of(engine.catalog.get(i)) or NO_TOPIC] += 1
     return lv, wr, entropy_bits(topics.values())
+
+
+def _paired(base: list[tuple], other: list[tuple]) -> dict:
+    out = {}
+    for col, name in ((0, "ndcg10_long_view"), (1, "ndcg10_watch_ratio")):
+        d = np.array([o[col] - b[col] for b, o in zip(base, other)], dtype=np.float64)
+        d = d[~np.isnan(d)]
+        out[name] = ((float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))))
+                     if len(d) > 1 else (float("nan"), float("nan")))
+    return out
 
 
 def _new_creators(engine, max_impressions: int) -> set[str]:
