@@ -27,6 +27,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
+import numpy as np
+
 from reelrank.store.memory import length_class
 from reelrank.types import Event, Token, is_long_view
 
@@ -302,6 +304,45 @@ def dense_features(user, item, stats, now: int, aggregates=None) -> list[float]:
         math.log1p(max(0, now - item.created_at) / 3_600_000),
         math.log1p(item.duration_ms / 1000),
     ]
+
+
+def dense_matrix(user, items: list, stats: list, now: int, aggregates=None) -> np.ndarray:
+    """``dense_features`` for many videos and one viewer at once: (N, F) float32. The item
+    counters are computed as arrays; only the viewer-item lookups stay per item. Serving uses
+    this; ``dense_features`` is the reference it is tested against."""
+    N = len(items)
+    out = np.zeros((N, len(DENSE_FEATURES)), dtype=np.float64)
+    if N == 0:
+        return out.astype(np.float32)
+    if user is not None:
+        tag_total, overall = aggregates if aggregates is not None else user_aggregates(user)
+        cl, ca, ha = user.creator_long_views, user.creator_affinity, user.hashtag_affinity
+        lv, llv, following = user.length_views, user.length_long_views, user.following
+        lift = {k: (llv.get(k, 0) + 5 * overall) / (lv.get(k, 0) + 5) - overall
+                for k in range(6)}
+        out[:, 0] = [cl.get(it.creator_id, 0) for it in items]
+        out[:, 1] = [ca.get(it.creator_id, 0.0) for it in items]
+        out[:, 2] = [sum(ha.get(t, 0.0) for t in it.hashtags) / tag_total if it.hashtags
+                     else 0.0 for it in items]
+        out[:, 3] = [1.0 if it.creator_id in following else 0.0 for it in items]
+        out[:, 4] = [lift[length_class(it.duration_ms)] for it in items]
+        out[:, 0] = np.log1p(out[:, 0])
+        out[:, 1] = np.tanh(out[:, 1] / 5.0)
+        out[:, 2] = np.tanh(3.0 * out[:, 2])
+    counts = np.array([(s.impressions, s.views, s.long_views, s.likes, s.shares, s.negatives,
+                        s.watch_ratio_sum) for s in stats], dtype=np.float64)  # (N, 7)
+    imp, views, long_, likes, shares, neg, ratio_sum = counts.T
+    shown = np.maximum(imp, views)
+    out[:, 5] = np.log1p(shown)
+    out[:, 6] = (long_ + 0.3 * 10) / (views + 10)
+    out[:, 7] = (likes + 0.02 * 50) / (shown + 50)
+    out[:, 8] = (shares + 0.005 * 100) / (shown + 100)
+    out[:, 9] = (neg + 0.01 * 100) / (shown + 100)
+    out[:, 10] = (ratio_sum + 0.5 * 10) / (views + 10)
+    created = np.array([it.created_at for it in items], dtype=np.float64)
+    out[:, 11] = np.log1p(np.maximum(0.0, now - created) / 3_600_000)
+    out[:, 12] = np.log1p(np.array([it.duration_ms for it in items], dtype=np.float64) / 1000)
+    return out.astype(np.float32)
 
 
 @dataclass(slots=True)

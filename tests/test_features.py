@@ -53,3 +53,33 @@ def test_unknown_items_and_erasure():
     j.add(ev(3, "w", "a", 0, "impression"))
     assert j.forget_user("u") == 1
     assert [x.user_id for x in j.flush()] == ["w"]
+
+
+def test_dense_matrix_equals_dense_features_row_by_row():
+    import random
+
+    import numpy as np
+
+    from reelrank.features import dense_features, dense_matrix, user_aggregates
+    from reelrank.store.memory import Catalog, LiveState
+    from reelrank.types import Item
+
+    rng = random.Random(4)
+    items = [Item(f"v{i}", f"c{i % 5}", rng.choice([4_000, 15_000, 50_000, 200_000]), i * 1000,
+                  hashtags=tuple(f"t{k}" for k in range(i % 3))) for i in range(40)]
+    catalog = Catalog()
+    catalog.upsert(items)
+    live = LiveState(catalog)
+    types = ["impression", "play", "skip", "like", "share", "follow", "not_interested"]
+    for n in range(600):
+        it = rng.choice(items)
+        t = rng.choice(types)
+        live.apply(Event(f"e{n}", f"u{n % 3}", it.item_id, 100_000 + n, t,
+                         watch_ms=rng.randint(0, 60_000) if t in ("play", "skip") else None))
+    for user in (live.user("u1"), None):
+        stats = [live.item_stats(it.item_id) for it in items]
+        fast = dense_matrix(user, items, stats, 900_000, user_aggregates(user))
+        slow = np.array([dense_features(user, it, s, 900_000, user_aggregates(user))
+                         for it, s in zip(items, stats)], dtype=np.float32)
+        assert fast.shape == slow.shape and np.allclose(fast, slow, atol=1e-6)
+    assert np.abs(fast).sum() > 0

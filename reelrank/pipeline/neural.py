@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from reelrank.features import dense_features, user_aggregates
+from reelrank.features import dense_matrix, user_aggregates
 from reelrank.models.bundle import ModelBundle
 from reelrank.models.ranker import CONTEXT_FIELDS, RankInputs
 from reelrank.models.retrieval import ItemInputs, encode_histories
@@ -212,11 +212,11 @@ class NeuralScorer:
             return []
         probs = self._predict(m, ctx, [it for _, it in keep])  # (N, T)
         tasks = m.bundle.ranker.tasks
-        out = []
-        for (cand, item), row in zip(keep, probs.tolist()):
-            preds = dict(zip(tasks, row))
-            value = sum(w * preds[t] for t, w in m.bundle.value_weights.items() if t in preds)
-            out.append(Scored(cand, value, preds, cand.reasons))
+        weights = torch.tensor([m.bundle.value_weights.get(t, 0.0) for t in tasks],
+                               dtype=probs.dtype)
+        values = (probs @ weights).tolist()  # the value formula, (N,)
+        out = [Scored(cand, value, dict(zip(tasks, row)), cand.reasons)
+               for (cand, _), row, value in zip(keep, probs.tolist(), values)]
         if ctx.personalized:
             # The viewer's signals behind an item ("you watched 3 #cooking videos to the end")
             # are worded only for the items that can make the page, not all 500 candidates.
@@ -238,13 +238,13 @@ class NeuralScorer:
         device = req.device or (ctx.user.device if ctx.user else None)
         values = {"device": device, "region": ctx.region, "source": req.source}
         context = torch.stack([
-            ranker.context[j].lookup_rows([values[f]] * N) for j, f in enumerate(CONTEXT_FIELDS)
-        ], dim=1)  # (N, C)
+            ranker.context[j].lookup_rows([values[f]]) for j, f in enumerate(CONTEXT_FIELDS)
+        ], dim=1)  # (1, C): one request's context, broadcast over the N rows
         agg = user_aggregates(ctx.user)
-        dense = torch.tensor([dense_features(ctx.user, it, ctx.live.item_stats(it.item_id),
-                                             ctx.now, agg) for it in items],
-                             dtype=torch.float32)  # (N, F)
-        hour = torch.full((N,), (ctx.now // 3_600_000) % 24, dtype=torch.long)
+        dense = torch.from_numpy(dense_matrix(
+            ctx.user, items, [ctx.live.item_stats(it.item_id) for it in items], ctx.now,
+            agg))  # (N, F)
+        hour = torch.full((1,), (ctx.now // 3_600_000) % 24, dtype=torch.long)
         with torch.no_grad():
             logits = ranker(RankInputs(cand_inputs, history, hist_inputs, context, hour, dense))
         return torch.sigmoid(logits)

@@ -128,6 +128,13 @@ def test_batched_experts_at_inference_equal_the_layer_by_layer_path():
         fast = model(x)
     slow = model(x)  # gradients on: the per-layer path used in training
     assert torch.allclose(fast, slow.detach(), atol=1e-5)
+    # One request's context given once (serving) scores like the same context on every row.
+    x.context[:] = torch.tensor([1, 0, 2])[:len(CONTEXT_FIELDS)]
+    x.hour[:] = 7
+    one = RankInputs(x.items, x.history, x.history_items, x.context[:1], x.hour[:1], x.dense)
+    with torch.no_grad():
+        assert torch.allclose(model(one), model(x), atol=1e-5)
+    assert torch.allclose(model(one), model(x), atol=1e-5)
 
 
 def test_a_shared_history_scores_like_the_same_history_repeated():
