@@ -112,18 +112,23 @@ def _instants(events: list[Event]):
             start = k
 
 
-def _score_instant(engine, batch: list[Event], rows: dict, scores: np.ndarray) -> None:
+def _score_instant(engine, batch: list[Event], rows: dict, scores: np.ndarray,
+                   long_view: np.ndarray | None = None) -> None:
+    """Scores (and, given ``long_view``, the long-view head's probability) of the instant's
+    impressions in ``rows``."""
     wanted: dict[str, list[str]] = defaultdict(list)
     for e in batch:
         if e.type == "impression" and (e.user_id, e.item_id, e.ts) in rows:
             wanted[e.user_id].append(e.item_id)
     for user, items in wanted.items():
         result = engine.rank(user, list(dict.fromkeys(items)))
-        by_item = {s.item_id: s.score for s in result.items}
+        by_item = {s.item_id: s for s in result.items}
         ts = batch[0].ts
         for item in items:
             for k in rows[(user, item, ts)]:
-                scores[k] = by_item[item]
+                scores[k] = by_item[item].score
+                if long_view is not None:
+                    long_view[k] = by_item[item].predictions.get("long_view", np.nan)
 
 
 def position_report(split: TemporalSplit, scores: np.ndarray) -> dict:
@@ -206,9 +211,13 @@ def replay_trained(split: TemporalSplit, cfg: TrainedReplayConfig | None = None,
             time.perf_counter() - started, 1), "rows": result.metrics.get("rows_train")}
         for arm in arms:
             run = replay_arm(split, arm, registry, wanted, cfg, root / arm, progress)
-            scores = run.pop("scores")
+            scores, head = run.pop("scores"), run.pop("long_view_head")
             entry = position_report(split, scores)
             entry["by_day"] = day_report(split, scores)
+            # The feed orders by the value formula (every head); the long-view head alone
+            # shows whether a change comes from long-view ranking or from the other heads.
+            entry["long_view_head"] = position_report(split, head)
+            entry["long_view_head"]["by_day"] = day_report(split, head)
             entry.update(run)
             report["arms"][arm] = entry
             logger.info("trained replay %s: GAUC %.4f in %.0fs", arm, entry["overall"]["gauc"],
@@ -250,6 +259,7 @@ def replay_arm(split: TemporalSplit, arm: str, registry: ModelRegistry, wanted: 
     engine.models.refresh()
     base = registry.load()
     scores = np.full(len(split.test), np.nan)
+    head = np.full(len(split.test), np.nan)
     learner = rows = None
     installs = installed = 0
     last_install = split.cutoff_ms
@@ -263,7 +273,7 @@ def replay_arm(split: TemporalSplit, arm: str, registry: ModelRegistry, wanted: 
         with tqdm(total=len(split.test_events), desc=f"replay {arm}", unit=" events",
                   disable=not progress, dynamic_ncols=True) as bar:
             for batch in _instants(split.test_events):
-                _score_instant(engine, batch, wanted, scores)
+                _score_instant(engine, batch, wanted, scores, head)
                 if arm != "static":
                     engine.ingest_events(batch)
                 if learner is not None:
@@ -282,7 +292,8 @@ def replay_arm(split: TemporalSplit, arm: str, registry: ModelRegistry, wanted: 
                 bar.update(len(batch))
     finally:
         engine.store.close()
-    out = {"scores": scores, "seconds": round(time.perf_counter() - started, 1)}
+    out = {"scores": scores, "long_view_head": head,
+           "seconds": round(time.perf_counter() - started, 1)}
     if learner is not None:
         out["online"] = {"steps": learner.steps, "rows_trained": learner.rows_trained,
                          "installs": installs, "join": asdict(rows.joiner.stats)}

@@ -5,7 +5,9 @@ of a published ``ModelBundle``, takes ``RankingRow``s (``features.RowStream`` ma
 events, with the same live-state features serving computes) and updates
 
 - the ranker: one Adam step per batch of closed impressions, with the batch trainer's loss
-  (per-task cross-entropy plus the same-viewer pairwise term, ``train.ranker``);
+  (per-task cross-entropy plus the same-viewer pairwise term, ``train.ranker``). A full batch
+  moves every weight; a partial one (thin traffic: whatever waited ``max_wait_ms``) moves only
+  the embedding rows of the ids it holds (see ``OnlineConfig.partial_dense``);
 - the retrieval model: one sampled-softmax step per batch of positives (long views and explicit
   positives), each predicted from the viewer's history before it, against the batch's other
   positives and negatives drawn half from recent positives and half uniformly from the catalog,
@@ -46,11 +48,25 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class OnlineConfig:
-    batch_size: int = 128  # rows per step
+    batch_size: int = 256  # rows per step
     max_wait_ms: int = 1_000  # a smaller batch is trained once its oldest row waited this long
     max_queue: int = 20_000  # rows waiting for a step; beyond it the oldest are dropped
     ranker_lr: float = 1e-4
     retrieval_lr: float = 5e-5
+    optimizer: str = "adam"  # adam | adagrad | sgd
+    # A partial batch (traffic too thin to fill one within max_wait_ms) steps with the learning
+    # rate scaled by its share of a full batch: Adam moves every weight about as far whatever
+    # the batch, so without it a dozen rows would pull as hard as a full batch, noise and all.
+    scale_partial: bool = False
+    # Learning rate of everything but the embedding tables, as a share of the embeddings'. An
+    # update of the shared layers moves every score; an embedding row moves only its id's.
+    dense_lr_scale: float = 1.0
+    # Whether a partial batch also updates the shared layers. On KuaiRand (a validation day,
+    # benchmarks/results/realtime-replay-tuning.md) frequent steps of a dozen rows that moved
+    # the shared layers lowered GAUC by 0.02-0.06 whatever the learning rate, optimizer or
+    # scaling: each step shifted every score by the last few viewers' outcomes. Steps that
+    # moved only the embedding rows of the ids in the batch did no harm.
+    partial_dense: bool = False
     pairwise_weight: float = 3.0  # as in RankerConfig
     negatives: int = 256
     train_ranker: bool = True
@@ -92,10 +108,11 @@ class OnlineLearner:
         self.vocab_changes = 0  # how often the ranker's item vocabulary changed (new ids)
         self._ranker_opt = self._retrieval_opt = None
         if bundle.ranker is not None and self.cfg.train_ranker:
-            self._ranker_opt = torch.optim.Adam(bundle.ranker.parameters(), lr=self.cfg.ranker_lr)
+            self._ranker_opt = _optimizer(self.cfg.optimizer, bundle.ranker, self.cfg.ranker_lr,
+                                          self.cfg.dense_lr_scale)
         if bundle.retrieval is not None and self.cfg.train_retrieval:
-            self._retrieval_opt = torch.optim.Adam(bundle.retrieval.parameters(),
-                                                   lr=self.cfg.retrieval_lr)
+            self._retrieval_opt = _optimizer(self.cfg.optimizer, bundle.retrieval,
+                                             self.cfg.retrieval_lr, self.cfg.dense_lr_scale)
 
     # -- input ---------------------------------------------------------------------------------
     def observe(self, rows: Sequence[RankingRow]) -> None:
@@ -155,6 +172,14 @@ class OnlineLearner:
                                               if r.example.ended_ts is not None])
         if not rows:
             return report
+        full = len(rows) >= self.cfg.batch_size
+        scale = 1.0 if full or not self.cfg.scale_partial else len(rows) / self.cfg.batch_size
+        for opt, lr in ((self._ranker_opt, self.cfg.ranker_lr),
+                        (self._retrieval_opt, self.cfg.retrieval_lr)):
+            if opt is not None:
+                for group in opt.param_groups:
+                    frozen = group["dense"] and not full and not self.cfg.partial_dense
+                    group["lr"] = 0.0 if frozen else lr * scale * group["share"]
         if self._ranker_opt is not None:
             report.ranker_loss = self._ranker_step(rows)
         if self._retrieval_opt is not None:
@@ -305,6 +330,21 @@ def snapshot(module: torch.nn.Module) -> torch.nn.Module:
     with torch.no_grad():
         copied = copy.deepcopy(module, memo)
     return copied.eval()
+
+
+def _optimizer(name: str, model: torch.nn.Module, lr: float,
+               dense_share: float) -> torch.optim.Optimizer:
+    """Two parameter groups: the dynamic embedding tables at ``lr``, the rest at
+    ``lr * dense_share`` (``share`` is kept on each group for ``step``'s rescaling)."""
+    tables = [m.weight for m in model.modules() if isinstance(m, DynamicEmbedding)]
+    ids = {id(p) for p in tables}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    groups = [{"params": tables, "lr": lr, "share": 1.0, "dense": False},
+              {"params": rest, "lr": lr * dense_share, "share": dense_share, "dense": True}]
+    kinds = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
+    if name not in kinds:
+        raise ValueError(f"unknown optimizer {name!r}: adam, adagrad or sgd")
+    return kinds[name](groups, lr=lr)
 
 
 def _sync(model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:

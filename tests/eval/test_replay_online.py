@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -75,3 +77,17 @@ def test_the_report_has_positions_days_and_the_sample(split):
         train=CFG.train, online=CFG.online, settle_ms=0, install_every_ms=0, score_users=2), arms=("frozen",))
     assert sampled["scored_users"] == 2
     assert sampled["arms"]["frozen"]["overall"]["impressions"] == 2 * 12
+
+
+def test_online_with_a_zero_learning_rate_is_the_frozen_model(split, tmp_path):
+    """The plumbing (rows, snapshots, swaps, reused encodings) changes no score by itself."""
+    engine = build_engine(split.dataset.items, split.train_events, tmp_path / "train")
+    registry = ModelRegistry(tmp_path / "models")
+    train_from_store(engine.store, registry, CFG.train, progress=False)
+    engine.store.close()
+    wanted = _wanted_rows(split, None, 0)
+    still = dataclasses.replace(CFG, online=dataclasses.replace(CFG.online, ranker_lr=0.0))
+    frozen = replay_arm(split, "frozen", registry, wanted, still, tmp_path / "f", False)
+    online = replay_arm(split, "online", registry, wanted, still, tmp_path / "o", False)
+    assert online["online"]["installs"] > 0
+    np.testing.assert_allclose(online["scores"], frozen["scores"], rtol=1e-5, atol=1e-6)
