@@ -79,25 +79,34 @@ def change(rows: list[dict], key: str, name: str, base: str = "off",
 def reading(sim: list[dict], kr: list[dict] | None, names: list[str]) -> str:
     """The changes against ``off``, computed from the tables above."""
     lines = []
-    for name in [n for n in ("default", "strong") if n in names and "off" in names]:
+    compared = [n for n in ("default", "strong") if n in names and "off" in names]
+    for name in compared:
         lines.append(
             f"- synthetic, `{name}` against `off` (medians): watch ratio "
             f"{change(sim, 'mean_watch_ratio', name)}, like rate {change(sim, 'like_rate', name)}, "
-            f"hidden fit {change(sim, 'mean_hidden_fit', name, relative=False)}; topic entropy per viewer-day "
-            f"{change(sim, 'per_user_topic_entropy_bits', name)}, creator Gini "
+            f"hidden fit {change(sim, 'mean_hidden_fit', name, relative=False)}; topic entropy "
+            f"per viewer-day {change(sim, 'per_user_topic_entropy_bits', name)}, creator Gini "
             f"{change(sim, 'creator_exposure_gini', name)}, new-creator share "
-            f"{change(sim, 'new_creator_exposure_share', name)}.")
-        if kr:
-            row = next(r for r in kr if r["setting"] == name)
-            lv, wr = row["slate_vs_first"]["ndcg10_long_view"], row["slate_vs_first"]["ndcg10_watch_ratio"]
-            lines.append(
-                f"- KuaiRand, `{name}` against `{kr[0]['setting']}`: slate NDCG@10 of long views "
-                f"{lv[0]:+.4f} (s.e. {lv[1]:.4f}, paired over {row['slates']} viewers), of watch "
-                f"ratio {wr[0]:+.4f} (s.e. {wr[1]:.4f}); topic entropy per viewer-day "
-                f"{change(kr, 'per_user_topic_entropy_bits', name, kr[0]['setting'])}, creator "
-                f"Gini {change(kr, 'creator_exposure_gini', name, kr[0]['setting'])}, coverage "
-                f"{change(kr, 'catalog_coverage', name, kr[0]['setting'])}, new-creator share "
-                f"{change(kr, 'new_creator_exposure_share', name, kr[0]['setting'])}.")
+            f"{change(sim, 'new_creator_exposure_share', name, relative=False)}.")
+    for name in compared if kr else ():
+        base = kr[0]["setting"]
+        row = next(r for r in kr if r["setting"] == name)
+        lv, wr = row["slate_vs_first"]["ndcg10_long_view"], row["slate_vs_first"]["ndcg10_watch_ratio"]
+        lines.append(
+            f"- KuaiRand, `{name}` against `{base}`: slate NDCG@10 of long views "
+            f"{lv[0]:+.4f} (s.e. {lv[1]:.4f}, paired over {row['slates']} viewers), of watch "
+            f"ratio {wr[0]:+.4f} (s.e. {wr[1]:.4f}); topic entropy per viewer-day "
+            f"{change(kr, 'per_user_topic_entropy_bits', name, base)}, creator Gini "
+            f"{change(kr, 'creator_exposure_gini', name, base)}, coverage "
+            f"{change(kr, 'catalog_coverage', name, base)}, new-creator share "
+            f"{change(kr, 'new_creator_exposure_share', name, base, relative=False)}.")
+    for rows, world in ((sim, "synthetic"), (kr or [], "KuaiRand")):
+        first = rows[0] if rows else None
+        for r in rows[1:]:
+            keys = [k for k in r if isinstance(r[k], (int, float)) and k in first]
+            if keys and all(r[k] == first[k] for k in keys):
+                lines.append(f"- {world}: `{r['setting']}` served exactly what "
+                             f"`{first['setting']}` served (every figure equal).")
     return "\n".join(lines)
 
 
