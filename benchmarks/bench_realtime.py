@@ -30,6 +30,7 @@ import argparse
 import json
 import platform
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -267,6 +268,7 @@ def run_serve(args) -> None:
         finally:
             proc.terminate()
             proc.wait(60)
+    shutil.rmtree(data_dir, ignore_errors=True)
     path = args.out or RESULTS / "realtime"
     path.with_suffix(".json").write_text(json.dumps(out, indent=2))
     path.with_suffix(".md").write_text(serve_markdown(out))
@@ -425,7 +427,7 @@ def run_coldstart(args) -> None:
 
     torch.set_num_threads(1)
     cfg = ColdStartConfig(items=args.items, new_viewers=args.viewers, swipes=args.swipes,
-                          seed=args.seed)
+                          page_size=args.page_size, seed=args.seed)
     report = run(cfg, progress=args.progress)
     report.update(command=" ".join(["python", *sys.argv]), machine=machine())
     path = args.out or RESULTS / "realtime-coldstart"
@@ -468,6 +470,7 @@ def main() -> None:
     c.add_argument("--items", type=int, default=5_000)
     c.add_argument("--viewers", type=int, default=200)
     c.add_argument("--swipes", type=int, default=40)
+    c.add_argument("--page-size", type=int, default=4, help="videos per feed request")
     c.add_argument("--seed", type=int, default=7)
     c.add_argument("--progress", action="store_true")
     c.add_argument("--out", type=Path, default=None)

@@ -12,8 +12,12 @@ ARM_TEXT = {
 }
 
 
+def _ok(x) -> bool:
+    return x is not None and x == x  # None, or NaN where no viewer had both outcomes
+
+
 def _fmt(x) -> str:
-    return "—" if x is None else f"{x:.4f}"
+    return f"{x:.4f}" if _ok(x) else "—"
 
 
 def replay_markdown(r: dict, png: str) -> str:
@@ -36,9 +40,10 @@ def replay_markdown(r: dict, png: str) -> str:
         "`OnlineLearner` learns from each impression once its view has settled "
         f"({r['config']['settle_ms']} ms), one step per batch of {r['config']['online']['batch_size']} "
         f"rows or per {r['config']['online']['max_wait_ms'] // 1000} s of event time, Adam lr "
-        f"{r['config']['online']['ranker_lr']}, and its ranker is swapped into serving after "
-        "every step. GAUC of long view (per user, impression-weighted; users with one class "
-        "only are left out):", "",
+        f"{r['config']['online']['ranker_lr']} (a partial batch moves only embedding rows), "
+        "and its ranker is swapped into serving at most every "
+        f"{r['config']['install_every_ms'] // 60000} minutes of event time. GAUC of long view "
+        "(per user, impression-weighted; users with one class only are left out):", "",
         "| arm | all | " + " | ".join(f"pos {b}" for b in buckets) + " | " +
         " | ".join(days) + " | seconds |",
         "|---|" + "---|" * (len(buckets) + len(days) + 2),
@@ -53,11 +58,39 @@ def replay_markdown(r: dict, png: str) -> str:
     lines.append("| (impressions) | " + f"{first['overall']['impressions']} | " +
                  " | ".join(str(first["by_position"][b]["impressions"]) for b in buckets) +
                  " | " + " | ".join(str(first["by_day"][d]["impressions"]) for d in days) + " | |")
+    lines += ["", "The same with the long-view head's probability alone as the score (the feed "
+                  "orders by the value formula over every head; this shows which part moved):",
+              "", "| arm | all | " + " | ".join(f"pos {b}" for b in buckets) + " | " +
+              " | ".join(days) + " |", "|---|" + "---|" * (len(buckets) + len(days) + 1)]
+    for a in names:
+        h = arms[a]["long_view_head"]
+        lines.append(f"| {a} | {_fmt(h['overall']['gauc'])} | " +
+                     " | ".join(_fmt(h["by_position"][b]["gauc"]) for b in buckets) + " | " +
+                     " | ".join(_fmt(h["by_day"][d]["gauc"]) for d in days) + " |")
     if "online" in arms and "frozen" in arms:
         on, off = arms["online"], arms["frozen"]
-        diff = [f"all {on['overall']['gauc'] - off['overall']['gauc']:+.4f}"]
-        diff += [f"{d} {on['by_day'][d]['gauc'] - off['by_day'][d]['gauc']:+.4f}" for d in days]
-        lines += ["", "Online minus frozen: " + ", ".join(diff) + "."]
+        for label, a, b in (("value formula", on, off),
+                            ("long-view head", on["long_view_head"], off["long_view_head"])):
+            diff = [f"all {a['overall']['gauc'] - b['overall']['gauc']:+.4f}"]
+            diff += [f"{d} {a['by_day'][d]['gauc'] - b['by_day'][d]['gauc']:+.4f}" for d in days]
+            diff += [f"pos {p} {a['by_position'][p]['gauc'] - b['by_position'][p]['gauc']:+.4f}"
+                     for p in buckets if _ok(a["by_position"][p]["gauc"])
+                     and _ok(b["by_position"][p]["gauc"])]
+            lines += ["", f"Online minus frozen ({label}): " + ", ".join(diff) + "."]
+        if "same_version" in on:
+            lines += ["", "Diagnostic: GAUC pools each viewer's impressions over whole days, scored "
+                          "by many versions of the online model, so a version that moves all its "
+                          "scores alike changes GAUC without changing any ranking a feed makes. "
+                          "Comparing only impressions scored while the same online version "
+                          "served (in both arms alike):", "",
+                      "| arm | value formula | long-view head | impressions used |",
+                      "|---|---|---|---|"]
+            for a in names:
+                sv = arms[a].get("same_version")
+                if sv:
+                    lines.append(f"| {a} | {_fmt(sv['value']['gauc'])} | "
+                                 f"{_fmt(sv['long_view_head']['gauc'])} | "
+                                 f"{sv['value']['gauc_impressions']} |")
         o = on.get("online", {})
         lines += ["", f"Online learner: {o.get('steps')} steps, {o.get('rows_trained')} rows "
                       f"learned, {o.get('installs')} versions swapped in; join "
@@ -83,7 +116,7 @@ def replay_plot(r: dict, path: Path) -> Path:
         x = np.arange(len(groups))
         width = 0.8 / len(arms)
         for k, (name, e) in enumerate(arms.items()):
-            vals = [e[key][g]["gauc"] or 0.0 for g in groups]
+            vals = [e[key][g]["gauc"] if _ok(e[key][g]["gauc"]) else 0.0 for g in groups]
             ax.bar(x + k * width, vals, width, label=name)
         ax.set_xticks(x + width * (len(arms) - 1) / 2, groups)
         ax.set_ylim(0.45, max(0.7, ax.get_ylim()[1]))
@@ -114,17 +147,17 @@ def coldstart_markdown(r: dict, png: str) -> str:
         "about real viewers.", "",
         "| arm | watch ratio: swipe 1 | final | swipes to 80% | to 80% of gain | "
         "like rate: swipe 1 | final | swipes to 80% | hidden fit: swipe 1 | final | "
-        "swipes to 80% of gain | seconds |",
-        "|---|" + "---|" * 11,
+        "swipes to 80% of gain | same language: swipe 1 | final | seconds |",
+        "|---|" + "---|" * 13,
     ]
     for name, e in arms.items():
-        w, l, a = e["watch_ratio"], e["like"], e["affinity"]
+        w, l, a, g = e["watch_ratio"], e["like"], e["affinity"], e["same_language"]
         lines.append(
             f"| {name} | {w['first']:.3f} | {w['final']:.3f} ± {w['final_se']:.3f} | "
             f"{w['swipes_to_80']} | {w['swipes_to_80_of_gain'] or '—'} | {l['first']:.3f} | "
             f"{l['final']:.3f} ± {l['final_se']:.3f} | {l['swipes_to_80']} | {a['first']:.3f} | "
             f"{a['final']:.3f} ± {a['final_se']:.3f} | {a['swipes_to_80_of_gain'] or '—'} | "
-            f"{e['seconds']} |")
+            f"{g['first']:.2f} | {g['final']:.2f} | {e['seconds']} |")
     lines += [
         "", f"Final: the mean over swipes {c['swipes'] - c['final_swipes'] + 1}-{c['swipes']} "
         "(± its standard error across viewers). Swipes to 80%: the first swipe at which the "

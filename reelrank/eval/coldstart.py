@@ -17,7 +17,8 @@ video, and the swipe's events go in through ``engine.ingest_events``. The arms:
 
 Per swipe number, over the new viewers: the mean watch ratio (capped at 2, as the engine caps
 it), the like rate, and the mean hidden fit (``World.true_affinity``: what the simulator's viewer
-actually thinks of the video, without the outcome noise). Fatigue and leaving are off, so a
+actually thinks of the video, without the outcome noise), and the share of videos in the
+viewer's language (the world penalises the others; a diagnostic). Fatigue and leaving are off, so a
 curve moves only with what the feed shows, and every viewer contributes to every swipe number.
 ``swipes_to_80`` is the first swipe at which the trailing mean over ``smooth`` swipes reaches
 80% of the arm's final level (the mean of its last ``final_swipes``), and also 80% of the way
@@ -54,7 +55,7 @@ from reelrank.train.retrieval import RetrievalConfig
 log = logging.getLogger(__name__)
 
 ARMS = ("reelrank", "reelrank_frozen", "most_popular")
-MEASURES = ("watch_ratio", "like", "affinity")
+MEASURES = ("watch_ratio", "like", "affinity", "same_language")
 POSITIVE = {"like", "share", "comment", "follow"}
 
 
@@ -66,7 +67,7 @@ class ColdStartConfig:
     session_swipes: int = 20
     new_viewers: int = 200
     swipes: int = 40
-    page_size: int = 2
+    page_size: int = 4
     arrival_span_ms: int = 20 * 60_000
     seed: int = 7
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
@@ -143,6 +144,7 @@ def _record(values: dict, world: World, viewer, item_id: str, events, k: int, po
     values["watch_ratio"][k, pos] = min(2.0, watch / item.duration_ms)
     values["like"][k, pos] = float(any(e.type == "like" for e in events))
     values["affinity"][k, pos] = world.true_affinity(viewer.user_id, item_id)
+    values["same_language"][k, pos] = float(item.language == viewer.language)
 
 
 def _empty(cfg: ColdStartConfig) -> dict:
@@ -295,7 +297,7 @@ def plot(report: dict, path: Path) -> Path:
     titles = {"watch_ratio": "mean watch ratio (capped at 2)", "like": "like rate",
               "affinity": "mean hidden fit (true affinity)"}
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for ax, m in zip(axes, MEASURES):
+    for ax, m in zip(axes, titles):
         for arm, entry in report["arms"].items():
             c = entry[m]
             x = np.arange(1, len(c["per_swipe"]) + 1)

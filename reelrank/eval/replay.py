@@ -209,9 +209,15 @@ def replay_trained(split: TemporalSplit, cfg: TrainedReplayConfig | None = None,
             engine.store.close()
         report["train"] = {"version": result.version, "seconds": round(
             time.perf_counter() - started, 1), "rows": result.metrics.get("rows_train")}
+        runs: dict = {}
+        scores_of: dict = {}
+        heads_of: dict = {}
         for arm in arms:
             run = replay_arm(split, arm, registry, wanted, cfg, root / arm, progress)
             scores, head = run.pop("scores"), run.pop("long_view_head")
+            scores_of[arm], heads_of[arm] = scores, head
+            if "install_ts" in run:
+                runs["online"] = run.pop("install_ts")
             entry = position_report(split, scores)
             entry["by_day"] = day_report(split, scores)
             # The feed orders by the value formula (every head); the long-view head alone
@@ -222,6 +228,18 @@ def replay_trained(split: TemporalSplit, cfg: TrainedReplayConfig | None = None,
             report["arms"][arm] = entry
             logger.info("trained replay %s: GAUC %.4f in %.0fs", arm, entry["overall"]["gauc"],
                         entry["seconds"])
+    if "online" in runs:
+        # GAUC pools a viewer's impressions of a whole day, scored by different versions of an
+        # online model; a change that moves all of a version's scores alike changes it without
+        # changing any ranking a feed makes. Here only impressions scored while the same online
+        # version served are compared, in every arm alike.
+        period = np.searchsorted(np.array(runs["online"]), split.test.ts, side="right")
+        groups = split.test.user.astype(np.int64) * (len(runs["online"]) + 1) + period
+        for arm in report["arms"]:
+            report["arms"][arm]["same_version"] = {
+                what: _gauc_entry(groups[ok], split.test.labels["long_view"][ok], s[ok])
+                for what, s in (("value", scores_of[arm]), ("long_view_head", heads_of[arm]))
+                for ok in [~np.isnan(s)]}
     report["scored_users"] = int(len(np.unique(split.test.user[_scored_mask(split, wanted)])))
     report["test_users"] = int(len(np.unique(split.test.user)))
     report["score_users"] = cfg.score_users
@@ -262,7 +280,7 @@ def replay_arm(split: TemporalSplit, arm: str, registry: ModelRegistry, wanted: 
     head = np.full(len(split.test), np.nan)
     learner = rows = None
     installs = installed = 0
-    last_install = split.cutoff_ms
+    last_install, install_ts = split.cutoff_ms, []
     if arm == "online":
         learner = OnlineLearner(ModelBundle.from_state(base.state), engine.catalog, cfg.online)
         rows = RowStream(LiveState(engine.catalog), history_len=cfg.online.history_len,
@@ -285,6 +303,7 @@ def replay_arm(split: TemporalSplit, arm: str, registry: ModelRegistry, wanted: 
                     if learner.steps > installed and now - last_install >= cfg.install_every_ms:
                         installed, last_install = learner.steps, now
                         installs += 1
+                        install_ts.append(now)
                         bundle = learner.serving_bundle(engine.models.current.bundle.retrieval)
                         engine.models.install(f"{base.version}+{learner.steps}", bundle, {
                             **base.meta, "retrieval_version": base.version,
@@ -297,6 +316,7 @@ def replay_arm(split: TemporalSplit, arm: str, registry: ModelRegistry, wanted: 
     if learner is not None:
         out["online"] = {"steps": learner.steps, "rows_trained": learner.rows_trained,
                          "installs": installs, "join": asdict(rows.joiner.stats)}
+        out["install_ts"] = install_ts
     return out
 
 

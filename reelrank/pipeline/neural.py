@@ -49,6 +49,7 @@ class ServingModels:
         self.catalog = catalog
         self.index_kind = index_kind
         self.current: LoadedModels | None = None
+        self._accounted: str | None = None  # the registry version last loaded or handed over
         self._lock = threading.Lock()
 
     @property
@@ -61,23 +62,30 @@ class ServingModels:
         if self.registry is None:
             return False
         latest = self.registry.latest()
-        if latest is None or latest == self.version:
+        # A version handed over in memory may be newer than the registry's latest: only a
+        # version published since is worth loading.
+        if latest is None or latest in (self.version, self._accounted):
             return False
         with self._lock:
-            if latest == self.version:
+            if latest in (self.version, self._accounted):
                 return False
             artifact = self.registry.load(latest)
             loaded = self._prepare(artifact.version, ModelBundle.from_state(artifact.state),
                                    artifact.meta)
             self.current = loaded  # the swap: one reference assignment
+            self._accounted = latest
         log.info("serving model version %s", latest)
         return True
 
-    def install(self, version: str, bundle: ModelBundle, meta: dict) -> None:
+    def install(self, version: str, bundle: ModelBundle, meta: dict,
+                published: str | None = None) -> None:
         """Serve a model set handed over in memory (the in-process online trainer), with the
-        same off-to-the-side preparation and one-assignment swap as ``refresh``."""
+        same off-to-the-side preparation and one-assignment swap as ``refresh``. ``published``:
+        the registry version it derives from or was saved as, which ``refresh`` need not load."""
         with self._lock:
             self.current = self._prepare(version, bundle, meta)
+            if published is not None:
+                self._accounted = published
         log.debug("serving model version %s", version)
 
     def add_items(self, items: list[Item]) -> None:

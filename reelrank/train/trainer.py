@@ -44,7 +44,7 @@ from reelrank.train.online import OnlineConfig, OnlineLearner
 
 log = logging.getLogger(__name__)
 
-Install = Callable[[str, ModelBundle, dict], None]
+Install = Callable[..., None]  # (version, bundle, meta, published=registry version or None)
 
 
 @dataclass
@@ -79,6 +79,7 @@ class OnlineTrainer:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._erase: deque[str] = deque()
+        self._published: set[str] = set()  # registry versions this trainer wrote
         self.learner: OnlineLearner | None = None
         self.rows: RowStream | None = None
         self.cursor = 0
@@ -185,8 +186,19 @@ class OnlineTrainer:
         self.state = "running"
         return True
 
+    def _superseded(self, latest: str | None) -> bool:
+        """Someone else published a version (a batch run): start over from it, rather than
+        hand serving weights that descend from the version it replaced."""
+        if latest is None or latest in self._published or latest == self.base_version:
+            return False
+        log.info("online trainer: %s was published elsewhere; starting from it", latest)
+        self.learner = self.rows = None
+        return True
+
     def cycle(self) -> bool:
         """Read, train, publish once; True if there was anything to do."""
+        if self._superseded(self.registry.latest()):
+            return True
         self._apply_erasures()
         read = self._read()
         now = self._event_clock()
@@ -266,8 +278,9 @@ class OnlineTrainer:
         self._apply_erasures()
 
     # -- publishing ---------------------------------------------------------------------------------
-    def publish(self) -> str:
-        """Hand the current weights to serving (and to the registry when due)."""
+    def publish(self) -> str | None:
+        """Hand the current weights to serving (and to the registry when due); None when a
+        newer version from elsewhere is in the registry (the trainer starts over from it)."""
         learner = self.learner
         now = self.clock()
         if (learner.retrieval_steps != self._retrieval_steps_published
@@ -288,15 +301,20 @@ class OnlineTrainer:
                        "retrieval_steps": learner.retrieval_steps, "dropped": learner.dropped,
                        "join": asdict(self.rows.joiner.stats)},
         }
+        latest = self.registry.latest()
+        if self._superseded(latest):
+            return None
         persist = self.install is None or now - self._last_persist >= self.cfg.persist_every_s
         if persist:
             version = self.registry.publish(bundle.state(), meta)
+            self._published.add(version)
             self.registry.prune(self.cfg.keep_versions)
             self._last_persist = now
+            latest = version
         else:
             version = f"{self.base_version}+{learner.steps}"
         if self.install is not None:
-            self.install(version, bundle, meta)
+            self.install(version, bundle, meta, published=latest)
         served = self.clock() * 1000
         # Lags only mean something for events stamped with this clock as they happened (not
         # for an imported or replayed history).

@@ -32,7 +32,7 @@ def test_a_tiny_run_of_every_arm(tmp_path):
     report = run_coldstart(cfg)
     assert set(report["arms"]) == {"reelrank", "reelrank_frozen", "most_popular"}
     for arm in report["arms"].values():
-        for m in ("watch_ratio", "like", "affinity"):
+        for m in ("watch_ratio", "like", "affinity", "same_language"):
             assert len(arm[m]["per_swipe"]) == 6
             assert not np.isnan(arm[m]["per_swipe"]).any()
     online = report["arms"]["reelrank"]["online"]

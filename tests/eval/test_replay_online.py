@@ -73,6 +73,8 @@ def test_the_report_has_positions_days_and_the_sample(split):
         assert set(arm["by_day"]) == {"2022-05-01", "2022-05-02"}
         assert arm["overall"]["impressions"] == len(split.test)
     assert report["scored_users"] == report["test_users"] == 6
+    for arm in report["arms"].values():  # the same groups of impressions in both arms
+        assert arm["same_version"]["value"]["impressions"] == len(split.test)
     sampled = replay_trained(split, TrainedReplayConfig(
         train=CFG.train, online=CFG.online, settle_ms=0, install_every_ms=0, score_users=2), arms=("frozen",))
     assert sampled["scored_users"] == 2

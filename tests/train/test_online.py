@@ -221,3 +221,26 @@ def test_a_crashing_trainer_never_stops_the_feed_and_starts_over(engine, world, 
         ts = swipe(engine, sim, viewer, state, ts)
     wait_for(lambda: trainer.state == "running" and trainer.status()["steps"] > 0)
     assert trainer.alive
+
+
+def test_serving_keeps_the_newest_weights_and_follows_a_new_batch_version(engine, world):
+    cfg = TrainerConfig(poll_s=0.01, publish_every_s=0.02, persist_every_s=0.3, settle_ms=0,
+                        online=OnlineConfig(batch_size=16, max_wait_ms=0))
+    trainer = engine.start_trainer(cfg)
+    engine.watch_models(every_s=0.01)
+    wait_for(lambda: trainer.state == "running")
+    sim, viewer = Simulator(world), world.users[3]
+    state, ts = sim.new_session(viewer, "keep"), int(time.time() * 1000) - 600_000
+    for _ in range(8):
+        ts = swipe(engine, sim, viewer, state, ts)
+        time.sleep(0.1)
+    wait_for(lambda: trainer.status()["rows_waiting"] == 0 and trainer.versions_handed > 2)
+    time.sleep(0.5)  # the watcher polls the registry meanwhile
+    # In-memory versions are newer than the ones written to the registry: never swapped back.
+    assert engine.models.version == trainer.serving_version
+    # A batch run publishes: serving takes it, and the trainer starts over from it.
+    batch = train_from_store(engine.store, engine.registry, TINY, progress=False).version
+    wait_for(lambda: trainer.base_version == batch and trainer.state == "running")
+    ts = swipe(engine, sim, viewer, state, ts)
+    wait_for(lambda: engine.models.current.meta.get("base_version") == batch
+             and engine.models.version == trainer.serving_version)
