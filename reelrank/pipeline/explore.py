@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +59,22 @@ class Exploring:
         return self.state == "exploring"
 
 
+@dataclass(frozen=True, slots=True)
+class _Pool:
+    item_ids: list[str]
+    alpha: np.ndarray  # Beta posterior parameters per exploring video
+    beta: np.ndarray
+    new_creator: np.ndarray  # bool
+
+
+@dataclass(frozen=True, slots=True)
+class _PoolCache:
+    key: tuple
+    version: int
+    made_at: float
+    pool: _Pool | None
+
+
 class ExploreSource:
     name = "explore"
 
@@ -66,7 +83,8 @@ class ExploreSource:
                  prior_strength: float = 4.0, baseline: float | None = None,
                  new_creator_max_age_ms: int | None = 14 * DAY_MS,
                  new_creator_max_impressions: int | None = None,
-                 new_creator_quota: float = 0.5, seed: int = 0):
+                 new_creator_quota: float = 0.5, seed: int = 0,
+                 refresh_events: int = 1_000, refresh_seconds: float = 2.0):
         if not pools or any(b <= a for a, b in zip(pools, pools[1:])) or pools[0] < 1:
             raise ValueError("pools must be increasing impression budgets >= 1")
         if prior_strength <= 0:
@@ -82,39 +100,60 @@ class ExploreSource:
         self._rng = np.random.default_rng([seed, 0xE])
         self._rng_lock = threading.Lock()
         self._first_upload: dict[str, tuple[int, int]] = {}  # creator -> (n items, first ts)
+        self.refresh_events = refresh_events
+        self.refresh_seconds = refresh_seconds
+        self._cache: _PoolCache | None = None
 
     # -- the source -------------------------------------------------------------------------------
     def generate(self, ctx: FeedContext, n: int) -> list[Candidate]:
+        pool = self._pool(ctx)
+        if pool is None or n <= 0:
+            return []
+        with self._rng_lock:
+            draws = self._rng.beta(pool.alpha, pool.beta)
+        order = np.argsort(-draws, kind="stable")
+        quota = math.ceil(n * self.new_creator_quota)
+        chosen = order[pool.new_creator[order]][:quota]
+        rest = order[~np.isin(order, chosen)][: n - len(chosen)]
+        chosen = sorted(np.concatenate([chosen, rest]).tolist(), key=lambda k: -draws[k])
+        return [Candidate(pool.item_ids[k], self.name, float(draws[k]),
+                          (NEW_CREATOR_REASON if pool.new_creator[k] else NEW_VIDEO_REASON,))
+                for k in chosen]
+
+    def _pool(self, ctx: FeedContext) -> "_Pool | None":
+        """The videos still exploring, with their posteriors, recomputed when live state moved
+        by ``refresh_events`` events, the catalog changed, or ``refresh_seconds`` passed:
+        scanning thousands of recent uploads on every request would cost more than the rest of
+        the feed."""
+        key = (len(ctx.catalog), ctx.now // 60_000)
+        cached = self._cache
+        if cached is not None and cached.key == key and (
+                ctx.live.version - cached.version < self.refresh_events
+                and time.monotonic() - cached.made_at < self.refresh_seconds):
+            return cached.pool
+        version = ctx.live.version
         recent = self.recent_uploads(ctx.catalog, ctx.now)
         stats = [ctx.live.item_stats(it.item_id) for it in recent]
         baseline = self.cohort_baseline(stats)
         open_ = [(it, s) for it, s in zip(recent, stats)
                  if self.standing(it.item_id, s, baseline).exploring]
-        if not open_ or n <= 0:
-            return []
-        a0 = baseline * self.prior_strength
-        b0 = (1.0 - baseline) * self.prior_strength
-        wins = np.array([s.long_views for _, s in open_], dtype=np.float64)
-        losses = np.array([max(0, s.views - s.long_views) for _, s in open_], dtype=np.float64)
-        with self._rng_lock:
-            draws = self._rng.beta(a0 + wins, b0 + losses)
-        order = np.argsort(-draws, kind="stable")
-        new_memo: dict[str, bool] = {}
-
-        def is_new(it: Item) -> bool:
-            if it.creator_id not in new_memo:
-                new_memo[it.creator_id] = self.is_new_creator(ctx.catalog, ctx.live,
-                                                              it.creator_id, ctx.now)
-            return new_memo[it.creator_id]
-
-        quota = math.ceil(n * self.new_creator_quota)
-        chosen: list[int] = [k for k in order if is_new(open_[k][0])][:quota]
-        taken = set(chosen)
-        chosen += [k for k in order if k not in taken][: n - len(chosen)]
-        chosen.sort(key=lambda k: -draws[k])
-        return [Candidate(open_[k][0].item_id, self.name, float(draws[k]),
-                          (NEW_CREATOR_REASON if is_new(open_[k][0]) else NEW_VIDEO_REASON,))
-                for k in chosen]
+        pool = None
+        if open_:
+            new_memo: dict[str, bool] = {}
+            for it, _ in open_:
+                if it.creator_id not in new_memo:
+                    new_memo[it.creator_id] = self.is_new_creator(ctx.catalog, ctx.live,
+                                                                  it.creator_id, ctx.now)
+            wins = np.array([s.long_views for _, s in open_], dtype=np.float64)
+            losses = np.array([max(0, s.views - s.long_views) for _, s in open_],
+                              dtype=np.float64)
+            pool = _Pool(
+                item_ids=[it.item_id for it, _ in open_],
+                alpha=baseline * self.prior_strength + wins,
+                beta=(1.0 - baseline) * self.prior_strength + losses,
+                new_creator=np.array([new_memo[it.creator_id] for it, _ in open_], dtype=bool))
+        self._cache = _PoolCache(key, version, time.monotonic(), pool)
+        return pool
 
     # -- the rules, also used by creator insights and audits ---------------------------------------
     def recent_uploads(self, catalog: Catalog, now: int) -> list[Item]:

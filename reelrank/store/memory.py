@@ -379,6 +379,12 @@ class LiveState:
             self._version += 1
 
     # -- reads ----------------------------------------------------------------------------------
+    @property
+    def version(self) -> int:
+        """Grows with every change: components that cache what they derive from live state
+        (the exploration pool) compare it to decide when to recompute."""
+        return self._version
+
     def user(self, user_id: str) -> UserState | None:
         """The live object (changes as events arrive); see ``user_snapshot`` for requests."""
         return self._users.get(user_id)

@@ -134,3 +134,16 @@ def test_a_video_that_fails_its_first_audience_is_no_longer_explored(engine):
         served.update(it.item_id for it in res.items)
     assert served["nc0"] == 0
     assert served["nc1"] == 8  # graduated to the next pool: every page has it
+
+
+def test_the_pool_is_reused_between_requests_and_refreshed_after_enough_events(engine):
+    src = ExploreSource(pools=(10, 100), baseline=0.5, refresh_events=50, refresh_seconds=60)
+    assert "nv0" in {c.item_id for c in src.generate(ctx(engine), 50)}
+    views(engine, "nv0", 10, long=0)  # 20 events: nv0 failed its first pool, but not seen yet
+    assert "nv0" in {c.item_id for c in src.generate(ctx(engine), 50)}
+    views(engine, "nv1", 20, long=20)  # 40 more events: past refresh_events, recomputed
+    assert "nv0" not in {c.item_id for c in src.generate(ctx(engine), 50)}
+    # The cached pool gives the same proposals as a source that scans every time.
+    fresh = ExploreSource(pools=(10, 100), baseline=0.5, refresh_events=0)
+    assert ({c.item_id for c in src.generate(ctx(engine), 50)}
+            == {c.item_id for c in fresh.generate(ctx(engine), 50)})
