@@ -70,7 +70,8 @@ class FairnessSetting:
 
 
 def _explore(pools: tuple[int, ...], kw: dict) -> ExploreSource:
-    return ExploreSource(pools=pools, **kw)
+    # Exact mode: the pool is rescanned on every request, so an audit is reproducible.
+    return ExploreSource(pools=pools, **{"refresh_events": 0, **kw})
 
 
 SETTINGS: dict[str, FairnessSetting] = {s.name: s for s in (

@@ -68,6 +68,14 @@ def default_pipeline(models: ServingModels | None = None, *,
     )
 
 
+def offline_pipeline(models: ServingModels | None = None) -> FeedPipeline:
+    """The served pipeline for offline evaluation and simulation: the exploration pool is
+    recomputed on every request instead of being cached for seconds and refreshed in the
+    background, so a replay gives the same feeds whatever the machine's speed."""
+    return default_pipeline(models, explore=ExploreSource(refresh_events=0,
+                                                          background_refresh=False))
+
+
 @dataclass
 class RankResult:
     model_version: str

@@ -25,6 +25,7 @@ event log like the rest and holds nothing per viewer.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -36,6 +37,8 @@ from reelrank.pipeline.context import FeedContext
 from reelrank.pipeline.rerank import NEW_CREATOR, NEW_VIDEO
 from reelrank.store.memory import DAY_MS, Catalog, ItemStats, LiveState
 from reelrank.types import Candidate, Item, Reason
+
+log = logging.getLogger(__name__)
 
 NEW_CREATOR_REASON = Reason(NEW_CREATOR, "a new creator we are trying out")
 NEW_VIDEO_REASON = Reason(NEW_VIDEO, "a new video we are trying out")
@@ -84,7 +87,8 @@ class ExploreSource:
                  new_creator_max_age_ms: int | None = 14 * DAY_MS,
                  new_creator_max_impressions: int | None = None,
                  new_creator_quota: float = 0.5, seed: int = 0,
-                 refresh_events: int = 1_000, refresh_seconds: float = 2.0):
+                 refresh_events: int = 1_000, refresh_seconds: float = 2.0,
+                 background_refresh: bool = True):
         if not pools or any(b <= a for a, b in zip(pools, pools[1:])) or pools[0] < 1:
             raise ValueError("pools must be increasing impression budgets >= 1")
         if prior_strength <= 0:
@@ -103,6 +107,8 @@ class ExploreSource:
         self.refresh_events = refresh_events
         self.refresh_seconds = refresh_seconds
         self._cache: _PoolCache | None = None
+        self.background_refresh = background_refresh
+        self._refreshing = threading.Lock()
 
     # -- the source -------------------------------------------------------------------------------
     def generate(self, ctx: FeedContext, n: int) -> list[Candidate]:
@@ -126,11 +132,30 @@ class ExploreSource:
         scanning thousands of recent uploads on every request would cost more than the rest of
         the feed."""
         key = (len(ctx.catalog), ctx.now // 60_000)
+        if self.refresh_events <= 0:  # exact mode (offline evaluation): rescan every request
+            return self._compute_pool(ctx, key)
         cached = self._cache
         if cached is not None and cached.key == key and (
                 ctx.live.version - cached.version < self.refresh_events
                 and time.monotonic() - cached.made_at < self.refresh_seconds):
             return cached.pool
+        if cached is not None and self.background_refresh:
+            # A stale pool is still a fair draw: recompute beside serving, not in this request.
+            if self._refreshing.acquire(blocking=False):
+                threading.Thread(target=self._refresh_then_release, args=(ctx,),
+                                 name="explore-pool", daemon=True).start()
+            return cached.pool
+        return self._compute_pool(ctx, key)
+
+    def _refresh_then_release(self, ctx: FeedContext) -> None:
+        try:
+            self._compute_pool(ctx, (len(ctx.catalog), ctx.now // 60_000))
+        except Exception:  # the old pool keeps serving; the next request retries
+            log.exception("refreshing the exploration pool failed")
+        finally:
+            self._refreshing.release()
+
+    def _compute_pool(self, ctx: FeedContext, key: tuple) -> "_Pool | None":
         version = ctx.live.version
         recent = self.recent_uploads(ctx.catalog, ctx.now)
         stats = [ctx.live.item_stats(it.item_id) for it in recent]

@@ -137,7 +137,8 @@ def test_a_video_that_fails_its_first_audience_is_no_longer_explored(engine):
 
 
 def test_the_pool_is_reused_between_requests_and_refreshed_after_enough_events(engine):
-    src = ExploreSource(pools=(10, 100), baseline=0.5, refresh_events=50, refresh_seconds=60)
+    src = ExploreSource(pools=(10, 100), baseline=0.5, refresh_events=50, refresh_seconds=60,
+                        background_refresh=False)
     assert "nv0" in {c.item_id for c in src.generate(ctx(engine), 50)}
     views(engine, "nv0", 10, long=0)  # 20 events: nv0 failed its first pool, but not seen yet
     assert "nv0" in {c.item_id for c in src.generate(ctx(engine), 50)}
@@ -147,3 +148,14 @@ def test_the_pool_is_reused_between_requests_and_refreshed_after_enough_events(e
     fresh = ExploreSource(pools=(10, 100), baseline=0.5, refresh_events=0)
     assert ({c.item_id for c in src.generate(ctx(engine), 50)}
             == {c.item_id for c in fresh.generate(ctx(engine), 50)})
+
+
+def test_a_stale_pool_is_refreshed_in_the_background(engine):
+    src = ExploreSource(pools=(10, 100), baseline=0.5, refresh_events=1, refresh_seconds=60)
+    assert "nv0" in {c.item_id for c in src.generate(ctx(engine), 50)}
+    views(engine, "nv0", 10, long=0)
+    # This request is served from the stale pool while the refresh runs beside it.
+    assert "nv0" in {c.item_id for c in src.generate(ctx(engine), 50)}
+    with src._refreshing:  # waits for the refresh to finish
+        pass
+    assert "nv0" not in {c.item_id for c in src.generate(ctx(engine), 50)}
