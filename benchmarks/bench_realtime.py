@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_serving import event_json, free_port, percentile, wait_ready  # noqa: E402
+from realtime_report import serve_markdown  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 PERSONAL = {"retrieval", "co_engagement", "following"}
@@ -252,6 +253,17 @@ def run_serve(args) -> None:
                         "trainer"]["state"] != "running":
                     time.sleep(0.5)
                 entry["trainer_catch_up_s"] = round(time.perf_counter() - t, 1)
+                # The model learned the first 60,000 events; the trainer learns the rest of the
+                # background log first. Measure once it is done and idle.
+                t, quiet, steps = time.perf_counter(), 0, -1
+                while quiet < 3:
+                    st = client.get("/v1/admin/trainer", headers=headers["admin"]).json()[
+                        "trainer"]
+                    quiet = quiet + 1 if st["steps"] == steps and not st["rows_waiting"] else 0
+                    steps = st["steps"]
+                    time.sleep(1.0)
+                entry["trainer_backlog_s"] = round(time.perf_counter() - t, 1)
+                entry["trainer_backlog_rows"] = st["rows_trained"]
             for k in range(20):  # warm-up
                 client.get("/v1/feed", params={"user_id": f"u{k}", "n": 10},
                            headers=headers["serve"])
@@ -273,59 +285,6 @@ def run_serve(args) -> None:
     path.with_suffix(".json").write_text(json.dumps(out, indent=2))
     path.with_suffix(".md").write_text(serve_markdown(out))
     print(f"wrote {path}.md", flush=True)
-
-
-def serve_markdown(r: dict) -> str:
-    on, off = r["trainer_on"], r["trainer_off"]
-    w = on["event_to_weights"]
-
-    def row(name, s):
-        return f"| {name} | {s.get('p50', '—')} | {s.get('p90', '—')} | {s.get('p99', '—')} | " \
-               f"{s.get('n', 0)} |"
-
-    lines = [
-        "# Real time: event-to-feed and event-to-weights", "",
-        f"Command: `{r['command']}`", "",
-        f"Machine: {r['machine']}.", "",
-        f"World: {r['world']['items']:,} videos, {r['world']['background_events']:,} background "
-        f"events; model {r['world']['model']} (one epoch each on the first 60,000 events; the "
-        "online trainer learns the rest of the log after start-up). Server: "
-        "`python -m reelrank.service.server`, auth on, one process; the client is this script "
-        "on the same machine.", "",
-        "## Event-to-feed (POST an event, then GET the next page)", "",
-        "A viewer the service has never seen gets a cold page, then long-views and likes a video "
-        "that was not on it; the next page is asked for right after the POST returns. "
-        "Milliseconds, measured by the client:", "",
-        "| measure | p50 | p90 | p99 | n |", "|---|---|---|---|---|",
-        row("POST events + GET feed, trainer in process", on["event_to_feed_ms"]),
-        row("POST events + GET feed, no trainer (baseline, same run)", off["event_to_feed_ms"]),
-        row("POST events alone, trainer in process", on["post_ms"]),
-        row("cold GET feed (first page of a new viewer), trainer in process", on["cold_feed_ms"]),
-        "",
-        f"Pages that reflected the event (the video gone and a personal source on the page, "
-        f"which a viewer with no history cannot have): {on['reflected']} of {on['trials']} "
-        f"with the trainer, {off['reflected']} of {off['trials']} without; failed requests: "
-        f"{on['failed_requests']} / {off['failed_requests']}.", "",
-        "## Event-to-weights (an accepted swipe until weights that learned from it serve)", "",
-        f"{w['swipes']} swipes of {w['viewers']} simulated new viewers at {w['rate_per_s']} "
-        f"swipes/s for {w['seconds']:g} s, each posted as it ends (stamped with the wall "
-        "clock), a feed page of 5 asked for when a viewer's page is used up. Lag: from the POST "
-        "returning to the first 50 ms poll of `GET /v1/admin/trainer` showing serving weights "
-        "that learned through the swipe's time.", "",
-        "| measure | p50 | p90 | p99 | n |", "|---|---|---|---|---|",
-        row("event-to-weights lag, ms", w["lag_ms"]), "",
-        f"Swipes not learned within 30 s of the end: {w['not_learned_within_30s']}; serving "
-        f"versions seen: {w['serving_versions_seen']}; failed posts: {w['failed_posts']}. The "
-        "trainer waits `settle_ms` = 1,000 ms after a view ends for its likes and shares, and "
-        "hands weights to serving at most once a second (`publish_every_s`).", "",
-        "Trainer's own figures at the end (lag = serving time minus view end, over every "
-        f"example it learned): `{json.dumps(on['trainer_status']['lag_ms'])}`, steps "
-        f"{on['trainer_status']['steps']}, rows {on['trainer_status']['rows_trained']}, "
-        f"failures {on['trainer_status']['failures']}.", "",
-        f"Start-up: server {on['startup_s']} s (live state from the log), then the trainer's "
-        f"own catch-up {on.get('trainer_catch_up_s')} s in the background.", "",
-    ]
-    return "\n".join(lines)
 
 
 # -- replay and cold start ---------------------------------------------------------------------------

@@ -9,9 +9,10 @@ its own process (``reelrank trainer``, when several API processes share a store)
    settled (``OnlineConfig``-independent: ``TrainerConfig.settle_ms``), an impression with no
    outcome a negative when its window closes;
 3. ``OnlineLearner.step`` on each full batch (or a partial one that waited ``max_wait_ms``);
-4. every ``publish_every_s``, hand the new weights to serving: in process, straight to
-   ``ServingModels.install`` (written to the registry every ``persist_every_s``); as a separate
-   process, by publishing to the registry, which API processes poll.
+4. every ``publish_every_s``, hand the new weights to serving: in process, an installer thread
+   passes them to ``ServingModels.install`` (and writes them to the registry every
+   ``persist_every_s``), so learning never waits on a hand-over; as a separate process, by
+   publishing to the registry, which API processes poll.
 
 The retrieval model's new weights are handed over less often (``retrieval_every_s``): serving
 rebuilds its vector index for them. Ranker-only versions keep the index.
@@ -63,6 +64,16 @@ class TrainerConfig:
     online: OnlineConfig = field(default_factory=OnlineConfig)
 
 
+@dataclass
+class _Handover:
+    bundle: ModelBundle
+    meta: dict
+    persist: bool  # write it to the registry too
+    ends: list[int]  # view-end times of the rows first learned in it (for the lag figures)
+    base: str
+    steps: int
+
+
 class OnlineTrainer:
     def __init__(self, store, registry: ModelRegistry, cfg: TrainerConfig | None = None, *,
                  catalog: Catalog | None = None, install: Install | None = None,
@@ -79,6 +90,11 @@ class OnlineTrainer:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._erase: deque[str] = deque()
+        self._handoff: _Handover | None = None  # the newest version waiting for the installer
+        self._handoff_ready = threading.Condition()
+        self._installer: threading.Thread | None = None
+        self._registry_version: str | None = None  # newest registry version serving holds
+        self.install_failures = 0
         self._published: set[str] = set()  # registry versions this trainer wrote
         self.learner: OnlineLearner | None = None
         self.rows: RowStream | None = None
@@ -115,8 +131,11 @@ class OnlineTrainer:
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        with self._handoff_ready:
+            self._handoff_ready.notify_all()
+        for thread in (self._thread, self._installer):
+            if thread is not None:
+                thread.join(timeout)
         self.state = "stopped"
 
     @property
@@ -167,7 +186,7 @@ class OnlineTrainer:
         self.rows = RowStream(LiveState(catalog), history_len=history,
                               window_ms=self.cfg.window_ms, settle_ms=self.cfg.settle_ms)
         self.learner = OnlineLearner(bundle, catalog, online)
-        self.base_version = latest
+        self.base_version = self._registry_version = latest
         self.cursor = 0
         self._reset_publish_state()
         # Until new retrieval weights are handed over, every version carries the base's.
@@ -301,28 +320,66 @@ class OnlineTrainer:
                        "retrieval_steps": learner.retrieval_steps, "dropped": learner.dropped,
                        "join": asdict(self.rows.joiner.stats)},
         }
-        latest = self.registry.latest()
-        if self._superseded(latest):
+        if self._superseded(self.registry.latest()):
             return None
-        persist = self.install is None or now - self._last_persist >= self.cfg.persist_every_s
+        persist = now - self._last_persist >= self.cfg.persist_every_s
+        ends, self._unpublished_ends = self._unpublished_ends, []
+        self._steps_since_publish = 0
+        self._last_publish = now
         if persist:
-            version = self.registry.publish(bundle.state(), meta)
+            self._last_persist = now
+        if self.install is None:  # a process of its own: the registry is the hand-over
+            return self._hand_over(_Handover(bundle, meta, True, ends, self.base_version,
+                                             learner.steps))
+        # In process, an installer thread hands versions over, so that preparing one (an
+        # index rebuild for new retrieval weights takes seconds) never holds up learning.
+        # A version not yet taken is replaced by the newer one, which includes its rows.
+        with self._handoff_ready:
+            waiting = self._handoff
+            if waiting is not None:
+                ends = waiting.ends + ends
+                persist = persist or waiting.persist
+            self._handoff = _Handover(bundle, meta, persist, ends, self.base_version,
+                                      learner.steps)
+            self._handoff_ready.notify()
+        self._start_installer()
+        return "queued"
+
+    def _start_installer(self) -> None:
+        if self._installer is None or not self._installer.is_alive():
+            self._installer = threading.Thread(target=self._install_loop, daemon=True,
+                                               name="online-installer")
+            self._installer.start()
+
+    def _install_loop(self) -> None:
+        while not self._stop.is_set():
+            with self._handoff_ready:
+                while self._handoff is None and not self._stop.is_set():
+                    self._handoff_ready.wait(0.5)
+                job, self._handoff = self._handoff, None
+            if job is None:
+                continue
+            try:
+                self._hand_over(job)
+            except Exception:  # serving keeps the version it has
+                self.install_failures += 1
+                log.exception("handing a version to serving failed")
+
+    def _hand_over(self, job: "_Handover") -> str:
+        if job.persist:
+            version = self.registry.publish(job.bundle.state(), job.meta)
             self._published.add(version)
             self.registry.prune(self.cfg.keep_versions)
-            self._last_persist = now
-            latest = version
+            self._registry_version = version
         else:
-            version = f"{self.base_version}+{learner.steps}"
+            version = f"{job.base}+{job.steps}"
         if self.install is not None:
-            self.install(version, bundle, meta, published=latest)
+            self.install(version, job.bundle, job.meta, published=self._registry_version)
         served = self.clock() * 1000
         # Lags only mean something for events stamped with this clock as they happened (not
         # for an imported or replayed history).
-        self.lags_ms.extend(lag for lag in (served - e for e in self._unpublished_ends)
+        self.lags_ms.extend(lag for lag in (served - e for e in job.ends)
                             if 0 <= lag < 3_600_000)
-        self._unpublished_ends = []
-        self._steps_since_publish = 0
-        self._last_publish = now
         self.serving_version = version
         self.versions_handed += 1
         return version
@@ -344,6 +401,7 @@ class OnlineTrainer:
         learner = self.learner
         return {
             "state": self.state, "alive": self.alive, "failures": self.failures,
+            "install_failures": self.install_failures,
             "last_error": self.last_error, "base_version": self.base_version,
             "serving_version": self.serving_version, "versions": self.versions_handed,
             "cursor": self.cursor, "through_ts": self.through_ts,
