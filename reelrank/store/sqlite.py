@@ -9,6 +9,7 @@ a process-wide lock so a batch is checked for duplicates and inserted atomically
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import secrets
@@ -145,6 +146,8 @@ class SQLiteStore:
         self._all_lock = threading.Lock()
         self._write_lock = threading.RLock()
         self._closed = False
+        self._readers = 0
+        self._readers_done = threading.Condition()
         conn = self._conn()
         conn.executescript(SCHEMA)
         self._migrate(conn)
@@ -192,15 +195,33 @@ class SQLiteStore:
                 self._all.append(conn)
         return conn
 
-    def close(self) -> None:
-        with self._all_lock:
+    @contextlib.contextmanager
+    def _reading(self):
+        """Marks a read in progress (long scans run in background threads: the live-state
+        rebuild, the online trainer); ``close`` waits for it instead of closing a connection
+        under a running statement, which can crash SQLite."""
+        with self._readers_done:
+            if self._closed:
+                raise StoreError("store is closed")
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._readers_done:
+                self._readers -= 1
+                self._readers_done.notify_all()
+
+    def close(self, wait_s: float = 30.0) -> None:
+        with self._readers_done:
+            self._closed = True
+            self._readers_done.wait_for(lambda: self._readers == 0, timeout=wait_s)
+        with self._write_lock, self._all_lock:  # and for a write in progress
             for conn in self._all:
                 try:
                     conn.close()
                 except sqlite3.Error:
                     pass
             self._all.clear()
-        self._closed = True
 
     def _write(self, fn):
         """Run ``fn(conn)`` in one IMMEDIATE transaction; all or nothing."""
@@ -291,11 +312,15 @@ class SQLiteStore:
         if since_ts is not None:
             where.append("ts >= ?")
             args.append(since_ts)
-        cur = self._conn().execute(
-            f"SELECT seq, {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY seq",
-            args,
-        )
-        while rows := cur.fetchmany(10000):
+        with self._reading():
+            cur = self._conn().execute(
+                f"SELECT seq, {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} "
+                "ORDER BY seq", args)
+        while True:
+            with self._reading():
+                rows = cur.fetchmany(10000)
+            if not rows:
+                return
             for r in rows:
                 yield r[0], _event_from_row(r[1:])
 

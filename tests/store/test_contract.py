@@ -159,3 +159,25 @@ def test_concurrent_appends_lose_nothing(backend):
     for t in threads:
         t.join()
     assert backend.count_events() == 200
+
+
+def test_close_waits_for_a_scan_in_another_thread(backend):
+    backend.append_events([event(i) for i in range(30)])
+    scan = backend.iter_events()
+    next(scan)  # a scan in progress, between fetches
+    seen = []
+
+    def reader():
+        try:
+            for _, e in backend.iter_events():
+                seen.append(e.event_id)
+        except Exception as exc:  # closing stops the scan with a clear error, never a crash
+            seen.append(type(exc).__name__)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    t.join()
+    backend.close()
+    assert len(seen) == 30
+    with pytest.raises(Exception):
+        list(scan)
