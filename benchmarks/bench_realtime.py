@@ -20,8 +20,9 @@ trainer in process) on a free local port:
    ``GET /v1/admin/trainer`` every 50 ms. A swipe's lag runs from its POST returning to the first
    poll at which serving's weights have learned through its time (``through_ts``: every example
    whose view ended by then is in the weights serving uses).
-3. the same event-to-feed trials on a second server started with ``--no-trainer``: the cost of
-   training in the serving process, measured in the same run.
+3. both again with the trainer as its own process (``reelrank trainer`` beside a server started
+   with ``--no-trainer``, versions passed through the registry), and the event-to-feed trials
+   once more with no trainer at all: what training costs the serving process, in the same run.
 """
 
 from __future__ import annotations
@@ -164,7 +165,8 @@ def event_to_feed(client, world, headers, trials: int, seed: int, tag: str) -> d
             "failed_requests": failures}
 
 
-def event_to_weights(client, world, headers, seconds: float, rate: float, seed: int) -> dict:
+def event_to_weights(client, world, headers, seconds: float, rate: float, seed: int,
+                     tag: str) -> dict:
     """Simulated viewers swipe at ``rate`` swipes/s for ``seconds``; returns the lags."""
     from reelrank.eval.simulator import Simulator
 
@@ -184,7 +186,7 @@ def event_to_weights(client, world, headers, seconds: float, rate: float, seed: 
     poller.start()
     rng = random.Random(seed)
     markers: list[tuple[float, int]] = []  # (POST returned, wall ms; swipe time)
-    viewers = [world.new_viewer(f"lag-{k}", seed=60_000 + k) for k in range(40)]
+    viewers = [world.new_viewer(f"lag-{tag}-{k}", seed=60_000 + k) for k in range(40)]
     states = {v.user_id: sim.new_session(v, "lag") for v in viewers}
     pages: dict[str, list[str]] = {v.user_id: [] for v in viewers}
     started, n, failures = time.perf_counter(), 0, 0
@@ -202,7 +204,7 @@ def event_to_weights(client, world, headers, seconds: float, rate: float, seed: 
         for e in events:
             d = event_json(e)
             d["ts"] = ts
-            d["event_id"] = f"lag-{n}-{d['event_id']}"
+            d["event_id"] = f"lag-{tag}-{n}-{d['event_id']}"
             body.append(d)
         r = client.post("/v1/events", json={"events": body}, headers=headers["ingest"])
         if r.status_code >= 300:
@@ -239,15 +241,27 @@ def run_serve(args) -> None:
                  "world": {"items": imported.items, "background_events": imported.events,
                            "model": trained.version, "setup_s": round(time.perf_counter() - t0)}}
     print(f"world and model ready in {out['world']['setup_s']} s", flush=True)
-    for trainer in (True, False):
-        proc, base, ready = start_server(data_dir, trainer)
+    for name in ("trainer_on", "trainer_process", "trainer_off"):
+        proc, base, ready = start_server(data_dir, name == "trainer_on")
         keys = json.loads((data_dir / "keys.json").read_text())
         headers = {s: {"Authorization": f"Bearer {keys[s]}"} for s in ("ingest", "serve", "admin")}
-        name = "trainer_on" if trainer else "trainer_off"
+        trainer_proc = None
         try:
             client = httpx.Client(base_url=base, timeout=60.0)
             entry: dict = {"startup_s": round(ready, 1)}
-            if trainer:  # the trainer replays the log before it learns: wait for it
+            if name == "trainer_process":  # `reelrank trainer` beside a --no-trainer server
+                trainer_proc = subprocess.Popen(
+                    [sys.executable, "-m", "reelrank.cli", "trainer", "--data-dir",
+                     str(data_dir), "--publish-every", "1", "--log-level", "warning"], cwd=ROOT)
+                t, quiet, seen = time.perf_counter(), 0, None
+                while quiet < 5:  # serving runs an online version, and no newer one comes
+                    s = client.get("/v1/admin/trainer", headers=headers["admin"]).json()[
+                        "serving"]
+                    quiet = quiet + 1 if s["version"] == seen and s["base_version"] else 0
+                    seen = s["version"]
+                    time.sleep(1.0)
+                entry["trainer_catch_up_s"] = round(time.perf_counter() - t, 1)
+            if name == "trainer_on":  # the trainer replays the log before it learns: wait
                 t = time.perf_counter()
                 while client.get("/v1/admin/trainer", headers=headers["admin"]).json()[
                         "trainer"]["state"] != "running":
@@ -269,15 +283,18 @@ def run_serve(args) -> None:
                            headers=headers["serve"])
             entry.update(event_to_feed(client, world, headers, args.trials, args.seed, name))
             print(name, json.dumps(entry), flush=True)
-            if trainer:
+            if name != "trainer_off":
                 entry["event_to_weights"] = event_to_weights(client, world, headers,
                                                              args.lag_seconds, args.rate,
-                                                             args.seed)
+                                                             args.seed, name)
                 entry["trainer_status"] = client.get(
                     "/v1/admin/trainer", headers=headers["admin"]).json()["trainer"]
                 print("lag", json.dumps(entry["event_to_weights"]), flush=True)
             out[name] = entry
         finally:
+            if trainer_proc is not None:
+                trainer_proc.terminate()
+                trainer_proc.wait(60)
             proc.terminate()
             proc.wait(60)
     shutil.rmtree(data_dir, ignore_errors=True)

@@ -174,56 +174,69 @@ def coldstart_markdown(r: dict, png: str) -> str:
 
 
 def serve_markdown(r: dict) -> str:
-    on, off = r["trainer_on"], r["trainer_off"]
-    w = on["event_to_weights"]
+    on, proc, off = r["trainer_on"], r["trainer_process"], r["trainer_off"]
+    modes = (("trainer in the server process", on), ("trainer as its own process", proc),
+             ("no trainer (baseline)", off))
 
     def row(name, s):
         return f"| {name} | {s.get('p50', '—')} | {s.get('p90', '—')} | {s.get('p99', '—')} | " \
                f"{s.get('n', 0)} |"
 
+    w = on["event_to_weights"]
     lines = [
         "# Real time: event-to-feed and event-to-weights", "",
         f"Command: `{r['command']}`", "",
         f"Machine: {r['machine']}.", "",
         f"World: {r['world']['items']:,} videos, {r['world']['background_events']:,} background "
-        f"events; model {r['world']['model']} (one epoch each on the first 60,000 events; the "
-        "online trainer learns the rest of the log after start-up). Server: "
-        "`python -m reelrank.service.server`, auth on, one process; the client is this script "
-        "on the same machine.", "",
+        f"events; model {r['world']['model']} (one epoch each on the first 60,000 events). "
+        "Server: `python -m reelrank.service.server`, auth on, one process; the client is this "
+        "script on the same machine. Three runs on the same data, one after the other: the "
+        "online trainer in the server process (the default), the trainer as its own process "
+        "(`reelrank trainer` beside `serve --no-trainer`, versions passed through the "
+        "registry, which the server polls every 2 s), and no trainer at all.", "",
         "## Event-to-feed (POST an event, then GET the next page)", "",
         "A viewer the service has never seen gets a cold page, then long-views and likes a video "
         "that was not on it; the next page is asked for right after the POST returns. "
         "Milliseconds, measured by the client:", "",
         "| measure | p50 | p90 | p99 | n |", "|---|---|---|---|---|",
-        row("POST events + GET feed, trainer in process", on["event_to_feed_ms"]),
-        row("POST events + GET feed, no trainer (baseline, same run)", off["event_to_feed_ms"]),
-        row("POST events alone, trainer in process", on["post_ms"]),
-        row("cold GET feed (first page of a new viewer), trainer in process", on["cold_feed_ms"]),
+        *[row(f"POST events + GET feed, {m}", e["event_to_feed_ms"]) for m, e in modes],
+        *[row(f"POST events alone, {m}", e["post_ms"]) for m, e in modes],
+        *[row(f"cold GET feed (a new viewer's first page), {m}", e["cold_feed_ms"])
+          for m, e in modes],
         "",
-        f"Pages that reflected the event (the video gone and a personal source on the page, "
-        f"which a viewer with no history cannot have): {on['reflected']} of {on['trials']} "
-        f"with the trainer, {off['reflected']} of {off['trials']} without; failed requests: "
-        f"{on['failed_requests']} / {off['failed_requests']}.", "",
+        "Pages that reflected the event (the video gone and a personal source on the page, "
+        "which a viewer with no history cannot have): " + "; ".join(
+            f"{e['reflected']} of {e['trials']} ({m})" for m, e in modes) +
+        "; failed requests: " + " / ".join(str(e["failed_requests"]) for _, e in modes) + ".",
+        "",
         "## Event-to-weights (an accepted swipe until weights that learned from it serve)", "",
         f"{w['swipes']} swipes of {w['viewers']} simulated new viewers at {w['rate_per_s']} "
         f"swipes/s for {w['seconds']:g} s, each posted as it ends (stamped with the wall "
         "clock), a feed page of 5 asked for when a viewer's page is used up. Lag: from the POST "
         "returning to the first 50 ms poll of `GET /v1/admin/trainer` showing serving weights "
-        "that learned through the swipe's time.", "",
+        "that learned through the swipe's time (`through_ts`: every example whose view ended by "
+        "then is in them).", "",
         "| measure | p50 | p90 | p99 | n |", "|---|---|---|---|---|",
-        row("event-to-weights lag, ms", w["lag_ms"]), "",
-        f"Swipes not learned within 30 s of the end: {w['not_learned_within_30s']}; serving "
-        f"versions seen: {w['serving_versions_seen']}; failed posts: {w['failed_posts']}. The "
-        "trainer waits `settle_ms` = 1,000 ms after a view ends for its likes and shares, and "
-        "hands weights to serving at most once a second (`publish_every_s`).", "",
-        "Trainer's own figures at the end (lag = serving time minus view end, over every "
-        f"example it learned): `{json.dumps(on['trainer_status']['lag_ms'])}`, steps "
+        row("event-to-weights lag (ms), trainer in the server process", w["lag_ms"]),
+        row("event-to-weights lag (ms), trainer as its own process",
+            proc["event_to_weights"]["lag_ms"]), "",
+        "Swipes not learned within 30 s of the end: " + " / ".join(
+            str(e["event_to_weights"]["not_learned_within_30s"]) for e in (on, proc)) +
+        "; serving versions seen: " + " / ".join(
+            str(e["event_to_weights"]["serving_versions_seen"]) for e in (on, proc)) +
+        "; failed posts: " + " / ".join(
+            str(e["event_to_weights"]["failed_posts"]) for e in (on, proc)) +
+        ". The trainer waits `settle_ms` = 1,000 ms after a view ends for its likes and "
+        "shares, and hands weights over at most once a second (`publish_every_s`).", "",
+        "In-process trainer's own figures at the end (lag = serving time minus view end, over "
+        f"every example it learned): `{json.dumps(on['trainer_status']['lag_ms'])}`, steps "
         f"{on['trainer_status']['steps']}, rows {on['trainer_status']['rows_trained']}, "
         f"failures {on['trainer_status']['failures']}.", "",
         f"Start-up: server {on['startup_s']} s (live state from the log), then the trainer's "
         f"own catch-up {on.get('trainer_catch_up_s')} s in the background, and "
-        f"{on.get('trainer_backlog_s')} s learning the {on.get('trainer_backlog_rows'):,} rows "
-        "of the log after the model's training data; the measurements start once it is idle.",
-        "",
+        f"{on.get('trainer_backlog_s')} s learning the {on.get('trainer_backlog_rows'):,} "
+        "newest rows of the log after the model's training data (its queue keeps 20,000); the "
+        "measurements start once it is idle. As its own process, the trainer was ready "
+        f"{proc.get('trainer_catch_up_s')} s after start.", "",
     ]
     return "\n".join(lines)

@@ -41,6 +41,7 @@ class LoadedModels:
     item_vectors: torch.Tensor | None  # (I, D) retrieval vectors
     index: object | None  # a reelrank.index.VectorIndex over item_vectors
     ranker_items: ItemInputs | None
+    retrieval_items: ItemInputs | None = None  # the catalog's retrieval inputs (item_ids order)
 
 
 class ServingModels:
@@ -124,9 +125,22 @@ class ServingModels:
                 with torch.no_grad():
                     fresh = bundle.retrieval.item_vectors(bundle.retrieval.items.encode_items(new))
                 vectors = torch.cat([vectors, fresh])
+        retrieval_items = cur.retrieval_items if cur is not None and index is not None else None
         with torch.no_grad():
             if bundle.retrieval is not None and items and index is None:
-                vectors = bundle.retrieval.item_vectors(bundle.retrieval.items.encode_items(items))
+                tag = meta.get("retrieval_items_version")
+                if (tag is not None and cur is not None and cur.retrieval_items is not None
+                        and cur.meta.get("retrieval_items_version") == tag
+                        and ids[:len(cur.item_ids)] == cur.item_ids):
+                    # New retrieval weights, same item vocabulary: the encoding (a Python pass
+                    # over the whole catalog) is reused; only the vectors are recomputed.
+                    retrieval_items = cur.retrieval_items
+                    if len(items) > len(cur.item_ids):
+                        retrieval_items = _cat_inputs(retrieval_items, bundle.retrieval.items
+                                                      .encode_items(items[len(cur.item_ids):]))
+                else:
+                    retrieval_items = bundle.retrieval.items.encode_items(items)
+                vectors = bundle.retrieval.item_vectors(retrieval_items)
                 index = _make_index(self.index_kind, ids, vectors)
             if bundle.ranker is not None and items:
                 tag = meta.get("ranker_items_version")
@@ -142,8 +156,10 @@ class ServingModels:
                             ranker_items, bundle.ranker.items.encode_items(items[n:]))
                 else:
                     ranker_items = bundle.ranker.items.encode_items(items)
+        if retrieval_items is not None and len(retrieval_items) != len(ids):
+            retrieval_items = None  # uploads since: encoded again with the next retrieval
         return LoadedModels(version, bundle, meta, ids, {i: k for k, i in enumerate(ids)},
-                            vectors, index, ranker_items)
+                            vectors, index, ranker_items, retrieval_items)
 
 
 def _cat_inputs(a: ItemInputs, b: ItemInputs) -> ItemInputs:

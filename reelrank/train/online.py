@@ -193,17 +193,17 @@ class OnlineLearner:
             self._vocab_seen, self.vocab_changes = marker, self.vocab_changes + 1
         return report
 
-    def _vocab_marker(self) -> int:
-        """Changes whenever an id of the ranker's item tower gets, loses or moves its row."""
-        ranker = self.bundle.ranker
-        if ranker is None:
-            return 0
-        return sum(m.version for m in ranker.items.modules() if isinstance(m, DynamicEmbedding))
+    def _vocab_marker(self) -> tuple[int, int]:
+        """Changes whenever an id of an item tower gets, loses or moves its row."""
+        return tuple(sum(m.version for m in model.items.modules()
+                         if isinstance(m, DynamicEmbedding)) if model is not None else 0
+                     for model in (self.bundle.ranker, self.bundle.retrieval))
 
     def serving_meta(self, base_version: str) -> dict:
-        """What serving may reuse from the version before: the ranker's item encodings stay
-        valid while its item vocabulary is unchanged."""
-        return {"ranker_items_version": f"{base_version}/items{self.vocab_changes}"}
+        """What serving may reuse from the version before: the item encodings stay valid
+        while the item vocabularies are unchanged."""
+        return {"ranker_items_version": f"{base_version}/items{self.vocab_changes}",
+                "retrieval_items_version": f"{base_version}/items{self.vocab_changes}"}
 
     def _items(self, ids) -> tuple[list[Item], dict[str, int]]:
         items = []

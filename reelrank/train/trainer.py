@@ -28,6 +28,7 @@ before the next step.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -60,8 +61,20 @@ class TrainerConfig:
     read_chunk: int = 5_000  # events read from the log per pass
     verify_users: bool = False  # before a step, drop rows of viewers whose events are gone
     torch_threads: int = 1
+    nice: int = 10  # the trainer's threads yield the CPU to request threads (Linux)
     backoff_s: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0)
     online: OnlineConfig = field(default_factory=OnlineConfig)
+
+
+def _lower_priority(nice: int) -> None:
+    """Lower this thread's CPU priority (Linux schedules threads one by one); elsewhere, or
+    without the right, nothing changes."""
+    if nice <= 0:
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (AttributeError, OSError):
+        log.debug("could not lower the trainer's priority")
 
 
 @dataclass
@@ -150,6 +163,7 @@ class OnlineTrainer:
     def run(self) -> None:
         """The loop; returns when ``stop`` is called. Never raises."""
         torch.set_num_threads(self.cfg.torch_threads)
+        _lower_priority(self.cfg.nice)
         while not self._stop.is_set():
             try:
                 if self.learner is None and not self._bootstrap():
@@ -352,6 +366,7 @@ class OnlineTrainer:
             self._installer.start()
 
     def _install_loop(self) -> None:
+        _lower_priority(self.cfg.nice)
         while not self._stop.is_set():
             with self._handoff_ready:
                 while self._handoff is None and not self._stop.is_set():

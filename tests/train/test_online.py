@@ -134,6 +134,17 @@ def test_the_trainer_learns_from_new_events_and_serving_swaps_them_in(engine, wo
     # The online versions kept the base's retrieval index (only the ranker changed so far) or
     # rebuilt it for new retrieval weights; either way retrieval serves.
     assert engine.feed(FeedRequest(viewer.user_id, n=5)).trace.source_counts.get("retrieval", 0)
+    # Whatever was reused across versions (item encodings, vectors) is what a fresh load of the
+    # serving weights computes.
+    wait_for(lambda: engine.models.current.meta["retrieval_version"] != base)
+    cur = engine.models.current
+    items = [engine.catalog.get(i) for i in cur.item_ids]
+    with torch.no_grad():
+        fresh = cur.bundle.retrieval.item_vectors(cur.bundle.retrieval.items.encode_items(items))
+        ranker_fresh = cur.bundle.ranker.items.encode_items(items)
+    torch.testing.assert_close(cur.item_vectors, fresh)
+    assert torch.equal(cur.ranker_items.item, ranker_fresh.item)
+    assert torch.equal(cur.ranker_items.tags, ranker_fresh.tags)
 
 
 def test_swaps_while_requests_run_fail_no_request(engine, world):
