@@ -131,6 +131,9 @@ def main() -> None:
     ap.add_argument("--history-swipes", type=int, default=20)
     ap.add_argument("--ingest-batches", type=int, default=60)
     ap.add_argument("--feeds", type=int, default=2000)
+    ap.add_argument("--no-trainer", action="store_true",
+                    help="serve without the in-process online trainer (as API processes do "
+                         "when a separate `reelrank trainer` runs)")
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--train", action="store_true",
                     help="train and publish the neural models first, so the server serves them; "
@@ -157,7 +160,8 @@ def main() -> None:
     base = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
         [sys.executable, "-m", "reelrank.service.server", "--data-dir", str(data_dir),
-         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+         *(["--no-trainer"] if args.no_trainer else [])],
         cwd=ROOT)
     try:
         startup_s = wait_ready(base, proc, timeout_s=600)

@@ -87,7 +87,7 @@ class ExploreSource:
                  new_creator_max_age_ms: int | None = 14 * DAY_MS,
                  new_creator_max_impressions: int | None = None,
                  new_creator_quota: float = 0.5, seed: int = 0,
-                 refresh_events: int = 1_000, refresh_seconds: float = 2.0,
+                 refresh_events: int = 5_000, refresh_seconds: float = 10.0,
                  background_refresh: bool = True):
         if not pools or any(b <= a for a, b in zip(pools, pools[1:])) or pools[0] < 1:
             raise ValueError("pools must be increasing impression budgets >= 1")
@@ -135,10 +135,13 @@ class ExploreSource:
         if self.refresh_events <= 0:  # exact mode (offline evaluation): rescan every request
             return self._compute_pool(ctx, key)
         cached = self._cache
-        if cached is not None and cached.key == key and (
-                ctx.live.version - cached.version < self.refresh_events
-                and time.monotonic() - cached.made_at < self.refresh_seconds):
-            return cached.pool
+        if cached is not None and cached.key == key:
+            moved = ctx.live.version - cached.version
+            # Nothing changed, or not much and not for long: the cached pool stands. (Each
+            # recomputation scans thousands of uploads and competes with serving for the GIL.)
+            if moved == 0 or (moved < self.refresh_events
+                              and time.monotonic() - cached.made_at < self.refresh_seconds):
+                return cached.pool
         if cached is not None and self.background_refresh:
             # A stale pool is still a fair draw: recompute beside serving, not in this request.
             if self._refreshing.acquire(blocking=False):
