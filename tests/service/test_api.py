@@ -46,11 +46,6 @@ def engine(store):
 
 
 @pytest.fixture
-def keys(store, tmp_path) -> dict[str, str]:
-    return json.loads(ensure_service_keys(store, tmp_path / "keys").read_text())
-
-
-@pytest.fixture
 def client(engine, keys):
     with TestClient(create_app(engine, Authenticator(engine.store))) as c:
         yield c

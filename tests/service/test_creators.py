@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from reelrank.engine import Engine
-from reelrank.service import Authenticator, create_app, ensure_service_keys
+from reelrank.service import Authenticator, create_app
 from reelrank.store.memory import DAY_MS
 from reelrank.types import Item
 
@@ -32,11 +32,6 @@ def engine(store):
     e = Engine(store).load()
     e.ingest_items(catalog())
     return e
-
-
-@pytest.fixture
-def keys(store, tmp_path) -> dict[str, str]:
-    return json.loads(ensure_service_keys(store, tmp_path / "keys").read_text())
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import math
 from collections import Counter
@@ -13,7 +12,7 @@ from fastapi.testclient import TestClient
 from reelrank.engine import Engine
 from reelrank.eval import metrics
 from reelrank.exposure import ExposureLedger, entropy_bits, gini, popularity_percentiles
-from reelrank.service import Authenticator, create_app, ensure_service_keys
+from reelrank.service import Authenticator, create_app
 from reelrank.types import Item
 
 T0 = 1_700_000_000_000
@@ -29,11 +28,6 @@ def engine(store):
     e = Engine(store).load()
     e.ingest_items([make_item(i) for i in range(40)])
     return e
-
-
-@pytest.fixture
-def keys(store, tmp_path) -> dict[str, str]:
-    return json.loads(ensure_service_keys(store, tmp_path / "keys").read_text())
 
 
 @pytest.fixture
