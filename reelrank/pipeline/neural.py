@@ -255,8 +255,8 @@ class NeuralScorer:
         tokens = list(ctx.user.tokens)[-self.history_len:] if ctx.user is not None else []
         hist_items = list(dict.fromkeys(t.item_id for t in tokens if t.item_id in ctx.catalog))
         local = {i: k for k, i in enumerate(hist_items)}
+        # One history, shared by the N candidate rows (the ranker broadcasts it).
         history = encode_histories([tokens], local, self.history_len)
-        N = len(items)  # one history, shared by the N rows (the ranker broadcasts it)
         hist_inputs = _item_inputs(ranker, m, [ctx.catalog.get(i) for i in hist_items])
         req = ctx.request
         device = req.device or (ctx.user.device if ctx.user else None)

@@ -28,12 +28,12 @@ Caller = Annotated[Principal, Depends(OWN_USER)]
 
 
 def _log(engine, user_id: str, caller: Principal, action: str) -> None:
-    # The viewer reading their own settings is not worth a record; anyone else's access is.
     engine.store.log_access(user_id, caller.actor, action)
 
 
 @router.get("/v1/users/{user_id}/settings", response_model=SettingsOut)
 def get_settings(user_id: UserId, engine: EngineDep, caller: Caller) -> SettingsOut:
+    # The viewer reading their own settings is not worth a record; anyone else's access is.
     if caller.scope != USER_SCOPE:
         _log(engine, user_id, caller, "read settings")
     return SettingsOut.of(engine.settings(user_id))
