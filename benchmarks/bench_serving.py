@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import os
 import platform
@@ -102,6 +103,8 @@ def train_and_time_ranking(store, data_dir: Path, world, seed: int) -> tuple[dic
     result = train_from_store(subset, registry, cfg, progress=False)
     subset.close()
     engine = Engine(store, registry=registry).load()
+    gc.collect()
+    gc.freeze()  # as the server does once it has loaded (reelrank.service.server.prepare)
     rng = random.Random(seed)
     item_ids = [it.item_id for it in world.items]
     users = [v.user_id for v in world.users]

@@ -34,12 +34,15 @@ CONTEXT_FIELDS = ("device", "region", "source")
 class RankInputs:
     """A batch of N (viewer, candidate, context) rows."""
 
-    items: ItemInputs  # N candidates
+    items: ItemInputs | None  # N candidates (None when ``item_vectors`` is given)
     history: HistoryInputs  # (N, L) tokens; ``items`` index ``history_items``
     history_items: ItemInputs  # the items the history tokens refer to
     context: torch.Tensor  # (N, len(CONTEXT_FIELDS)) rows of the context tables, or (1, ...)
     hour: torch.Tensor  # (N,) 0..23, or (1,) when the whole batch is one request
     dense: torch.Tensor  # (N, F) float
+    # (N, D) the item tower's output for ``items`` when the caller has it already (serving
+    # caches it per model version); None: computed here.
+    item_vectors: torch.Tensor | None = None
 
 
 class Ranker(nn.Module):
@@ -72,12 +75,18 @@ class Ranker(nn.Module):
 
     def forward(self, x: RankInputs) -> torch.Tensor:
         """-> (N, T) logits, one column per task in ``self.tasks``."""
-        cand = self.items(x.items)  # (N, D)
+        cand = self.items(x.items) if x.item_vectors is None else x.item_vectors  # (N, D)
         hist_vecs = self.items(x.history_items)  # (H, D)
         if hist_vecs.shape[0] == 0:  # nobody in the batch has a history: all padding
             hist_vecs = cand.new_zeros((1, cand.shape[1]))
         h = x.history  # (N, L), or (1, L) when every row shares one viewer's history
         pad = h.items < 0  # (B, L)
+        if h.items.shape[0] == 1 and pad.any() and not pad.all():
+            # One shared history: its padding positions get zero weight, so they are dropped
+            # rather than computed (a viewer with 8 tokens costs 8 positions, not L).
+            keep = ~pad[0]
+            h = HistoryInputs(h.items[:, keep], h.view[:, keep], h.flags[:, keep], h.gap[:, keep])
+            pad = pad[:, keep]
         tok = hist_vecs[h.items.clamp(min=0)]  # (B, L, D)
         tok = tok + self.view(h.view) + self.flags(h.flags) + self.gap(h.gap)  # (B, L, D)
         w = self._attention_logits(cand, tok)  # (N, L)
@@ -109,34 +118,61 @@ class Ranker(nn.Module):
         """The experts, gates and towers above as a handful of batched products instead of
         ~40 small layer calls (the same arithmetic; used when no gradient is needed).
 
-        The first layers read [rows (N, 3D), shared (B, 4D), dense (N, F)]; with one request's
-        context (B = 1) the shared columns' product is computed once and acts as a bias,
-        which removes about half of the largest product."""
+        The experts' and the gates' first layers read the same [rows (N, 3D), shared (B, 4D),
+        dense (N, F)], so they are one product. With one request's context (B = 1) the shared
+        columns' product is computed once and acts as a bias, which removes about half of the
+        largest product. The stacked weights are kept until a parameter changes."""
         N, E, T = rows.shape[0], len(self.experts), len(self.tasks)
-        R, S = rows.shape[1], shared.shape[1]
+        f = self._fused_weights()
         act = self.experts[0][1]
-
-        def first_layer(weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-            out = rows @ weight[:, :R].T + dense @ weight[:, R + S:].T  # (N, out)
-            return out + (shared @ weight[:, R:R + S].T + bias)  # (B, out) broadcast
-
-        w1 = torch.cat([e[0].weight for e in self.experts])  # (E*H1, W)
-        b1 = torch.cat([e[0].bias for e in self.experts])
-        hidden = act(first_layer(w1, b1))  # (N, E*H1)
-        hidden = hidden.view(N, E, -1).transpose(0, 1)  # (E, N, H1)
-        w2 = torch.stack([e[2].weight.T for e in self.experts])  # (E, H1, H)
-        b2 = torch.stack([e[2].bias for e in self.experts]).unsqueeze(1)  # (E, 1, H)
-        expert_out = act(torch.baddbmm(b2, hidden, w2)).transpose(0, 1)  # (N, E, H)
-        gw = torch.cat([g.weight for g in self.gates])  # (T*E, W)
-        gb = torch.cat([g.bias for g in self.gates])
-        gates = torch.softmax(first_layer(gw, gb).view(N, T, E), dim=-1)
+        local = torch.cat([rows, dense], dim=-1)  # (N, 3D + F)
+        bias = shared @ f["w_shared"] + f["b_first"]  # (B, E*H1 + T*E)
+        if bias.shape[0] == 1:
+            pre = torch.addmm(bias[0], local, f["w_local"])  # (N, E*H1 + T*E)
+        else:
+            pre = local @ f["w_local"] + bias
+        split = f["expert_width"]
+        hidden = act(pre[:, :split]).view(N, E, -1).transpose(0, 1)  # (E, N, H1)
+        expert_out = act(torch.baddbmm(f["b2"], hidden, f["w2"])).transpose(0, 1)  # (N, E, H)
+        # The gates' softmax over E by hand: torch.softmax over a last dimension of 4 is an
+        # order of magnitude slower than these four element-wise passes.
+        g = pre[:, split:].reshape(N, T, E)
+        g = (g - g.amax(-1, keepdim=True)).exp_()
+        gates = g.div_(g.sum(-1, keepdim=True))  # (N, T, E)
         mixed = torch.bmm(gates, expert_out).transpose(0, 1)  # (T, N, H)
-        t1 = torch.stack([t[0].weight.T for t in self.towers])  # (T, H, H2)
-        tb1 = torch.stack([t[0].bias for t in self.towers]).unsqueeze(1)  # (T, 1, H2)
-        t2 = torch.stack([t[2].weight.T for t in self.towers])  # (T, H2, 1)
-        tb2 = torch.stack([t[2].bias for t in self.towers]).unsqueeze(1)  # (T, 1, 1)
-        top = self.towers[0][1](torch.baddbmm(tb1, mixed, t1))  # (T, N, H2)
-        return torch.baddbmm(tb2, top, t2).squeeze(-1).T  # (N, T)
+        top = self.towers[0][1](torch.baddbmm(f["tb1"], mixed, f["t1"]))  # (T, N, H2)
+        return torch.baddbmm(f["tb2"], top, f["t2"]).squeeze(-1).T  # (N, T)
+
+    def _fused_weights(self) -> dict:
+        """The MMoE's weights stacked for ``_mmoe_batched``, rebuilt when any of them changed
+        (an optimizer step bumps a tensor's version counter)."""
+        params = getattr(self, "_fused_params", None)
+        if params is None:  # walking the module tree costs more than the check itself
+            params = [p for m in (self.experts, self.gates, self.towers) for p in m.parameters()]
+            self._fused_params = params
+        key = tuple((id(p), p._version) for p in params)
+        cached = getattr(self, "_fused_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        R = 3 * self.dim
+        S = self.dim * (len(CONTEXT_FIELDS) + 1)
+        first = torch.cat([e[0].weight for e in self.experts]
+                          + [g.weight for g in self.gates]).detach()  # (E*H1 + T*E, W)
+        f = {
+            "expert_width": sum(e[0].out_features for e in self.experts),
+            "w_local": torch.cat([first[:, :R], first[:, R + S:]], dim=1).T.contiguous(),
+            "w_shared": first[:, R:R + S].T.contiguous(),  # (S, E*H1 + T*E)
+            "b_first": torch.cat([e[0].bias for e in self.experts]
+                                 + [g.bias for g in self.gates]).detach(),
+            "w2": torch.stack([e[2].weight.T for e in self.experts]).detach(),  # (E, H1, H)
+            "b2": torch.stack([e[2].bias for e in self.experts]).unsqueeze(1).detach(),
+            "t1": torch.stack([t[0].weight.T for t in self.towers]).detach(),  # (T, H, H2)
+            "tb1": torch.stack([t[0].bias for t in self.towers]).unsqueeze(1).detach(),
+            "t2": torch.stack([t[2].weight.T for t in self.towers]).detach(),  # (T, H2, 1)
+            "tb2": torch.stack([t[2].bias for t in self.towers]).unsqueeze(1).detach(),
+        }
+        self._fused_cache = (key, f)
+        return f
 
     def _attention_logits(self, cand: torch.Tensor, tok: torch.Tensor) -> torch.Tensor:
         """The attention MLP's score of each history token for each candidate: (N, D) and
@@ -149,16 +185,19 @@ class Ranker(nn.Module):
         first, act, last = self.attention[0], self.attention[1], self.attention[2]
         D = cand.shape[-1]
         wq, wt, wp, wd = first.weight.split(D, dim=1)  # each (H, D)
-        per_cand = cand @ (wq + wd).T  # (N, H)
         per_tok = tok @ (wt - wd).T  # (B, L, H)
         if tok.shape[0] == 1 and cand.shape[0] > 1:
+            # Every term is linear in the candidate once the history is fixed, so the whole
+            # first layer is one product and a bias: cand (N, D) x (D, L*H) + (L*H,).
             L, H = tok.shape[1], wp.shape[0]
-            mixed = tok[0].T.unsqueeze(-1) * wp.T.unsqueeze(1)  # (D, L, H)
-            bilinear = (cand @ mixed.reshape(D, L * H)).view(-1, L, H)  # (N, L, H)
+            mixed = tok[0].T.unsqueeze(-1) * wp.T.unsqueeze(1) + (wq + wd).T.unsqueeze(1)
+            bias = (per_tok[0] + first.bias).reshape(L * H)  # (L*H,)
+            pre = torch.addmm(bias, cand, mixed.reshape(D, L * H)).view(-1, L, H)  # (N, L, H)
         else:
+            per_cand = cand @ (wq + wd).T  # (N, H)
             bilinear = (cand.unsqueeze(1) * tok) @ wp.T  # (N, L, H)
-        hidden = act(per_cand.unsqueeze(1) + per_tok + bilinear + first.bias)  # (N, L, H)
-        return last(hidden).squeeze(-1)  # (N, L)
+            pre = per_cand.unsqueeze(1) + per_tok + bilinear + first.bias  # (N, L, H)
+        return last(act(pre)).squeeze(-1)  # (N, L)
 
 
 DEFAULT_VALUE_WEIGHTS: dict[str, float] = {

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from itertools import repeat
 from dataclasses import dataclass
 
 import torch
@@ -42,6 +43,21 @@ class LoadedModels:
     index: object | None  # a reelrank.index.VectorIndex over item_vectors
     ranker_items: ItemInputs | None
     retrieval_items: ItemInputs | None = None  # the catalog's retrieval inputs (item_ids order)
+    # The ranker's item tower output per catalog row, filled as rows are first ranked under
+    # this version (a version's weights never change, so a row computed once stays right).
+    ranker_vectors: torch.Tensor | None = None  # (I, D)
+    ranker_ready: torch.Tensor | None = None  # (I,) bool
+
+    def ranker_item_vectors(self, rows: torch.Tensor) -> torch.Tensor:
+        """(N,) catalog rows -> (N, D) ranker item vectors, computing the rows not cached yet.
+        Two requests may compute the same row at once; they write the same values."""
+        ready = self.ranker_ready[rows]
+        if not bool(ready.all()):
+            missing = rows[~ready].unique()
+            with torch.no_grad():
+                self.ranker_vectors[missing] = self.bundle.ranker.items(self.ranker_items[missing])
+            self.ranker_ready[missing] = True
+        return self.ranker_vectors[rows]
 
 
 class ServingModels:
@@ -158,8 +174,13 @@ class ServingModels:
                     ranker_items = bundle.ranker.items.encode_items(items)
         if retrieval_items is not None and len(retrieval_items) != len(ids):
             retrieval_items = None  # uploads since: encoded again with the next retrieval
+        ranker_vectors = ranker_ready = None
+        if ranker_items is not None:
+            ranker_vectors = torch.empty((len(ranker_items), bundle.ranker.dim))
+            ranker_ready = torch.zeros(len(ranker_items), dtype=torch.bool)
         return LoadedModels(version, bundle, meta, ids, {i: k for k, i in enumerate(ids)},
-                            vectors, index, ranker_items, retrieval_items)
+                            vectors, index, ranker_items, retrieval_items, ranker_vectors,
+                            ranker_ready)
 
 
 def _cat_inputs(a: ItemInputs, b: ItemInputs) -> ItemInputs:
@@ -230,7 +251,7 @@ class NeuralScorer:
         m = self.models.current
         if m is None or m.bundle.ranker is None or m.ranker_items is None or not candidates:
             return self.fallback.score(ctx, candidates)
-        items = [ctx.catalog.get(c.item_id) for c in candidates]
+        items = ctx.catalog.get_many([c.item_id for c in candidates])
         keep = [(c, it) for c, it in zip(candidates, items) if it is not None]
         if not keep:
             return []
@@ -251,7 +272,13 @@ class NeuralScorer:
 
     def _predict(self, m: LoadedModels, ctx: FeedContext, items: list[Item]) -> torch.Tensor:
         ranker = m.bundle.ranker
-        cand_inputs = _item_inputs(ranker, m, items)
+        rows = list(map(m.item_index.get, [it.item_id for it in items], repeat(-1)))
+        cand_vectors = None
+        if min(rows) >= 0:
+            cand_inputs = None  # the ranker reads the cached tower output instead
+            cand_vectors = m.ranker_item_vectors(torch.tensor(rows, dtype=torch.long))
+        else:  # uploads since the version was loaded: encoded now
+            cand_inputs = ranker.items.encode_items(items)
         tokens = list(ctx.user.tokens)[-self.history_len:] if ctx.user is not None else []
         hist_items = list(dict.fromkeys(t.item_id for t in tokens if t.item_id in ctx.catalog))
         local = {i: k for k, i in enumerate(hist_items)}
@@ -266,11 +293,12 @@ class NeuralScorer:
         ], dim=1)  # (1, C): one request's context, broadcast over the N rows
         agg = user_aggregates(ctx.user)
         dense = torch.from_numpy(dense_matrix(
-            ctx.user, items, [ctx.live.item_stats(it.item_id) for it in items], ctx.now,
+            ctx.user, items, ctx.live.item_stats_many([it.item_id for it in items]), ctx.now,
             agg))  # (N, F)
         hour = torch.full((1,), (ctx.now // 3_600_000) % 24, dtype=torch.long)
         with torch.no_grad():
-            logits = ranker(RankInputs(cand_inputs, history, hist_inputs, context, hour, dense))
+            logits = ranker(RankInputs(cand_inputs, history, hist_inputs, context, hour, dense,
+                                       cand_vectors))
         return torch.sigmoid(logits)
 
 

@@ -137,6 +137,23 @@ def test_batched_experts_at_inference_equal_the_layer_by_layer_path():
     assert torch.allclose(model(one), model(x), atol=1e-5)
 
 
+def test_batched_experts_follow_an_optimizer_step():
+    """The stacked weights the inference path keeps are rebuilt once a parameter changes."""
+    torch.manual_seed(0)
+    model = Ranker(len(DENSE_FEATURES), dim=8, experts=3, expert_dim=16).eval()
+    x = rank_inputs(model, 9)
+    with torch.no_grad():
+        before = model(x)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    model(x).sum().backward()
+    opt.step()
+    with torch.no_grad():
+        after = model(x)
+    slow = model(x).detach()
+    assert not torch.allclose(before, after, atol=1e-3)
+    assert torch.allclose(after, slow, atol=1e-5)
+
+
 def test_a_shared_history_scores_like_the_same_history_repeated():
     torch.manual_seed(0)
     model = Ranker(len(DENSE_FEATURES), dim=8, experts=2, expert_dim=8).eval()

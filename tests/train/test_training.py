@@ -58,6 +58,36 @@ def test_serving_uses_the_published_model(world_store, tmp_path):
     assert set(ranked.items[0].predictions) >= {"long_view", "like", "watch_time", "negative"}
 
 
+def test_cached_item_vectors_score_like_the_item_tower(world_store, tmp_path):
+    """Serving keeps the ranker's item-tower output per catalog row; its predictions must equal
+    the ones with the tower run on the items (the path a new upload takes)."""
+    from reelrank.types import Candidate, Item
+
+    registry = ModelRegistry(tmp_path / "models")
+    train_from_store(world_store, registry, TINY, progress=False)
+    engine = Engine(world_store, registry=registry, index_kind="exact").load()
+    scorer, m = engine.pipeline.scorer, engine.models.current
+    ids = m.item_ids[:60]
+    ctx = engine.context(FeedRequest("u3", n=10))
+
+    def predictions(batch):
+        return {s.item_id: s.predictions for s in scorer.score(ctx, [Candidate(i, "t")
+                                                                      for i in batch])}
+
+    first = predictions(ids[:30])  # cold rows, computed and kept
+    assert bool(m.ranker_ready[:30].all()) and not bool(m.ranker_ready[30:].any())
+    mixed = predictions(ids)  # half from the cache, half computed
+    assert bool(m.ranker_ready[:60].all())
+    engine.catalog.upsert([Item("fresh", "c1", 9_000, 0, caption="a new upload")])
+    uncached = predictions(ids + ["fresh"])  # an unknown row: every item through the tower
+    assert set(uncached) == set(ids) | {"fresh"}
+    for i in ids:
+        for task, p in uncached[i].items():
+            assert mixed[i][task] == pytest.approx(p, abs=1e-6)
+            if i in first:
+                assert first[i][task] == pytest.approx(p, abs=1e-6)
+
+
 def test_hot_swap_while_serving_fails_no_request(world_store, tmp_path):
     registry = ModelRegistry(tmp_path / "models")
     train_from_store(world_store, registry, TINY, progress=False)
