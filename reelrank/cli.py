@@ -7,6 +7,7 @@ takes explicit arguments.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -33,9 +34,12 @@ def serve(
     insecure_no_auth: bool = typer.Option(
         False, "--insecure-no-auth", help="Accept requests without tokens. Local trials only."),
     log_level: str = typer.Option("info", help="debug | info | warning | error"),
-    trainer: bool = typer.Option(
-        True, help="Run the online trainer in this process (--no-trainer when a separate "
-                   "`reelrank trainer` process runs)."),
+    trainer: str = typer.Option(
+        "process", help="The online trainer: 'process' (a child process this server runs "
+                        "and restarts), 'thread' (inside this process: weights handed over in "
+                        "memory, but it slows requests while it learns) or 'off' (a separate "
+                        "`reelrank trainer` runs)."),
+    no_trainer: bool = typer.Option(False, "--no-trainer", help="Same as --trainer off."),
     retention_days: Optional[int] = typer.Option(
         None, min=1, help="Delete events older than this many days (checked hourly); "
                           "live state and exports follow."),
@@ -50,7 +54,12 @@ def serve(
     from reelrank.service.server import prepare, run
 
     _logging(log_level)
-    app_, keys_path = prepare(data_dir, insecure_no_auth=insecure_no_auth, trainer=trainer,
+    from reelrank.service.server import TRAINER_MODES
+
+    if trainer not in TRAINER_MODES:
+        raise typer.BadParameter(f"one of {', '.join(TRAINER_MODES)}", param_hint="--trainer")
+    app_, keys_path = prepare(data_dir, insecure_no_auth=insecure_no_auth,
+                              trainer="off" if no_trainer else trainer,
                               retention_days=retention_days)
     if keys_path is not None:
         typer.echo(f"API tokens (ingest, serve, admin): {keys_path}")
@@ -173,10 +182,15 @@ def trainer_(
     retrieval_every: float = typer.Option(120.0, help="Seconds between versions that carry "
                                                       "new retrieval weights (an index rebuild)."),
     log_level: str = typer.Option("info", help="debug | info | warning | error"),
+    commands_from_stdin: bool = typer.Option(
+        False, "--commands-from-stdin",
+        help="Read erasures and resets from standard input (one 'erase<TAB>id' or "
+             "'reset<TAB>id' per line) and exit when it closes: how `reelrank serve` runs "
+             "its trainer."),
 ) -> None:
     """Run the online trainer as its own process: tail the event log in DATA_DIR, learn from
     each closed impression in small steps, and publish versions to DATA_DIR/models, which every
-    API process (`reelrank serve --no-trainer`) swaps in. Starts from the latest published
+    API process (`reelrank serve --trainer off`) swaps in. Starts from the latest published
     version (train one first with `reelrank train`). Stop it with Ctrl-C; killing it at any
     point leaves the registry consistent and serving untouched."""
     import signal
@@ -195,6 +209,17 @@ def trainer_(
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
     runner.start()
+    if commands_from_stdin:
+        def read_commands() -> None:
+            for line in sys.stdin:
+                command, _, user_id = line.rstrip("\n").partition("\t")
+                if command == "erase" and user_id:
+                    runner.forget_user(user_id)
+                elif command == "reset" and user_id:
+                    runner.reset_user(user_id)
+            done.set()  # the server is gone (or stopping us): so are we
+
+        threading.Thread(target=read_commands, name="trainer-commands", daemon=True).start()
     typer.echo(f"online trainer on {data_dir}: publishing to {Path(data_dir) / 'models'}")
     try:
         while not done.wait(30.0):

@@ -105,6 +105,7 @@ class Engine:
         # Called with a user id when that viewer's data is erased or reset, so that components
         # holding derived copies (an online trainer's pending examples, caches) drop them too.
         self.erase_listeners: list = []
+        self.reset_listeners: list = []  # called with a user id on "refresh my feed"
         # Called with each FeedResult served and with each batch of newly accepted events
         # (live figures: /v1/stats); a failing listener is logged, never fatal.
         self.feed_listeners: list = []
@@ -184,7 +185,8 @@ class Engine:
     def start_trainer(self, config=None):
         """Run the online trainer (``reelrank.train.trainer``) in a background thread of this
         process: it tails the event log and hands new weights straight to serving. A trainer
-        that fails is restarted by itself; serving never waits on it."""
+        that fails is restarted by itself; serving never waits on it, but its Python work
+        competes with requests for the interpreter lock (``start_trainer_process`` does not)."""
         from reelrank.train.trainer import OnlineTrainer
 
         if self.registry is None:
@@ -193,6 +195,21 @@ class Engine:
             self.trainer = OnlineTrainer(self.store, self.registry, config, catalog=self.catalog,
                                          install=self.models.install)
             self.erase_listeners.append(self.trainer.forget_user)
+            self.reset_listeners.append(self.trainer.reset_user)
+        return self.trainer.start()
+
+    def start_trainer_process(self, data_dir, **options):
+        """Run the online trainer as a supervised child process on ``data_dir`` (the store's
+        directory): ``reelrank serve``'s default. It publishes to the registry, which
+        ``watch_models`` swaps in; erasures and resets reach it through its standard input;
+        it is restarted if it dies and stopped with ``stop_trainer``. Options:
+        ``reelrank.train.supervisor.TrainerProcess``'s."""
+        from reelrank.train.supervisor import TrainerProcess
+
+        if self.trainer is None:
+            self.trainer = TrainerProcess(data_dir, **options)
+            self.erase_listeners.append(self.trainer.forget_user)
+            self.reset_listeners.append(self.trainer.reset_user)
         return self.trainer.start()
 
     def stop_trainer(self) -> None:
@@ -333,6 +350,11 @@ class Engine:
                 current, interests_reset_seq=self.store.last_seq()))
             self.live.reset_interests(user_id)
         self._drop_traces(user_id)
+        for listener in list(self.reset_listeners):
+            try:
+                listener(user_id)
+            except Exception:
+                log.exception("a reset listener failed")
 
     def erase_user(self, user_id: str, rebuild: bool = True) -> int:
         """Erase everything about the viewer: their events, settings and tokens in the store,

@@ -11,6 +11,7 @@ One uvicorn worker only: the engine's live state lives in this process.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 from pathlib import Path
 
@@ -28,21 +29,40 @@ log = logging.getLogger(__name__)
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
+TRAINER_MODES = ("process", "thread", "off")
+
+
 def prepare(data_dir: Path, insecure_no_auth: bool = False,
-            demo: bool = False, trainer: bool = True,
+            demo: bool = False, trainer: bool | str = "process",
             retention_days: int | None = None) -> tuple[FastAPI, Path | None]:
     """The app on the store in ``data_dir`` (created if missing), and the keys file (None
     when auth is off). The caller owns the store: ``app.state.engine.store.close()``.
-    ``demo`` turns on the web app's demo sign-in (``reelrank demo`` only). ``trainer`` runs
-    the online trainer in this process (off when a ``reelrank trainer`` process runs); either
-    way the engine swaps in each version published to the registry."""
+    ``demo`` turns on the web app's demo sign-in (``reelrank demo`` only). ``trainer``: how
+    the online trainer runs. ``"process"`` (default): a child process this server supervises,
+    so that learning never competes with requests for the interpreter lock; ``"thread"``: a
+    thread of this process, handing weights over in memory (a shorter event-to-weights lag,
+    a longer feed p99 while it learns); ``"off"``: none here (a ``reelrank trainer`` process
+    runs elsewhere). Either way the engine swaps in each version published to the registry."""
+    if trainer is True:
+        trainer = "process"
+    elif trainer is False:
+        trainer = "off"
+    if trainer not in TRAINER_MODES:
+        raise ValueError(f"trainer must be one of {', '.join(TRAINER_MODES)}, not {trainer!r}")
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     store = open_store(data_dir)
     try:
         engine = Engine(store, registry=ModelRegistry(data_dir / "models")).load()
+        # The catalog, live state and models loaded above live as long as the process: the
+        # cyclic garbage collector need never scan them again (a full pass over millions of
+        # objects would stall every request in flight).
+        gc.collect()
+        gc.freeze()
         engine.watch_models()
-        if trainer:
+        if trainer == "process":
+            engine.start_trainer_process(data_dir)
+        elif trainer == "thread":
             engine.start_trainer()
         if retention_days is not None:
             engine.start_retention(retention_days)
@@ -69,7 +89,7 @@ def run(app: FastAPI, host: str, port: int, log_level: str = "info") -> None:
 
 
 def serve(data_dir: Path, host: str, port: int, insecure_no_auth: bool = False,
-          log_level: str = "info", trainer: bool = True,
+          log_level: str = "info", trainer: bool | str = "process",
           retention_days: int | None = None) -> None:
     app, keys = prepare(data_dir, insecure_no_auth, trainer=trainer,
                         retention_days=retention_days)
@@ -94,15 +114,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="no authentication at all; for local trials only")
     parser.add_argument("--log-level", default="info",
                         choices=["critical", "error", "warning", "info", "debug"])
-    parser.add_argument("--no-trainer", action="store_true",
-                        help="no online trainer in this process (run `reelrank trainer`)")
+    parser.add_argument("--trainer", choices=TRAINER_MODES, default="process",
+                        help="the online trainer: a supervised child process (default), a "
+                             "thread of this process, or off (a `reelrank trainer` runs)")
+    parser.add_argument("--no-trainer", action="store_true", help="same as --trainer off")
     parser.add_argument("--retention-days", type=int, default=None,
                         help="delete events older than this many days (checked hourly)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     serve(args.data_dir, args.host, args.port, args.insecure_no_auth, args.log_level,
-          trainer=not args.no_trainer, retention_days=args.retention_days)
+          trainer="off" if args.no_trainer else args.trainer,
+          retention_days=args.retention_days)
     return 0
 
 

@@ -103,6 +103,7 @@ class OnlineTrainer:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._erase: deque[str] = deque()
+        self._resets: deque[str] = deque()
         self._handoff: _Handover | None = None  # the newest version waiting for the installer
         self._handoff_ready = threading.Condition()
         self._installer: threading.Thread | None = None
@@ -159,6 +160,11 @@ class OnlineTrainer:
         """Erasure listener: the trainer thread drops the viewer's pending data before its next
         step (a request never waits on the trainer)."""
         self._erase.append(user_id)
+
+    def reset_user(self, user_id: str) -> None:
+        """Reset listener ("refresh my feed"): the trainer's own live state forgets the
+        viewer's inferred interests before its next step, as serving's did."""
+        self._resets.append(user_id)
 
     def run(self) -> None:
         """The loop; returns when ``stop`` is called. Never raises."""
@@ -293,6 +299,10 @@ class OnlineTrainer:
         return joiner.clock + (wall - self._clock_seen[1])
 
     def _apply_erasures(self) -> None:
+        while self._resets:
+            user = self._resets.popleft()
+            if self.rows is not None:
+                self.rows.live.reset_interests(user)
         while self._erase:
             user = self._erase.popleft()
             if self.rows is not None:

@@ -243,7 +243,7 @@ def test_service_keys_file_is_private_and_kept(store, tmp_path, keys):
 def test_prepare_generates_keys_once(tmp_path):
     from reelrank.service.server import prepare
 
-    app, path = prepare(tmp_path / "d")
+    app, path = prepare(tmp_path / "d", trainer="off")
     try:
         tokens = json.loads(path.read_text())
         with TestClient(app) as c:
@@ -252,10 +252,10 @@ def test_prepare_generates_keys_once(tmp_path):
             assert r.status_code == 200
     finally:
         app.state.engine.store.close()
-    app, again = prepare(tmp_path / "d")
+    app, again = prepare(tmp_path / "d", trainer="off")
     app.state.engine.store.close()
     assert again == path and json.loads(path.read_text()) == tokens
-    app, none = prepare(tmp_path / "e", insecure_no_auth=True)
+    app, none = prepare(tmp_path / "e", insecure_no_auth=True, trainer="off")
     app.state.engine.store.close()
     assert none is None and app.state.auth is None
 

@@ -1,10 +1,11 @@
-"""A separate trainer process publishes versions the API swaps in; killing it stops nothing."""
+"""The trainer as a child process of the server (the default): it publishes versions the API
+swaps in, killing it stops nothing, the server starts it again, and erasures and resets reach
+it."""
 
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from reelrank.importers import import_into
 from reelrank.registry import ModelRegistry
 from reelrank.service.app import create_app
 from reelrank.train.job import train_from_store
+from reelrank.train.supervisor import TrainerProcess
 from tests.train.test_training import TINY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,10 +32,9 @@ def test_killing_the_trainer_process_never_stops_the_feed(store, tmp_path):
     engine = Engine(store, registry=registry, index_kind="exact").load()
     engine.watch_models(every_s=0.05)
     client = TestClient(create_app(engine, None))
-    trainer = subprocess.Popen(
-        [sys.executable, "-m", "reelrank.cli", "trainer", "--data-dir", str(tmp_path / "data"),
-         "--publish-every", "0.1", "--log-level", "warning"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    # What `reelrank serve` does by default: the trainer as a child process it supervises.
+    supervisor = engine.start_trainer_process(tmp_path / "data", publish_every_s=0.1,
+                                              backoff_s=(0.1,))
     try:
         now = int(time.time() * 1000)
         events = []
@@ -48,21 +49,67 @@ def test_killing_the_trainer_process_never_stops_the_feed(store, tmp_path):
         # The trainer learns from them and publishes; the API process swaps the version in.
         deadline = time.monotonic() + 60
         while engine.models.version == base:
-            assert trainer.poll() is None, "the trainer exited"
+            assert supervisor.restarts == 0, "the trainer exited"
             assert time.monotonic() < deadline, "no version published by the trainer"
             assert client.get("/v1/feed", params={"user_id": "u3"}).status_code == 200
             time.sleep(0.05)
         online = engine.models.version
         assert engine.models.current.meta["base_version"] == base
-        trainer.send_signal(signal.SIGKILL)
-        trainer.wait(10)
+        status = client.get("/v1/admin/trainer").json()["trainer"]
+        assert status["mode"] == "process" and status["alive"]
+        first = supervisor.pid
+        os.kill(first, signal.SIGKILL)
         # Dead trainer: the feed answers as before, with the last version it published.
         for k in range(10):
             r = client.get("/v1/feed", params={"user_id": f"u{k}", "n": 5})
             assert r.status_code == 200 and r.json()["model_version"] == online
         # Whatever it was doing when killed, the registry still loads its latest version.
         assert registry.load().version == registry.latest()
+        # ... and the server starts a new one.
+        deadline = time.monotonic() + 30
+        while not (supervisor.restarts == 1 and supervisor.alive and supervisor.pid != first):
+            assert time.monotonic() < deadline, "the trainer was not restarted"
+            time.sleep(0.05)
     finally:
-        if trainer.poll() is None:
-            trainer.kill()
         engine.stop_trainer()
+    assert not supervisor.alive
+
+
+class _Recorder(TrainerProcess):
+    """The supervisor around a stand-in child that writes what it reads to a file."""
+
+    def __init__(self, out: Path):
+        super().__init__(out.parent, backoff_s=(0.05,))
+        self.out = out
+
+    def _command(self) -> list[str]:
+        script = ("import sys\n"
+                  f"with open({str(self.out)!r}, 'a') as f:\n"
+                  "    for line in sys.stdin:\n"
+                  "        f.write(line); f.flush()\n")
+        return [sys.executable, "-c", script]
+
+
+def test_erasures_and_resets_reach_the_trainer_process(store, tmp_path):
+    out = tmp_path / "commands.txt"
+    engine = Engine(store).load()
+    supervisor = _Recorder(out)
+    engine.trainer = supervisor
+    engine.erase_listeners.append(supervisor.forget_user)
+    engine.reset_listeners.append(supervisor.reset_user)
+    supervisor.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not supervisor.alive:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        engine.erase_user("u1")
+        engine.reset_interests("u2")
+        deadline = time.monotonic() + 10
+        while not out.exists() or out.read_text().count("\n") < 2:
+            assert time.monotonic() < deadline, "the commands did not arrive"
+            time.sleep(0.01)
+        assert out.read_text().splitlines() == ["erase\tu1", "reset\tu2"]
+    finally:
+        supervisor.stop()
+    assert not supervisor.alive  # closing its stdin ends it

@@ -203,6 +203,11 @@ def test_erasure_drops_the_viewers_pending_examples(engine, world):
     assert gone not in waiting and kept in waiting
     assert trainer.rows.live.user(gone) is None
     assert all(k[0] != gone for k in trainer.rows.joiner._open)
+    # "Refresh my feed" reaches the trainer's own live state too.
+    assert trainer.rows.live.user(kept).tokens
+    engine.reset_interests(kept)
+    wait_for(lambda: not trainer.rows.live.user(kept).tokens)
+    assert not trainer.rows.live.user(kept).hashtag_affinity
 
 
 def test_a_crashing_trainer_never_stops_the_feed_and_starts_over(engine, world, monkeypatch):

@@ -1,0 +1,154 @@
+"""The online trainer as a child process of the API server: the single-process default.
+
+A trainer thread inside the API process competes with request threads for the interpreter
+lock: every tensor operation of a request gives the lock up and may wait milliseconds to get it
+back, so the feed's p99 grew tenfold while the trainer learned (benchmarks/results/realtime.md).
+As its own process it shares nothing but the store and the model registry, and the operating
+system schedules it below the API (it runs niced).
+
+``TrainerProcess`` starts ``reelrank trainer`` on the server's data directory, restarts it when
+it exits (with a back-off), and stops it with the server. It speaks to the child over the
+child's standard input, one command per line:
+
+    erase <TAB> user_id    drop the viewer's pending rows and state (erasure)
+    reset <TAB> user_id    forget the viewer's inferred interests ("refresh my feed")
+
+The child exits when its standard input closes, so it never outlives the server, even one that
+was killed. A command sent while the child is restarting is not lost in effect: a new child
+rebuilds its state from the store, where the erasure or the reset already happened.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class TrainerProcess:
+    def __init__(self, data_dir: Path, *, publish_every_s: float = 1.0,
+                 retrieval_every_s: float = 120.0, log_level: str = "warning",
+                 backoff_s: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0)):
+        self.data_dir = Path(data_dir)
+        self.publish_every_s = publish_every_s
+        self.retrieval_every_s = retrieval_every_s
+        self.log_level = log_level
+        self.backoff_s = backoff_s
+        self.restarts = 0
+        self.last_exit: int | None = None
+        self._proc: subprocess.Popen | None = None
+        self._lock = threading.Lock()  # one writer on the child's stdin at a time
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> "TrainerProcess":
+        if self._thread is not None and self._thread.is_alive():
+            return self
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._supervise, name="trainer-process",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            self._close_stdin(proc)  # the child's signal to finish its step and exit
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        proc = self._proc
+        return proc is not None and proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def status(self) -> dict:
+        return {"mode": "process", "alive": self.alive, "pid": self.pid,
+                "restarts": self.restarts, "last_exit": self.last_exit}
+
+    # -- commands -----------------------------------------------------------------------------
+    def forget_user(self, user_id: str) -> None:
+        """Erasure listener (``Engine.erase_listeners``)."""
+        self._send("erase", user_id)
+
+    def reset_user(self, user_id: str) -> None:
+        """Reset listener (``Engine.reset_listeners``)."""
+        self._send("reset", user_id)
+
+    def _send(self, command: str, user_id: str) -> None:
+        if "\n" in user_id or "\t" in user_id:
+            return  # not an id the API accepts; nothing of theirs can be in the trainer
+        proc = self._proc
+        if proc is None or proc.poll() is not None or proc.stdin is None:
+            return  # a restarting child reads the store afresh
+        try:
+            with self._lock:
+                proc.stdin.write(f"{command}\t{user_id}\n".encode())
+                proc.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            pass  # it died just now; the next one starts from the store
+
+    # -- the supervisor thread ----------------------------------------------------------------
+    def _command(self) -> list[str]:
+        return [sys.executable, "-m", "reelrank.cli", "trainer",
+                "--data-dir", str(self.data_dir),
+                "--publish-every", str(self.publish_every_s),
+                "--retrieval-every", str(self.retrieval_every_s),
+                "--log-level", self.log_level, "--commands-from-stdin"]
+
+    def _supervise(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                proc = subprocess.Popen(self._command(), stdin=subprocess.PIPE,
+                                        env=_child_env())
+            except OSError:
+                log.exception("could not start the trainer process")
+                proc = None
+            if proc is not None:
+                self._proc = proc
+                code = proc.wait()
+                self.last_exit = code
+                if self._stop.is_set():
+                    break
+                log.warning("the trainer process exited with %s; restarting it", code)
+                self.restarts += 1
+            # A child that ran a good while before it died starts again at once; one that keeps
+            # dying backs off.
+            failures = 0 if time.monotonic() - started > 60 else failures + 1
+            if failures:
+                self._stop.wait(self.backoff_s[min(failures, len(self.backoff_s)) - 1])
+
+    @staticmethod
+    def _close_stdin(proc: subprocess.Popen) -> None:
+        try:
+            if proc.stdin is not None:
+                proc.stdin.close()
+        except OSError:
+            pass
+
+
+def _child_env() -> dict:
+    """The child imports the same ``reelrank`` as this process, installed or not."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
