@@ -20,9 +20,9 @@ trainer in process) on a free local port:
    ``GET /v1/admin/trainer`` every 50 ms. A swipe's lag runs from its POST returning to the first
    poll at which serving's weights have learned through its time (``through_ts``: every example
    whose view ended by then is in the weights serving uses).
-3. both again with the trainer as its own process (``reelrank trainer`` beside a server started
-   with ``--no-trainer``, versions passed through the registry), and the event-to-feed trials
-   once more with no trainer at all: what training costs the serving process, in the same run.
+3. both again with the trainer as a thread of the server (``--trainer thread``, weights handed
+   over in memory), and the event-to-feed trials once more with no trainer at all
+   (``--trainer off``): what training costs the serving process, in the same run.
 """
 
 from __future__ import annotations
@@ -100,13 +100,12 @@ def build(args, data_dir: Path):
     return world, report, result
 
 
-def start_server(data_dir: Path, trainer: bool):
+def start_server(data_dir: Path, trainer: str):
+    """The server with its online trainer as ``trainer``: process (the default), thread, off."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "reelrank.service.server", "--data-dir", str(data_dir),
-           "--port", str(port), "--log-level", "warning"]
-    if not trainer:
-        cmd.append("--no-trainer")
+           "--port", str(port), "--log-level", "warning", "--trainer", trainer]
     proc = subprocess.Popen(cmd, cwd=ROOT)
     ready = wait_ready(base, proc, timeout_s=900)
     return proc, base, ready
@@ -241,18 +240,15 @@ def run_serve(args) -> None:
                  "world": {"items": imported.items, "background_events": imported.events,
                            "model": trained.version, "setup_s": round(time.perf_counter() - t0)}}
     print(f"world and model ready in {out['world']['setup_s']} s", flush=True)
-    for name in ("trainer_on", "trainer_process", "trainer_off"):
-        proc, base, ready = start_server(data_dir, name == "trainer_on")
+    modes = {"trainer_child": "process", "trainer_thread": "thread", "trainer_off": "off"}
+    for name, mode in modes.items():
+        proc, base, ready = start_server(data_dir, mode)
         keys = json.loads((data_dir / "keys.json").read_text())
         headers = {s: {"Authorization": f"Bearer {keys[s]}"} for s in ("ingest", "serve", "admin")}
-        trainer_proc = None
         try:
             client = httpx.Client(base_url=base, timeout=60.0)
             entry: dict = {"startup_s": round(ready, 1)}
-            if name == "trainer_process":  # `reelrank trainer` beside a --no-trainer server
-                trainer_proc = subprocess.Popen(
-                    [sys.executable, "-m", "reelrank.cli", "trainer", "--data-dir",
-                     str(data_dir), "--publish-every", "1", "--log-level", "warning"], cwd=ROOT)
+            if mode == "process":  # the child replays the log, learns the backlog, publishes
                 t, quiet, seen = time.perf_counter(), 0, None
                 while quiet < 5:  # serving runs an online version, and no newer one comes
                     s = client.get("/v1/admin/trainer", headers=headers["admin"]).json()[
@@ -261,7 +257,7 @@ def run_serve(args) -> None:
                     seen = s["version"]
                     time.sleep(1.0)
                 entry["trainer_catch_up_s"] = round(time.perf_counter() - t, 1)
-            if name == "trainer_on":  # the trainer replays the log before it learns: wait
+            if mode == "thread":  # the trainer replays the log before it learns: wait
                 t = time.perf_counter()
                 while client.get("/v1/admin/trainer", headers=headers["admin"]).json()[
                         "trainer"]["state"] != "running":
@@ -292,9 +288,6 @@ def run_serve(args) -> None:
                 print("lag", json.dumps(entry["event_to_weights"]), flush=True)
             out[name] = entry
         finally:
-            if trainer_proc is not None:
-                trainer_proc.terminate()
-                trainer_proc.wait(60)
             proc.terminate()
             proc.wait(60)
     shutil.rmtree(data_dir, ignore_errors=True)

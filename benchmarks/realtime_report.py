@@ -174,26 +174,27 @@ def coldstart_markdown(r: dict, png: str) -> str:
 
 
 def serve_markdown(r: dict) -> str:
-    on, proc, off = r["trainer_on"], r["trainer_process"], r["trainer_off"]
-    modes = (("trainer in the server process", on), ("trainer as its own process", proc),
-             ("no trainer (baseline)", off))
+    child, thread, off = r["trainer_child"], r["trainer_thread"], r["trainer_off"]
+    modes = (("trainer as a child process (default)", child),
+             ("trainer as a thread of the server", thread), ("no trainer (baseline)", off))
 
     def row(name, s):
         return f"| {name} | {s.get('p50', '—')} | {s.get('p90', '—')} | {s.get('p99', '—')} | " \
                f"{s.get('n', 0)} |"
 
-    w = on["event_to_weights"]
+    w = child["event_to_weights"]
     lines = [
         "# Real time: event-to-feed and event-to-weights", "",
         f"Command: `{r['command']}`", "",
         f"Machine: {r['machine']}.", "",
         f"World: {r['world']['items']:,} videos, {r['world']['background_events']:,} background "
         f"events; model {r['world']['model']} (one epoch each on the first 60,000 events). "
-        "Server: `python -m reelrank.service.server`, auth on, one process; the client is this "
-        "script on the same machine. Three runs on the same data, one after the other: the "
-        "online trainer in the server process (the default), the trainer as its own process "
-        "(`reelrank trainer` beside `serve --no-trainer`, versions passed through the "
-        "registry, which the server polls every 2 s), and no trainer at all.", "",
+        "Server: `python -m reelrank.service.server`, auth on, one API process; the client is "
+        "this script on the same machine. Three runs on the same data, one after the other: the "
+        "online trainer as a child process the server supervises (`--trainer process`, the "
+        "default: versions pass through the registry, which the server polls every 2 s), as a "
+        "thread of the server (`--trainer thread`: versions handed over in memory), and no "
+        "trainer at all (`--trainer off`).", "",
         "## Event-to-feed (POST an event, then GET the next page)", "",
         "A viewer the service has never seen gets a cold page, then long-views and likes a video "
         "that was not on it; the next page is asked for right after the POST returns. "
@@ -217,26 +218,27 @@ def serve_markdown(r: dict) -> str:
         "that learned through the swipe's time (`through_ts`: every example whose view ended by "
         "then is in them).", "",
         "| measure | p50 | p90 | p99 | n |", "|---|---|---|---|---|",
-        row("event-to-weights lag (ms), trainer in the server process", w["lag_ms"]),
-        row("event-to-weights lag (ms), trainer as its own process",
-            proc["event_to_weights"]["lag_ms"]), "",
+        row("event-to-weights lag (ms), trainer as a child process (default)", w["lag_ms"]),
+        row("event-to-weights lag (ms), trainer as a thread of the server",
+            thread["event_to_weights"]["lag_ms"]), "",
         "Swipes not learned within 30 s of the end: " + " / ".join(
-            str(e["event_to_weights"]["not_learned_within_30s"]) for e in (on, proc)) +
+            str(e["event_to_weights"]["not_learned_within_30s"]) for e in (child, thread)) +
         "; serving versions seen: " + " / ".join(
-            str(e["event_to_weights"]["serving_versions_seen"]) for e in (on, proc)) +
+            str(e["event_to_weights"]["serving_versions_seen"]) for e in (child, thread)) +
         "; failed posts: " + " / ".join(
-            str(e["event_to_weights"]["failed_posts"]) for e in (on, proc)) +
-        ". The trainer waits `settle_ms` = 1,000 ms after a view ends for its likes and "
-        "shares, and hands weights over at most once a second (`publish_every_s`).", "",
-        "In-process trainer's own figures at the end (lag = serving time minus view end, over "
-        f"every example it learned): `{json.dumps(on['trainer_status']['lag_ms'])}`, steps "
-        f"{on['trainer_status']['steps']}, rows {on['trainer_status']['rows_trained']}, "
-        f"failures {on['trainer_status']['failures']}.", "",
-        f"Start-up: server {on['startup_s']} s (live state from the log), then the trainer's "
-        f"own catch-up {on.get('trainer_catch_up_s')} s in the background, and "
-        f"{on.get('trainer_backlog_s')} s learning the {on.get('trainer_backlog_rows'):,} "
-        "newest rows of the log after the model's training data (its queue keeps 20,000); the "
-        "measurements start once it is idle. As its own process, the trainer was ready "
-        f"{proc.get('trainer_catch_up_s')} s after start.", "",
+            str(e["event_to_weights"]["failed_posts"]) for e in (child, thread)) +
+        " (child / thread). The trainer waits `settle_ms` = 1,000 ms after a view ends for its "
+        "likes and shares, and publishes at most once a second (`publish_every_s`).", "",
+        "The thread trainer's own figures at the end (lag = serving time minus view end, over "
+        f"every example it learned): `{json.dumps(thread['trainer_status']['lag_ms'])}`, steps "
+        f"{thread['trainer_status']['steps']}, rows {thread['trainer_status']['rows_trained']}, "
+        f"failures {thread['trainer_status']['failures']}. The child process at the end: "
+        f"`{json.dumps(child['trainer_status'])}`.", "",
+        f"Start-up: server {child['startup_s']} s (live state from the log); the child trainer "
+        f"replayed the log, learned the rows after the model's training data and published "
+        f"within {child.get('trainer_catch_up_s')} s of the server answering. As a thread: "
+        f"catch-up {thread.get('trainer_catch_up_s')} s, then {thread.get('trainer_backlog_s')} "
+        f"s learning the {thread.get('trainer_backlog_rows'):,} newest rows of the log (its "
+        "queue keeps 20,000). Measurements start once the trainer is idle.", "",
     ]
     return "\n".join(lines)

@@ -26,7 +26,7 @@ import math
 import operator
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import chain, repeat
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -324,24 +324,29 @@ def dense_matrix(user, items: list, stats: list, now: int, aggregates=None) -> n
     out = np.zeros((N, len(DENSE_FEATURES)), dtype=np.float64)
     if N == 0:
         return out.astype(np.float32)
-    duration = np.fromiter(map(_DURATION, items), dtype=np.float64, count=N)
+    # One pass over the items for every attribute read below: the objects are touched once.
+    creators, duration, created, hashtags = zip(*map(_ITEM_COLUMNS, items))
+    duration = np.array(duration, dtype=np.float64)
     if user is not None:
         tag_total, overall = aggregates if aggregates is not None else user_aggregates(user)
         cl, ca, ha = user.creator_long_views, user.creator_affinity, user.hashtag_affinity
         lv, llv, following = user.length_views, user.length_long_views, user.following
         lift = np.array([(llv.get(k, 0) + 5 * overall) / (lv.get(k, 0) + 5) - overall
                          for k in range(6)])
-        creators = list(map(_CREATOR, items))
         out[:, 0] = np.log1p(np.fromiter(map(cl.get, creators, repeat(0)), np.float64, N))
         out[:, 1] = np.tanh(np.fromiter(map(ca.get, creators, repeat(0.0)), np.float64, N) / 5.0)
         if ha:
-            tags = [sum(map(ha.get, it.hashtags, repeat(0.0))) if it.hashtags else 0.0
-                    for it in items]
-            out[:, 2] = np.tanh(3.0 * np.array(tags, dtype=np.float64) / tag_total)
+            # Every item's tags in one flat pass, summed back per item.
+            lengths = np.fromiter(map(len, hashtags), dtype=np.int64, count=N)
+            values = np.fromiter(map(ha.get, chain.from_iterable(hashtags), repeat(0.0)),
+                                 dtype=np.float64, count=int(lengths.sum()))
+            tags = np.bincount(np.repeat(np.arange(N), lengths), weights=values, minlength=N)
+            out[:, 2] = np.tanh(3.0 * tags / tag_total)
         if following:
             out[:, 3] = np.fromiter(map(following.__contains__, creators), np.float64, N)
         out[:, 4] = lift[np.searchsorted(_LENGTH_LIMITS, duration, side="right")]
-    counts = np.array(list(map(_STAT_COLUMNS, stats)), dtype=np.float64)  # (N, 7)
+    counts = np.fromiter(chain.from_iterable(map(_STAT_COLUMNS, stats)), dtype=np.float64,
+                         count=7 * N).reshape(N, 7)
     imp, views, long_, likes, shares, neg, ratio_sum = counts.T
     shown = np.maximum(imp, views)
     out[:, 5] = np.log1p(shown)
@@ -350,15 +355,13 @@ def dense_matrix(user, items: list, stats: list, now: int, aggregates=None) -> n
     out[:, 8] = (shares + 0.005 * 100) / (shown + 100)
     out[:, 9] = (neg + 0.01 * 100) / (shown + 100)
     out[:, 10] = (ratio_sum + 0.5 * 10) / (views + 10)
-    created = np.fromiter(map(_CREATED, items), dtype=np.float64, count=N)
+    created = np.array(created, dtype=np.float64)
     out[:, 11] = np.log1p(np.maximum(0.0, now - created) / 3_600_000)
     out[:, 12] = np.log1p(duration / 1000)
     return out.astype(np.float32)
 
 
-_CREATOR = operator.attrgetter("creator_id")
-_DURATION = operator.attrgetter("duration_ms")
-_CREATED = operator.attrgetter("created_at")
+_ITEM_COLUMNS = operator.attrgetter("creator_id", "duration_ms", "created_at", "hashtags")
 
 
 @dataclass(slots=True)

@@ -36,13 +36,14 @@ class RankInputs:
 
     items: ItemInputs | None  # N candidates (None when ``item_vectors`` is given)
     history: HistoryInputs  # (N, L) tokens; ``items`` index ``history_items``
-    history_items: ItemInputs  # the items the history tokens refer to
+    history_items: ItemInputs | None  # the items the history tokens refer to
     context: torch.Tensor  # (N, len(CONTEXT_FIELDS)) rows of the context tables, or (1, ...)
     hour: torch.Tensor  # (N,) 0..23, or (1,) when the whole batch is one request
     dense: torch.Tensor  # (N, F) float
     # (N, D) the item tower's output for ``items`` when the caller has it already (serving
     # caches it per model version); None: computed here.
     item_vectors: torch.Tensor | None = None
+    history_vectors: torch.Tensor | None = None  # (H, D) the same for ``history_items``
 
 
 class Ranker(nn.Module):
@@ -76,7 +77,8 @@ class Ranker(nn.Module):
     def forward(self, x: RankInputs) -> torch.Tensor:
         """-> (N, T) logits, one column per task in ``self.tasks``."""
         cand = self.items(x.items) if x.item_vectors is None else x.item_vectors  # (N, D)
-        hist_vecs = self.items(x.history_items)  # (H, D)
+        hist_vecs = (self.items(x.history_items) if x.history_vectors is None
+                     else x.history_vectors)  # (H, D)
         if hist_vecs.shape[0] == 0:  # nobody in the batch has a history: all padding
             hist_vecs = cand.new_zeros((1, cand.shape[1]))
         h = x.history  # (N, L), or (1, L) when every row shares one viewer's history

@@ -229,26 +229,35 @@ class TwoTower(nn.Module):
         return self.users(h, item_vectors)[:, -1, :]
 
 
+_NO_FLAGS = [0.0] * len(FLAGS)
+
+
 def encode_histories(histories: Sequence[Sequence], item_index: dict[str, int], max_len: int,
                      now: Sequence[int] | None = None) -> HistoryInputs:
     """Token lists (``reelrank.features.Token``, oldest first) -> left-padded ``HistoryInputs``
     over their last ``max_len`` tokens. Tokens of items missing from ``item_index`` are dropped.
     ``now`` (per history) adds nothing yet: gaps are between consecutive events."""
     B = len(histories)
-    items = torch.full((B, max_len), -1, dtype=torch.long)
-    view = torch.zeros((B, max_len), dtype=torch.long)
-    flags = torch.zeros((B, max_len, len(FLAGS)))
-    gap = torch.zeros((B, max_len), dtype=torch.long)
+    # Built as Python lists and turned into tensors once: element-wise tensor writes cost
+    # microseconds each, and serving encodes a history on every request.
+    items = [[-1] * max_len for _ in range(B)]
+    view = [[0] * max_len for _ in range(B)]
+    flags = [[_NO_FLAGS] * max_len for _ in range(B)]
+    gap = [[0] * max_len for _ in range(B)]
     for b, hist in enumerate(histories):
         toks = [t for t in hist if t.item_id in item_index][-max_len:]
         offset = max_len - len(toks)
         prev_ts = None
         for j, t in enumerate(toks):
             p = offset + j
-            items[b, p] = item_index[t.item_id]
-            view[b, p] = view_bucket("play" if t.event_type == "long_view" else t.event_type,
+            items[b][p] = item_index[t.item_id]
+            view[b][p] = view_bucket("play" if t.event_type == "long_view" else t.event_type,
                                      t.watch_ratio)
-            flags[b, p] = torch.tensor([float(getattr(t, f)) for f in FLAGS])
-            gap[b, p] = gap_bucket(t.ts - prev_ts) if prev_ts is not None else 0
+            flags[b][p] = [float(getattr(t, f)) for f in FLAGS]
+            gap[b][p] = gap_bucket(t.ts - prev_ts) if prev_ts is not None else 0
             prev_ts = t.ts
+    items = torch.tensor(items, dtype=torch.long).view(B, max_len)
+    view = torch.tensor(view, dtype=torch.long).view(B, max_len)
+    flags = torch.tensor(flags, dtype=torch.float32).view(B, max_len, len(FLAGS))
+    gap = torch.tensor(gap, dtype=torch.long).view(B, max_len)
     return HistoryInputs(items, view, flags, gap)

@@ -251,28 +251,33 @@ class NeuralScorer:
         m = self.models.current
         if m is None or m.bundle.ranker is None or m.ranker_items is None or not candidates:
             return self.fallback.score(ctx, candidates)
-        items = ctx.catalog.get_many([c.item_id for c in candidates])
-        keep = [(c, it) for c, it in zip(candidates, items) if it is not None]
-        if not keep:
+        ids = [c.item_id for c in candidates]
+        items = ctx.catalog.get_many(ids)
+        if None in items:  # gone from the catalog since a source proposed them
+            kept = [k for k, it in enumerate(items) if it is not None]
+            candidates = [candidates[k] for k in kept]
+            ids, items = [ids[k] for k in kept], [items[k] for k in kept]
+        if not items:
             return []
-        probs = self._predict(m, ctx, [it for _, it in keep])  # (N, T)
+        probs = self._predict(m, ctx, ids, items)  # (N, T)
         tasks = m.bundle.ranker.tasks
         weights = torch.tensor([m.bundle.value_weights.get(t, 0.0) for t in tasks],
                                dtype=probs.dtype)
-        values = (probs @ weights).tolist()  # the value formula, (N,)
+        scores = probs @ weights  # the value formula, (N,)
         out = [Scored(cand, value, dict(zip(tasks, row)), cand.reasons)
-               for (cand, _), row, value in zip(keep, probs.tolist(), values)]
+               for cand, row, value in zip(candidates, probs.tolist(), scores.tolist())]
         if ctx.personalized:
             # The viewer's signals behind an item ("you watched 3 #cooking videos to the end")
             # are worded only for the items that can make the page, not all 500 candidates.
-            best = sorted(range(len(out)), key=lambda k: -out[k].score)[:self.reasons_for_top]
-            for k in best:
-                out[k].reasons = self.fallback.signals(ctx, keep[k][1]) + out[k].reasons
+            top = min(self.reasons_for_top, len(out))
+            for k in torch.topk(scores, top, sorted=False).indices.tolist():
+                out[k].reasons = self.fallback.signals(ctx, items[k]) + out[k].reasons
         return out
 
-    def _predict(self, m: LoadedModels, ctx: FeedContext, items: list[Item]) -> torch.Tensor:
+    def _predict(self, m: LoadedModels, ctx: FeedContext, ids: list[str],
+                 items: list[Item]) -> torch.Tensor:
         ranker = m.bundle.ranker
-        rows = list(map(m.item_index.get, [it.item_id for it in items], repeat(-1)))
+        rows = list(map(m.item_index.get, ids, repeat(-1)))
         cand_vectors = None
         if min(rows) >= 0:
             cand_inputs = None  # the ranker reads the cached tower output instead
@@ -284,7 +289,12 @@ class NeuralScorer:
         local = {i: k for k, i in enumerate(hist_items)}
         # One history, shared by the N candidate rows (the ranker broadcasts it).
         history = encode_histories([tokens], local, self.history_len)
-        hist_inputs = _item_inputs(ranker, m, [ctx.catalog.get(i) for i in hist_items])
+        hist_rows = list(map(m.item_index.get, hist_items, repeat(-1)))
+        hist_inputs = hist_vectors = None
+        if hist_rows and min(hist_rows) >= 0:
+            hist_vectors = m.ranker_item_vectors(torch.tensor(hist_rows, dtype=torch.long))
+        else:
+            hist_inputs = _item_inputs(ranker, m, [ctx.catalog.get(i) for i in hist_items])
         req = ctx.request
         device = req.device or (ctx.user.device if ctx.user else None)
         values = {"device": device, "region": ctx.region, "source": req.source}
@@ -293,12 +303,12 @@ class NeuralScorer:
         ], dim=1)  # (1, C): one request's context, broadcast over the N rows
         agg = user_aggregates(ctx.user)
         dense = torch.from_numpy(dense_matrix(
-            ctx.user, items, ctx.live.item_stats_many([it.item_id for it in items]), ctx.now,
+            ctx.user, items, ctx.live.item_stats_many(ids), ctx.now,
             agg))  # (N, F)
         hour = torch.full((1,), (ctx.now // 3_600_000) % 24, dtype=torch.long)
-        with torch.no_grad():
+        with torch.inference_mode():
             logits = ranker(RankInputs(cand_inputs, history, hist_inputs, context, hour, dense,
-                                       cand_vectors))
+                                       cand_vectors, hist_vectors))
         return torch.sigmoid(logits)
 
 

@@ -141,7 +141,7 @@ class UserState:
         return UserState(**copies)
 
 
-@dataclass
+@dataclass(slots=True)
 class ItemStats:
     impressions: int = 0
     views: int = 0
