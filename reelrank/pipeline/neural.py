@@ -304,7 +304,8 @@ class NeuralScorer:
         agg = user_aggregates(ctx.user)
         dense = torch.from_numpy(dense_matrix(
             ctx.user, items, ctx.live.item_stats_many(ids), ctx.now,
-            agg))  # (N, F)
+            agg)[:, :ranker.dense_norm.num_features])  # (N, F): a model trained before a
+        # feature was added reads the columns it knows (new features are appended)
         hour = torch.full((1,), (ctx.now // 3_600_000) % 24, dtype=torch.long)
         with torch.inference_mode():
             logits = ranker(RankInputs(cand_inputs, history, hist_inputs, context, hour, dense,

@@ -130,7 +130,9 @@ def build_table(rows: Sequence[RankingRow], model: Ranker, item_index: dict[str,
         hist_item=torch.from_numpy(hist_item), hist_view=torch.from_numpy(hist_view),
         hist_flags=torch.from_numpy(hist_flags), hist_gap=torch.from_numpy(hist_gap),
         context=context, hour=torch.tensor([r.hour for r in rows], dtype=torch.long),
-        dense=torch.tensor([r.dense for r in rows], dtype=torch.float32).reshape(N, -1),
+        # A model trained before a feature was appended reads the columns it knows.
+        dense=torch.tensor([r.dense for r in rows], dtype=torch.float32).reshape(N, -1)[
+            :, :model.dense_norm.num_features],
         labels=torch.from_numpy(labels), user_ids=[r.example.user_id for r in rows],
         ts=np.array([r.example.ts for r in rows], dtype=np.int64))
 

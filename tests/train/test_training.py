@@ -168,3 +168,23 @@ def test_a_failing_training_job_never_stops_the_feed(store, tmp_path):
     job = client.get(f"/v1/admin/jobs/{job_id}").json()
     assert job["status"] == "failed" and "empty" in job["error"]
     assert client.get("/v1/feed", params={"user_id": "x"}).status_code == 200
+
+
+def test_a_model_trained_before_a_dense_feature_was_added_still_serves(world_store, tmp_path):
+    """New dense features are appended; a published model that knows fewer reads its columns."""
+    from reelrank.features import DENSE_FEATURES
+    from reelrank.models.bundle import ModelBundle
+    from reelrank.models.ranker import Ranker
+
+    registry = ModelRegistry(tmp_path / "models")
+    train_from_store(world_store, registry, TINY, progress=False)
+    engine = Engine(world_store, registry=registry, index_kind="exact").load()
+    current = engine.models.current.bundle
+    older = Ranker(len(DENSE_FEATURES) - 1, dim=TINY.ranker.dim, experts=TINY.ranker.experts,
+                   expert_dim=TINY.ranker.expert_dim).eval()
+    engine.models.install("older", ModelBundle(current.retrieval, current.retrieval_kwargs, older,
+                                               {}), {})
+    res = engine.feed(FeedRequest("u1", n=5))
+    assert res.model_version == "older" and len(res.items) == 5
+    ranked = engine.rank("u1", [i.item_id for i in res.items])
+    assert all(0.0 <= p <= 1.0 for s in ranked.items for p in s.predictions.values())
