@@ -47,6 +47,7 @@ class LoadedModels:
     # this version (a version's weights never change, so a row computed once stays right).
     ranker_vectors: torch.Tensor | None = None  # (I, D)
     ranker_ready: torch.Tensor | None = None  # (I,) bool
+    catalog_version: int = -1  # the catalog's ``version`` these rows were read at
 
     def ranker_item_vectors(self, rows: torch.Tensor) -> torch.Tensor:
         """(N,) catalog rows -> (N, D) ranker item vectors, computing the rows not cached yet.
@@ -120,11 +121,29 @@ class ServingModels:
             cur.index.remove(invisible)
 
     def _prepare(self, version: str, bundle: ModelBundle, meta: dict) -> LoadedModels:
+        catalog_version = self.catalog.version  # read first: a later upsert redoes the work
+        cur = self.current
+        if (cur is not None and cur.catalog_version == catalog_version
+                and cur.index is not None and bundle.ranker is not None
+                and cur.ranker_items is not None
+                and meta.get("retrieval_version") is not None
+                and cur.meta.get("retrieval_version", cur.version) == meta["retrieval_version"]
+                and meta.get("ranker_items_version") is not None
+                and cur.meta.get("ranker_items_version") == meta["ranker_items_version"]):
+            # The online trainer's usual version: new ranker weights, the same retrieval
+            # weights and item vocabulary, and no upload since. Everything but the ranker
+            # (catalog order, encodings, vectors, index) is the current version's, with no
+            # pass over the catalog.
+            bundle.retrieval = cur.bundle.retrieval
+            return LoadedModels(
+                version, bundle, meta, cur.item_ids, cur.item_index, cur.item_vectors,
+                cur.index, cur.ranker_items, cur.retrieval_items,
+                torch.empty((len(cur.ranker_items), bundle.ranker.dim)),
+                torch.zeros(len(cur.ranker_items), dtype=torch.bool), catalog_version)
         items = [self.catalog.get(i) for i in self.catalog.ids()]
         items = [it for it in items if it is not None]
         ids = [it.item_id for it in items]
         vectors = index = ranker_items = None
-        cur = self.current
         same = meta.get("retrieval_version")
         kept = [self.catalog.get(i) for i in cur.item_ids] if cur is not None else []
         if (same is not None and cur is not None and cur.index is not None
@@ -180,7 +199,7 @@ class ServingModels:
             ranker_ready = torch.zeros(len(ranker_items), dtype=torch.bool)
         return LoadedModels(version, bundle, meta, ids, {i: k for k, i in enumerate(ids)},
                             vectors, index, ranker_items, retrieval_items, ranker_vectors,
-                            ranker_ready)
+                            ranker_ready, catalog_version)
 
 
 def _cat_inputs(a: ItemInputs, b: ItemInputs) -> ItemInputs:

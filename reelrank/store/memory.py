@@ -44,6 +44,7 @@ class Catalog:
         self._by_created: list[tuple[int, str]] = []  # sorted ascending by created_at
         self._by_creator: dict[str, set[str]] = {}
         self._lock = threading.Lock()
+        self.version = 0  # bumped by every upsert: lets readers tell the catalog is unchanged
 
     def upsert(self, items: list[Item]) -> None:
         with self._lock:
@@ -57,6 +58,9 @@ class Catalog:
                 self._items[it.item_id] = it
                 bisect.insort(self._by_created, (it.created_at, it.item_id))
                 self._by_creator.setdefault(it.creator_id, set()).add(it.item_id)
+            # After the changes: a reader that read the old number and then saw part of this
+            # upsert reads again next time.
+            self.version += 1
 
     def get(self, item_id: str) -> Item | None:
         return self._items.get(item_id)

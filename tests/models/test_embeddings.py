@@ -122,11 +122,11 @@ def test_unknown_and_padding_rows():
 def test_lookups_have_no_side_effects():
     table = DynamicEmbedding(2, min_count=2, ttl=10)
     table.observe(["a", "b", "b"], now=0)
-    before = (table.get_extra_state(), table.version, table.weight.detach().clone())
+    before = (_plain(table.get_extra_state()), table.version, table.weight.detach().clone())
     for _ in range(5):
         table.lookup_rows(["a", "b", "c", None])
         table(table.lookup_rows(["a", "b", "c"]))
-    assert (table.get_extra_state(), table.version) == before[:2]
+    assert (_plain(table.get_extra_state()), table.version) == before[:2]
     assert torch.equal(table.weight.detach(), before[2])
     table.observe(["a"], now=1)  # lookups did not count toward admission
     assert "a" in table and "c" not in table
@@ -278,6 +278,38 @@ def test_state_dict_round_trip_inside_a_parent_module():
     restored.load_state_dict(parent.state_dict())
     assert restored["item_ids"].id_to_row() == parent["item_ids"].id_to_row()
     assert torch.equal(restored["item_ids"].weight, parent["item_ids"].weight)
+
+
+def _plain(state: dict) -> dict:
+    return {k: v.tolist() if torch.is_tensor(v) else v for k, v in state.items()}
+
+
+def test_state_round_trip_keeps_id_types_and_any_text():
+    table = DynamicEmbedding(2)
+    ids = [5, "5", "vidéo", "視頻", "", "a\x00b", -3]
+    table.observe(ids, now=7)
+    buffer = io.BytesIO()
+    torch.save(table.state_dict(), buffer)
+    buffer.seek(0)
+    restored = DynamicEmbedding(2)
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    assert restored.id_to_row() == table.id_to_row()
+    assert {type(i) for i in restored.id_to_row()} == {int, str}
+
+
+def test_state_published_in_the_list_format_still_loads():
+    """Versions in a registry from before the tensor format hold plain lists."""
+    table = _busy_table()
+    admitted, pending = list(table._row_of), list(table._count)
+    old = {"format": 1, "ids": admitted, "rows": [table._row_of[i] for i in admitted],
+           "last_seen": [table._last_seen[i] for i in admitted], "pending_ids": pending,
+           "pending_counts": [table._count[i] for i in pending],
+           "pending_last_seen": [table._last_seen[i] for i in pending],
+           "next_row": table._next_row}
+    restored = DynamicEmbedding(4, min_count=2, ttl=30, initial_capacity=table.capacity)
+    restored.set_extra_state(old)
+    assert restored.id_to_row() == table.id_to_row()
+    assert restored._count == table._count and restored._last_seen == table._last_seen
 
 
 def test_id_types():

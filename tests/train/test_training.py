@@ -188,3 +188,35 @@ def test_a_model_trained_before_a_dense_feature_was_added_still_serves(world_sto
     assert res.model_version == "older" and len(res.items) == 5
     ranked = engine.rank("u1", [i.item_id for i in res.items])
     assert all(0.0 <= p <= 1.0 for s in ranked.items for p in s.predictions.values())
+
+
+def test_a_ranker_only_version_reuses_the_catalog_work_until_the_catalog_changes(
+        world_store, tmp_path):
+    import copy
+
+    from reelrank.models.bundle import ModelBundle
+    from reelrank.types import Item
+
+    registry = ModelRegistry(tmp_path / "models")
+    train_from_store(world_store, registry, TINY, progress=False)
+    engine = Engine(world_store, registry=registry, index_kind="exact").load()
+    base = engine.models.current
+    tags = {"retrieval_version": "r1", "ranker_items_version": "k1"}
+
+    def install(version):
+        b = base.bundle
+        engine.models.install(version, ModelBundle(b.retrieval, b.retrieval_kwargs,
+                                                   copy.deepcopy(b.ranker), b.ranker_kwargs),
+                              dict(base.meta, **tags))
+        return engine.models.current
+
+    first = install("a")
+    second = install("b")  # only the ranker changed, nothing uploaded: no pass over the catalog
+    assert second.item_ids is first.item_ids and second.index is first.index
+    assert second.ranker_items is first.ranker_items
+    assert not bool(second.ranker_ready.any())  # its own tower cache: its own weights
+    engine.ingest_items([Item("late", "c1", 8_000, 0, caption="uploaded after")])
+    third = install("c")
+    assert third.item_ids is not first.item_ids and "late" in third.item_index
+    ranked = engine.rank("u1", ["late", first.item_ids[0]])
+    assert {s.item_id for s in ranked.items} == {"late", first.item_ids[0]}
