@@ -84,6 +84,10 @@ def test_dense_matrix_equals_dense_features_row_by_row():
                          for it, s in zip(items, stats)], dtype=np.float32)
         assert fast.shape == slow.shape and np.allclose(fast, slow, atol=1e-6)
     assert np.abs(fast).sum() > 0
+    # The creator impression totals kept as events arrive equal the sums over the videos.
+    for c in {it.creator_id for it in items}:
+        assert live.creator_impressions(c) == sum(
+            live.item_stats(it.item_id).impressions for it in items if it.creator_id == c) > 0
     # The language share moved away from its prior for this viewer's long-viewed languages.
     user = live.user("u1")
     assert user.language_long_views and set(user.language_long_views) <= {"de", "en"}

@@ -230,8 +230,7 @@ class ExploreSource:
             if now - cached[1] > self.new_creator_max_age_ms:
                 return False
         if self.new_creator_max_impressions is not None:
-            shown = sum(live.item_stats(i).impressions for i in items)
-            if shown >= self.new_creator_max_impressions:
+            if live.creator_impressions(creator_id) >= self.new_creator_max_impressions:
                 return False
         return True
 

@@ -59,6 +59,9 @@ def prepare(data_dir: Path, insecure_no_auth: bool = False,
         # objects would stall every request in flight).
         gc.collect()
         gc.freeze()
+        # Stale trending and popular lists are served while a thread ranks them again, rather
+        # than ranked inside the request that found them stale (tens of ms at 100k videos).
+        engine.live.background_refresh = True
         engine.watch_models()
         if trainer == "process":
             engine.start_trainer_process(data_dir)

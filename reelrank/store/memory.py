@@ -15,6 +15,8 @@ next feed request of that viewer sees it. The clock is the event time of the new
 from __future__ import annotations
 
 import bisect
+import dataclasses
+import logging
 import threading
 import time
 from collections import Counter, OrderedDict, deque
@@ -22,9 +24,11 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Iterable
 
-import dataclasses
+import numpy as np
 
 from reelrank.types import NEGATIVE_TYPES, POSITIVE_TYPES, Event, Item, Token, is_long_view
+
+log = logging.getLogger(__name__)
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -197,7 +201,8 @@ class LiveState:
     def __init__(self, catalog: Catalog, *, trending_window_ms: int = DAY_MS,
                  co_engagement_span: int = 10, served_memory: int = 500,
                  trending_refresh_events: int = 1000,
-                 trending_refresh_seconds: float = 2.0) -> None:
+                 trending_refresh_seconds: float = 2.0,
+                 background_refresh: bool = False) -> None:
         self.catalog = catalog
         self.trending_window_ms = trending_window_ms
         self.co_engagement_span = co_engagement_span
@@ -205,19 +210,22 @@ class LiveState:
         self.clock = 0  # newest event time seen, ms
         self._users: dict[str, UserState] = {}
         self._items: dict[str, ItemStats] = {}
+        self._creator_impressions: Counter = Counter()  # the sum over each creator's videos
         self._co: dict[str, Counter] = {}
         # Trending: engagement in hourly buckets; a running sum over the window.
         self._buckets: deque[tuple[int, Counter]] = deque()
         self._trending: Counter = Counter()
         self._popular: Counter = Counter()  # all-time positive engagement, the cold fallback
-        self._popular_cache: tuple[int, float, int, list[tuple[str, float]]] | None = None
-        # (state version, wall time, length, top list): ranking all items on every request
-        # would cost O(catalog); a list at most this stale is good enough for "trending".
-        self._trending_cache: tuple[int, float, int, list[tuple[str, float]]] | None = None
+        # Top lists: ranking all items on every request would cost O(catalog); a list at most
+        # this stale is good enough for "trending". key ("trending", "popular", ("region", r)) -> (state version, wall time, length, top)
+        self._top_cache: dict = {}
+        self._top_generation = 0  # bumped by replace_with: older computations are dropped
+        self.background_refresh = background_refresh
+        self._refresh_lock = threading.Lock()
+        self._refreshing: set = set()
         self.trending_refresh_events = trending_refresh_events
         self.trending_refresh_seconds = trending_refresh_seconds
         self._regional: dict[str, Counter] = {}  # viewer region -> all-time engagement
-        self._regional_cache: dict[str, tuple] = {}
         self._version = 0
         self._lock = threading.RLock()
 
@@ -227,7 +235,8 @@ class LiveState:
                          co_engagement_span=self.co_engagement_span,
                          served_memory=self.served_memory,
                          trending_refresh_events=self.trending_refresh_events,
-                         trending_refresh_seconds=self.trending_refresh_seconds)
+                         trending_refresh_seconds=self.trending_refresh_seconds,
+                         background_refresh=self.background_refresh)
 
     # -- writes ---------------------------------------------------------------------------------
     def apply(self, event: Event, interests: bool = True) -> None:
@@ -263,6 +272,7 @@ class LiveState:
             if t == "impression":
                 u.seen.add(event.item_id)
                 s.impressions += 1
+                self._creator_impressions[item.creator_id] += 1
                 return  # an impression says nothing about taste yet
             if interests:
                 u.history.append(HistoryEntry(event.item_id, t, event.ts, event.watch_ms, ratio))
@@ -389,10 +399,11 @@ class LiveState:
                     fresh.served = u.served
             self.clock = max(self.clock, other.clock)
             self._users, self._items, self._co = other._users, other._items, other._co
+            self._creator_impressions = other._creator_impressions
             self._buckets, self._trending = other._buckets, other._trending
             self._popular, self._regional = other._popular, other._regional
-            self._popular_cache = self._trending_cache = None
-            self._regional_cache = {}
+            self._top_cache = {}
+            self._top_generation += 1
             self._version += 1
 
     # -- reads ----------------------------------------------------------------------------------
@@ -417,6 +428,11 @@ class LiveState:
     def item_stats(self, item_id: str) -> ItemStats:
         return self._items.get(item_id) or ItemStats()
 
+    def creator_impressions(self, creator_id: str) -> int:
+        """Impressions of all of a creator's videos (kept as events arrive: summing the
+        videos' counters costs a lookup per video)."""
+        return self._creator_impressions.get(creator_id, 0)
+
     def item_stats_many(self, item_ids: Iterable[str]) -> list[ItemStats]:
         """``item_stats`` for many ids in one C-level pass. Read-only: ids without stats
         share one empty ``ItemStats``."""
@@ -424,38 +440,67 @@ class LiveState:
 
     def trending(self, n: int) -> list[tuple[str, float]]:
         """Top items by engagement in the window ending at the clock."""
-        top, self._trending_cache = self._top(self._trending, self._trending_cache, n)
-        return top
+        return self._top("trending", self._trending, n)
 
     def popular(self, n: int) -> list[tuple[str, float]]:
         """Top items by all-time engagement (for when the trending window is empty)."""
-        top, self._popular_cache = self._top(self._popular, self._popular_cache, n)
-        return top
+        return self._top("popular", self._popular, n)
 
     def popular_in_region(self, region: str, n: int) -> list[tuple[str, float]]:
         """Top items by all-time engagement of viewers in a (coarse) region."""
         counts = self._regional.get(region)
         if not counts:
             return []
-        top, self._regional_cache[region] = self._top(counts, self._regional_cache.get(region), n)
-        return top
+        return self._top(("region", region), counts, n)
 
-    def _top(self, counts: Counter, cached, n: int):
+    def _top(self, key, counts: Counter, n: int) -> list[tuple[str, float]]:
         """Ranking all items on every request would cost O(catalog), so the top list is
         recomputed only when the state moved by ``trending_refresh_events`` events or the list
-        is older than ``trending_refresh_seconds``."""
+        is older than ``trending_refresh_seconds``. With ``background_refresh`` (a server) a
+        stale list is still served while a thread recomputes it: at 100,000 videos a ranking
+        takes tens of milliseconds, which the request that found it stale used to wait for."""
+        cached = self._top_cache.get(key)
         if cached is not None and cached[2] >= n:
             version, made_at, _, top = cached
-            fresh = (version == self._version
-                     or (self._version - version < self.trending_refresh_events
-                         and time.monotonic() - made_at < self.trending_refresh_seconds))
-            if fresh:
-                return top[:n], cached
+            if (version == self._version
+                    or (self._version - version < self.trending_refresh_events
+                        and time.monotonic() - made_at < self.trending_refresh_seconds)):
+                return top[:n]
+            if self.background_refresh:
+                self._refresh_top_later(key, counts, cached[2])
+                return top[:n]
+        return self._compute_top(key, counts, max(n, 500))[:n]
+
+    def _compute_top(self, key, counts: Counter, size: int) -> list[tuple[str, float]]:
+        """``counts.most_common(size)`` (same order, ties in insertion order), with the
+        ranking done by NumPy outside the lock: only the copy holds it."""
         with self._lock:
-            size = max(n, 500)
-            top = counts.most_common(size)
-            cached = (self._version, time.monotonic(), size, top)
-        return top[:n], cached
+            generation, version = self._top_generation, self._version
+            keys = list(counts)
+            values = np.fromiter(counts.values(), dtype=np.float64, count=len(keys))
+        order = np.argsort(-values, kind="stable")[:size]
+        top = list(zip([keys[i] for i in order.tolist()], values[order].tolist()))
+        with self._lock:
+            if generation == self._top_generation:  # not from before a rebuild's swap
+                self._top_cache[key] = (version, time.monotonic(), size, top)
+        return top
+
+    def _refresh_top_later(self, key, counts: Counter, size: int) -> None:
+        with self._refresh_lock:
+            if key in self._refreshing:
+                return
+            self._refreshing.add(key)
+
+        def run() -> None:
+            try:
+                self._compute_top(key, counts, size)
+            except Exception:  # the stale list keeps serving; the next request retries
+                log.exception("recomputing a top list failed")
+            finally:
+                with self._refresh_lock:
+                    self._refreshing.discard(key)
+
+        threading.Thread(target=run, name="live-top", daemon=True).start()
 
     def co_engaged(self, item_id: str, n: int) -> list[tuple[str, int]]:
         counts = self._co.get(item_id)

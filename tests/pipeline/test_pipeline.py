@@ -145,6 +145,33 @@ def test_trending_window_expires_old_engagement():
         sorted(i for i, _ in live.popular(5)) == ["v0", "v1"]
 
 
+def test_top_lists_equal_most_common_and_refresh_beside_requests():
+    import random
+    import time as _time
+    from collections import Counter
+
+    cat = Catalog()
+    cat.upsert(items(40))
+    live = LiveState(cat, trending_refresh_events=10**9, trending_refresh_seconds=0.05,
+                     background_refresh=True)
+    rng = random.Random(3)
+    for k in range(300):  # many ties: the order among equal counts must be most_common's
+        live.apply(Event(f"e{k}", f"u{k % 7}", f"v{rng.randrange(40)}", T0 + k,
+                         rng.choice(["like", "share", "impression"])))
+    assert live.popular(12) == Counter(live._popular).most_common(12)
+    first = live.popular(12)
+    live.apply(Event("late", "u1", "v39", T0 + 999, "share"))
+    for _ in range(5):
+        live.apply(Event(f"late{_}", "u2", "v39", T0 + 1000 + _, "share"))
+    _time.sleep(0.06)
+    assert live.popular(12) == first  # stale: served at once while a thread recomputes
+    deadline = _time.monotonic() + 5
+    while live.popular(12) == first:
+        assert _time.monotonic() < deadline, "the top list was never recomputed"
+        _time.sleep(0.01)
+    assert live.popular(12) == Counter(live._popular).most_common(12)
+
+
 def test_rebuild_from_log_matches_live_updates(store, tmp_path):
     live_engine = Engine(store).load()
     live_engine.ingest_items(items(30))
