@@ -33,9 +33,13 @@ class ModelBundle:
         }
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> "ModelBundle":
-        retrieval = ranker = None
-        if state.get("retrieval") is not None:
+    def from_state(cls, state: dict[str, Any],
+                   retrieval: TwoTower | None = None) -> "ModelBundle":
+        """``retrieval``: a module already holding this state's retrieval weights (a serving
+        process swapping in a version that changed only the ranker), used instead of building
+        another copy from the state."""
+        ranker = None
+        if retrieval is None and state.get("retrieval") is not None:
             retrieval = TwoTower(**state["retrieval_kwargs"])
             retrieval.load_state_dict(state["retrieval"])
             retrieval.eval()

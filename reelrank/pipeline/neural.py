@@ -88,7 +88,13 @@ class ServingModels:
             if latest in (self.version, self._accounted):
                 return False
             artifact = self.registry.load(latest)
-            loaded = self._prepare(artifact.version, ModelBundle.from_state(artifact.state),
+            cur, same = self.current, artifact.meta.get("retrieval_version")
+            # A version that changed only the ranker (the online trainer's usual one) keeps the
+            # retrieval module serving has: rebuilding 100,000 ids' vocabulary is wasted work.
+            keep = (cur.bundle.retrieval if cur is not None and same is not None
+                    and cur.meta.get("retrieval_version", cur.version) == same else None)
+            loaded = self._prepare(artifact.version,
+                                   ModelBundle.from_state(artifact.state, retrieval=keep),
                                    artifact.meta)
             self.current = loaded  # the swap: one reference assignment
             self._accounted = latest
