@@ -250,14 +250,10 @@ DENSE_FEATURES = (
     "user_creator_long_views", "user_creator_affinity", "user_tag_affinity", "follows_creator",
     "user_length_lift", "item_log_impressions", "item_long_view_rate", "item_like_rate",
     "item_share_rate", "item_negative_rate", "item_mean_watch_ratio", "item_log_age_hours",
-    "item_log_duration_s", "user_language_share",
+    "item_log_duration_s",
 )
 # Models trained before a feature was appended read the first ``n_dense`` columns: new features
 # go at the end.
-
-# A viewer's share of long views in a video's language, smoothed: with no long views (or a video
-# of unknown language) it is LANGUAGE_PRIOR_HITS / LANGUAGE_PRIOR_VIEWS.
-LANGUAGE_PRIOR_HITS, LANGUAGE_PRIOR_VIEWS = 0.5, 2.0
 
 
 def user_aggregates(user) -> tuple[float, float] | None:
@@ -268,8 +264,7 @@ def user_aggregates(user) -> tuple[float, float] | None:
     tag_total = sum(abs(v) for v in user.hashtag_affinity.values()) + 5.0
     all_views = sum(user.length_views.values())
     overall = (sum(user.length_long_views.values()) + 1.5) / (all_views + 5)
-    language_total = sum(user.language_long_views.values())
-    return tag_total, overall, language_total
+    return tag_total, overall
 
 
 def dense_features(user, item, stats, now: int, aggregates=None) -> list[float]:
@@ -285,13 +280,8 @@ def dense_features(user, item, stats, now: int, aggregates=None) -> list[float]:
     """
     views = stats.views
     shown = max(stats.impressions, views)
-    language_share = LANGUAGE_PRIOR_HITS / LANGUAGE_PRIOR_VIEWS
     if user is not None:
-        tag_total, overall, language_total = (aggregates if aggregates is not None
-                                              else user_aggregates(user))
-        if item.language:
-            language_share = ((user.language_long_views.get(item.language, 0)
-                               + LANGUAGE_PRIOR_HITS) / (language_total + LANGUAGE_PRIOR_VIEWS))
+        tag_total, overall = aggregates if aggregates is not None else user_aggregates(user)
         creator_aff = user.creator_affinity.get(item.creator_id, 0.0)
         tag_aff = sum(user.hashtag_affinity.get(t, 0.0) for t in item.hashtags) / tag_total
         creator_long = user.creator_long_views.get(item.creator_id, 0)
@@ -317,7 +307,6 @@ def dense_features(user, item, stats, now: int, aggregates=None) -> list[float]:
         (stats.watch_ratio_sum + 0.5 * 10) / (views + 10),
         math.log1p(max(0, now - item.created_at) / 3_600_000),
         math.log1p(item.duration_ms / 1000),
-        language_share,
     ]
 
 
@@ -338,18 +327,10 @@ def dense_matrix(user, items: list, stats: list, now: int, aggregates=None) -> n
     if N == 0:
         return out.astype(np.float32)
     # One pass over the items for every attribute read below: the objects are touched once.
-    creators, duration, created, hashtags, languages = zip(*map(_ITEM_COLUMNS, items))
+    creators, duration, created, hashtags = zip(*map(_ITEM_COLUMNS, items))
     duration = np.array(duration, dtype=np.float64)
-    out[:, 13] = LANGUAGE_PRIOR_HITS / LANGUAGE_PRIOR_VIEWS
     if user is not None:
-        tag_total, overall, language_total = (aggregates if aggregates is not None
-                                              else user_aggregates(user))
-        if language_total:
-            seen = user.language_long_views
-            known = np.fromiter(map(bool, languages), dtype=bool, count=N)
-            hits = np.fromiter(map(seen.get, languages, repeat(0)), np.float64, N)
-            out[:, 13] = np.where(known, (hits + LANGUAGE_PRIOR_HITS)
-                                  / (language_total + LANGUAGE_PRIOR_VIEWS), out[:, 13])
+        tag_total, overall = aggregates if aggregates is not None else user_aggregates(user)
         cl, ca, ha = user.creator_long_views, user.creator_affinity, user.hashtag_affinity
         lv, llv, following = user.length_views, user.length_long_views, user.following
         lift = np.array([(llv.get(k, 0) + 5 * overall) / (lv.get(k, 0) + 5) - overall
@@ -382,8 +363,7 @@ def dense_matrix(user, items: list, stats: list, now: int, aggregates=None) -> n
     return out.astype(np.float32)
 
 
-_ITEM_COLUMNS = operator.attrgetter("creator_id", "duration_ms", "created_at", "hashtags",
-                                    "language")
+_ITEM_COLUMNS = operator.attrgetter("creator_id", "duration_ms", "created_at", "hashtags")
 
 
 @dataclass(slots=True)

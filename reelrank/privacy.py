@@ -48,8 +48,7 @@ def _event_dict(seq: int, event) -> dict:
 
 def _interests(engine, user, top: int) -> dict:
     if user is None:
-        return {"hashtags": [], "creators": [], "languages": [], "following": [],
-                "not_interested_items": [],
+        return {"hashtags": [], "creators": [], "following": [], "not_interested_items": [],
                 "recent_items": [], "watch_minutes_by_day": {}, "region": None, "device": None}
 
     def strongest(counter) -> list[dict]:
@@ -59,8 +58,6 @@ def _interests(engine, user, top: int) -> dict:
     return {
         "hashtags": strongest(user.hashtag_affinity),
         "creators": strongest(user.creator_affinity),
-        # Videos watched to the end by language: the ranker reads which share is in a video's.
-        "languages": strongest(user.language_long_views),
         "following": sorted(user.following),
         "not_interested_items": sorted(user.not_interested),
         # What the user tower reads at request time: the recent history, newest last.

@@ -60,14 +60,13 @@ def test_dense_matrix_equals_dense_features_row_by_row():
 
     import numpy as np
 
-    from reelrank.features import DENSE_FEATURES, dense_features, dense_matrix, user_aggregates
+    from reelrank.features import dense_features, dense_matrix, user_aggregates
     from reelrank.store.memory import Catalog, LiveState
     from reelrank.types import Item
 
     rng = random.Random(4)
     items = [Item(f"v{i}", f"c{i % 5}", rng.choice([4_000, 10_000, 15_000, 50_000, 160_000, 200_000]), i * 1000,
-                  hashtags=tuple(f"t{k}" for k in range(i % 3)),
-                  language=(None, "de", "en")[i % 3]) for i in range(40)]
+                  hashtags=tuple(f"t{k}" for k in range(i % 3))) for i in range(40)]
     catalog = Catalog()
     catalog.upsert(items)
     live = LiveState(catalog)
@@ -88,9 +87,3 @@ def test_dense_matrix_equals_dense_features_row_by_row():
     for c in {it.creator_id for it in items}:
         assert live.creator_impressions(c) == sum(
             live.item_stats(it.item_id).impressions for it in items if it.creator_id == c) > 0
-    # The language share moved away from its prior for this viewer's long-viewed languages.
-    user = live.user("u1")
-    assert user.language_long_views and set(user.language_long_views) <= {"de", "en"}
-    share = dense_matrix(user, items, stats, 900_000)[:, DENSE_FEATURES.index(
-        "user_language_share")]
-    assert len(set(np.round(share, 6))) > 1

@@ -123,7 +123,6 @@ class UserState:
     creator_long_views: Counter = field(default_factory=Counter)
     length_views: Counter = field(default_factory=Counter)  # by length_class(duration)
     length_long_views: Counter = field(default_factory=Counter)
-    language_long_views: Counter = field(default_factory=Counter)  # by the video's language
     positives: deque = field(default_factory=lambda: deque(maxlen=20))  # recent positive items
     tokens: deque = field(default_factory=lambda: deque(maxlen=100))  # of Token: model input
     last_ts: int = 0
@@ -297,8 +296,6 @@ class LiveState:
                         u.hashtag_long_views.update(item.hashtags)
                         u.creator_long_views[item.creator_id] += 1
                         u.length_long_views[length_class(item.duration_ms)] += 1
-                        if item.language:
-                            u.language_long_views[item.language] += 1
                     signal = ENGAGEMENT_WEIGHTS["long_view"]
                 elif t == "play":
                     signal = 0.0
@@ -383,8 +380,7 @@ class LiveState:
             for name in ("history", "tokens", "positives"):
                 getattr(u, name).clear()
             for name in ("creator_affinity", "hashtag_affinity", "hashtag_long_views",
-                         "creator_long_views", "length_views", "length_long_views",
-                         "language_long_views"):
+                         "creator_long_views", "length_views", "length_long_views"):
                 getattr(u, name).clear()
             self._version += 1
 
