@@ -215,9 +215,12 @@ def main() -> None:
             t0, quiet, seen = time.perf_counter(), 0, None
             while quiet < 5 and time.perf_counter() - t0 < 900:
                 st = client.get("/v1/admin/trainer", headers=admin).json()
-                now = (st["serving"]["version"], (st["trainer"] or {}).get("steps"))
-                waiting = (st["trainer"] or {}).get("rows_waiting", 0)
-                quiet = quiet + 1 if now == seen and not waiting else 0
+                trainer_st = st["trainer"] or {}
+                now = (st["serving"]["version"], trainer_st.get("steps"))
+                # Idle: running (not replaying the log), nothing waiting, nothing new for 5 s.
+                idle = (trainer_st.get("state") == "running"
+                        and not trainer_st.get("rows_waiting", 1))
+                quiet = quiet + 1 if now == seen and idle else 0
                 seen = now
                 time.sleep(1.0)
             idle_wait_s = round(time.perf_counter() - t0, 1)

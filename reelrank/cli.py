@@ -193,11 +193,13 @@ def trainer_(
     API process (`reelrank serve --trainer off`) swaps in. Starts from the latest published
     version (train one first with `reelrank train`). Stop it with Ctrl-C; killing it at any
     point leaves the registry consistent and serving untouched."""
+    import json
     import signal
     import threading
 
     from reelrank.registry import ModelRegistry
     from reelrank.store import open_store
+    from reelrank.train.supervisor import STATUS_FILE
     from reelrank.train.trainer import OnlineTrainer, TrainerConfig
 
     _logging(log_level)
@@ -221,9 +223,18 @@ def trainer_(
 
         threading.Thread(target=read_commands, name="trainer-commands", daemon=True).start()
     typer.echo(f"online trainer on {data_dir}: publishing to {Path(data_dir) / 'models'}")
+    status_file = Path(data_dir) / STATUS_FILE
     try:
-        while not done.wait(30.0):
-            typer.echo(f"trainer: {runner.status()}")
+        ticks = 0
+        while not done.wait(2.0):
+            # What the server shows under GET /v1/admin/trainer (it cannot ask this process).
+            status = runner.status()
+            tmp = status_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps({**status, "written_at": time.time()}, default=str))
+            tmp.replace(status_file)
+            ticks += 1
+            if ticks % 15 == 0:
+                typer.echo(f"trainer: {status}")
     finally:
         runner.stop()
         store.close()

@@ -20,6 +20,7 @@ rebuilds its state from the store, where the erasure or the reset already happen
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -29,6 +30,8 @@ import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+STATUS_FILE = "trainer-status.json"  # in the data directory, rewritten every 2 s by the child
 
 
 class TrainerProcess:
@@ -80,8 +83,17 @@ class TrainerProcess:
         return self._proc.pid if self._proc is not None else None
 
     def status(self) -> dict:
-        return {"mode": "process", "alive": self.alive, "pid": self.pid,
-                "restarts": self.restarts, "last_exit": self.last_exit}
+        """The supervisor's view, with the child's own status (state, steps, rows waiting,
+        lags) from the file it rewrites every 2 s, when there is a recent one."""
+        out = {"mode": "process", "alive": self.alive, "pid": self.pid,
+               "restarts": self.restarts, "last_exit": self.last_exit}
+        try:
+            child = json.loads((self.data_dir / STATUS_FILE).read_text())
+        except (OSError, ValueError):
+            return out
+        if self.alive and time.time() - child.get("written_at", 0) < 10:
+            out.update({k: v for k, v in child.items() if k not in out})
+        return out
 
     # -- commands -----------------------------------------------------------------------------
     def forget_user(self, user_id: str) -> None:

@@ -55,8 +55,14 @@ def test_killing_the_trainer_process_never_stops_the_feed(store, tmp_path):
             time.sleep(0.05)
         online = engine.models.version
         assert engine.models.current.meta["base_version"] == base
+        # The child's own figures reach the admin endpoint through its status file.
+        deadline = time.monotonic() + 15
+        while "steps" not in client.get("/v1/admin/trainer").json()["trainer"]:
+            assert time.monotonic() < deadline, "no status from the trainer process"
+            time.sleep(0.1)
         status = client.get("/v1/admin/trainer").json()["trainer"]
         assert status["mode"] == "process" and status["alive"]
+        assert status["state"] == "running" and status["rows_trained"] >= 20
         first = supervisor.pid
         os.kill(first, signal.SIGKILL)
         # Dead trainer: the feed answers as before, with the last version it published.
