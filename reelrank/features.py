@@ -404,7 +404,9 @@ class RowStream:
         # Inputs of rows emitted early, kept while a late outcome may still correct them.
         self._emitted: OrderedDict[tuple[str, str, int], tuple] = OrderedDict()
 
-    def add(self, event: Event) -> list[RankingRow]:
+    def add(self, event: Event, interests: bool = True) -> list[RankingRow]:
+        """``interests=False``: an event from before the viewer's "refresh my feed", which
+        counts for the video but not for the viewer's history (``LiveState.apply``)."""
         if event.type == "impression":
             item = self.live.catalog.get(event.item_id)
             if item is not None:
@@ -414,7 +416,7 @@ class RowStream:
                     dense_features(user, item, self.live.item_stats(event.item_id), event.ts),
                     history)
         out = self._finish(self.joiner.add(event))
-        self.live.apply(event)
+        self.live.apply(event, interests=interests)
         return out
 
     def flush(self, now: int | None = None) -> list[RankingRow]:

@@ -104,6 +104,7 @@ class OnlineTrainer:
         self._stop = threading.Event()
         self._erase: deque[str] = deque()
         self._resets: deque[str] = deque()
+        self._reset_floors: dict[str, int] = {}  # user -> log seq of their last reset
         self._handoff: _Handover | None = None  # the newest version waiting for the installer
         self._handoff_ready = threading.Condition()
         self._installer: threading.Thread | None = None
@@ -206,6 +207,11 @@ class OnlineTrainer:
         self.rows = RowStream(LiveState(catalog), history_len=history,
                               window_ms=self.cfg.window_ms, settle_ms=self.cfg.settle_ms)
         self.learner = OnlineLearner(bundle, catalog, online)
+        # Viewers' "refresh my feed" points: older events rebuild no interests (as in serving's
+        # replay, ``Engine._replay``).
+        iter_settings = getattr(self.store, "iter_settings", None)
+        self._reset_floors = ({st.user_id: st.interests_reset_seq for st in iter_settings()
+                               if st.interests_reset_seq} if iter_settings else {})
         self.base_version = self._registry_version = latest
         self.cursor = 0
         self._reset_publish_state()
@@ -278,8 +284,9 @@ class OnlineTrainer:
         missing = {e.item_id for _, e in batch if e.item_id not in rows.live.catalog}
         if missing and self._shared_catalog is None:
             rows.live.catalog.upsert(list(self.store.get_items(missing).values()))
+        floors = self._reset_floors
         for seq, event in batch:
-            out = rows.add(event)
+            out = rows.add(event, interests=seq > floors.get(event.user_id, 0))
             self._read_ts = max(self._read_ts, event.ts)
             if seq <= self._trained_through:
                 self._trained_through_ts = max(self._trained_through_ts, event.ts)
@@ -301,6 +308,9 @@ class OnlineTrainer:
     def _apply_erasures(self) -> None:
         while self._resets:
             user = self._resets.popleft()
+            get_settings = getattr(self.store, "get_settings", None)
+            if get_settings is not None:  # events of theirs not read yet stay out too
+                self._reset_floors[user] = get_settings(user).interests_reset_seq or 0
             if self.rows is not None:
                 self.rows.live.reset_interests(user)
         while self._erase:

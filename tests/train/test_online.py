@@ -212,6 +212,29 @@ def test_erasure_drops_the_viewers_pending_examples(engine, world):
     assert not trainer.rows.live.user(kept).hashtag_affinity
 
 
+def test_a_trainer_started_after_a_reset_does_not_rebuild_the_old_interests(engine, world):
+    trainer = engine.start_trainer(FAST)
+    wait_for(lambda: trainer.state == "running")
+    sim, viewer = Simulator(world), world.users[23]
+    state, ts = sim.new_session(viewer, "before"), int(time.time() * 1000) - 600_000
+    for _ in range(5):
+        ts = swipe(engine, sim, viewer, state, ts)
+    wait_for(lambda: len(trainer.rows.live.user(viewer.user_id).tokens) >= 5)
+    engine.reset_interests(viewer.user_id)
+    state = sim.new_session(viewer, "after")
+    ts = swipe(engine, sim, viewer, state, ts)
+    after = engine.live.user(viewer.user_id).tokens[-1].item_id
+    engine.stop_trainer()
+    # A new trainer replays the whole log: only the swipe after the reset builds interests.
+    engine.trainer = None
+    restarted = engine.start_trainer(FAST)
+    wait_for(lambda: restarted.state == "running" and restarted.rows.live.user(viewer.user_id))
+    tokens = list(restarted.rows.live.user(viewer.user_id).tokens)
+    assert [t.item_id for t in tokens] == [after]
+    assert [t.item_id for t in tokens] == [t.item_id for t in engine.live.user(viewer.user_id)
+                                           .tokens]
+
+
 def test_a_crashing_trainer_never_stops_the_feed_and_starts_over(engine, world, monkeypatch):
     trainer = engine.start_trainer(FAST)
     wait_for(lambda: trainer.state == "running")
