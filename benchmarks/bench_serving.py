@@ -302,7 +302,8 @@ def main() -> None:
                      f"version {train_info['version']}); the feed uses the retrieval source "
                      f"and the neural ranker. Online trainer: `--trainer {trainer}`"
                      + (f"; the feed figures are taken once it was idle again "
-                        f"({idle_wait_s} s after the {len(learning_ms)} feeds taken during the burst)"
+                        f"({idle_wait_s} s after the {len(learning_ms)} feeds taken during "
+                        "the burst)"
                         if idle_wait_s is not None else "") + ".\n")
     args.out.with_suffix(".md").write_text("\n".join(md))
     print("\n".join(md))

@@ -65,7 +65,8 @@ def test_dense_matrix_equals_dense_features_row_by_row():
     from reelrank.types import Item
 
     rng = random.Random(4)
-    items = [Item(f"v{i}", f"c{i % 5}", rng.choice([4_000, 10_000, 15_000, 50_000, 160_000, 200_000]), i * 1000,
+    lengths = [4_000, 10_000, 15_000, 50_000, 160_000, 200_000]  # with class boundaries
+    items = [Item(f"v{i}", f"c{i % 5}", rng.choice(lengths), i * 1000,
                   hashtags=tuple(f"t{k}" for k in range(i % 3))) for i in range(40)]
     catalog = Catalog()
     catalog.upsert(items)

@@ -216,7 +216,8 @@ class LiveState:
         self._trending: Counter = Counter()
         self._popular: Counter = Counter()  # all-time positive engagement, the cold fallback
         # Top lists: ranking all items on every request would cost O(catalog); a list at most
-        # this stale is good enough for "trending". key ("trending", "popular", ("region", r)) -> (state version, wall time, length, top)
+        # this stale is good enough for "trending". Key ("trending", "popular" or
+        # ("region", r)) -> (state version, wall time, length, top list).
         self._top_cache: dict = {}
         self._top_generation = 0  # bumped by replace_with: older computations are dropped
         self.background_refresh = background_refresh
