@@ -137,6 +137,8 @@ class TrainerProcess:
                 proc = None
             if proc is not None:
                 self._proc = proc
+                if self._stop.is_set():  # stop() ran while this one was starting
+                    self._close_stdin(proc)
                 code = proc.wait()
                 self.last_exit = code
                 if self._stop.is_set():
