@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass, field
 from itertools import repeat
-from dataclasses import dataclass
 
 import torch
 
@@ -43,11 +43,16 @@ class LoadedModels:
     index: object | None  # a reelrank.index.VectorIndex over item_vectors
     ranker_items: ItemInputs | None
     retrieval_items: ItemInputs | None = None  # the catalog's retrieval inputs (item_ids order)
+    catalog_version: int = -1  # the catalog's ``version`` these rows were read at
     # The ranker's item tower output per catalog row, filled as rows are first ranked under
     # this version (a version's weights never change, so a row computed once stays right).
-    ranker_vectors: torch.Tensor | None = None  # (I, D)
-    ranker_ready: torch.Tensor | None = None  # (I,) bool
-    catalog_version: int = -1  # the catalog's ``version`` these rows were read at
+    ranker_vectors: torch.Tensor | None = field(init=False, default=None)  # (I, D)
+    ranker_ready: torch.Tensor | None = field(init=False, default=None)  # (I,) bool
+
+    def __post_init__(self) -> None:
+        if self.ranker_items is not None:
+            self.ranker_vectors = torch.empty((len(self.ranker_items), self.bundle.ranker.dim))
+            self.ranker_ready = torch.zeros(len(self.ranker_items), dtype=torch.bool)
 
     def ranker_item_vectors(self, rows: torch.Tensor) -> torch.Tensor:
         """(N,) catalog rows -> (N, D) ranker item vectors, computing the rows not cached yet.
@@ -88,11 +93,10 @@ class ServingModels:
             if latest in (self.version, self._accounted):
                 return False
             artifact = self.registry.load(latest)
-            cur, same = self.current, artifact.meta.get("retrieval_version")
+            cur = self.current
             # A version that changed only the ranker (the online trainer's usual one) keeps the
             # retrieval module serving has: rebuilding 100,000 ids' vocabulary is wasted work.
-            keep = (cur.bundle.retrieval if cur is not None and same is not None
-                    and cur.meta.get("retrieval_version", cur.version) == same else None)
+            keep = cur.bundle.retrieval if _same_retrieval(cur, artifact.meta) else None
             loaded = self._prepare(artifact.version,
                                    ModelBundle.from_state(artifact.state, retrieval=keep),
                                    artifact.meta)
@@ -131,9 +135,7 @@ class ServingModels:
         cur = self.current
         if (cur is not None and cur.catalog_version == catalog_version
                 and cur.index is not None and bundle.ranker is not None
-                and cur.ranker_items is not None
-                and meta.get("retrieval_version") is not None
-                and cur.meta.get("retrieval_version", cur.version) == meta["retrieval_version"]
+                and cur.ranker_items is not None and _same_retrieval(cur, meta)
                 and meta.get("ranker_items_version") is not None
                 and cur.meta.get("ranker_items_version") == meta["ranker_items_version"]):
             # The online trainer's usual version: new ranker weights, the same retrieval
@@ -141,19 +143,15 @@ class ServingModels:
             # (catalog order, encodings, vectors, index) is the current version's, with no
             # pass over the catalog.
             bundle.retrieval = cur.bundle.retrieval
-            return LoadedModels(
-                version, bundle, meta, cur.item_ids, cur.item_index, cur.item_vectors,
-                cur.index, cur.ranker_items, cur.retrieval_items,
-                torch.empty((len(cur.ranker_items), bundle.ranker.dim)),
-                torch.zeros(len(cur.ranker_items), dtype=torch.bool), catalog_version)
+            return LoadedModels(version, bundle, meta, cur.item_ids, cur.item_index,
+                                cur.item_vectors, cur.index, cur.ranker_items,
+                                cur.retrieval_items, catalog_version)
         items = [self.catalog.get(i) for i in self.catalog.ids()]
         items = [it for it in items if it is not None]
         ids = [it.item_id for it in items]
         vectors = index = ranker_items = None
-        same = meta.get("retrieval_version")
         kept = [self.catalog.get(i) for i in cur.item_ids] if cur is not None else []
-        if (same is not None and cur is not None and cur.index is not None
-                and cur.meta.get("retrieval_version", cur.version) == same and all(kept)):
+        if _same_retrieval(cur, meta) and cur.index is not None and all(kept):
             # Online versions that changed only the ranker keep the retrieval model, its
             # vectors and its index: rebuilding the index takes seconds on a large catalog.
             # Uploads since then are in the index already (``add_items``); they get their rows.
@@ -199,13 +197,15 @@ class ServingModels:
                     ranker_items = bundle.ranker.items.encode_items(items)
         if retrieval_items is not None and len(retrieval_items) != len(ids):
             retrieval_items = None  # uploads since: encoded again with the next retrieval
-        ranker_vectors = ranker_ready = None
-        if ranker_items is not None:
-            ranker_vectors = torch.empty((len(ranker_items), bundle.ranker.dim))
-            ranker_ready = torch.zeros(len(ranker_items), dtype=torch.bool)
         return LoadedModels(version, bundle, meta, ids, {i: k for k, i in enumerate(ids)},
-                            vectors, index, ranker_items, retrieval_items, ranker_vectors,
-                            ranker_ready, catalog_version)
+                            vectors, index, ranker_items, retrieval_items, catalog_version)
+
+
+def _same_retrieval(cur: LoadedModels | None, meta: dict) -> bool:
+    """Whether a version's retrieval weights are the ones serving runs now."""
+    same = meta.get("retrieval_version")
+    return (same is not None and cur is not None
+            and cur.meta.get("retrieval_version", cur.version) == same)
 
 
 def _cat_inputs(a: ItemInputs, b: ItemInputs) -> ItemInputs:
@@ -302,24 +302,14 @@ class NeuralScorer:
     def _predict(self, m: LoadedModels, ctx: FeedContext, ids: list[str],
                  items: list[Item]) -> torch.Tensor:
         ranker = m.bundle.ranker
-        rows = list(map(m.item_index.get, ids, repeat(-1)))
-        cand_vectors = None
-        if min(rows) >= 0:
-            cand_inputs = None  # the ranker reads the cached tower output instead
-            cand_vectors = m.ranker_item_vectors(torch.tensor(rows, dtype=torch.long))
-        else:  # uploads since the version was loaded: encoded now
-            cand_inputs = ranker.items.encode_items(items)
+        cand_inputs, cand_vectors = _tower_inputs(m, ids, items)
         tokens = list(ctx.user.tokens)[-self.history_len:] if ctx.user is not None else []
         hist_items = list(dict.fromkeys(t.item_id for t in tokens if t.item_id in ctx.catalog))
         local = {i: k for k, i in enumerate(hist_items)}
         # One history, shared by the N candidate rows (the ranker broadcasts it).
         history = encode_histories([tokens], local, self.history_len)
-        hist_rows = list(map(m.item_index.get, hist_items, repeat(-1)))
-        hist_inputs = hist_vectors = None
-        if hist_rows and min(hist_rows) >= 0:
-            hist_vectors = m.ranker_item_vectors(torch.tensor(hist_rows, dtype=torch.long))
-        else:
-            hist_inputs = _item_inputs(ranker, m, [ctx.catalog.get(i) for i in hist_items])
+        hist_inputs, hist_vectors = _tower_inputs(
+            m, hist_items, ctx.catalog.get_many(hist_items))
         req = ctx.request
         device = req.device or (ctx.user.device if ctx.user else None)
         values = {"device": device, "region": ctx.region, "source": req.source}
@@ -338,9 +328,12 @@ class NeuralScorer:
         return torch.sigmoid(logits)
 
 
-def _item_inputs(ranker, m: LoadedModels, items: list[Item]) -> ItemInputs:
-    """Cached encodings for catalog items known at load time; new uploads encoded now."""
-    rows = [m.item_index.get(it.item_id, -1) for it in items]
-    if all(r >= 0 for r in rows):
-        return m.ranker_items[torch.tensor(rows, dtype=torch.long)]
-    return ranker.items.encode_items(items)
+def _tower_inputs(m: LoadedModels, ids: list[str],
+                  items: list[Item]) -> tuple[ItemInputs | None, torch.Tensor | None]:
+    """What the ranker reads for these items: the cached tower output when every one is a row
+    of the loaded catalog, else (uploads since the version was loaded) their encodings, for
+    the tower to run on."""
+    rows = list(map(m.item_index.get, ids, repeat(-1)))
+    if not rows or min(rows) >= 0:
+        return None, m.ranker_item_vectors(torch.tensor(rows, dtype=torch.long))
+    return m.bundle.ranker.items.encode_items(items), None
