@@ -137,6 +137,14 @@ class DynamicEmbedding(nn.Module):
         self._free: list[int] = []  # min-heap of recycled rows
         self._next_row = _RESERVED_ROWS  # rows >= this have never been handed out
         self._reinit_rows: set[int] = set()  # rows whose optimizer state sync_optimizer resets
+        # After a load, the training bookkeeping (last-seen times, pending counts, free rows) is
+        # built from the saved tensors only when something needs it: serving never does.
+        self._unbuilt: dict[str, Any] | None = None
+        # The admitted ids and rows a load installed (None once the mapping changes), and
+        # whether ``_row_of`` is shared with another table (copied before it is changed).
+        self._loaded_rows: tuple[torch.Tensor, ...] | None = None
+        self._rows_shared = False
+        self._vocab_hint: DynamicEmbedding | None = None  # see ``reuse_vocabulary_of``
         self.register_load_state_dict_pre_hook(DynamicEmbedding._resize_for_load)
 
     @property
@@ -172,6 +180,7 @@ class DynamicEmbedding(nn.Module):
         """
         if not math.isfinite(now):
             raise ValueError(f"now must be finite, got {now}")
+        self._build_bookkeeping()
         for raw in ids:
             if raw is None:
                 continue
@@ -203,8 +212,11 @@ class DynamicEmbedding(nn.Module):
             raise ValueError(f"now must be finite, got {now}")
         if self.ttl is None:
             return 0
+        self._build_bookkeeping()
         stale = [i for i, seen in self._last_seen.items() if now - seen >= self.ttl]
         evicted = 0
+        if stale:
+            self._own_rows()
         for id_ in stale:
             del self._last_seen[id_]
             row = self._row_of.pop(id_, None)
@@ -234,6 +246,7 @@ class DynamicEmbedding(nn.Module):
         self._reinit_rows.clear()
 
     def _admit(self, id_: Id) -> None:
+        self._own_rows()
         if self._free:
             row = heapq.heappop(self._free)
         else:
@@ -276,6 +289,7 @@ class DynamicEmbedding(nn.Module):
         whose unpickler is pure Python: 100,000 ids as list items took most of a second to
         load, as tensors a few milliseconds). Ids are stored as their UTF-8 bytes, one blob
         with a length per id; integer ids as their decimal text with a flag."""
+        self._build_bookkeeping()
         admitted = list(self._row_of)
         pending = list(self._count)
         ids, lengths, is_int = _encode_ids(admitted + pending)
@@ -290,47 +304,91 @@ class DynamicEmbedding(nn.Module):
             "next_row": self._next_row,
         }
 
+    def reuse_vocabulary_of(self, other: "DynamicEmbedding | None") -> None:
+        """Before ``load_state_dict``: if the state's admitted ids and rows are exactly
+        ``other``'s (itself loaded from a state and unchanged since), share ``other``'s
+        id -> row mapping instead of building another (a serving process swapping in a newer
+        version of the same vocabulary: rebuilding 100,000 ids' mapping took most of the
+        swap). The shared mapping is copied by whichever table changes it first."""
+        self._vocab_hint = other
+
     def set_extra_state(self, state: dict[str, Any]) -> None:
+        hint, self._vocab_hint = self._vocab_hint, None
         if state.get("format") == 1:  # lists: what versions published before format 2 hold
             ids = [_key(i) for i in state["ids"]]
-            pending = [_key(i) for i in state["pending_ids"]]
             rows = [int(r) for r in state["rows"]]
-            last_seen = [float(x) for x in state["last_seen"]]
-            pending_last_seen = [float(x) for x in state["pending_last_seen"]]
-            counts = [int(c) for c in state["pending_counts"]]
+            pending = [_key(i) for i in state["pending_ids"]]
+            self._install_rows(ids, rows, int(state["next_row"]), key=None)
+            self._unbuilt = None
+            self._last_seen = dict(zip(ids, (float(x) for x in state["last_seen"]), strict=True))
+            self._last_seen.update(zip(pending, (float(x) for x in state["pending_last_seen"]),
+                                       strict=True))
+            self._count = dict(zip(pending, (int(c) for c in state["pending_counts"]),
+                                   strict=True))
+            self._free = self._free_rows(rows, int(state["next_row"]))
         elif state.get("format") == _STATE_FORMAT:
-            every = _decode_ids(state["ids"], state["id_lengths"], state["id_is_int"])
             n = int(state["admitted"])
-            ids, pending = every[:n], every[n:]
-            rows = state["rows"].tolist()
-            seen = state["last_seen"].tolist()
-            last_seen, pending_last_seen = seen[:n], seen[n:]
-            counts = state["pending_counts"].tolist()
+            lengths = state["id_lengths"]
+            key = (state["ids"][:int(lengths[:n].sum())], lengths[:n], state["id_is_int"][:n],
+                   state["rows"])
+            if hint is not None and hint._loaded_rows is not None and all(
+                    a.shape == b.shape and torch.equal(a, b)
+                    for a, b in zip(key, hint._loaded_rows)):
+                self._row_of, self._rows_shared, hint._rows_shared = hint._row_of, True, True
+                self._loaded_rows = hint._loaded_rows
+                self._next_row = int(state["next_row"])
+            else:
+                ids = _decode_ids(state["ids"][:key[0].numel()], key[1], key[2])
+                self._install_rows(ids, state["rows"].tolist(), int(state["next_row"]), key=key)
+            self._unbuilt = state
         else:
             raise ValueError(f"unknown DynamicEmbedding state format {state.get('format')!r}")
-        next_row = int(state["next_row"])
+        self._reinit_rows.clear()
+        self.version += 1
+
+    def _install_rows(self, ids: list, rows: list[int], next_row: int,
+                      key: tuple[torch.Tensor, ...] | None) -> None:
         used = np.asarray(rows, dtype=np.int64)
-        taken = np.zeros(max(next_row, _RESERVED_ROWS), dtype=bool)
-        if used.size and (used.min() < _RESERVED_ROWS or used.max() >= next_row):
-            raise ValueError("DynamicEmbedding state has duplicate or out-of-range rows")
-        taken[used] = True
-        if int(taken.sum()) != used.size:
+        if used.size and (used.min() < _RESERVED_ROWS or used.max() >= next_row
+                          or np.unique(used).size != used.size):
             raise ValueError("DynamicEmbedding state has duplicate or out-of-range rows")
         if next_row > self.capacity:
             raise ValueError(f"state uses {next_row} rows but weight has {self.capacity}")
         self._row_of = dict(zip(ids, rows, strict=True))
-        self._last_seen = dict(zip(ids, last_seen, strict=True))
-        self._last_seen.update(zip(pending, pending_last_seen, strict=True))
-        self._count = dict(zip(pending, counts, strict=True))
-        # Sorted ascending, so already a heap.
-        self._free = (np.flatnonzero(~taken[_RESERVED_ROWS:next_row])
-                      + _RESERVED_ROWS).tolist()
+        self._rows_shared = False
+        self._loaded_rows = key
         self._next_row = next_row
-        self._reinit_rows.clear()
-        self.version += 1
 
-    def _resize_for_load(self, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
-        """Give ``weight`` the saved capacity so the default loader can copy into it."""
+    @staticmethod
+    def _free_rows(rows, next_row: int) -> list[int]:
+        taken = np.zeros(max(next_row, _RESERVED_ROWS), dtype=bool)
+        taken[np.asarray(rows, dtype=np.int64)] = True
+        # Sorted ascending, so already a heap.
+        return (np.flatnonzero(~taken[_RESERVED_ROWS:next_row]) + _RESERVED_ROWS).tolist()
+
+    def _build_bookkeeping(self) -> None:
+        """Last-seen times, pending counts and free rows from the loaded state (once)."""
+        state, self._unbuilt = self._unbuilt, None
+        if state is None:
+            return
+        every = _decode_ids(state["ids"], state["id_lengths"], state["id_is_int"])
+        n = int(state["admitted"])
+        pending = every[n:]
+        self._last_seen = dict(zip(every, state["last_seen"].tolist(), strict=True))
+        self._count = dict(zip(pending, state["pending_counts"].tolist(), strict=True))
+        self._free = self._free_rows(state["rows"], self._next_row)
+
+    def _own_rows(self) -> None:
+        """About to change the mapping: stop sharing it, and forget the loaded key."""
+        if self._rows_shared:
+            self._row_of = dict(self._row_of)
+            self._rows_shared = False
+        self._loaded_rows = None
+
+    def _resize_for_load(self, state_dict: dict[str, Any], prefix: str,
+                         local_metadata: dict[str, Any], *_: Any) -> None:
+        """Give ``weight`` the saved capacity so the default loader can copy into it (or, with
+        ``load_state_dict(assign=True)``, replace it: then the new rows need no zeroing)."""
         incoming = state_dict.get(prefix + "weight")
         if (
             torch.is_tensor(incoming)
@@ -338,7 +396,10 @@ class DynamicEmbedding(nn.Module):
             and incoming.shape[1] == self.dim
             and incoming.shape[0] != self.capacity
         ):
-            self.weight.data = self.weight.data.new_zeros(incoming.shape)
+            if local_metadata.get("assign_to_params_buffers"):
+                self.weight.data = self.weight.data.new_empty(incoming.shape)
+            else:
+                self.weight.data = self.weight.data.new_zeros(incoming.shape)
             self.weight.grad = None
 
     def extra_repr(self) -> str:

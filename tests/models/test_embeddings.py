@@ -332,3 +332,56 @@ def test_id_types():
 def test_invalid_arguments(kwargs):
     with pytest.raises(ValueError):
         DynamicEmbedding(**kwargs)
+
+
+def _loaded(state: dict, like: DynamicEmbedding | None = None) -> DynamicEmbedding:
+    table = DynamicEmbedding(4, min_count=2, ttl=30)
+    table.reuse_vocabulary_of(like)
+    table.load_state_dict(state)
+    return table
+
+
+def test_a_newer_state_of_the_same_vocabulary_shares_the_mapping_until_one_side_changes():
+    trained = _busy_table()
+    first = _loaded(trained.state_dict())
+    with torch.no_grad():
+        trained.weight.add_(1.0)  # new weights, same ids and rows: an online step
+    second = _loaded(trained.state_dict(), like=first)
+    assert second._row_of is first._row_of  # nothing rebuilt
+    probe = VOCAB + ["never", None]
+    assert torch.equal(second(second.lookup_rows(probe)), trained(trained.lookup_rows(probe)))
+    before = first.id_to_row()
+    new_id = next(f"fresh{k}" for k in range(100) if f"fresh{k}" not in before)
+    second.observe([new_id, new_id], now=200)  # admitted (min_count 2): second's copy changes
+    assert new_id in second and new_id not in first and first.id_to_row() == before
+    # ... and a table that changed is not used as a model for the next one.
+    third = _loaded(second.state_dict(), like=second)
+    assert third._row_of is not second._row_of and third.id_to_row() == second.id_to_row()
+
+
+def test_a_state_with_other_ids_or_rows_builds_its_own_mapping():
+    trained = _busy_table()
+    first = _loaded(trained.state_dict())
+    trained.observe(["other", "other"], now=100)
+    second = _loaded(trained.state_dict(), like=first)
+    assert second._row_of is not first._row_of
+    assert second.id_to_row() == trained.id_to_row() and "other" not in first
+
+
+def test_bookkeeping_built_on_first_use_matches_the_saved_state():
+    """A loaded table builds last-seen times, pending counts and free rows only when training
+    needs them; what it then holds and saves is what was saved."""
+    trained = _busy_table()
+    state = trained.state_dict()
+    restored = _loaded(state)
+    assert restored._unbuilt is not None  # lookups alone never built it
+    restored.lookup_rows(VOCAB)
+    assert restored._unbuilt is not None
+    again = restored.state_dict()
+    for key, value in state.items():
+        if key.endswith("_extra_state"):
+            for k, v in value.items():
+                assert (torch.equal(v, again[key][k]) if torch.is_tensor(v)
+                        else v == again[key][k]), k
+    assert restored._count == trained._count and restored._last_seen == trained._last_seen
+    assert sorted(restored._free) == sorted(trained._free)
