@@ -5,11 +5,19 @@ Layout under the data directory::
     models/
       LATEST                       the version serving should use (replaced atomically)
       20261128-101500-0001/
-        model.pt                   torch.save of plain state (state dicts, configs, id lists)
+        model.pt                   torch.save of the plain state but its large parts
+        retrieval.safetensors      the large parts (state dicts, flattened), one file each:
+        ranker.safetensors         read without Python's unpickler (a 23 MB ranker: 15 -> 4 ms)
         meta.json                  when, on what data, how it measured on its held-out slice
 
 A version directory is written under a temporary name and renamed into place, and ``LATEST`` is
 replaced with an atomic rename, so a reader never sees half an artifact.
+
+A part that a publisher knows to be unchanged since an earlier version (the online trainer's
+versions change the ranker every second and the retrieval model every few minutes) is a hard
+link to that version's file, not a new copy: publishing writes a third of the bytes, and
+pruning the earlier version leaves the linked file in place. Versions written before parts had
+files of their own (everything in ``model.pt``) still load.
 """
 
 from __future__ import annotations
@@ -24,9 +32,78 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import safetensors
+import safetensors.torch
 import torch
 
 from reelrank.errors import ModelError
+
+
+PARTS = ("retrieval", "ranker")  # state entries saved as files of their own
+
+
+def _part_file(part: str) -> str:
+    return f"{part}.safetensors"
+
+
+def _save_part(state: dict[str, Any], path: Path) -> None:
+    """A nested state (a state dict; extra states are dicts of tensors and numbers) as one
+    safetensors file: tensors by their path, every other value in the JSON header."""
+    tensors: dict[str, torch.Tensor] = {}
+    paths: dict[str, list[str]] = {}
+    values: list[list] = []
+    storages: set[int] = set()
+
+    def walk(path: list[str], value: Any) -> None:
+        if torch.is_tensor(value):
+            value = value.detach().contiguous()
+            ptr = value.untyped_storage().data_ptr()
+            if ptr in storages and value.numel():  # safetensors keeps no shared storage
+                value = value.clone()
+            storages.add(ptr)
+            name = f"t{len(tensors)}"
+            tensors[name], paths[name] = value, path
+        elif isinstance(value, dict):
+            if not value:
+                values.append([path, {}])
+            for k, v in value.items():
+                if not isinstance(k, str):
+                    raise TypeError(f"state keys must be str, got {k!r} at {path}")
+                walk(path + [k], v)
+        else:
+            values.append([path, value])
+
+    walk([], state)
+    header = json.dumps({"paths": paths, "values": values})
+    safetensors.torch.save_file(tensors, str(path), metadata={"reelrank": header})
+
+
+def _load_part(path: Path) -> dict[str, Any]:
+    with safetensors.safe_open(str(path), "pt") as f:
+        header = json.loads(f.metadata()["reelrank"])
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
+    out: dict[str, Any] = {}
+
+    def put(path: list[str], value: Any) -> None:
+        node = out
+        for k in path[:-1]:
+            node = node.setdefault(k, {})
+        node[path[-1]] = value
+
+    for path_, value in header["values"]:
+        put(path_, value)
+    for name, path_ in header["paths"].items():
+        put(path_, tensors[name])
+    return out
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    if not src.is_file():
+        raise ModelError(f"cannot reuse {src}: the version has no such part")
+    try:
+        os.link(src, dst)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(src, dst)
 
 
 @dataclass(frozen=True)
@@ -42,15 +119,32 @@ class ModelRegistry:
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
 
-    def publish(self, state: dict[str, Any], meta: dict[str, Any]) -> str:
-        """Write a new version and make it the latest; returns its name."""
+    def publish(self, state: dict[str, Any], meta: dict[str, Any],
+                reuse: dict[str, str] | None = None) -> str:
+        """Write a new version and make it the latest; returns its name. ``reuse``: part name
+        -> an earlier version whose file of that part this version shares (the state's value
+        for it is ignored and may be None); a part that version lacks is an error."""
+        reuse = reuse or {}
         with self._lock:
             stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
             n = 1 + sum(1 for p in self.root.glob(f"{stamp}-*") if p.is_dir())
             version = f"{stamp}-{n:04d}"
             tmp = Path(tempfile.mkdtemp(prefix=".publishing-", dir=self.root))
             try:
-                torch.save(state, tmp / "model.pt")
+                rest = dict(state)
+                parts = []
+                for part in PARTS:
+                    if part in reuse:
+                        _link_or_copy(self.root / reuse[part] / _part_file(part),
+                                      tmp / _part_file(part))
+                    elif rest.get(part) is not None:
+                        _save_part(rest[part], tmp / _part_file(part))
+                    else:
+                        continue
+                    rest[part] = None
+                    parts.append(part)
+                rest["parts"] = parts
+                torch.save(rest, tmp / "model.pt")
                 full_meta = {"version": version, "published_at": int(time.time() * 1000), **meta}
                 (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, default=str))
                 os.replace(tmp, self.root / version)
@@ -77,20 +171,27 @@ class ModelRegistry:
         return sorted(p.name for p in self.root.iterdir()
                       if p.is_dir() and not p.name.startswith("."))
 
-    def load(self, version: str | None = None) -> Artifact:
+    def load(self, version: str | None = None, skip: tuple[str, ...] = ()) -> Artifact:
+        """``skip``: parts not to read (their value is None), e.g. the retrieval weights a
+        serving process already holds; a version saved as one file loads whole."""
         version = version or self.latest()
         if version is None:
             raise ModelError("no model has been published yet")
         path = self.root / version
         try:
-            # Memory-mapped: the bytes are read as tensors are copied into a model, and a part
-            # the caller does not rebuild (serving keeps its retrieval module across ranker-only
-            # versions) is never read. Loading a 60 MB version: 47 -> 13 ms.
+            # Memory-mapped: the bytes are read as tensors are copied into a model. Loading a
+            # 60 MB version: 47 -> 13 ms.
             state = torch.load(path / "model.pt", weights_only=True, mmap=True)
+            for part in state.pop("parts", []):
+                state[part] = None if part in skip else _load_part(path / _part_file(part))
             meta = json.loads((path / "meta.json").read_text())
         except FileNotFoundError as exc:
             raise ModelError(f"model version {version!r} is missing: {exc}") from exc
         return Artifact(version, state, meta)
+
+    def has_part(self, version: str, part: str) -> bool:
+        """Whether ``version`` keeps ``part`` in a file of its own (one ``reuse`` can link)."""
+        return (self.root / version / _part_file(part)).is_file()
 
     def meta(self, version: str) -> dict[str, Any]:
         return json.loads((self.root / version / "meta.json").read_text())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from itertools import repeat
 
@@ -92,17 +93,22 @@ class ServingModels:
         with self._lock:
             if latest in (self.version, self._accounted):
                 return False
-            artifact = self.registry.load(latest)
+            started = time.perf_counter()
             cur = self.current
             # A version that changed only the ranker (the online trainer's usual one) keeps the
-            # retrieval module serving has: rebuilding 100,000 ids' vocabulary is wasted work.
-            keep = cur.bundle.retrieval if _same_retrieval(cur, artifact.meta) else None
+            # retrieval module serving has: its weights are not even read.
+            keep = (cur.bundle.retrieval if _same_retrieval(cur, self.registry.meta(latest))
+                    else None)
+            artifact = self.registry.load(latest, skip=("retrieval",) if keep else ())
             loaded = self._prepare(artifact.version,
-                                   ModelBundle.from_state(artifact.state, retrieval=keep),
+                                   ModelBundle.from_state(artifact.state, retrieval=keep,
+                                                          previous=cur.bundle if cur else None,
+                                                          assign=True),
                                    artifact.meta)
             self.current = loaded  # the swap: one reference assignment
             self._accounted = latest
-        log.info("serving model version %s", latest)
+        log.info("serving model version %s (loaded and prepared in %.1f ms)", latest,
+                 (time.perf_counter() - started) * 1000)
         return True
 
     def install(self, version: str, bundle: ModelBundle, meta: dict,

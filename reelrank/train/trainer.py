@@ -109,6 +109,8 @@ class OnlineTrainer:
         self._handoff_ready = threading.Condition()
         self._installer: threading.Thread | None = None
         self._registry_version: str | None = None  # newest registry version serving holds
+        # (retrieval_version, the registry version whose retrieval file holds those weights)
+        self._retrieval_file: tuple[str | None, str | None] = (None, None)
         self.install_failures = 0
         self._published: set[str] = set()  # registry versions this trainer wrote
         self.learner: OnlineLearner | None = None
@@ -217,6 +219,7 @@ class OnlineTrainer:
         self._reset_publish_state()
         # Until new retrieval weights are handed over, every version carries the base's.
         self._retrieval_version = artifact.meta.get("retrieval_version", latest)
+        self._retrieval_file = (self._retrieval_version, latest)
         self._retrieval_module = ModelBundle.from_state(artifact.state).retrieval
         self._trained_through = int(artifact.meta.get("through_seq",
                                                       artifact.meta.get("metrics", {})
@@ -402,7 +405,16 @@ class OnlineTrainer:
 
     def _hand_over(self, job: "_Handover") -> str:
         if job.persist:
-            version = self.registry.publish(job.bundle.state(), job.meta)
+            # Retrieval weights unchanged since a version in the registry are linked from it,
+            # not serialised and written again (two thirds of a version's bytes).
+            rv, holder = self._retrieval_file
+            if (holder is not None and rv == job.meta.get("retrieval_version")
+                    and self.registry.has_part(holder, "retrieval")):
+                version = self.registry.publish(job.bundle.state(retrieval=False), job.meta,
+                                                reuse={"retrieval": holder})
+            else:
+                version = self.registry.publish(job.bundle.state(), job.meta)
+            self._retrieval_file = (job.meta.get("retrieval_version"), version)
             self._published.add(version)
             self.registry.prune(self.cfg.keep_versions)
             self._registry_version = version

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import threading
 import time
@@ -15,6 +16,7 @@ from reelrank.eval.simulator import Simulator, build_world, generate_history
 from reelrank.features import RowStream
 from reelrank.importers import import_into
 from reelrank.models.bundle import ModelBundle
+from reelrank.models.embeddings import DynamicEmbedding
 from reelrank.pipeline.context import FeedRequest
 from reelrank.registry import ModelRegistry
 from reelrank.service.app import create_app
@@ -22,7 +24,7 @@ from reelrank.store import open_store
 from reelrank.store.memory import Catalog, LiveState
 from reelrank.train.job import train_from_store
 from reelrank.train.online import OnlineConfig, OnlineLearner
-from reelrank.train.trainer import TrainerConfig
+from reelrank.train.trainer import OnlineTrainer, TrainerConfig
 from reelrank.types import Event, Item
 from tests.train.test_training import TINY
 
@@ -288,3 +290,47 @@ def test_serving_keeps_the_newest_weights_and_follows_a_new_batch_version(engine
     ts = swipe(engine, sim, viewer, state, ts)
     wait_for(lambda: engine.models.current.meta.get("base_version") == batch
              and engine.models.version == trainer.serving_version)
+
+
+def test_registry_versions_link_unchanged_retrieval_and_load_as_published(engine, world):
+    """A trainer in a process of its own hands versions over through the registry: versions
+    that changed only the ranker link the base's retrieval file, and serving's cheap swap
+    (retrieval kept, vocabularies shared, tensors assigned) serves what a fresh load would."""
+    registry = engine.registry
+    base = engine.models.version
+    cfg = TrainerConfig(poll_s=0.01, publish_every_s=0.02, retrieval_every_s=3600, settle_ms=0,
+                        online=OnlineConfig(batch_size=16, max_wait_ms=0))
+    trainer = OnlineTrainer(engine.store, registry, cfg).start()
+    try:
+        wait_for(lambda: trainer.state == "running")
+        sim, viewer = Simulator(world), world.users[5]
+        state, ts = sim.new_session(viewer, "linked"), int(time.time() * 1000) - 600_000
+        for _ in range(8):
+            ts = swipe(engine, sim, viewer, state, ts)
+            time.sleep(0.05)
+        wait_for(lambda: len(trainer._published) >= 2 and trainer.status()["rows_waiting"] == 0)
+    finally:
+        trainer.stop()
+    retrieval_file = registry.root / base / "retrieval.safetensors"
+    for version in trainer._published:
+        assert (registry.root / version / "retrieval.safetensors").stat().st_ino == \
+            retrieval_file.stat().st_ino
+    kept = engine.models.current.bundle.retrieval
+    assert engine.models.refresh() and engine.models.version == registry.latest()
+    served = engine.models.current.bundle
+    assert served.retrieval is kept
+    fresh = ModelBundle.from_state(registry.load(registry.latest()).state)
+    ours, theirs = served.ranker.state_dict(), fresh.ranker.state_dict()
+    assert ours.keys() == theirs.keys()
+    for key, value in theirs.items():
+        if torch.is_tensor(value):
+            assert torch.equal(ours[key], value), key
+    for name, table in fresh.ranker.named_modules():
+        if isinstance(table, DynamicEmbedding):
+            assert served.ranker.get_submodule(name).id_to_row() == table.id_to_row(), name
+    viewer_id = world.users[5].user_id
+    ranked = engine.rank(viewer_id, [it.item_id for it in world.items[:20]])
+    engine.models.current = dataclasses.replace(engine.models.current, bundle=fresh)
+    again = engine.rank(viewer_id, [it.item_id for it in world.items[:20]])
+    assert [(s.item_id, round(s.score, 5)) for s in ranked.items] == \
+        [(s.item_id, round(s.score, 5)) for s in again.items]

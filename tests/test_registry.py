@@ -1,0 +1,89 @@
+"""The model registry: versions with their large parts in files of their own, parts linked
+from an earlier version, loads that skip a part, and versions from before parts had files."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from reelrank.errors import ModelError
+from reelrank.models.embeddings import DynamicEmbedding
+from reelrank.registry import ModelRegistry
+
+
+def _state(seed: int) -> dict:
+    torch.manual_seed(seed)
+    table = DynamicEmbedding(3)
+    table.observe(["a", 5, "vidéo"], now=1)
+    return {
+        "format": 1,
+        "retrieval": {"tower.weight": torch.randn(4, 3), "ids": table.state_dict()},
+        "ranker": {"w": torch.randn(2, 2), "steps": torch.tensor(7),
+                   "mask": torch.tensor([True, False]), "counts": torch.arange(3)},
+        "ranker_kwargs": {"dim": 3, "heads": ["like", "long_view"]},
+        "value_weights": {"like": 1.5},
+    }
+
+
+def _same(a, b) -> bool:
+    if torch.is_tensor(a):
+        return torch.is_tensor(b) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a == b
+
+
+def test_a_version_loads_as_it_was_published(tmp_path):
+    registry = ModelRegistry(tmp_path)
+    state = _state(0)
+    version = registry.publish(state, {"note": "x"})
+    files = {p.name for p in (tmp_path / version).iterdir()}
+    assert files == {"model.pt", "meta.json", "retrieval.safetensors", "ranker.safetensors"}
+    artifact = registry.load(version)
+    assert _same(state, artifact.state) and artifact.meta["note"] == "x"
+    # The extra state of an embedding table (tensors, ints) loads into a table again.
+    table = DynamicEmbedding(3)
+    table.load_state_dict(artifact.state["retrieval"]["ids"])
+    assert table.id_to_row() == {"a": 2, 5: 3, "vidéo": 4}
+    assert registry.load(version, skip=("retrieval",)).state["retrieval"] is None
+
+
+def test_an_unchanged_part_is_linked_and_outlives_the_version_it_came_from(tmp_path):
+    registry = ModelRegistry(tmp_path)
+    first = registry.publish(_state(0), {})
+    second_state = _state(1)
+    second_state["retrieval"] = None  # the publisher does not even serialise it
+    second = registry.publish(second_state, {}, reuse={"retrieval": first})
+    a, b = (tmp_path / v / "retrieval.safetensors" for v in (first, second))
+    assert os.stat(a).st_ino == os.stat(b).st_ino  # one file on disk
+    assert registry.has_part(second, "retrieval")
+    registry.prune(keep=0)  # keeps only the latest: the second
+    assert registry.versions() == [second]
+    loaded = registry.load(second).state
+    assert _same(loaded["retrieval"], _state(0)["retrieval"])
+    assert _same(loaded["ranker"], _state(1)["ranker"])
+
+
+def test_reusing_a_part_the_version_lacks_is_an_error(tmp_path):
+    registry = ModelRegistry(tmp_path)
+    state = _state(0)
+    state["retrieval"] = None
+    first = registry.publish(state, {})
+    assert not registry.has_part(first, "retrieval")
+    with pytest.raises(ModelError):
+        registry.publish(_state(1), {}, reuse={"retrieval": first})
+    assert registry.versions() == [first]  # nothing half-published
+
+
+def test_a_version_saved_as_one_file_still_loads(tmp_path):
+    """Versions published before the large parts had files of their own."""
+    registry = ModelRegistry(tmp_path)
+    version = "20260101-000000-0001"
+    (tmp_path / version).mkdir()
+    state = _state(2)
+    torch.save(state, tmp_path / version / "model.pt")
+    (tmp_path / version / "meta.json").write_text("{}")
+    assert _same(registry.load(version).state, state)
+    assert registry.load(version, skip=("retrieval",)).state["retrieval"] is not None
