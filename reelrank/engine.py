@@ -18,7 +18,7 @@ from typing import Iterable
 
 from reelrank.errors import FieldProblem, NotFoundError, ValidationError
 from reelrank.pipeline.context import MODES, FeedContext, FeedRequest
-from reelrank.pipeline.feed import FeedPipeline, FeedResult, FeedTrace
+from reelrank.pipeline.feed import FeedPipeline, FeedResult, FeedTrace, TraceRecord
 from reelrank.pipeline.filters import default_filters
 from reelrank.pipeline.neural import NeuralScorer, RetrievalSource, ServingModels
 from reelrank.pipeline.rank import HeuristicScorer, Scored
@@ -96,7 +96,7 @@ class Engine:
         self.train_config = TrainConfig()
         self.training = (JobRunner(self._train, on_done=lambda _v: self.models.refresh())
                          if registry is not None else None)
-        self._traces: OrderedDict[str, deque[FeedTrace]] = OrderedDict()
+        self._traces: OrderedDict[str, deque[TraceRecord]] = OrderedDict()
         self._traces_per_user = traces_per_user
         self._max_traced_users = max_traced_users
         self._trace_lock = threading.Lock()
@@ -299,10 +299,11 @@ class Engine:
         # The feed that showed it tells the story; later feeds only filtered it as served.
         for trace in reversed(traces):
             if item_id in trace.served:
-                return _explain_from_trace(trace, item_id)
+                return trace.explain(item_id)
         for trace in reversed(traces):
-            if item_id in trace.proposals or item_id in trace.removed:
-                return _explain_from_trace(trace, item_id)
+            entry = trace.items.get(item_id)
+            if entry is not None and (entry[0] or entry[5]):  # proposed, or filtered out
+                return trace.explain(item_id)
         # Not in a recent feed: run the filters and the scorer on this one item.
         ctx = self.context(FeedRequest(user_id=user_id, n=1))
         cand = Candidate(item_id, "explain")
@@ -324,12 +325,13 @@ class Engine:
         }
 
     def _keep_trace(self, trace: FeedTrace) -> None:
+        record = trace.record()
         with self._trace_lock:
             q = self._traces.get(trace.user_id)
             if q is None:
                 q = self._traces[trace.user_id] = deque(maxlen=self._traces_per_user)
             self._traces.move_to_end(trace.user_id)
-            q.append(trace)
+            q.append(record)
             while len(self._traces) > self._max_traced_users:
                 self._traces.popitem(last=False)
 
@@ -418,23 +420,3 @@ def _notify(listeners: list, value) -> None:
         except Exception:
             log.exception("a listener failed")
 
-
-def _explain_from_trace(trace: FeedTrace, item_id: str) -> dict:
-    proposals = trace.proposals.get(item_id, [])
-    scored = trace.scored.get(item_id)
-    removed = trace.removed.get(item_id)
-    reasons = scored.reasons if scored else tuple(r for c in proposals for r in c.reasons)
-    seen_codes: set[str] = set()
-    unique = [r for r in reasons if not (r.code in seen_codes or seen_codes.add(r.code))]
-    return {
-        "user_id": trace.user_id, "item_id": item_id, "shown": item_id in trace.served,
-        "request_id": trace.request_id, "mode": trace.mode,
-        "source": scored.candidate.source if scored else (proposals[0].source if proposals else None),
-        "sources": [{"source": c.source, "score": c.score} for c in proposals],
-        "reasons": [{"code": r.code, "text": r.text} for r in unique],
-        "score": scored.score if scored else None,
-        "predictions": scored.predictions if scored else {},
-        "filters": [{"filter": removed.filter, "reason": removed.reason}] if removed else [],
-        "rerank": trace.rerank_notes.get(item_id, []),
-        "position": trace.served.index(item_id) + 1 if item_id in trace.served else None,
-    }

@@ -48,6 +48,71 @@ class FeedTrace:
     served: list[str] = field(default_factory=list)
     elapsed_ms: float = 0.0
 
+    def record(self) -> "TraceRecord":
+        """What explanations need of this trace, for keeping after the request."""
+        pairs: dict[int, tuple[str, str]] = {}  # one (code, text) per Reason object
+
+        def plain(reasons) -> tuple[tuple[str, str], ...]:
+            out = []
+            for r in reasons:
+                pair = pairs.get(id(r))
+                if pair is None:
+                    pair = pairs[id(r)] = (r.code, r.text)
+                out.append(pair)
+            return tuple(out)
+
+        items: dict[str, tuple] = {}
+        for item_id in {**self.proposals, **self.removed, **self.scored, **self.rerank_notes}:
+            proposals = self.proposals.get(item_id, ())
+            scored = self.scored.get(item_id)
+            removed = self.removed.get(item_id)
+            items[item_id] = (
+                tuple((c.source, c.score) for c in proposals),
+                plain(scored.reasons if scored else (r for c in proposals for r in c.reasons)),
+                scored.candidate.source if scored else None,
+                scored.score if scored else None,
+                tuple(scored.predictions.items()) if scored else None,  # a dict stays tracked
+                (removed.filter, removed.reason) if removed else None,
+                tuple(self.rerank_notes.get(item_id, ())),
+            )
+        return TraceRecord(self.request_id, self.user_id, self.mode, tuple(self.served), items)
+
+
+@dataclass(frozen=True, slots=True)
+class TraceRecord:
+    """A served page's trace as kept for explanations: tuples and dicts of strings and numbers
+    only. The garbage collector stops tracking such containers after their first pass, so the
+    tens of thousands of pages an engine keeps cost nothing in its full collections; kept as
+    ``FeedTrace`` objects (five per candidate), 1,600 pages made every full collection a
+    200 ms pause of the whole server (benchmarks/results/realtime.md)."""
+
+    request_id: str
+    user_id: str
+    mode: str
+    served: tuple[str, ...]
+    # item -> (sources' (name, score), reasons' (code, text), scored source, score,
+    #          predictions, removal's (filter, reason), re-rank notes)
+    items: dict[str, tuple]
+
+    def explain(self, item_id: str) -> dict:
+        sources, reasons, scored_source, score, predictions, removed, rerank = self.items.get(
+            item_id, ((), (), None, None, None, None, ()))
+        seen_codes: set[str] = set()
+        unique = [r for r in reasons if not (r[0] in seen_codes or seen_codes.add(r[0]))]
+        shown = item_id in self.served
+        return {
+            "user_id": self.user_id, "item_id": item_id, "shown": shown,
+            "request_id": self.request_id, "mode": self.mode,
+            "source": scored_source or (sources[0][0] if sources else None),
+            "sources": [{"source": name, "score": s} for name, s in sources],
+            "reasons": [{"code": code, "text": text} for code, text in unique],
+            "score": score,
+            "predictions": dict(predictions) if predictions else {},
+            "filters": [{"filter": removed[0], "reason": removed[1]}] if removed else [],
+            "rerank": list(rerank),
+            "position": self.served.index(item_id) + 1 if shown else None,
+        }
+
 
 @dataclass
 class FeedResult:

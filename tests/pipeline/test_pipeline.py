@@ -257,3 +257,30 @@ def test_feed_reads_a_snapshot_while_events_arrive(engine):
         stop.set()
         t.join()
     assert errors == []
+
+
+def test_kept_traces_explain_like_the_live_trace_and_leave_the_collector_alone(engine):
+    """The engine keeps each page's trace for explanations as plain tuples; the collector stops
+    tracking them (kept as objects, they made every full collection scan them all)."""
+    import gc
+
+    engine.ingest_events(play("u1", 3, 0) + play("u1", 4, 1, ratio=0.2))
+    result = engine.feed(FeedRequest("u1", n=5))
+    record = result.trace.record()
+    live = result.trace
+    for item_id in list(live.proposals)[:20] + list(live.removed):
+        explained = record.explain(item_id)
+        proposals = live.proposals.get(item_id, [])
+        assert explained["sources"] == [{"source": c.source, "score": c.score}
+                                        for c in proposals]
+        scored = live.scored.get(item_id)
+        assert explained["score"] == (scored.score if scored else None)
+        assert explained["predictions"] == (scored.predictions if scored else {})
+        assert explained["shown"] == (item_id in live.served)
+        removed = live.removed.get(item_id)
+        assert explained["filters"] == ([{"filter": removed.filter, "reason": removed.reason}]
+                                        if removed else [])
+    assert engine.explain("u1", result.items[0].item_id)["position"] == 1
+    for _ in range(5):  # each pass untracks the tuples whose contents it untracked before
+        gc.collect()
+    assert not any(gc.is_tracked(entry) for entry in record.items.values())
