@@ -11,7 +11,6 @@ One uvicorn worker only: the engine's live state lives in this process.
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from reelrank.engine import Engine
 from reelrank.registry import ModelRegistry
 from reelrank.service.app import create_app
 from reelrank.service.deps import Authenticator, ensure_service_keys
+from reelrank.service.heap import HeapKeeper
 from reelrank.store import open_store
 
 log = logging.getLogger(__name__)
@@ -54,11 +54,11 @@ def prepare(data_dir: Path, insecure_no_auth: bool = False,
     store = open_store(data_dir)
     try:
         engine = Engine(store, registry=ModelRegistry(data_dir / "models")).load()
-        # The catalog, live state and models loaded above live as long as the process: the
-        # cyclic garbage collector need never scan them again (a full pass over millions of
-        # objects would stall every request in flight).
-        gc.collect()
-        gc.freeze()
+        # The catalog, live state and models loaded above (and, once ``run`` starts the
+        # keeper, what the server keeps from then on) are frozen out of the cyclic
+        # collector's full passes: each one stalls every request in flight while it scans.
+        heap = HeapKeeper()
+        heap.full()
         # Stale trending and popular lists are served while a thread ranks them again, rather
         # than ranked inside the request that found them stale (tens of ms at 100k videos).
         engine.live.background_refresh = True
@@ -70,9 +70,12 @@ def prepare(data_dir: Path, insecure_no_auth: bool = False,
         if retention_days is not None:
             engine.start_retention(retention_days)
         if insecure_no_auth:
-            return create_app(engine, None, demo=demo), None
-        keys = ensure_service_keys(store, data_dir)
-        return create_app(engine, Authenticator(store), demo=demo), keys
+            app, keys = create_app(engine, None, demo=demo), None
+        else:
+            keys = ensure_service_keys(store, data_dir)
+            app = create_app(engine, Authenticator(store), demo=demo)
+        app.state.heap = heap
+        return app, keys
     except BaseException:
         store.close()
         raise
@@ -84,9 +87,14 @@ def run(app: FastAPI, host: str, port: int, log_level: str = "info") -> None:
     # not to keep; request counts and latencies are in /metrics.
     config = uvicorn.Config(app, host=host, port=port, workers=1, log_level=log_level,
                             access_log=False)
+    heap = getattr(app.state, "heap", None)
+    if heap is not None:
+        heap.start()
     try:
         uvicorn.Server(config).run()
     finally:
+        if heap is not None:
+            heap.stop()
         app.state.engine.stop_trainer()
         app.state.engine.store.close()
 

@@ -334,3 +334,24 @@ def test_registry_versions_link_unchanged_retrieval_and_load_as_published(engine
     again = engine.rank(viewer_id, [it.item_id for it in world.items[:20]])
     assert [(s.item_id, round(s.score, 5)) for s in ranked.items] == \
         [(s.item_id, round(s.score, 5)) for s in again.items]
+
+
+def test_a_swapped_out_version_is_freed_without_the_cyclic_collector(engine):
+    """The server freezes long-lived objects out of the collector's sight (service.heap); that
+    is only safe while old model versions hold no reference cycles."""
+    import gc
+    import weakref
+
+    registry = engine.registry
+    old = engine.models.current
+    gone = [weakref.ref(old.bundle.ranker), weakref.ref(old)]
+    published = registry.publish(registry.load(old.version).state, dict(old.meta))
+    del old
+    gc.disable()
+    try:
+        assert engine.models.refresh() and engine.models.version == published
+        engine.rank("someone",
+                    list(engine.catalog.ids())[:10])
+        assert all(ref() is None for ref in gone)
+    finally:
+        gc.enable()
