@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from reelrank.features import DENSE_FEATURES, RankingRow
 from reelrank.models.ranker import CONTEXT_FIELDS, TASKS, RankInputs, Ranker
@@ -24,6 +22,7 @@ from reelrank.models.retrieval import (
     FLAGS, HistoryInputs, ItemInputs, N_DURATION_BUCKETS, duration_bucket, gap_bucket,
     view_bucket,
 )
+from reelrank.train.loop import EpochReport, run_epochs
 from reelrank.types import Item
 
 log = logging.getLogger(__name__)
@@ -148,13 +147,7 @@ def observe_context(model: Ranker, rows: Sequence[RankingRow]) -> None:
         model.context[j].observe([getattr(r.example, f) for r in rows], 0.0)
 
 
-@dataclass
-class RankerReport:
-    epochs: int = 0
-    steps: int = 0
-    seconds: float = 0.0
-    losses: list[float] = field(default_factory=list)
-    config: dict = field(default_factory=dict)
+RankerReport = EpochReport  # what train_ranker returns
 
 
 def train_ranker(model: Ranker, catalog: ItemInputs, table: RankingTable, cfg: RankerConfig, *,
@@ -162,46 +155,32 @@ def train_ranker(model: Ranker, catalog: ItemInputs, table: RankingTable, cfg: R
                  on_progress: Callable[[float], None] | None = None) -> RankerReport:
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    report = RankerReport(config=asdict(cfg))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     weights = torch.tensor([cfg.task_weights.get(t, 1.0) for t in model.tasks])
-    steps_per_epoch = max(1, math.ceil(len(table) / cfg.batch_size))
-    total = steps_per_epoch * cfg.epochs
-    bar = tqdm(total=total, disable=not progress, desc="ranker", unit="step")
-    started = time.perf_counter()
-    model.train()
     user_codes = torch.from_numpy(np.unique(np.array(table.user_ids), return_inverse=True)[1])
-    for epoch in range(cfg.epochs):
+
+    def batches(epoch: int):
         order = _viewer_grouped_order(user_codes, gen)
-        epoch_loss, n = 0.0, 0
-        for s in range(0, len(order), cfg.batch_size):
-            idx = order[s:s + cfg.batch_size]
-            if len(idx) < 2:  # batch norm needs two rows
-                continue
-            logits = model(table.batch(idx, catalog, len(catalog)))  # (B, T)
-            labels = table.labels[idx]  # (B, T)
-            per_task = F.binary_cross_entropy_with_logits(
-                logits, labels, reduction="none").mean(0)  # (T,)
-            loss = (per_task * weights).sum()
-            if cfg.pairwise_weight:
-                loss = loss + cfg.pairwise_weight * pairwise_loss(logits, labels,
-                                                                   user_codes[idx], weights)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            epoch_loss += loss.item()
-            n += 1
-            report.steps += 1
-            bar.update(1)
-            if on_progress:
-                on_progress(report.steps / total)
-        report.losses.append(epoch_loss / max(1, n))
-        report.epochs = epoch + 1
-        if cfg.time_budget_s is not None and time.perf_counter() - started > cfg.time_budget_s:
-            break
-    bar.close()
-    report.seconds = time.perf_counter() - started
-    return report
+        return (order[s:s + cfg.batch_size] for s in range(0, len(order), cfg.batch_size))
+
+    def loss(idx: torch.Tensor) -> torch.Tensor | None:
+        if len(idx) < 2:  # batch norm needs two rows
+            return None
+        logits = model(table.batch(idx, catalog, len(catalog)))  # (B, T)
+        labels = table.labels[idx]  # (B, T)
+        per_task = F.binary_cross_entropy_with_logits(
+            logits, labels, reduction="none").mean(0)  # (T,)
+        value = (per_task * weights).sum()
+        if cfg.pairwise_weight:
+            value = value + cfg.pairwise_weight * pairwise_loss(logits, labels,
+                                                                user_codes[idx], weights)
+        return value
+
+    return run_epochs(model, opt, epochs=cfg.epochs,
+                      steps_per_epoch=max(1, math.ceil(len(table) / cfg.batch_size)),
+                      batches=batches, loss=loss, report=RankerReport(config=asdict(cfg)),
+                      time_budget_s=cfg.time_budget_s, name="ranker", progress=progress,
+                      on_progress=on_progress)
 
 
 def _viewer_grouped_order(user_codes: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from reelrank.features import Token
 from reelrank.models.losses import sampled_softmax_loss
 from reelrank.models.retrieval import (
     FLAGS, HistoryInputs, ItemInputs, TwoTower, gap_bucket, view_bucket,
 )
+from reelrank.train.loop import EpochReport, run_epochs
 from reelrank.types import Item
 
 log = logging.getLogger(__name__)
@@ -133,14 +132,7 @@ class SequenceTable:
         return h, (torch.from_numpy(targets) if with_targets else None)
 
 
-@dataclass
-class TrainReport:
-    epochs: int = 0
-    steps: int = 0
-    seconds: float = 0.0
-    losses: list[float] = field(default_factory=list)
-    evals: list[dict] = field(default_factory=list)
-    config: dict = field(default_factory=dict)
+TrainReport = EpochReport  # what train_retrieval returns
 
 
 def encode_catalog(model: TwoTower, items: Sequence[Item]) -> ItemInputs:
@@ -181,7 +173,6 @@ def train_retrieval(model: TwoTower, catalog: ItemInputs, table: SequenceTable,
     """Train in place; ``evaluate(model, epoch)`` runs after each epoch when given."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    report = TrainReport(config=asdict(cfg))
     n_items = len(catalog)
     counts = np.bincount(table.item[table.positive], minlength=n_items).astype(np.float64)
     q = (counts + 1.0) ** cfg.negative_power
@@ -189,43 +180,23 @@ def train_retrieval(model: TwoTower, catalog: ItemInputs, table: SequenceTable,
     log_q = torch.from_numpy(np.log(q)).float()
     users = np.flatnonzero(table.lengths() >= 2)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    started = time.perf_counter()
-    steps_per_epoch = max(1, math.ceil(len(users) / cfg.batch_size))
-    total_steps = steps_per_epoch * cfg.epochs
-    bar = tqdm(total=total_steps, disable=not progress, desc="retrieval", unit="step")
-    model.train()
-    for epoch in range(cfg.epochs):
-        epoch_loss, n = 0.0, 0
-        for batch in _length_buckets(users, table.lengths(), cfg.batch_size, rng):
-            width = int(min(cfg.max_len, table.lengths()[batch].max() - 1))
-            h, targets = table.window(batch, width)
-            valid = targets >= 0
-            if not valid.any():
-                continue
-            negs = torch.from_numpy(rng.choice(n_items, size=cfg.negatives, p=q))
-            loss = _step_loss(model, catalog, h, targets, valid, negs, log_q, n_items)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            epoch_loss += loss.item()
-            n += 1
-            report.steps += 1
-            bar.update(1)
-            if on_progress:
-                on_progress(report.steps / total_steps)
-        report.losses.append(epoch_loss / max(1, n))
-        report.epochs = epoch + 1
-        bar.set_postfix(loss=f"{report.losses[-1]:.3f}")
-        if evaluate is not None:
-            metrics = evaluate(model, epoch)
-            report.evals.append({"epoch": epoch + 1, **metrics})
-            log.info("epoch %d loss %.4f %s", epoch + 1, report.losses[-1], metrics)
-        if cfg.time_budget_s is not None and time.perf_counter() - started > cfg.time_budget_s:
-            log.info("time budget reached after %d epochs", epoch + 1)
-            break
-    bar.close()
-    report.seconds = time.perf_counter() - started
-    return report
+
+    def loss(batch: np.ndarray) -> torch.Tensor | None:
+        width = int(min(cfg.max_len, table.lengths()[batch].max() - 1))
+        h, targets = table.window(batch, width)
+        valid = targets >= 0
+        if not valid.any():
+            return None
+        negs = torch.from_numpy(rng.choice(n_items, size=cfg.negatives, p=q))
+        return _step_loss(model, catalog, h, targets, valid, negs, log_q, n_items)
+
+    return run_epochs(model, opt, epochs=cfg.epochs,
+                      steps_per_epoch=max(1, math.ceil(len(users) / cfg.batch_size)),
+                      batches=lambda epoch: _length_buckets(users, table.lengths(),
+                                                            cfg.batch_size, rng),
+                      loss=loss, report=TrainReport(config=asdict(cfg)),
+                      time_budget_s=cfg.time_budget_s, name="retrieval", progress=progress,
+                      on_progress=on_progress, evaluate=evaluate)
 
 
 def _length_buckets(users: np.ndarray, lengths: np.ndarray, batch_size: int,

@@ -1,0 +1,71 @@
+"""The epoch loop both batch trainers share (retrieval and ranker).
+
+Each trainer says how to cut an epoch into batches and how to compute a batch's loss; this
+loop does the rest the same way for both: Adam steps, the mean loss per epoch, progress (a
+bar and a 0..1 callback for the jobs API), an optional evaluation after each epoch, and the
+time budget, checked between epochs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EpochReport:
+    epochs: int = 0
+    steps: int = 0
+    seconds: float = 0.0
+    losses: list[float] = field(default_factory=list)  # mean loss per epoch
+    evals: list[dict] = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+
+
+def run_epochs(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, epochs: int,
+               steps_per_epoch: int, batches: Callable[[int], Iterable[Any]],
+               loss: Callable[[Any], torch.Tensor | None], report: EpochReport,
+               time_budget_s: float | None = None, name: str = "train",
+               progress: bool = True, on_progress: Callable[[float], None] | None = None,
+               evaluate: Callable[[torch.nn.Module, int], dict] | None = None) -> EpochReport:
+    """Train ``model`` in place: for each epoch, ``loss(batch)`` over ``batches(epoch)`` (a
+    batch whose loss is None is skipped) and one optimizer step per batch."""
+    total = max(1, steps_per_epoch * epochs)
+    bar = tqdm(total=total, disable=not progress, desc=name, unit="step")
+    started = time.perf_counter()
+    model.train()
+    for epoch in range(epochs):
+        epoch_loss, n = 0.0, 0
+        for batch in batches(epoch):
+            value = loss(batch)
+            if value is None:
+                continue
+            optimizer.zero_grad(set_to_none=True)
+            value.backward()
+            optimizer.step()
+            epoch_loss += value.item()
+            n += 1
+            report.steps += 1
+            bar.update(1)
+            if on_progress:
+                on_progress(min(1.0, report.steps / total))
+        report.losses.append(epoch_loss / max(1, n))
+        report.epochs = epoch + 1
+        bar.set_postfix(loss=f"{report.losses[-1]:.3f}")
+        if evaluate is not None:
+            metrics = evaluate(model, epoch)
+            report.evals.append({"epoch": epoch + 1, **metrics})
+            log.info("%s epoch %d loss %.4f %s", name, epoch + 1, report.losses[-1], metrics)
+        if time_budget_s is not None and time.perf_counter() - started > time_budget_s:
+            log.info("%s: time budget reached after %d epochs", name, epoch + 1)
+            break
+    bar.close()
+    report.seconds = time.perf_counter() - started
+    return report
