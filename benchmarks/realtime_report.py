@@ -192,7 +192,8 @@ def serve_markdown(r: dict) -> str:
         "Server: `python -m reelrank.service.server`, auth on, one API process; the client is "
         "this script on the same machine. Three runs on the same data, one after the other: the "
         "online trainer as a child process the server supervises (`--trainer process`, the "
-        "default: versions pass through the registry, which the server polls every 2 s), as a "
+        "default: versions pass through the registry, which the server polls every 0.25 s; "
+        "the child publishes at most every 2 s), as a "
         "thread of the server (`--trainer thread`: versions handed over in memory), and no "
         "trainer at all (`--trainer off`).", "",
         "## Event-to-feed (POST an event, then GET the next page)", "",
@@ -228,7 +229,8 @@ def serve_markdown(r: dict) -> str:
         "; failed posts: " + " / ".join(
             str(e["event_to_weights"]["failed_posts"]) for e in (child, thread)) +
         " (child / thread). The trainer waits `settle_ms` = 1,000 ms after a view ends for its "
-        "likes and shares, and publishes at most once a second (`publish_every_s`).", "",
+        "likes and shares; as a thread it hands a version over at most once a second, as a "
+        "child process it publishes one at most every 2 s (`publish_every_s`).", "",
         "The thread trainer's own figures at the end (lag = serving time minus view end, over "
         f"every example it learned): `{json.dumps(thread['trainer_status']['lag_ms'])}`, steps "
         f"{thread['trainer_status']['steps']}, rows {thread['trainer_status']['rows_trained']}, "

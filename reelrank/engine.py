@@ -218,9 +218,11 @@ class Engine:
         if self.trainer is not None:
             self.trainer.stop()
 
-    def watch_models(self, every_s: float = 2.0) -> threading.Thread:
+    def watch_models(self, every_s: float = 0.25) -> threading.Thread:
         """Poll the registry and swap in each newly published version (a trainer in another
-        process, or ``reelrank train``). Failures are logged and retried."""
+        process, or ``reelrank train``). Failures are logged and retried. A poll reads one
+        small file; how often versions are swapped in is the publisher's rate, so polling
+        often only shortens the wait between a publish and its swap."""
         def loop() -> None:
             while not self._watch_stop.wait(every_s):
                 try:
