@@ -26,6 +26,9 @@ stays in use:
 - **Persistence.** ``state_dict()`` carries the vocabulary (id -> row, last-seen times, pending
   counts) as extra state, and ``load_state_dict`` resizes ``weight`` to the saved capacity, so a
   saved model restores its lookups exactly. Policy (``min_count``, ``ttl``) is the receiver's.
+  A loaded table builds its training bookkeeping (last-seen times, pending counts, free rows)
+  only when training first needs it, and ``reuse_vocabulary_of`` lets a newer state of the same
+  vocabulary share the id -> row mapping of the table it replaces (copied on first change).
 
 Threads: one writer, no lock. ``observe``, ``evict``, ``sync_optimizer`` and ``load_state_dict``
 mutate the table and must not run concurrently with ``lookup_rows``/``forward`` on the same
