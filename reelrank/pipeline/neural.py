@@ -23,7 +23,8 @@ import torch
 from reelrank.features import dense_matrix, user_aggregates
 from reelrank.models.bundle import ModelBundle
 from reelrank.models.ranker import CONTEXT_FIELDS, RankInputs
-from reelrank.models.retrieval import ItemInputs, encode_histories
+from reelrank.models.embeddings import UNKNOWN_ROW
+from reelrank.models.retrieval import ItemInputs, caption_words, encode_histories
 from reelrank.pipeline.context import FeedContext
 from reelrank.pipeline.rank import HeuristicScorer, Scored
 from reelrank.registry import ModelRegistry
@@ -190,12 +191,21 @@ class ServingModels:
             if bundle.ranker is not None and items:
                 tag = meta.get("ranker_items_version")
                 n = len(cur.item_ids) if cur is not None else 0
-                if (tag is not None and cur is not None and cur.ranker_items is not None
-                        and cur.meta.get("ranker_items_version") == tag
-                        and ids[:n] == cur.item_ids):
+                known = (cur is not None and cur.ranker_items is not None
+                         and cur.bundle.ranker is not None and ids[:n] == cur.item_ids)
+                if known and tag is not None and cur.meta.get("ranker_items_version") == tag:
                     # The ranker's item vocabulary is unchanged (online steps that admitted no
                     # new id): the row indices of the known items are too.
                     ranker_items = cur.ranker_items
+                elif known and (refreshed := _admitted_only(
+                        cur.ranker_items, cur.bundle.ranker.items, bundle.ranker.items,
+                        items[:n])) is not None:
+                    # The vocabulary only gained ids (an online step admitted a new upload's):
+                    # only the videos that read the unknown row for one of them change.
+                    ranker_items = refreshed
+                else:
+                    known = False
+                if known:
                     if len(items) > n:
                         ranker_items = _cat_inputs(
                             ranker_items, bundle.ranker.items.encode_items(items[n:]))
@@ -212,6 +222,53 @@ def _same_retrieval(cur: LoadedModels | None, meta: dict) -> bool:
     same = meta.get("retrieval_version")
     return (same is not None and cur is not None
             and cur.meta.get("retrieval_version", cur.version) == same)
+
+
+_TOKENS = {  # the ids of an item that each item-tower table looks up
+    "item": lambda it: (it.item_id,), "creator": lambda it: (it.creator_id,),
+    "sound": lambda it: (it.sound_id,), "tag": lambda it: it.hashtags,
+    "word": lambda it: caption_words(it.caption),
+}
+
+
+def _admitted_only(encoded: ItemInputs, old, new, items: list[Item]) -> ItemInputs | None:
+    """``encoded`` (``items`` under the item tower ``old``) brought up to the item tower
+    ``new``, re-encoding only the items that need it; None when ``new`` did more than admit
+    ids (a known id lost or changed its row), and everything must be encoded again."""
+    fields = (("item", "item"), ("creator", "creator"), ("sound", "sound"), ("tag", "tags"),
+              ("word", "words"))
+    added = {}
+    for table, _ in fields:
+        before, after = getattr(old, table)._row_of, getattr(new, table)._row_of
+        if before is after:
+            continue
+        if not before.items() <= after.items():  # C-level: every known id kept its row
+            return None
+        if len(after) > len(before):
+            added[table] = after.keys() - before.keys()
+    if not added:
+        return encoded
+    unknown = torch.zeros(len(items), dtype=torch.bool)
+    for table, field in fields:
+        new_ids = added.get(table)
+        if not new_ids:
+            continue
+        values = getattr(encoded, field)
+        rows = values == UNKNOWN_ROW
+        rows = rows.any(1) if rows.dim() > 1 else rows
+        tokens = _TOKENS[table]
+        for k in torch.nonzero(rows & ~unknown).flatten().tolist():
+            if not new_ids.isdisjoint(tokens(items[k])):
+                unknown[k] = True
+    where = torch.nonzero(unknown).flatten()
+    if not len(where):
+        return encoded
+    fresh = new.encode_items([items[k] for k in where.tolist()])
+    out = ItemInputs(*(getattr(encoded, f).clone() for f in
+                       ("item", "creator", "sound", "tags", "duration", "words")))
+    for f in ("item", "creator", "sound", "tags", "duration", "words"):
+        getattr(out, f)[where] = getattr(fresh, f)
+    return out
 
 
 def _cat_inputs(a: ItemInputs, b: ItemInputs) -> ItemInputs:
