@@ -303,8 +303,7 @@ class Engine:
             if item_id in trace.served:
                 return trace.explain(item_id)
         for trace in reversed(traces):
-            entry = trace.items.get(item_id)
-            if entry is not None and (entry[0] or entry[5]):  # proposed, or filtered out
+            if trace.considered(item_id):
                 return trace.explain(item_id)
         # Not in a recent feed: run the filters and the scorer on this one item.
         ctx = self.context(FeedRequest(user_id=user_id, n=1))

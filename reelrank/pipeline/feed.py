@@ -94,6 +94,11 @@ class TraceRecord:
     #          predictions, removal's (filter, reason), re-rank notes)
     items: dict[str, tuple]
 
+    def considered(self, item_id: str) -> bool:
+        """Whether a source proposed the item or a filter removed it in this request."""
+        entry = self.items.get(item_id)
+        return entry is not None and bool(entry[0] or entry[5])
+
     def explain(self, item_id: str) -> dict:
         sources, reasons, scored_source, score, predictions, removed, rerank = self.items.get(
             item_id, ((), (), None, None, None, None, ()))

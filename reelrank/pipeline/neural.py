@@ -264,16 +264,17 @@ def _admitted_only(encoded: ItemInputs, old, new, items: list[Item]) -> ItemInpu
     if not len(where):
         return encoded
     fresh = new.encode_items([items[k] for k in where.tolist()])
-    out = ItemInputs(*(getattr(encoded, f).clone() for f in
-                       ("item", "creator", "sound", "tags", "duration", "words")))
-    for f in ("item", "creator", "sound", "tags", "duration", "words"):
+    out = ItemInputs(*(getattr(encoded, f).clone() for f in _INPUT_FIELDS))
+    for f in _INPUT_FIELDS:
         getattr(out, f)[where] = getattr(fresh, f)
     return out
 
 
+_INPUT_FIELDS = ("item", "creator", "sound", "tags", "duration", "words")  # ItemInputs, in order
+
+
 def _cat_inputs(a: ItemInputs, b: ItemInputs) -> ItemInputs:
-    return ItemInputs(*(torch.cat([getattr(a, f), getattr(b, f)])
-                        for f in ("item", "creator", "sound", "tags", "duration", "words")))
+    return ItemInputs(*(torch.cat([getattr(a, f), getattr(b, f)]) for f in _INPUT_FIELDS))
 
 
 def _make_index(kind: str, ids: list[str], vectors: torch.Tensor):
