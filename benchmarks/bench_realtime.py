@@ -397,7 +397,7 @@ def run_coldstart(args) -> None:
     torch.set_num_threads(1)
     cfg = ColdStartConfig(items=args.items, new_viewers=args.viewers, swipes=args.swipes,
                           page_size=args.page_size, seed=args.seed)
-    report = run(cfg, progress=args.progress)
+    report = run(cfg, arms=tuple(args.arms.split(",")), progress=args.progress)
     report.update(command=" ".join(["python", *sys.argv]), machine=machine())
     path = args.out or RESULTS / "realtime-coldstart"
     path.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str))
@@ -441,6 +441,9 @@ def main() -> None:
     c.add_argument("--swipes", type=int, default=40)
     c.add_argument("--page-size", type=int, default=4, help="videos per feed request")
     c.add_argument("--seed", type=int, default=7)
+    c.add_argument("--arms", default="reelrank,reelrank_frozen,most_popular,topic_bandit,oracle",
+                   help="of reelrank, reelrank_frozen, most_popular and the references "
+                        "topic_bandit, oracle")
     c.add_argument("--progress", action="store_true")
     c.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()

@@ -147,23 +147,31 @@ def coldstart_markdown(r: dict, png: str) -> str:
         "about real viewers.", "",
         "| arm | watch ratio: swipe 1 | final | swipes to 80% | to 80% of gain | "
         "like rate: swipe 1 | final | swipes to 80% | hidden fit: swipe 1 | final | "
-        "swipes to 80% of gain | same language: swipe 1 | final | seconds |",
-        "|---|" + "---|" * 13,
+        "swipes to 80% of gain | same language: swipe 1 | final | top-2 topics: swipe 1 | "
+        "final | swipes to 80% | to 80% of gain | seconds |",
+        "|---|" + "---|" * 17,
     ]
     for name, e in arms.items():
         w, l, a, g = e["watch_ratio"], e["like"], e["affinity"], e["same_language"]
+        t = e["top_topics"]
         lines.append(
             f"| {name} | {w['first']:.3f} | {w['final']:.3f} ± {w['final_se']:.3f} | "
             f"{w['swipes_to_80']} | {w['swipes_to_80_of_gain'] or '—'} | {l['first']:.3f} | "
             f"{l['final']:.3f} ± {l['final_se']:.3f} | {l['swipes_to_80']} | {a['first']:.3f} | "
             f"{a['final']:.3f} ± {a['final_se']:.3f} | {a['swipes_to_80_of_gain'] or '—'} | "
-            f"{g['first']:.2f} | {g['final']:.2f} | {e['seconds']} |")
+            f"{g['first']:.2f} | {g['final']:.2f} | {t['first']:.3f} | "
+            f"{t['final']:.3f} ± {t['final_se']:.3f} | {t['swipes_to_80']} | "
+            f"{t['swipes_to_80_of_gain'] or '—'} | {e['seconds']} |")
     lines += [
         "", f"Final: the mean over swipes {c['swipes'] - c['final_swipes'] + 1}-{c['swipes']} "
         "(± its standard error across viewers). Swipes to 80%: the first swipe at which the "
         f"trailing mean over {c['smooth']} swipes reaches 80% of the final level; to 80% of "
         "gain: 80% of the way from the first swipe's level to the final one. Hidden fit is the "
-        "simulator's noise-free affinity of the viewer for the video shown.", "",
+        "simulator's noise-free affinity of the viewer for the video shown; top-2 topics, the "
+        "share of videos in the viewer's two strongest topics (chance: about 0.08). "
+        "`topic_bandit` and `oracle` are references, not ReelRank: a Thompson-sampling policy "
+        "over the videos' topics, and the unseen video of highest hidden fit "
+        "(reelrank/eval/coldstart.py).", "",
     ]
     for name, e in arms.items():
         if "online" in e:

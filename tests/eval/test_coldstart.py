@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from reelrank.eval.coldstart import ColdStartConfig, curves, plot, run_coldstart
+from reelrank.eval.coldstart import (
+    ARMS, REFERENCE_ARMS, ColdStartConfig, curves, plot, run_coldstart,
+)
 from reelrank.train.online import OnlineConfig
 from tests.train.test_training import TINY
 
@@ -29,10 +31,11 @@ def test_a_tiny_run_of_every_arm(tmp_path):
                           new_viewers=4, swipes=6, page_size=2, train=TINY, index_kind="exact",
                           online=OnlineConfig(batch_size=8, max_wait_ms=0), settle_ms=0,
                           retrieval_every_ms=0, smooth=2, final_swipes=3)
-    report = run_coldstart(cfg)
-    assert set(report["arms"]) == {"reelrank", "reelrank_frozen", "most_popular"}
+    report = run_coldstart(cfg, arms=ARMS + REFERENCE_ARMS)
+    assert set(report["arms"]) == {"reelrank", "reelrank_frozen", "most_popular",
+                                   "topic_bandit", "oracle"}
     for arm in report["arms"].values():
-        for m in ("watch_ratio", "like", "affinity", "same_language"):
+        for m in ("watch_ratio", "like", "affinity", "same_language", "top_topics"):
             assert len(arm[m]["per_swipe"]) == 6
             assert not np.isnan(arm[m]["per_swipe"]).any()
     online = report["arms"]["reelrank"]["online"]
@@ -41,4 +44,11 @@ def test_a_tiny_run_of_every_arm(tmp_path):
     # The same new viewers, the same most-popular list: the popular arm is deterministic.
     again = run_coldstart(cfg, arms=("most_popular",))
     assert again["arms"]["most_popular"]["like"] == report["arms"]["most_popular"]["like"]
+    # The oracle shows each viewer the videos of highest hidden fit, best first: its curve
+    # never rises, and no arm showing distinct videos has a larger total fit after any swipe.
+    ceiling = np.array(report["arms"]["oracle"]["affinity"]["per_swipe"])
+    assert np.all(np.diff(ceiling) <= 1e-9)
+    for name in ("reelrank", "most_popular", "topic_bandit"):
+        fits = np.array(report["arms"][name]["affinity"]["per_swipe"])
+        assert np.all(np.cumsum(fits) <= np.cumsum(ceiling) + 1e-3)
     assert plot(report, tmp_path / "c.png").stat().st_size > 0
