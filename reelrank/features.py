@@ -250,7 +250,7 @@ DENSE_FEATURES = (
     "user_creator_long_views", "user_creator_affinity", "user_tag_affinity", "follows_creator",
     "user_length_lift", "item_log_impressions", "item_long_view_rate", "item_like_rate",
     "item_share_rate", "item_negative_rate", "item_mean_watch_ratio", "item_log_age_hours",
-    "item_log_duration_s",
+    "item_log_duration_s", "item_same_region",
 )
 # Models trained before a feature was appended read the first ``n_dense`` columns: new features
 # go at the end.
@@ -267,11 +267,14 @@ def user_aggregates(user) -> tuple[float, float] | None:
     return tag_total, overall
 
 
-def dense_features(user, item, stats, now: int, aggregates=None) -> list[float]:
+def dense_features(user, item, stats, now: int, aggregates=None,
+                   region: str | None = None) -> list[float]:
     """The ranker's counters for one (viewer, video) at time ``now``, from a ``UserState`` (or
     None for a new viewer) and the video's ``ItemStats``. Rates are smoothed towards priors so
     a handful of events cannot make them extreme. ``aggregates`` is ``user_aggregates(user)``
-    when the caller scores many videos for one viewer.
+    when the caller scores many videos for one viewer. ``region``: the request's (else the
+    viewer's) region; ``item_same_region`` is 1 for a video posted there (its language is
+    likelier to be the viewer's), 0 otherwise or when either is unknown.
 
     Every feature depends on the video (alone or with the viewer). Counters of the viewer alone
     (how much they watch, their overall long-view rate) are left out on purpose: they are the
@@ -307,6 +310,7 @@ def dense_features(user, item, stats, now: int, aggregates=None) -> list[float]:
         (stats.watch_ratio_sum + 0.5 * 10) / (views + 10),
         math.log1p(max(0, now - item.created_at) / 3_600_000),
         math.log1p(item.duration_ms / 1000),
+        1.0 if region is not None and item.region == region else 0.0,
     ]
 
 
@@ -315,7 +319,8 @@ _STAT_COLUMNS = operator.attrgetter("impressions", "views", "long_views", "likes
 _LENGTH_LIMITS = np.array([10_000, 20_000, 40_000, 80_000, 160_000], dtype=np.float64)
 
 
-def dense_matrix(user, items: list, stats: list, now: int, aggregates=None) -> np.ndarray:
+def dense_matrix(user, items: list, stats: list, now: int, aggregates=None,
+                 region: str | None = None) -> np.ndarray:
     """``dense_features`` for many videos and one viewer at once: (N, F) float32. Serving uses
     this; ``dense_features`` is the reference it is tested against.
 
@@ -327,7 +332,7 @@ def dense_matrix(user, items: list, stats: list, now: int, aggregates=None) -> n
     if N == 0:
         return out.astype(np.float32)
     # One pass over the items for every attribute read below: the objects are touched once.
-    creators, duration, created, hashtags = zip(*map(_ITEM_COLUMNS, items))
+    creators, duration, created, hashtags, regions = zip(*map(_ITEM_COLUMNS, items))
     duration = np.array(duration, dtype=np.float64)
     if user is not None:
         tag_total, overall = aggregates if aggregates is not None else user_aggregates(user)
@@ -360,10 +365,13 @@ def dense_matrix(user, items: list, stats: list, now: int, aggregates=None) -> n
     created = np.array(created, dtype=np.float64)
     out[:, 11] = np.log1p(np.maximum(0.0, now - created) / 3_600_000)
     out[:, 12] = np.log1p(duration / 1000)
+    if region is not None:
+        out[:, 13] = np.fromiter(map(operator.eq, regions, repeat(region)), np.float64, N)
     return out.astype(np.float32)
 
 
-_ITEM_COLUMNS = operator.attrgetter("creator_id", "duration_ms", "created_at", "hashtags")
+_ITEM_COLUMNS = operator.attrgetter("creator_id", "duration_ms", "created_at", "hashtags",
+                                    "region")
 
 
 @dataclass(slots=True)
@@ -412,8 +420,10 @@ class RowStream:
             if item is not None:
                 user = self.live.user(event.user_id)
                 history = tuple(list(user.tokens)[-self.history_len:]) if user is not None else ()
+                region = event.region or (user.region if user is not None else None)
                 self._pending[(event.user_id, event.item_id, event.ts)] = (
-                    dense_features(user, item, self.live.item_stats(event.item_id), event.ts),
+                    dense_features(user, item, self.live.item_stats(event.item_id), event.ts,
+                                   region=region),
                     history)
         out = self._finish(self.joiner.add(event))
         self.live.apply(event, interests=interests)

@@ -60,14 +60,15 @@ def test_dense_matrix_equals_dense_features_row_by_row():
 
     import numpy as np
 
-    from reelrank.features import dense_features, dense_matrix, user_aggregates
+    from reelrank.features import DENSE_FEATURES, dense_features, dense_matrix, user_aggregates
     from reelrank.store.memory import Catalog, LiveState
     from reelrank.types import Item
 
     rng = random.Random(4)
     lengths = [4_000, 10_000, 15_000, 50_000, 160_000, 200_000]  # with class boundaries
     items = [Item(f"v{i}", f"c{i % 5}", rng.choice(lengths), i * 1000,
-                  hashtags=tuple(f"t{k}" for k in range(i % 3))) for i in range(40)]
+                  hashtags=tuple(f"t{k}" for k in range(i % 3)),
+                  region=(None, "BR", "US")[i % 3]) for i in range(40)]
     catalog = Catalog()
     catalog.upsert(items)
     live = LiveState(catalog)
@@ -77,12 +78,17 @@ def test_dense_matrix_equals_dense_features_row_by_row():
         t = rng.choice(types)
         live.apply(Event(f"e{n}", f"u{n % 3}", it.item_id, 100_000 + n, t,
                          watch_ms=rng.randint(0, 60_000) if t in ("play", "skip") else None))
-    for user in (live.user("u1"), None):
+    same_region = DENSE_FEATURES.index("item_same_region")
+    for user, region in ((live.user("u1"), "BR"), (live.user("u1"), None), (None, "US")):
         stats = [live.item_stats(it.item_id) for it in items]
-        fast = dense_matrix(user, items, stats, 900_000, user_aggregates(user))
-        slow = np.array([dense_features(user, it, s, 900_000, user_aggregates(user))
+        fast = dense_matrix(user, items, stats, 900_000, user_aggregates(user), region)
+        slow = np.array([dense_features(user, it, s, 900_000, user_aggregates(user), region)
                          for it, s in zip(items, stats)], dtype=np.float32)
         assert fast.shape == slow.shape and np.allclose(fast, slow, atol=1e-6)
+        # Only videos posted in the request's region (some have none) count as the same.
+        assert fast[:, same_region].tolist() == [
+            float(region is not None and it.region == region) for it in items]
+        assert (region is None) == (fast[:, same_region].sum() == 0)
     assert np.abs(fast).sum() > 0
     # The creator impression totals kept as events arrive equal the sums over the videos.
     for c in {it.creator_id for it in items}:

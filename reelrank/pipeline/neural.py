@@ -383,7 +383,7 @@ class NeuralScorer:
         agg = user_aggregates(ctx.user)
         dense = torch.from_numpy(dense_matrix(
             ctx.user, items, ctx.live.item_stats_many(ids), ctx.now,
-            agg)[:, :ranker.dense_norm.num_features])  # (N, F): a model trained before a
+            agg, ctx.region)[:, :ranker.dense_norm.num_features])  # (N, F): a model trained before a
         # feature was added reads the columns it knows (new features are appended)
         hour = torch.full((1,), (ctx.now // 3_600_000) % 24, dtype=torch.long)
         with torch.inference_mode():
