@@ -32,6 +32,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from reelrank.store.memory import length_class
+from reelrank.topics import topic_of
 from reelrank.types import Event, Token, is_long_view
 
 TASKS = ("long_view", "like", "follow", "comment", "share", "negative")
@@ -250,10 +251,16 @@ DENSE_FEATURES = (
     "user_creator_long_views", "user_creator_affinity", "user_tag_affinity", "follows_creator",
     "user_length_lift", "item_log_impressions", "item_long_view_rate", "item_like_rate",
     "item_share_rate", "item_negative_rate", "item_mean_watch_ratio", "item_log_age_hours",
-    "item_log_duration_s", "item_same_region",
+    "item_log_duration_s", "item_same_region", "user_topic_lift",
 )
 # Models trained before a feature was appended read the first ``n_dense`` columns: new features
 # go at the end.
+
+
+# ``user_topic_lift``: the viewer's long-view rate on videos of this topic (reelrank.topics),
+# smoothed towards their overall rate with this many views' weight, minus that overall rate. It
+# moves from a viewer's first views: one long view of a topic lifts the topic's other videos.
+TOPIC_PRIOR = 3.0
 
 
 def user_aggregates(user) -> tuple[float, float] | None:
@@ -292,8 +299,11 @@ def dense_features(user, item, stats, now: int, aggregates=None,
         k = length_class(item.duration_ms)
         in_class = (user.length_long_views.get(k, 0) + 5 * overall) / (user.length_views.get(k, 0) + 5)
         length_lift = in_class - overall
+        topic = topic_of(item)
+        topic_lift = ((user.topic_long_views.get(topic, 0) + TOPIC_PRIOR * overall)
+                      / (user.topic_views.get(topic, 0) + TOPIC_PRIOR) - overall) if topic else 0.0
     else:
-        creator_aff = tag_aff = length_lift = 0.0
+        creator_aff = tag_aff = length_lift = topic_lift = 0.0
         creator_long = 0
         follows = 0.0
     return [
@@ -311,6 +321,7 @@ def dense_features(user, item, stats, now: int, aggregates=None,
         math.log1p(max(0, now - item.created_at) / 3_600_000),
         math.log1p(item.duration_ms / 1000),
         1.0 if region is not None and item.region == region else 0.0,
+        topic_lift,
     ]
 
 
@@ -352,6 +363,13 @@ def dense_matrix(user, items: list, stats: list, now: int, aggregates=None,
         if following:
             out[:, 3] = np.fromiter(map(following.__contains__, creators), np.float64, N)
         out[:, 4] = lift[np.searchsorted(_LENGTH_LIMITS, duration, side="right")]
+        if user.topic_views:
+            topics = list(map(topic_of, items))
+            t_views = np.fromiter(map(user.topic_views.get, topics, repeat(0)), np.float64, N)
+            t_long = np.fromiter(map(user.topic_long_views.get, topics, repeat(0)), np.float64, N)
+            known = np.fromiter(map(bool, topics), np.float64, N)
+            out[:, 14] = known * ((t_long + TOPIC_PRIOR * overall) / (t_views + TOPIC_PRIOR)
+                                  - overall)
     counts = np.fromiter(chain.from_iterable(map(_STAT_COLUMNS, stats)), dtype=np.float64,
                          count=7 * N).reshape(N, 7)
     imp, views, long_, likes, shares, neg, ratio_sum = counts.T

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from reelrank.features import Joiner, join_events
 from reelrank.types import Event
 
@@ -67,7 +69,7 @@ def test_dense_matrix_equals_dense_features_row_by_row():
     rng = random.Random(4)
     lengths = [4_000, 10_000, 15_000, 50_000, 160_000, 200_000]  # with class boundaries
     items = [Item(f"v{i}", f"c{i % 5}", rng.choice(lengths), i * 1000,
-                  hashtags=tuple(f"t{k}" for k in range(i % 3)),
+                  hashtags=tuple(f"t{(i + k) % 4}" for k in range(i % 4)),
                   region=(None, "BR", "US")[i % 3]) for i in range(40)]
     catalog = Catalog()
     catalog.upsert(items)
@@ -89,8 +91,44 @@ def test_dense_matrix_equals_dense_features_row_by_row():
         assert fast[:, same_region].tolist() == [
             float(region is not None and it.region == region) for it in items]
         assert (region is None) == (fast[:, same_region].sum() == 0)
+        lift = fast[:, DENSE_FEATURES.index("user_topic_lift")]
+        assert (user is None) == (np.abs(lift).sum() == 0)
+        assert all(lift[k] == 0 for k, it in enumerate(items) if not it.hashtags)
     assert np.abs(fast).sum() > 0
     # The creator impression totals kept as events arrive equal the sums over the videos.
     for c in {it.creator_id for it in items}:
         assert live.creator_impressions(c) == sum(
             live.item_stats(it.item_id).impressions for it in items if it.creator_id == c) > 0
+
+
+def test_topic_lift_follows_a_viewers_first_views():
+    """One long view of a cooking video and one skip of a dance video: cooking's other videos
+    are lifted, dance's lowered, a topic never watched and a video without one read 0."""
+    from reelrank.features import DENSE_FEATURES, TOPIC_PRIOR, dense_matrix, user_aggregates
+    from reelrank.store.memory import Catalog, ItemStats, LiveState
+    from reelrank.types import Item
+
+    items = [Item("a", "c1", 10_000, 0, hashtags=("fyp", "cooking")),
+             Item("b", "c2", 10_000, 0, hashtags=("dance",)),
+             Item("a2", "c3", 10_000, 0, attributes={"topic": "cooking"}),
+             Item("b2", "c4", 10_000, 0, hashtags=("dance", "cooking")),
+             Item("x", "c5", 10_000, 0, hashtags=("cats",)),
+             Item("y", "c6", 10_000, 0)]
+    catalog = Catalog()
+    catalog.upsert(items)
+    live = LiveState(catalog)
+    live.apply(Event("1", "u", "a", 1, "play", watch_ms=10_000))  # watched to the end
+    live.apply(Event("2", "u", "b", 2, "skip", watch_ms=500))
+    user = live.user("u")
+    assert dict(user.topic_views) == {"cooking": 1, "dance": 1}
+    assert dict(user.topic_long_views) == {"cooking": 1}
+    overall = user_aggregates(user)[1]
+    assert overall == (1 + 1.5) / (2 + 5)  # the length-class counters' smoothed rate
+    col = DENSE_FEATURES.index("user_topic_lift")
+    lift = dense_matrix(user, items[2:], [ItemStats()] * 4, 10, user_aggregates(user))[:, col]
+    up = (1 + TOPIC_PRIOR * overall) / (1 + TOPIC_PRIOR) - overall
+    down = (0 + TOPIC_PRIOR * overall) / (1 + TOPIC_PRIOR) - overall
+    assert np.allclose(lift, [up, down, 0.0, 0.0], atol=1e-6)
+    assert up > 0 > down
+    live.reset_interests("u")
+    assert not live.user("u").topic_views and not live.user("u").topic_long_views

@@ -5,7 +5,8 @@ Inputs per candidate: the video (its own ``ItemTower``: ID + content), the conte
 hour, region, traffic source), the viewer's recent history read through target attention (the
 candidate attends over the history tokens, so "what in this viewer's past resembles this
 video" is learned, DIN-style), and dense counters (viewer-creator affinity, the video's recent
-engagement rates, whether it was posted in the request's region; see
+engagement rates, the viewer's long-view rate on its topic, whether it was posted in the
+request's region; see
 ``reelrank.features.DENSE_FEATURES``).
 
 A multi-gate mixture of experts (MMoE) shares experts between tasks; each task has its own

@@ -26,6 +26,7 @@ from typing import Iterable
 
 import numpy as np
 
+from reelrank.topics import topic_of
 from reelrank.types import NEGATIVE_TYPES, POSITIVE_TYPES, Event, Item, Token, is_long_view
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,8 @@ class UserState:
     creator_long_views: Counter = field(default_factory=Counter)
     length_views: Counter = field(default_factory=Counter)  # by length_class(duration)
     length_long_views: Counter = field(default_factory=Counter)
+    topic_views: Counter = field(default_factory=Counter)  # by reelrank.topics.topic_of
+    topic_long_views: Counter = field(default_factory=Counter)
     positives: deque = field(default_factory=lambda: deque(maxlen=20))  # recent positive items
     tokens: deque = field(default_factory=lambda: deque(maxlen=100))  # of Token: model input
     last_ts: int = 0
@@ -289,6 +292,9 @@ class LiveState:
                         del u.watch_ms_by_day[min(u.watch_ms_by_day)]
                 if t != "rewatch" and interests:
                     u.length_views[length_class(item.duration_ms)] += 1
+                    topic = topic_of(item)
+                    if topic is not None:
+                        u.topic_views[topic] += 1
                 s.watch_ratio_sum += min(ratio or 0.0, 2.0)
                 if t == "play" and is_long_view(event.watch_ms, item.duration_ms):
                     s.long_views += 1
@@ -297,6 +303,9 @@ class LiveState:
                         u.hashtag_long_views.update(item.hashtags)
                         u.creator_long_views[item.creator_id] += 1
                         u.length_long_views[length_class(item.duration_ms)] += 1
+                        topic = topic_of(item)
+                        if topic is not None:
+                            u.topic_long_views[topic] += 1
                     signal = ENGAGEMENT_WEIGHTS["long_view"]
                 elif t == "play":
                     signal = 0.0
@@ -381,7 +390,8 @@ class LiveState:
             for name in ("history", "tokens", "positives"):
                 getattr(u, name).clear()
             for name in ("creator_affinity", "hashtag_affinity", "hashtag_long_views",
-                         "creator_long_views", "length_views", "length_long_views"):
+                         "creator_long_views", "length_views", "length_long_views",
+                         "topic_views", "topic_long_views"):
                 getattr(u, name).clear()
             self._version += 1
 
