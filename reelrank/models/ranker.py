@@ -6,8 +6,7 @@ hour, region, traffic source), the viewer's recent history read through target a
 candidate attends over the history tokens, so "what in this viewer's past resembles this
 video" is learned, DIN-style), and dense counters (viewer-creator affinity, the video's recent
 engagement rates, the viewer's long-view rate on its topic, whether it was posted in the
-request's region; see
-``reelrank.features.DENSE_FEATURES``).
+request's region; see ``reelrank.features.DENSE_FEATURES``).
 
 A multi-gate mixture of experts (MMoE) shares experts between tasks; each task has its own
 gate and tower. Heads give logits; ``watch_time`` is the quantile of the watch time among views
