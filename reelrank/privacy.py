@@ -48,7 +48,8 @@ def _event_dict(seq: int, event) -> dict:
 
 def _interests(engine, user, top: int) -> dict:
     if user is None:
-        return {"hashtags": [], "creators": [], "following": [], "not_interested_items": [],
+        return {"hashtags": [], "creators": [], "topics": [], "following": [],
+                "not_interested_items": [],
                 "recent_items": [], "watch_minutes_by_day": {}, "region": None, "device": None}
 
     def strongest(counter) -> list[dict]:
@@ -58,6 +59,9 @@ def _interests(engine, user, top: int) -> dict:
     return {
         "hashtags": strongest(user.hashtag_affinity),
         "creators": strongest(user.creator_affinity),
+        # What the ranker reads as the viewer's topic preference (features.user_topic_lift).
+        "topics": [{"id": t, "views": n, "long_views": user.topic_long_views.get(t, 0)}
+                   for t, n in user.topic_views.most_common(top)],
         "following": sorted(user.following),
         "not_interested_items": sorted(user.not_interested),
         # What the user tower reads at request time: the recent history, newest last.

@@ -65,6 +65,8 @@ def test_export_holds_events_settings_interests_and_who_read_it(setup):
     assert sorted(e["event_id"] for e in data["events"]) == ["l1", "w-ann-0", "w-ann-1", "w-ann-2"]
     assert data["settings"]["muted_keywords"] == ["spoiler"]
     assert data["inferred_interests"]["hashtags"][0]["id"] == "cooking"
+    assert data["inferred_interests"]["topics"][0] == {"id": "cooking", "views": 3,
+                                                       "long_views": 3}
     assert data["inferred_interests"]["region"] == "DE"
     assert sum(data["inferred_interests"]["watch_minutes_by_day"].values()) == pytest.approx(0.8)
     actions = [(e["actor"], e["action"]) for e in data["access_log"]]
@@ -127,6 +129,7 @@ def test_reset_forgets_interests_but_keeps_follows_and_survives_restart(setup, d
     assert api.post("/v1/users/ann/reset").json() == {"user_id": "ann", "reset": True}
     data = api.get("/v1/users/ann/data").json()
     assert data["inferred_interests"]["hashtags"] == []
+    assert data["inferred_interests"]["topics"] == []
     assert data["inferred_interests"]["recent_items"] == []
     assert data["inferred_interests"]["following"] == [creator_of("v2")]
     assert len(data["events"]) == 5  # the log is the user's, kept until they erase it

@@ -166,11 +166,16 @@ export class MePage {
     const interests = data.inferred_interests || {};
     const top = (list) => (Array.isArray(list) ? list : []).slice(0, 6)
       .map((x) => ({ label: x.id ?? x.name ?? String(x), value: Number(x.weight ?? x.value ?? 0) }));
+    // The ranker's topic preference: long views per topic (the export lists views too).
+    const topics = (Array.isArray(interests.topics) ? interests.topics : [])
+      .filter((t) => Number(t.long_views) > 0).slice(0, 6)
+      .map((t) => ({ label: String(t.id), value: Number(t.long_views) }));
     append(clear(this.summaryEl), [
       byType.size ? [h('h3', { text: 'Your events by type' }),
         barChart([...byType].sort((a, b) => b[1] - a[1]).map(([label, value]) => ({ label, value })))] : null,
       top(interests.hashtags).length ? [h('h3', { text: 'Hashtags ReelRank thinks you like' }),
         barChart(top(interests.hashtags).map((r) => ({ ...r, label: `#${r.label}` })))] : null,
+      topics.length ? [h('h3', { text: 'Topics you watched to the end' }), barChart(topics)] : null,
       top(interests.creators).length ? [h('h3', { text: 'Creators' }),
         barChart(top(interests.creators).map((r) => ({ ...r, label: `@${r.label}` })))] : null,
       Array.isArray(data.access_log) ? h('p', { class: 'muted small',
