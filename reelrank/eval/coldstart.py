@@ -384,9 +384,9 @@ def plot(report: dict, path: Path) -> Path:
         ax.set_xlabel("swipe number of a new viewer")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    not_drawn = "; the oracle is in the table, not drawn" if "oracle" in report["arms"] else ""
     fig.suptitle(f"New viewers on the synthetic world ({report['config']['new_viewers']} viewers;"
-                 f" bold: trailing mean of {report['config']['smooth']} swipes"
-                 f"{'; the oracle is in the table, not drawn' if 'oracle' in report['arms'] else ''})")
+                 f" bold: trailing mean of {report['config']['smooth']} swipes{not_drawn})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -381,10 +381,11 @@ class NeuralScorer:
             ranker.context[j].lookup_rows([values[f]]) for j, f in enumerate(CONTEXT_FIELDS)
         ], dim=1)  # (1, C): one request's context, broadcast over the N rows
         agg = user_aggregates(ctx.user)
+        # (N, F): a model trained before a feature was added reads the columns it knows (new
+        # features are appended)
         dense = torch.from_numpy(dense_matrix(
-            ctx.user, items, ctx.live.item_stats_many(ids), ctx.now,
-            agg, ctx.region)[:, :ranker.dense_norm.num_features])  # (N, F): a model trained before a
-        # feature was added reads the columns it knows (new features are appended)
+            ctx.user, items, ctx.live.item_stats_many(ids), ctx.now, agg,
+            ctx.region)[:, :ranker.dense_norm.num_features])
         hour = torch.full((1,), (ctx.now // 3_600_000) % 24, dtype=torch.long)
         with torch.inference_mode():
             logits = ranker(RankInputs(cand_inputs, history, hist_inputs, context, hour, dense,
