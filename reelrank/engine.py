@@ -261,6 +261,15 @@ class Engine:
         return result
 
     # -- reads ----------------------------------------------------------------------------------
+    def for_offline(self) -> "Engine":
+        """Set up for evaluation and simulation: feeds that depend on the event stream alone,
+        not on how fast the machine replays it (``offline_pipeline``, and top lists such as
+        trending and popular-in-region recomputed every ``trending_refresh_events`` events,
+        never because some wall-clock seconds passed)."""
+        self.pipeline = offline_pipeline(self.models)
+        self.live.trending_refresh_seconds = float("inf")
+        return self
+
     def context(self, request: FeedRequest) -> FeedContext:
         if request.mode not in MODES:
             raise ValidationError("unknown mode", [FieldProblem("mode", f"must be one of {MODES}")])

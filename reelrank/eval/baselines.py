@@ -202,11 +202,10 @@ def build_engine(items: list[Item], events: list[Event], directory: Path,
                  progress: bool = False, batch_size: int = 20_000):
     """An ``Engine`` on a fresh SQLite store in ``directory`` holding ``items`` and ``events``,
     written through the engine's own ingest path (so live state is exactly what serving has)."""
-    from reelrank.engine import Engine, offline_pipeline
+    from reelrank.engine import Engine
     from reelrank.store import open_store
 
-    engine = Engine(open_store(directory))
-    engine.pipeline = offline_pipeline(engine.models)
+    engine = Engine(open_store(directory)).for_offline()
     for k in range(0, len(items), batch_size):
         engine.ingest_items(items[k:k + batch_size])
     with tqdm(total=len(events), desc="engine: ingest train events", unit=" events",

@@ -174,12 +174,11 @@ def _empty(cfg: ColdStartConfig) -> dict:
 
 def _run_engine(world: World, cfg: ColdStartConfig, directory: Path, online: bool,
                 progress: bool) -> tuple[dict, dict]:
-    from reelrank.engine import Engine, offline_pipeline
+    from reelrank.engine import Engine
 
     store = open_store(directory / "data")
     registry = ModelRegistry(directory / "models")
-    engine = Engine(store, registry=registry, index_kind=cfg.index_kind).load()
-    engine.pipeline = offline_pipeline(engine.models)
+    engine = Engine(store, registry=registry, index_kind=cfg.index_kind).load().for_offline()
     base = registry.load()
     learner = rows = None
     sources: Counter = Counter()

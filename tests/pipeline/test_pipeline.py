@@ -172,6 +172,26 @@ def test_top_lists_equal_most_common_and_refresh_beside_requests():
     assert live.popular(12) == Counter(live._popular).most_common(12)
 
 
+def test_an_offline_engine_refreshes_top_lists_by_events_not_by_the_clock(store, monkeypatch):
+    """Replays and simulations must give the same feeds on a fast or a slow machine: an
+    engine set up ``for_offline`` recomputes a top list after enough events, never because
+    wall-clock seconds passed (a served engine does both)."""
+    import time as _time
+
+    engine = Engine(store).load().for_offline()
+    engine.ingest_items(items(20))
+    live = engine.live
+    live.trending_refresh_events = 5
+    engine.ingest_events([Event(f"a{k}", "u", f"v{k}", T0 + k, "like") for k in range(3)])
+    first = live.popular(10)
+    engine.ingest_events([Event("b0", "u", "v9", T0 + 10, "share")])
+    clock = _time.monotonic() + 3600  # an hour later, as if the machine were slow
+    monkeypatch.setattr(_time, "monotonic", lambda: clock)
+    assert live.popular(10) == first  # 1 event since: the list stands
+    engine.ingest_events([Event(f"c{k}", "u", "v9", T0 + 20 + k, "share") for k in range(4)])
+    assert live.popular(10)[0][0] == "v9"  # 5 events since: recomputed
+
+
 def test_rebuild_from_log_matches_live_updates(store, tmp_path):
     live_engine = Engine(store).load()
     live_engine.ingest_items(items(30))
