@@ -290,9 +290,9 @@ class LiveState:
                     u.watch_ms_by_day[day] = u.watch_ms_by_day.get(day, 0) + event.watch_ms
                     if len(u.watch_ms_by_day) > 8:  # a week is enough for limits and export
                         del u.watch_ms_by_day[min(u.watch_ms_by_day)]
+                topic = topic_of(item) if interests else None
                 if t != "rewatch" and interests:
                     u.length_views[length_class(item.duration_ms)] += 1
-                    topic = topic_of(item)
                     if topic is not None:
                         u.topic_views[topic] += 1
                 s.watch_ratio_sum += min(ratio or 0.0, 2.0)
@@ -303,7 +303,6 @@ class LiveState:
                         u.hashtag_long_views.update(item.hashtags)
                         u.creator_long_views[item.creator_id] += 1
                         u.length_long_views[length_class(item.duration_ms)] += 1
-                        topic = topic_of(item)
                         if topic is not None:
                             u.topic_long_views[topic] += 1
                     signal = ENGAGEMENT_WEIGHTS["long_view"]
