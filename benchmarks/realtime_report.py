@@ -67,10 +67,15 @@ def replay_markdown(r: dict, png: str) -> str:
         lines.append(f"| {a} | {_fmt(h['overall']['gauc'])} | " +
                      " | ".join(_fmt(h["by_position"][b]["gauc"]) for b in buckets) + " | " +
                      " | ".join(_fmt(h["by_day"][d]["gauc"]) for d in days) + " |")
+    if "online_vs_frozen" in r:
+        lines += _paired_table(r["online_vs_frozen"], days, buckets)
     if "online" in arms and "frozen" in arms:
         on, off = arms["online"], arms["frozen"]
-        for label, a, b in (("value formula", on, off),
-                            ("long-view head", on["long_view_head"], off["long_view_head"])):
+        # Results from before the paired table: the plain differences.
+        plain = () if "online_vs_frozen" in r else (
+            ("value formula", on, off),
+            ("long-view head", on["long_view_head"], off["long_view_head"]))
+        for label, a, b in plain:
             diff = [f"all {a['overall']['gauc'] - b['overall']['gauc']:+.4f}"]
             diff += [f"{d} {a['by_day'][d]['gauc'] - b['by_day'][d]['gauc']:+.4f}" for d in days]
             diff += [f"pos {p} {a['by_position'][p]['gauc'] - b['by_position'][p]['gauc']:+.4f}"
@@ -99,6 +104,30 @@ def replay_markdown(r: dict, png: str) -> str:
               f"![GAUC by session position and by day]({png})", "",
               f"Wall time: {r['wall_seconds']} s.", ""]
     return "\n".join(lines)
+
+
+def _paired_table(paired: dict, days: list[str], buckets: list[str]) -> list[str]:
+    """Online minus frozen with its bootstrap interval over users (``replay.paired_report``)."""
+    cols = [("all", lambda e: e["overall"])]
+    cols += [(d, lambda e, d=d: e["by_day"][d]) for d in days]
+    cols += [(f"pos {b}", lambda e, b=b: e["by_position"][b]) for b in buckets]
+
+    def cell(x: dict) -> str:
+        if not _ok(x["diff"]):
+            return "—"
+        return f"{x['diff']:+.4f} [{x['low']:+.4f}, {x['high']:+.4f}]"
+
+    lines = ["", "Online minus frozen, GAUC on the same impressions, with a 95% bootstrap interval "
+                 "over users (2,000 resamples; a user's impressions stay together):", "",
+             "| score | " + " | ".join(c for c, _ in cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    for label, key in (("value formula", "value"), ("long-view head", "long_view_head")):
+        lines.append(f"| {label} | " + " | ".join(cell(get(paired[key])) for _, get in cols)
+                     + " |")
+    share = paired["value"]["overall"]
+    lines += ["", f"Users whose AUC is higher online (value formula, ties half): "
+                  f"{share['share_a_better']:.3f} of {share['users']:,}."]
+    return lines
 
 
 def replay_plot(r: dict, path: Path) -> Path:
@@ -147,28 +176,42 @@ def coldstart_markdown(r: dict, png: str) -> str:
         "about real viewers.", "",
         "| arm | watch ratio: swipe 1 | final | swipes to 80% | to 80% of gain | "
         "like rate: swipe 1 | final | swipes to 80% | hidden fit: swipe 1 | final | "
-        "swipes to 80% of gain | same language: swipe 1 | final | top-2 topics: swipe 1 | "
-        "final | swipes to 80% | to 80% of gain | seconds |",
-        "|---|" + "---|" * 17,
+        "swipes to 80% of gain | same language: swipe 1 | final | seconds |",
+        "|---|" + "---|" * 13,
     ]
     for name, e in arms.items():
         w, l, a, g = e["watch_ratio"], e["like"], e["affinity"], e["same_language"]
-        t = e["top_topics"]
         lines.append(
             f"| {name} | {w['first']:.3f} | {w['final']:.3f} ± {w['final_se']:.3f} | "
             f"{w['swipes_to_80']} | {w['swipes_to_80_of_gain'] or '—'} | {l['first']:.3f} | "
             f"{l['final']:.3f} ± {l['final_se']:.3f} | {l['swipes_to_80']} | {a['first']:.3f} | "
             f"{a['final']:.3f} ± {a['final_se']:.3f} | {a['swipes_to_80_of_gain'] or '—'} | "
-            f"{g['first']:.2f} | {g['final']:.2f} | {t['first']:.3f} | "
-            f"{t['final']:.3f} ± {t['final_se']:.3f} | {t['swipes_to_80']} | "
-            f"{t['swipes_to_80_of_gain'] or '—'} | {e['seconds']} |")
+            f"{g['first']:.2f} | {g['final']:.2f} | {e['seconds']} |")
+    follow = [m for m in ("top_topics", "engaged_topics") if all(m in e for e in arms.values())]
+    if follow:
+        labels = {"top_topics": "top-2 topics", "engaged_topics": "engaged topics"}
+        lines += ["", "How the feed follows the viewer (swipe 1, 5 and 10 are trailing means):", "",
+                  "| arm | " + " | ".join(f"{labels[m]}: swipe 1 | 5 | 10 | final | swipes to "
+                                           "80% | to 80% of gain" for m in follow) + " |",
+                  "|---|" + "---|" * (6 * len(follow))]
+        for name, e in arms.items():
+            cells = []
+            for m in follow:
+                t = e[m]
+                at = [t["trailing"][min(k, len(t["trailing"]) - 1)] for k in (4, 9)]
+                cells += [f"{t['first']:.3f}", f"{at[0]:.3f}",
+                          f"{at[1]:.3f}", f"{t['final']:.3f} ± {t['final_se']:.3f}",
+                          str(t["swipes_to_80"]), str(t["swipes_to_80_of_gain"] or "—")]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [
         "", f"Final: the mean over swipes {c['swipes'] - c['final_swipes'] + 1}-{c['swipes']} "
         "(± its standard error across viewers). Swipes to 80%: the first swipe at which the "
         f"trailing mean over {c['smooth']} swipes reaches 80% of the final level; to 80% of "
         "gain: 80% of the way from the first swipe's level to the final one. Hidden fit is the "
         "simulator's noise-free affinity of the viewer for the video shown; top-2 topics, the "
-        "share of videos in the viewer's two strongest topics (chance: about 0.08). "
+        "share of videos in the viewer's two strongest topics (chance: about 0.08); engaged "
+        "topics, the share of videos in a topic the viewer watched to the end or liked on an "
+        "earlier swipe (0 until they have; behaviour, not quality). "
         "`topic_bandit` and `oracle` are references, not ReelRank: a Thompson-sampling policy "
         "over the videos' topics, and the unseen video of highest hidden fit "
         "(reelrank/eval/coldstart.py).", "",

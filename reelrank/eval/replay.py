@@ -29,7 +29,9 @@ training period, the ranker scoring through ``engine.rank``), in three arms:
   state through ``features.RowStream``) learns from each impression once it has settled, and its
   ranker is swapped into serving (``ServingModels.install``) after every step, all in event time.
 
-``online`` minus ``frozen`` is what the weight updates are worth. Every test user's events are
+``online`` minus ``frozen`` is what the weight updates are worth; the report gives it with a
+bootstrap interval over users (``paired_report``), as the two arms score the same impressions.
+Every test user's events are
 replayed and learned from; with ``score_users`` only a seeded sample of test users is scored
 (scoring dominates the run time), and the report says so. GAUC is reported overall, by session
 position and by test day: a frozen model grows stale day by day, an online one need not.
@@ -146,6 +148,25 @@ def position_report(split: TemporalSplit, scores: np.ndarray) -> dict:
     return out
 
 
+def paired_report(split: TemporalSplit, a: np.ndarray, b: np.ndarray, n_boot: int = 2_000) -> dict:
+    """GAUC of scores ``a`` minus that of ``b`` on the impressions both scored, overall, by test
+    day and by session position, each with a bootstrap interval over users
+    (``metrics.paired_gauc_difference``): two arms replayed on the same impressions differ by
+    less than the day-to-day spread, so only a paired comparison can tell a gain from noise."""
+    test = split.test
+    ok = ~np.isnan(a) & ~np.isnan(b)
+    y = test.labels["long_view"]
+    buckets = np.array([metrics.session_position_bucket(int(p)) for p in test.position])
+
+    def diff(mask: np.ndarray) -> dict:
+        m = ok & mask
+        return metrics.paired_gauc_difference(test.user[m], y[m], a[m], b[m], n_boot=n_boot)
+
+    return {"overall": diff(np.ones(len(test), dtype=bool)),
+            "by_day": {day_name(int(d)): diff(test.day == d) for d in np.unique(test.day)},
+            "by_position": {p: diff(buckets == p) for p in BUCKETS}}
+
+
 def _gauc_entry(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> dict:
     value, n_users, n_imp = metrics.gauc_detail(users, labels, scores)
     return {"gauc": value, "gauc_users": n_users, "gauc_impressions": n_imp,
@@ -240,6 +261,10 @@ def replay_trained(split: TemporalSplit, cfg: TrainedReplayConfig | None = None,
                 what: _gauc_entry(groups[ok], split.test.labels["long_view"][ok], s[ok])
                 for what, s in (("value", scores_of[arm]), ("long_view_head", heads_of[arm]))
                 for ok in [~np.isnan(s)]}
+    if "online" in scores_of and "frozen" in scores_of:
+        report["online_vs_frozen"] = {
+            what: paired_report(split, pair["online"], pair["frozen"])
+            for what, pair in (("value", scores_of), ("long_view_head", heads_of))}
     report["scored_users"] = int(len(np.unique(split.test.user[_scored_mask(split, wanted)])))
     report["test_users"] = int(len(np.unique(split.test.user)))
     report["score_users"] = cfg.score_users

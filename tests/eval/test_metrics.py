@@ -82,6 +82,34 @@ def test_gauc_matches_per_user_loop():
     assert m.gauc(users, labels, scores) == pytest.approx(num / den)
 
 
+def test_paired_gauc_difference_hand_computed():
+    users = ["a"] * 4 + ["b"] * 2 + ["c"] * 3
+    labels = [1, 0, 1, 0] + [1, 0] + [1, 1, 1]
+    a = [0.9, 0.8, 0.3, 0.1] + [0.2, 0.6] + [0.5, 0.4, 0.3]  # a: 0.75, b: 0 -> GAUC 0.5
+    b = [0.9, 0.1, 0.8, 0.3] + [0.6, 0.2] + [0.1, 0.2, 0.3]  # a: 1.0, b: 1.0 -> GAUC 1.0
+    out = m.paired_gauc_difference(users, labels, a, b, n_boot=500)
+    # per user differences -0.25 (4 impressions) and -1.0 (2): (4 * -0.25 + 2 * -1) / 6 = -0.5
+    assert out["diff"] == pytest.approx(-0.5)
+    assert out["diff"] == pytest.approx(m.gauc(users, labels, a) - m.gauc(users, labels, b))
+    assert out["users"] == 2 and out["share_a_better"] == 0.0
+    # resampling two users: the mean is -0.25, -1.0 or a weighted mix of them, never outside
+    assert -1.0 - 1e-12 <= out["low"] <= out["diff"] <= out["high"] <= -0.25 + 1e-12
+
+
+def test_paired_gauc_difference_same_scores_and_a_real_gain():
+    rng = np.random.default_rng(3)
+    users = rng.integers(0, 200, 4000)
+    labels = rng.integers(0, 2, 4000)
+    noise = rng.normal(size=4000)
+    same = m.paired_gauc_difference(users, labels, noise, noise)
+    assert same["diff"] == same["low"] == same["high"] == 0.0 and same["share_a_better"] == 0.5
+    better = m.paired_gauc_difference(users, labels, noise + 0.8 * labels, noise)
+    assert better["low"] > 0.0  # an informative score wins clearly, per user and overall
+    worse = m.paired_gauc_difference(users, labels, noise, noise + 0.8 * labels)
+    assert worse["high"] < 0.0
+    assert math.isnan(m.paired_gauc_difference([1, 2], [1, 0], [0.3, 0.2], [0.1, 0.2])["diff"])
+
+
 def test_logloss_two_elements_and_clipping():
     # -(ln 0.8 + ln(1 - 0.4)) / 2 = (0.2231436 + 0.5108256) / 2 = 0.3669846
     assert m.logloss([1, 0], [0.8, 0.4]) == pytest.approx(0.3669846, abs=1e-6)

@@ -75,6 +75,15 @@ def test_the_report_has_positions_days_and_the_sample(split):
     assert report["scored_users"] == report["test_users"] == 6
     for arm in report["arms"].values():  # the same groups of impressions in both arms
         assert arm["same_version"]["value"]["impressions"] == len(split.test)
+    paired = report["online_vs_frozen"]["value"]
+    on, off = report["arms"]["online"], report["arms"]["frozen"]
+    gap = on["overall"]["gauc"] - off["overall"]["gauc"]
+    assert paired["overall"]["diff"] == pytest.approx(gap)
+    for day, entry in paired["by_day"].items():
+        if entry["users"]:
+            gap = on["by_day"][day]["gauc"] - off["by_day"][day]["gauc"]
+            assert entry["diff"] == pytest.approx(gap)
+            assert entry["low"] <= entry["diff"] <= entry["high"]
     sampled = replay_trained(split, TrainedReplayConfig(
         train=CFG.train, online=CFG.online, settle_ms=0, install_every_ms=0, score_users=2), arms=("frozen",))
     assert sampled["scored_users"] == 2
