@@ -32,8 +32,13 @@ request):
 Per swipe number, over the new viewers: the mean watch ratio (capped at 2, as the engine caps
 it), the like rate, and the mean hidden fit (``World.true_affinity``: what the simulator's viewer
 actually thinks of the video, without the outcome noise), and the share of videos in the
-viewer's language (the world penalises the others; a diagnostic). Fatigue and leaving are off, so a
-curve moves only with what the feed shows, and every viewer contributes to every swipe number.
+viewer's language (the world penalises the others; a diagnostic). Two measures say how the feed
+follows the viewer: ``top_topics``, the share of videos in the viewer's two strongest (hidden)
+topics, which is finding their taste; and ``engaged_topics``, the share of videos in a topic the
+viewer engaged with (a long view or a like: ``positive``) on an earlier swipe, which is following
+what they did. The second is behaviour, not quality: a feed that only repeated the first topic
+a viewer happened to watch to the end would score high on it and low on fit. Fatigue and
+leaving are off, so a curve moves only with what the feed shows, and every viewer contributes to every swipe number.
 ``swipes_to_80`` is the first swipe at which the trailing mean over ``smooth`` swipes reaches
 80% of the arm's final level (the mean of its last ``final_swipes``), and also 80% of the way
 from its first swipe's level to that final level.
@@ -72,7 +77,8 @@ log = logging.getLogger(__name__)
 
 ARMS = ("reelrank", "reelrank_frozen", "most_popular")
 REFERENCE_ARMS = ("topic_bandit", "oracle")
-MEASURES = ("watch_ratio", "like", "affinity", "same_language", "top_topics")
+MEASURES = ("watch_ratio", "like", "positive", "affinity", "same_language", "top_topics",
+            "engaged_topics")
 POSITIVE = {"like", "share", "comment", "follow"}
 
 
@@ -157,19 +163,30 @@ def _schedule(world: World, cfg: ColdStartConfig) -> list[tuple[int, int]]:
     return [(world.start_ts + int(o), k) for k, o in enumerate(offsets)]
 
 
-def _record(values: dict, world: World, viewer, item_id: str, events, k: int, pos: int) -> None:
-    item = world.item(item_id)
-    watch = max((e.watch_ms or 0) for e in events if e.type in ("play", "skip"))
-    values["watch_ratio"][k, pos] = min(2.0, watch / item.duration_ms)
-    values["like"][k, pos] = float(any(e.type == "like" for e in events))
-    values["affinity"][k, pos] = world.true_affinity(viewer.user_id, item_id)
-    values["same_language"][k, pos] = float(item.language == viewer.language)
-    values["top_topics"][k, pos] = float(world.topic_of(item_id) in world.strong_topics(
-        viewer.user_id, 2))
+class _Recorder:
+    """The measures of every swipe of one arm, and the topics each viewer has engaged with."""
 
+    def __init__(self, cfg: ColdStartConfig):
+        self.values = {m: np.full((cfg.new_viewers, cfg.swipes), np.nan) for m in MEASURES}
+        self.engaged: list[set[str]] = [set() for _ in range(cfg.new_viewers)]
 
-def _empty(cfg: ColdStartConfig) -> dict:
-    return {m: np.full((cfg.new_viewers, cfg.swipes), np.nan) for m in MEASURES}
+    def record(self, world: World, viewer, item_id: str, events, k: int, pos: int) -> bool:
+        """Note viewer ``k``'s swipe number ``pos`` (0-based); whether it was positive."""
+        values, item, topic = self.values, world.item(item_id), world.topic_of(item_id)
+        watch = max((e.watch_ms or 0) for e in events if e.type in ("play", "skip"))
+        liked = any(e.type == "like" for e in events)
+        positive = liked or any(e.type == "play" and is_long_view(e.watch_ms, item.duration_ms)
+                                for e in events)
+        values["watch_ratio"][k, pos] = min(2.0, watch / item.duration_ms)
+        values["like"][k, pos] = float(liked)
+        values["positive"][k, pos] = float(positive)
+        values["affinity"][k, pos] = world.true_affinity(viewer.user_id, item_id)
+        values["same_language"][k, pos] = float(item.language == viewer.language)
+        values["top_topics"][k, pos] = float(topic in world.strong_topics(viewer.user_id, 2))
+        values["engaged_topics"][k, pos] = float(topic in self.engaged[k])  # earlier swipes only
+        if positive:
+            self.engaged[k].add(topic)
+        return positive
 
 
 def _run_engine(world: World, cfg: ColdStartConfig, directory: Path, online: bool,
@@ -197,7 +214,7 @@ def _run_engine(world: World, cfg: ColdStartConfig, directory: Path, online: boo
     pages: list[list] = [[] for _ in viewers]
     swiped = [0] * len(viewers)
     gaps = np.random.default_rng([cfg.seed, 98])
-    values = _empty(cfg)
+    rec = _Recorder(cfg)
     queue = _schedule(world, cfg)
     heapq.heapify(queue)
     bar = tqdm(total=cfg.new_viewers * cfg.swipes, desc=f"cold start {'online' if online else 'frozen'}",
@@ -219,7 +236,7 @@ def _run_engine(world: World, cfg: ColdStartConfig, directory: Path, online: boo
             events = sim.respond(viewer, item_id, ts, states[k], request_id=request_id,
                                  position=position)
             engine.ingest_events(events)
-            _record(values, world, viewer, item_id, events, k, swiped[k])
+            rec.record(world, viewer, item_id, events, k, swiped[k])
             swiped[k] += 1
             bar.update(1)
             if swiped[k] < cfg.swipes:
@@ -251,7 +268,7 @@ def _run_engine(world: World, cfg: ColdStartConfig, directory: Path, online: boo
     if learner is not None:
         extra["online"] = {**figures, "steps": learner.steps, "rows_trained": learner.rows_trained,
                            "retrieval_steps": learner.retrieval_steps}
-    return values, extra
+    return rec.values, extra
 
 
 def _engagement(store) -> tuple[Counter, Counter, list[str]]:
@@ -281,21 +298,21 @@ def _popularity(engagement: tuple[Counter, Counter, list[str]]) -> list[str]:
 
 def _run_popular(world: World, cfg: ColdStartConfig, ranked: list[str]) -> tuple[dict, dict]:
     sim = Simulator(world, fatigue_per_swipe=0.0, allow_leave=False, page_size=cfg.page_size)
-    values = _empty(cfg)
+    rec = _Recorder(cfg)
     for (ts, k), viewer in zip(_schedule(world, cfg), _viewers(world, cfg)):
         state = sim.new_session(viewer, f"cold-{viewer.user_id}")
         for pos, item_id in enumerate(ranked[:cfg.swipes]):
             events = sim.respond(viewer, item_id, ts, state)
-            _record(values, world, viewer, item_id, events, k, pos)
+            rec.record(world, viewer, item_id, events, k, pos)
             ts = events[-1].ts + 800
-    return values, {"sources": {"most_popular": 1.0}}
+    return rec.values, {"sources": {"most_popular": 1.0}}
 
 
 def _run_reference(world: World, cfg: ColdStartConfig, arm: str,
                    engagement: tuple[Counter, Counter, list[str]]) -> tuple[dict, dict]:
     """The ``topic_bandit`` and ``oracle`` arms (module docstring), on the same new viewers."""
     sim = Simulator(world, fatigue_per_swipe=0.0, allow_leave=False, page_size=cfg.page_size)
-    values = _empty(cfg)
+    rec = _Recorder(cfg)
     items = world.items
     ids = [it.item_id for it in items]
     positives, shown, _ = engagement
@@ -322,15 +339,12 @@ def _run_reference(world: World, cfg: ColdStartConfig, arm: str,
                     break
                 events = sim.respond(viewer, ids[j], ts, state)
                 seen[j] = True
-                _record(values, world, viewer, ids[j], events, k, pos)
-                positive = bool(values["like"][k, pos]) or any(
-                    e.type == "play" and is_long_view(e.watch_ms, items[j].duration_ms)
-                    for e in events)
+                positive = rec.record(world, viewer, ids[j], events, k, pos)
                 hits[topic[j]] += positive
                 misses[topic[j]] += not positive
                 ts = events[-1].ts + 800
                 pos += 1
-    return values, {"sources": {arm: 1.0}}
+    return rec.values, {"sources": {arm: 1.0}}
 
 
 def curves(values: dict, cfg: ColdStartConfig) -> dict:
@@ -368,8 +382,9 @@ def plot(report: dict, path: Path) -> Path:
 
     titles = {"watch_ratio": "mean watch ratio (capped at 2)", "like": "like rate",
               "affinity": "mean hidden fit (true affinity)",
-              "top_topics": "share in the viewer's two strongest topics"}
-    fig, axes = plt.subplots(1, len(titles), figsize=(19, 4.2))
+              "top_topics": "share in the viewer's two strongest topics",
+              "engaged_topics": "share in topics they engaged with before"}
+    fig, axes = plt.subplots(1, len(titles), figsize=(23, 4.2))
     # The oracle's curves sit far above the others (hidden fit about 2, topics about 0.9) and
     # would flatten them: it stays in the table only.
     drawn = {arm: e for arm, e in report["arms"].items() if arm != "oracle"}

@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from reelrank.eval.coldstart import (
-    ARMS, REFERENCE_ARMS, ColdStartConfig, curves, plot, run_coldstart,
+    ARMS, REFERENCE_ARMS, ColdStartConfig, _Recorder, curves, plot, run_coldstart,
 )
+from reelrank.eval.simulator import build_world
 from reelrank.train.online import OnlineConfig
+from reelrank.types import Event
 from tests.train.test_training import TINY
 
 
@@ -26,6 +28,30 @@ def test_curves_find_the_swipe_that_reaches_80_percent():
     assert flat["swipes_to_80"] == 1 and flat["swipes_to_80_of_gain"] is None
 
 
+def test_engaged_topics_count_only_earlier_positive_swipes():
+    world = build_world(n_users=5, n_items=300, seed=3)
+    viewer = world.new_viewer("new0", seed=1)
+    a, b = world.topics[:2]
+    a_items, b_items = world.item_ids_of_topic(a), world.item_ids_of_topic(b)
+
+    def swipe(item_id: str, long: bool, liked: bool = False) -> list[Event]:
+        duration = world.item(item_id).duration_ms
+        watch = duration if long else 500
+        out = [Event("i", "new0", item_id, 0, "play" if long else "skip", watch)]
+        return out + ([Event("l", "new0", item_id, 0, "like")] if liked else [])
+
+    rec = _Recorder(ColdStartConfig(new_viewers=1, swipes=5))
+    assert rec.record(world, viewer, a_items[0], swipe(a_items[0], True), 0, 0)
+    assert not rec.record(world, viewer, a_items[1], swipe(a_items[1], False), 0, 1)
+    assert not rec.record(world, viewer, b_items[0], swipe(b_items[0], False), 0, 2)
+    assert rec.record(world, viewer, b_items[1], swipe(b_items[1], False, liked=True), 0, 3)
+    rec.record(world, viewer, b_items[2], swipe(b_items[2], False), 0, 4)
+    # swipe 1: A was watched to the end before; swipe 3: B only skipped before; swipe 5: B liked
+    assert rec.values["engaged_topics"][0].tolist() == [0.0, 1.0, 0.0, 0.0, 1.0]
+    assert rec.values["positive"][0].tolist() == [1.0, 0.0, 0.0, 1.0, 0.0]
+    assert rec.values["like"][0].tolist() == [0.0, 0.0, 0.0, 1.0, 0.0]
+
+
 def test_a_tiny_run_of_every_arm(tmp_path):
     cfg = ColdStartConfig(items=200, background_users=40, sessions=1, session_swipes=10,
                           new_viewers=4, swipes=6, page_size=2, train=TINY, index_kind="exact",
@@ -35,9 +61,13 @@ def test_a_tiny_run_of_every_arm(tmp_path):
     assert set(report["arms"]) == {"reelrank", "reelrank_frozen", "most_popular",
                                    "topic_bandit", "oracle"}
     for arm in report["arms"].values():
-        for m in ("watch_ratio", "like", "affinity", "same_language", "top_topics"):
+        for m in ("watch_ratio", "like", "positive", "affinity", "same_language", "top_topics",
+                  "engaged_topics"):
             assert len(arm[m]["per_swipe"]) == 6
             assert not np.isnan(arm[m]["per_swipe"]).any()
+        # nothing is engaged with before the first swipe; likes are positives
+        assert arm["engaged_topics"]["per_swipe"][0] == 0.0
+        assert np.all(np.array(arm["like"]["per_swipe"]) <= arm["positive"]["per_swipe"])
     online = report["arms"]["reelrank"]["online"]
     assert online["steps"] > 0 and online["installs"] > 0 and online["retrieval_installs"] > 0
     assert "online" not in report["arms"]["reelrank_frozen"]
