@@ -310,6 +310,7 @@ def run_replay(args) -> None:
     split = temporal_split(load_dataset(args.dataset), args.cutoff, args.test_days)
     cfg = TrainedReplayConfig(score_users=args.score_users, seed=args.seed)
     cfg.online.ranker_lr = args.lr
+    cfg.train.ranker.seed = args.train_seed
     report = replay_trained(split, cfg, arms=tuple(args.arms.split(",")), progress=args.progress)
     report.update(command=" ".join(["python", *sys.argv]), machine=machine(),
                   split=split.describe(), wall_seconds=round(time.perf_counter() - started, 1))
@@ -424,7 +425,8 @@ def main() -> None:
     r.add_argument("--score-users", type=int, default=None)
     r.add_argument("--lr", type=float, default=1e-4)
     r.add_argument("--arms", default="frozen,online", help="of static, frozen, online")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", type=int, default=0, help="of the --score-users sample")
+    r.add_argument("--train-seed", type=int, default=0, help="of the base ranker's training")
     r.add_argument("--progress", action="store_true")
     r.add_argument("--out", type=Path, default=None)
     t = sub.add_parser("replay-tune", help="the online learning rate, on a validation day")
