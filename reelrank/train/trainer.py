@@ -83,8 +83,7 @@ class _Handover:
     meta: dict
     persist: bool  # write it to the registry too
     ends: list[int]  # view-end times of the rows first learned in it (for the lag figures)
-    base: str
-    steps: int
+    name: str  # the version's name in serving when it is not written to the registry
 
 
 class OnlineTrainer:
@@ -135,6 +134,7 @@ class OnlineTrainer:
         self._trained_through_ts = -1
         self._unpublished_ends: list[int] = []
         self._steps_since_publish = 0
+        self._named_steps = -1
         self._read_ts = 0
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -267,11 +267,18 @@ class OnlineTrainer:
             self._steps_since_publish += 1
             busy = True
             self._apply_erasures()
-        if self._steps_since_publish and self.clock() - self._last_publish >= \
-                self.cfg.publish_every_s:
+        now = self.clock()
+        if (self._steps_since_publish and now - self._last_publish >= self.cfg.publish_every_s
+                or self._retrieval_due(now)):
             self.publish()
             busy = True
         return busy
+
+    def _retrieval_due(self, now: float) -> bool:
+        """New retrieval weights wait at most ``retrieval_every_s``, also when no ranker step
+        follows them (a quiet stream): they go out with the next publish, or by themselves."""
+        return (self.learner.retrieval_steps != self._retrieval_steps_published
+                and now - self._last_retrieval >= self.cfg.retrieval_every_s)
 
     def _read(self) -> int:
         learner, rows = self.learner, self.rows
@@ -339,8 +346,13 @@ class OnlineTrainer:
         newer version from elsewhere is in the registry (the trainer starts over from it)."""
         learner = self.learner
         now = self.clock()
-        if (learner.retrieval_steps != self._retrieval_steps_published
-                and now - self._last_retrieval >= self.cfg.retrieval_every_s):
+        # "<base>+<steps>"; new retrieval weights with no ranker step since the last version
+        # get their own name: "<base>+<steps>r<retrieval steps>".
+        name = f"{self.base_version}+{learner.steps}"
+        if learner.steps == self._named_steps:
+            name += f"r{learner.retrieval_steps}"
+        self._named_steps = learner.steps
+        if self._retrieval_due(now):
             self._retrieval_module = learner.retrieval_snapshot()
             self._retrieval_version = f"{self.base_version}+r{learner.retrieval_steps}"
             self._retrieval_steps_published = learner.retrieval_steps
@@ -366,8 +378,7 @@ class OnlineTrainer:
         if persist:
             self._last_persist = now
         if self.install is None:  # a process of its own: the registry is the hand-over
-            return self._hand_over(_Handover(bundle, meta, True, ends, self.base_version,
-                                             learner.steps))
+            return self._hand_over(_Handover(bundle, meta, True, ends, name))
         # In process, an installer thread hands versions over, so that preparing one (an
         # index rebuild for new retrieval weights takes seconds) never holds up learning.
         # A version not yet taken is replaced by the newer one, which includes its rows.
@@ -376,8 +387,7 @@ class OnlineTrainer:
             if waiting is not None:
                 ends = waiting.ends + ends
                 persist = persist or waiting.persist
-            self._handoff = _Handover(bundle, meta, persist, ends, self.base_version,
-                                      learner.steps)
+            self._handoff = _Handover(bundle, meta, persist, ends, name)
             self._handoff_ready.notify()
         self._start_installer()
         return "queued"
@@ -419,7 +429,7 @@ class OnlineTrainer:
             self.registry.prune(self.cfg.keep_versions)
             self._registry_version = version
         else:
-            version = f"{job.base}+{job.steps}"
+            version = job.name
         if self.install is not None:
             self.install(version, job.bundle, job.meta, published=self._registry_version)
         served = self.clock() * 1000

@@ -240,6 +240,54 @@ def test_a_trainer_started_after_a_reset_does_not_rebuild_the_old_interests(engi
                                            .tokens]
 
 
+def test_new_retrieval_weights_go_out_on_a_quiet_stream(engine):
+    """Retrieval weights learned in the last steps before the stream falls quiet are handed to
+    serving once ``retrieval_every_s`` has passed, with no further ranker step to carry them."""
+    clock = [1_000.0]
+    installed: list[tuple[str, dict]] = []
+    cfg = TrainerConfig(publish_every_s=0.0, retrieval_every_s=60.0, persist_every_s=3_600.0,
+                        settle_ms=0,
+                        online=OnlineConfig(batch_size=4, max_wait_ms=0))
+    trainer = OnlineTrainer(engine.store, engine.registry, cfg, catalog=engine.catalog,
+                            install=lambda v, b, meta, published=None: installed.append((v, meta)),
+                            clock=lambda: clock[0])
+    assert trainer._bootstrap()
+    base = trainer.base_version
+    items = [engine.catalog.get(i) for i in list(engine.catalog.ids())[:6]]
+    ts = int(time.time() * 1000) - 600_000
+    events = []
+    for k, item in enumerate(items):  # six long views: positives with a history before them
+        at = ts + k * 60_000
+        events += [Event(f"q{k}i", "quiet", item.item_id, at, "impression"),
+                   Event(f"q{k}p", "quiet", item.item_id, at + item.duration_ms, "play",
+                         item.duration_ms)]
+    engine.ingest_events(events)
+    try:
+        while trainer.cycle():
+            pass
+        clock[0] += 1.0  # the last view settles as event time moves on
+        while trainer.cycle():
+            pass
+        wait_for(lambda: trainer._handoff is None and installed)
+        assert trainer.learner.retrieval_steps > 0
+        assert installed[-1][1]["retrieval_version"] == base  # not due yet
+        ranker_version = installed[-1][0]
+        steps = trainer.learner.steps
+        clock[0] += 61.0
+        trainer.cycle()  # nothing new to read or learn
+        wait_for(lambda: installed[-1][1]["retrieval_version"] != base)
+        version, meta = installed[-1]
+        assert trainer.learner.steps == steps  # no ranker step carried it
+        assert version == f"{ranker_version}r{trainer.learner.retrieval_steps}"
+        assert meta["retrieval_version"] == f"{base}+r{trainer.learner.retrieval_steps}"
+        n = len(installed)
+        trainer.cycle()  # published once, not again
+        time.sleep(0.05)
+        assert len(installed) == n
+    finally:
+        trainer.stop()
+
+
 def test_a_crashing_trainer_never_stops_the_feed_and_starts_over(engine, world, monkeypatch):
     trainer = engine.start_trainer(FAST)
     wait_for(lambda: trainer.state == "running")
