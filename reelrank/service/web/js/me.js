@@ -207,10 +207,15 @@ export class MePage {
       return;
     }
     clear(this.summaryEl);
+    // Erasure revokes the viewer's tokens; a demo session signs the same id in again. That
+    // comes first: a feed asked for in between would go out with a revoked token.
+    try {
+      await this.app.renewAfterErase();
+    } catch (err) {
+      this.app.signedOut(err);
+    }
     this.dataStatus.textContent = `Erased. Nothing about ${session.userId} is stored any more; the next feed starts from scratch.`;
     this.app.bus.dispatchEvent(new CustomEvent('data-erased'));
-    // Erasure revokes the viewer's tokens; a demo session signs the same id in again.
-    await this.app.renewAfterErase();
     this.loadSettings();
   }
 
