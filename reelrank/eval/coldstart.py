@@ -38,7 +38,8 @@ topics, which is finding their taste; and ``engaged_topics``, the share of video
 viewer engaged with (a long view or a like: ``positive``) on an earlier swipe, which is following
 what they did. The second is behaviour, not quality: a feed that only repeated the first topic
 a viewer happened to watch to the end would score high on it and low on fit. Fatigue and
-leaving are off, so a curve moves only with what the feed shows, and every viewer contributes to every swipe number.
+leaving are off, so a curve moves only with what the feed shows, and every viewer contributes
+to every swipe number.
 ``swipes_to_80`` is the first swipe at which the trailing mean over ``smooth`` swipes reaches
 80% of the arm's final level (the mean of its last ``final_swipes``), and also 80% of the way
 from its first swipe's level to that final level.

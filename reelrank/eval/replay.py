@@ -31,10 +31,10 @@ training period, the ranker scoring through ``engine.rank``), in three arms:
 
 ``online`` minus ``frozen`` is what the weight updates are worth; the report gives it with a
 bootstrap interval over users (``paired_report``), as the two arms score the same impressions.
-Every test user's events are
-replayed and learned from; with ``score_users`` only a seeded sample of test users is scored
-(scoring dominates the run time), and the report says so. GAUC is reported overall, by session
-position and by test day: a frozen model grows stale day by day, an online one need not.
+Every test user's events are replayed and learned from; with ``score_users`` only a seeded
+sample of test users is scored (scoring dominates the run time), and the report says so. GAUC
+is reported overall, by session position and by test day: a frozen model grows stale day by
+day, an online one need not.
 """
 
 from __future__ import annotations
@@ -148,7 +148,8 @@ def position_report(split: TemporalSplit, scores: np.ndarray) -> dict:
     return out
 
 
-def paired_report(split: TemporalSplit, a: np.ndarray, b: np.ndarray, n_boot: int = 2_000) -> dict:
+def paired_report(split: TemporalSplit, a: np.ndarray, b: np.ndarray,
+                  n_boot: int = 2_000) -> dict:
     """GAUC of scores ``a`` minus that of ``b`` on the impressions both scored, overall, by test
     day and by session position, each with a bootstrap interval over users
     (``metrics.paired_gauc_difference``): two arms replayed on the same impressions differ by

@@ -15,7 +15,8 @@ its own process (``reelrank trainer``, when several API processes share a store)
    publishing to the registry, which API processes poll.
 
 The retrieval model's new weights are handed over less often (``retrieval_every_s``): serving
-rebuilds its vector index for them. Ranker-only versions keep the index.
+rebuilds its vector index for them. Ranker-only versions keep the index. Weights that come due
+when no ranker step follows (a quiet stream) go out in a version of their own.
 
 The trainer starts from the registry's latest version and first replays the log up to the
 sequence number that version was trained through, to rebuild its live state; rows after it are
