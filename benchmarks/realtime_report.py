@@ -216,6 +216,15 @@ def coldstart_markdown(r: dict, png: str) -> str:
         "over the videos' topics, and the unseen video of highest hidden fit "
         "(reelrank/eval/coldstart.py).", "",
     ]
+    paired = r.get("online_vs_frozen")
+    if paired:
+        names = {"watch_ratio": "watch ratio", "like": "like rate", "positive": "positive rate",
+                 "affinity": "hidden fit", "same_language": "same language",
+                 "top_topics": "top-2 topics", "engaged_topics": "engaged topics"}
+        lines += ["Online updates on minus off (`reelrank` minus `reelrank_frozen`), final level, "
+                  "viewer by viewer (± standard error of the paired differences): " +
+                  "; ".join(f"{names.get(m, m)} {d['diff']:+.4f} ± {d['se']:.4f}"
+                            for m, d in paired.items()) + ".", ""]
     for name, e in arms.items():
         if "online" in e:
             lines.append(f"- {name}: online learner `{json.dumps(e['online'])}`")

@@ -128,6 +128,7 @@ def run_coldstart(cfg: ColdStartConfig | None = None, arms: tuple[str, ...] = AR
         report["world"] = {"items": len(world.items), "background_events": imported.events,
                            "model_version": version,
                            "train_seconds": round(time.perf_counter() - t0, 1)}
+        finals: dict[str, dict] = {}
         for arm in arms:
             t1 = time.perf_counter()
             if arm == "most_popular":
@@ -140,8 +141,11 @@ def run_coldstart(cfg: ColdStartConfig | None = None, arms: tuple[str, ...] = AR
                 values, extra = _run_engine(world, cfg, directory, arm == "reelrank", progress)
             report["arms"][arm] = {**curves(values, cfg), **extra,
                                    "seconds": round(time.perf_counter() - t1, 1)}
+            finals[arm] = {m: _per_viewer_final(a, cfg) for m, a in values.items()}
             log.info("cold start %s: final like rate %.3f", arm,
                      report["arms"][arm]["like"]["final"])
+    if "reelrank" in finals and "reelrank_frozen" in finals:
+        report["online_vs_frozen"] = paired_finals(finals["reelrank"], finals["reelrank_frozen"])
     report["wall_seconds"] = round(time.perf_counter() - started, 1)
     return report
 
@@ -353,7 +357,7 @@ def curves(values: dict, cfg: ColdStartConfig) -> dict:
     out = {}
     for m, arr in values.items():
         mean = np.nanmean(arr, axis=0)  # (S,)
-        per_viewer_final = np.nanmean(arr[:, -cfg.final_swipes:], axis=1)
+        per_viewer_final = _per_viewer_final(arr, cfg)
         final = float(np.mean(per_viewer_final))
         trailing = np.array([mean[max(0, s - cfg.smooth + 1):s + 1].mean()
                              for s in range(len(mean))])
@@ -367,6 +371,22 @@ def curves(values: dict, cfg: ColdStartConfig) -> dict:
             "swipes_to_80_of_gain": _first_at(trailing, mean[0] + 0.8 * (final - mean[0]))
             if final > mean[0] else None,
         }
+    return out
+
+
+def _per_viewer_final(arr: np.ndarray, cfg: ColdStartConfig) -> np.ndarray:
+    return np.nanmean(arr[:, -cfg.final_swipes:], axis=1)
+
+
+def paired_finals(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict:
+    """Arm ``a`` minus arm ``b`` in each measure's final level, viewer by viewer: both arms
+    serve the same new viewers on the same schedule, so the standard error comes from the
+    per-viewer differences, without the spread between viewers that both arms share."""
+    out = {}
+    for m in a:
+        d = a[m] - b[m]
+        se = float(np.std(d, ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+        out[m] = {"diff": round(float(np.mean(d)), 4), "se": round(se, 4)}
     return out
 
 

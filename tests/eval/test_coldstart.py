@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from reelrank.eval.coldstart import (
-    ARMS, REFERENCE_ARMS, ColdStartConfig, _Recorder, curves, plot, run_coldstart,
+    ARMS, REFERENCE_ARMS, ColdStartConfig, _Recorder, curves, paired_finals, plot, run_coldstart,
 )
 from reelrank.eval.simulator import build_world
 from reelrank.train.online import OnlineConfig
@@ -52,6 +53,14 @@ def test_engaged_topics_count_only_earlier_positive_swipes():
     assert rec.values["like"][0].tolist() == [0.0, 0.0, 0.0, 1.0, 0.0]
 
 
+def test_paired_finals_are_per_viewer_differences():
+    a = {"like": np.array([0.5, 0.2, 0.9])}
+    b = {"like": np.array([0.4, 0.2, 0.6])}
+    out = paired_finals(a, b)["like"]
+    # differences 0.1, 0.0, 0.3: mean 0.1333; sample sd 0.1528; se 0.1528 / sqrt(3) = 0.0882
+    assert out == {"diff": 0.1333, "se": 0.0882}
+
+
 def test_a_tiny_run_of_every_arm(tmp_path):
     cfg = ColdStartConfig(items=200, background_users=40, sessions=1, session_swipes=10,
                           new_viewers=4, swipes=6, page_size=2, train=TINY, index_kind="exact",
@@ -71,6 +80,9 @@ def test_a_tiny_run_of_every_arm(tmp_path):
     online = report["arms"]["reelrank"]["online"]
     assert online["steps"] > 0 and online["installs"] > 0 and online["retrieval_installs"] > 0
     assert "online" not in report["arms"]["reelrank_frozen"]
+    paired = report["online_vs_frozen"]["like"]
+    on, off = report["arms"]["reelrank"]["like"], report["arms"]["reelrank_frozen"]["like"]
+    assert paired["diff"] == pytest.approx(on["final"] - off["final"], abs=2e-4)
     # The same new viewers, the same most-popular list: the popular arm is deterministic.
     again = run_coldstart(cfg, arms=("most_popular",))
     assert again["arms"]["most_popular"]["like"] == report["arms"]["most_popular"]["like"]
