@@ -111,6 +111,9 @@ def _paired_table(paired: dict, days: list[str], buckets: list[str]) -> list[str
     cols = [("all", lambda e: e["overall"])]
     cols += [(d, lambda e, d=d: e["by_day"][d]) for d in days]
     cols += [(f"pos {b}", lambda e, b=b: e["by_position"][b]) for b in buckets]
+    if "by_viewer" in paired["value"]:
+        cols += [(f"viewers {v}", lambda e, v=v: e["by_viewer"][v])
+                 for v in paired["value"]["by_viewer"]]
 
     def cell(x: dict) -> str:
         if not _ok(x["diff"]):
@@ -124,6 +127,9 @@ def _paired_table(paired: dict, days: list[str], buckets: list[str]) -> list[str
     for label, key in (("value formula", "value"), ("long-view head", "long_view_head")):
         lines.append(f"| {label} | " + " | ".join(cell(get(paired[key])) for _, get in cols)
                      + " |")
+    if "by_viewer" in paired["value"]:
+        lines += ["", "Viewers in training: those with training examples before the cut-off; "
+                      "new: the rest (the base model learned from none of their impressions)."]
     share = paired["value"]["overall"]
     lines += ["", f"Users whose AUC is higher online (value formula, ties half): "
                   f"{share['share_a_better']:.3f} of {share['users']:,}."]

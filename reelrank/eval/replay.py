@@ -151,10 +151,12 @@ def position_report(split: TemporalSplit, scores: np.ndarray) -> dict:
 def paired_report(split: TemporalSplit, a: np.ndarray, b: np.ndarray,
                   n_boot: int = 2_000) -> dict:
     """GAUC of scores ``a`` minus that of ``b`` on the impressions both scored, overall, by test
-    day and by session position, each with a bootstrap interval over users
-    (``metrics.paired_gauc_difference``): two arms replayed on the same impressions differ by
-    less than the day-to-day spread, so only a paired comparison can tell a gain from noise."""
+    day, by session position and by whether the viewer has training examples, each with a
+    bootstrap interval over users (``metrics.paired_gauc_difference``): two arms replayed on
+    the same impressions differ by less than the day-to-day spread, so only a paired
+    comparison can tell a gain from noise."""
     test = split.test
+    known = np.isin(test.user, np.unique(split.train.user))
     ok = ~np.isnan(a) & ~np.isnan(b)
     y = test.labels["long_view"]
     buckets = np.array([metrics.session_position_bucket(int(p)) for p in test.position])
@@ -165,7 +167,8 @@ def paired_report(split: TemporalSplit, a: np.ndarray, b: np.ndarray,
 
     return {"overall": diff(np.ones(len(test), dtype=bool)),
             "by_day": {day_name(int(d)): diff(test.day == d) for d in np.unique(test.day)},
-            "by_position": {p: diff(buckets == p) for p in BUCKETS}}
+            "by_position": {p: diff(buckets == p) for p in BUCKETS},
+            "by_viewer": {"in training": diff(known), "new": diff(~known)}}
 
 
 def _gauc_entry(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> dict:

@@ -79,6 +79,7 @@ def test_the_report_has_positions_days_and_the_sample(split):
     on, off = report["arms"]["online"], report["arms"]["frozen"]
     gap = on["overall"]["gauc"] - off["overall"]["gauc"]
     assert paired["overall"]["diff"] == pytest.approx(gap)
+    assert set(paired["by_viewer"]) == {"in training", "new"}
     for day, entry in paired["by_day"].items():
         if entry["users"]:
             gap = on["by_day"][day]["gauc"] - off["by_day"][day]["gauc"]
