@@ -133,12 +133,17 @@ def _score_instant(engine, batch: list[Event], rows: dict, scores: np.ndarray,
                     long_view[k] = by_item[item].predictions.get("long_view", np.nan)
 
 
+def _position_buckets(split: TemporalSplit) -> np.ndarray:
+    """Each test impression's session-position bucket (``BUCKETS``)."""
+    return np.array([metrics.session_position_bucket(int(p)) for p in split.test.position])
+
+
 def position_report(split: TemporalSplit, scores: np.ndarray) -> dict:
     """GAUC (and AUC) of long_view overall and by session-position bucket."""
     test = split.test
     ok = ~np.isnan(scores)
     y = test.labels["long_view"]
-    buckets = np.array([metrics.session_position_bucket(int(p)) for p in test.position])
+    buckets = _position_buckets(split)
     out = {"overall": _gauc_entry(test.user[ok], y[ok], scores[ok])}
     out["by_position"] = {
         b: _gauc_entry(test.user[ok & (buckets == b)], y[ok & (buckets == b)],
@@ -159,7 +164,7 @@ def paired_report(split: TemporalSplit, a: np.ndarray, b: np.ndarray,
     known = np.isin(test.user, np.unique(split.train.user))
     ok = ~np.isnan(a) & ~np.isnan(b)
     y = test.labels["long_view"]
-    buckets = np.array([metrics.session_position_bucket(int(p)) for p in test.position])
+    buckets = _position_buckets(split)
 
     def diff(mask: np.ndarray) -> dict:
         m = ok & mask
