@@ -8,11 +8,15 @@ common to all of them:
   request validation (422 ``invalid_input``, each detail naming its field as ``events[3].type``
   and the batch ``index``), the engine's errors, HTTP errors, and unexpected exceptions (500
   ``internal_error``, logged with the stack, none of it in the body);
-- request metrics by route template, and a cap on the request body size.
+- request metrics by route template;
+- the request guard (``service/guard.py``): size caps checked before a body is read,
+  authentication before parsing, and a bound on requests in flight.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import logging
 import time
@@ -31,27 +35,37 @@ from reelrank.engine import Engine
 from reelrank.errors import (
     AuthError, ForbiddenError, NotFoundError, ReelRankError, StoreError, ValidationError,
 )
-from reelrank.service.deps import Authenticator, bearer_token
+from reelrank.service.deps import Authenticator, bearer_token, needs_token
+from reelrank.service.guard import GuardState, RequestGuard, RequestLimits
 from reelrank.insights import insights_for
-from reelrank.service.metrics import ServiceMetrics
+from reelrank.service.metrics import ServiceMetrics, request_target, route_label
 from reelrank.service.routes import creators, stats
 from reelrank.service.stats import LiveStats
-from reelrank.service.routes import admin, catalog, feed, ops, transparency, users, web
+from reelrank.service.routes import (
+    admin, apidocs, catalog, feed, ops, transparency, users, web,
+)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # 10,000 items with long captions fit
+DEFAULT_MAX_BODY_BYTES = RequestLimits().max_body_bytes
 MAX_ERROR_DETAILS = 100
 
 
 def create_app(engine: Engine, auth: Authenticator | None, *,
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, demo: bool = False) -> FastAPI:
+               max_body_bytes: int | None = None, demo: bool = False,
+               limits: RequestLimits | None = None) -> FastAPI:
     """An app serving ``engine`` (already loaded). ``auth=None`` switches authentication off:
     every request acts as admin (``--insecure-no-auth``, local trials only). ``demo=True``
-    (``reelrank demo`` only) turns on the web app's demo sign-in, which hands out tokens."""
+    (``reelrank demo`` only) turns on the web app's demo sign-in, which hands out tokens.
+    ``limits`` are the request guard's caps; ``max_body_bytes`` overrides only the body's."""
+    limits = limits or RequestLimits()
+    if max_body_bytes is not None:
+        limits = dataclasses.replace(limits, max_body_bytes=max_body_bytes)
     app = FastAPI(
         title="ReelRank", version=reelrank.__version__,
         description="A real-time 'For You' feed engine for short video (HTTP API v1).",
+        # /docs is served from the package's own files (routes/apidocs.py), not from a CDN.
+        docs_url=None, redoc_url=None,
     )
     metrics = ServiceMetrics(engine)
     app.state.engine = engine
@@ -64,8 +78,13 @@ def create_app(engine: Engine, auth: Authenticator | None, *,
     for module in (catalog, feed, users, ops, admin, transparency):
         app.include_router(module.router)
     web.install(app, demo=demo)
+    apidocs.install(app)
     _install_error_handlers(app)
-    app.add_middleware(_ObserveRequests, metrics=metrics, max_body_bytes=max_body_bytes)
+    # Added first, so it runs inside _ObserveRequests: its refusals are counted in /metrics.
+    app.state.guard = GuardState(limits)
+    app.add_middleware(RequestGuard, state=app.state.guard,
+                       needs_token=functools.partial(needs_token, also=(web.any_principal,)))
+    app.add_middleware(_ObserveRequests, metrics=metrics)
     return app
 
 
@@ -219,22 +238,22 @@ def _install_error_handlers(app: FastAPI) -> None:
                               headers=getattr(exc, "headers", None))
 
 
-# -- metrics, body limit, last-resort errors --------------------------------------------------
+# -- metrics, last-resort errors --------------------------------------------------------------
 class _ObserveRequests:
     """ASGI middleware: times and counts requests by route template (never the raw path: user
-    ids would explode the label set), refuses bodies over the size cap, and turns an exception
-    no handler took into the 500 error shape."""
+    ids would explode the label set), and turns an exception no handler took into the 500
+    error shape."""
 
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, max_body_bytes: int):
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics):
         self.app = app
         self.metrics = metrics
-        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        target = request_target(scope)
         status = 500
         response_started = False
 
@@ -245,24 +264,8 @@ class _ObserveRequests:
                 response_started = True
             await send(message)
 
-        received = 0
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    # Raised inside the route's body parsing, answered by the HTTP handler.
-                    raise StarletteHTTPException(413, self._too_large)
-            return message
-
         try:
-            if self._declared_length(scope) > self.max_body_bytes:
-                await error_response(413, _code_for_status(413), self._too_large)(
-                    scope, receive, observed_send)
-            else:
-                await self.app(scope, limited_receive, observed_send)
+            await self.app(scope, receive, observed_send)
         except Exception:
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             if response_started:
@@ -270,22 +273,9 @@ class _ObserveRequests:
             await error_response(500, "internal_error", "the service failed; it was logged")(
                 scope, receive, observed_send)
         finally:
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            route = route_label(scope, target)
             method = scope.get("method", "")
             self.metrics.requests.labels(method, route, str(status)).inc()
             self.metrics.request_seconds.labels(method, route).observe(
                 time.perf_counter() - started)
 
-    @property
-    def _too_large(self) -> str:
-        return f"the request body is over {self.max_body_bytes} bytes"
-
-    @staticmethod
-    def _declared_length(scope: Scope) -> int:
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                try:
-                    return int(value)
-                except ValueError:
-                    return 0
-        return 0

@@ -29,6 +29,7 @@ from typing import Annotated, Literal
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.routing import BaseRoute
 
 from reelrank.engine import Engine
 from reelrank.errors import AuthError, ForbiddenError
@@ -182,7 +183,10 @@ class Access:
         auth: Authenticator | None = request.app.state.auth
         if auth is None:
             return ANONYMOUS_ADMIN
-        principal = auth.identify(bearer_token(request))
+        # The request guard (service/guard.py) identified the caller before the body was read.
+        principal = getattr(request.state, "principal", None)
+        if principal is None:
+            principal = auth.identify(bearer_token(request))
         if principal.scope in self.scopes:
             return principal
         if principal.scope == USER_SCOPE and self.user_in is not None:
@@ -198,6 +202,21 @@ class Access:
         allowed = " or ".join(sorted(self.scopes))
         raise ForbiddenError(f"this token's scope '{principal.scope}' cannot do this "
                              f"(needs {allowed})")
+
+
+def needs_token(route: BaseRoute, also: tuple = ()) -> bool:
+    """Whether calling ``route`` takes a valid token: it has an ``Access`` rule among its
+    dependencies (its router's included), or one of ``also`` (other dependencies that identify
+    the caller)."""
+    dependant = getattr(route, "dependant", None)
+    stack = [dependant] if dependant is not None else []
+    while stack:
+        current = stack.pop()
+        call = current.call
+        if isinstance(call, Access) or any(call is other for other in also):
+            return True
+        stack.extend(current.dependencies)
+    return False
 
 
 async def get_engine(request: Request) -> Engine:  # async: no threadpool hop for a lookup
