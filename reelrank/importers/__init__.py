@@ -21,6 +21,7 @@ from typing import Protocol, TypeVar
 from tqdm import tqdm
 
 from reelrank.errors import ValidationError
+from reelrank.ids import id_problem
 from reelrank.store.base import CatalogWriter, EventWriter
 from reelrank.types import Event, Item
 
@@ -78,6 +79,32 @@ class Counted(Iterable[T]):
         return self._n
 
 
+ITEM_ID_FIELDS = ("item_id", "creator_id", "sound_id")
+EVENT_ID_FIELDS = ("event_id", "user_id", "item_id", "request_id", "session_id")
+
+
+def _checked(values: Iterable[T], fields: tuple[str, ...], what: str, desc: str) -> Iterable[T]:
+    """``values`` with every id checked against the API's rule (``reelrank.ids``) on the way
+    to the store: an id the API would refuse cannot enter through an import either (an id
+    with a tab or a newline would break every text format it later travels through)."""
+
+    def check() -> Iterator[T]:
+        for n, value in enumerate(values):
+            for field in fields:
+                text = getattr(value, field)
+                if text is None and field in ("sound_id", "request_id", "session_id"):
+                    continue
+                problem = id_problem(text)
+                if problem is not None:
+                    raise DatasetFormatError(
+                        f"{desc or 'import'}: {what} {n} ({field}={text!r:.80}): {field} "
+                        f"{problem}; nothing after it was imported")
+            yield value
+
+    total = _total(values)
+    return Counted(check(), total) if total is not None else check()
+
+
 def import_into(
     store: ImportTarget,
     items: Iterable[Item],
@@ -91,11 +118,15 @@ def import_into(
 
     Items go first so that live state rebuilt from the log finds every event's item. Each batch
     is one store transaction: an interrupted import leaves whole batches behind, and running it
-    again fills in the rest (known event ids are skipped). Progress bars go to stderr.
+    again fills in the rest (known event ids are skipped). An id that breaks the API's id rule
+    stops the import with a ``DatasetFormatError`` naming the element and the field; its batch
+    is not written. Progress bars go to stderr.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     label = f"{desc}: " if desc else ""
+    items = _checked(items, ITEM_ID_FIELDS, "item", desc)
+    events = _checked(events, EVENT_ID_FIELDS, "event", desc)
     start = time.perf_counter()
     n_items = n_events = duplicates = 0
     with tqdm(total=_total(items), desc=f"{label}items", unit=" items", disable=not progress,

@@ -9,10 +9,12 @@ Policy for request bodies, chosen for a contract that integrators code against:
   fields at any time, so clients must ignore unknown fields in what they read.
 - **Types are strict**: a JSON number is not a string id, ``"1000"`` or ``1000.0`` is not an int,
   ``1`` is not a bool. What the contract says is what is accepted.
-- Limits: ids 1..128 characters; batches 1..10,000 elements; times are epoch milliseconds in
-  0..2**63-1 (what the store's integer columns hold), and an event's ``ts`` at most 24 hours
-  ahead of the server's clock (the live state's clock follows event time, so one event stamped
-  in microseconds would otherwise age the whole catalog at once).
+- Limits: ids follow ``reelrank.ids`` (1..128 characters of printable text, no control or
+  bidi-override characters, no surrounding whitespace); batches 1..10,000 elements; times
+  are epoch milliseconds in 0..2**63-1 (what the store's integer columns hold), and an
+  event's ``ts`` at most 24 hours ahead of the server's clock (the live state's clock follows
+  event time, so one event stamped in microseconds would otherwise age the whole catalog at
+  once).
 - ``region`` (of an item, an event's context or a feed request) is a coarse code only, such as
   ``US``, ``BR`` or ``CN-BJ``: at most 8 letters/digits with one optional ``-``/``_``. Anything
   finer (an IP address, coordinates, a street) is rejected, never stored.
@@ -28,10 +30,12 @@ import time
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
-    BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator,
+    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints,
+    field_validator,
 )
 from pydantic_core import PydanticCustomError
 
+from reelrank.ids import MAX_ID_LENGTH, id_problem
 from reelrank.types import EVENT_TYPES, Event, Item, UserSettings
 
 MAX_BATCH = 10_000
@@ -40,7 +44,18 @@ MAX_INT64 = 2**63 - 1
 # How far ahead of the server's wall clock an event time may be (clocks of phones drift).
 MAX_CLOCK_SKEW_MS = 24 * 3_600_000
 
-Id = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
+
+def _valid_id(value: str) -> str:
+    problem = id_problem(value)
+    if problem is not None:
+        raise PydanticCustomError("invalid_id", "an id {problem}", {"problem": problem})
+    return value
+
+
+# The lengths are stated for the OpenAPI document; ``reelrank.ids`` holds the whole rule.
+Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH),
+               AfterValidator(_valid_id)]
 Millis = Annotated[int, Field(ge=0, le=MAX_INT64)]
 RegionCode = Annotated[
     str,
