@@ -9,6 +9,8 @@ from __future__ import annotations
 from prometheus_client import (
     CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest,
 )
+from starlette.routing import Match, Mount
+from starlette.types import Scope
 
 from reelrank.engine import Engine
 
@@ -45,3 +47,26 @@ class ServiceMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def request_target(scope: Scope) -> Scope:
+    """What routing reads of a request, copied before routing runs: a mount rewrites the
+    scope's ``root_path`` on the way in, after which the original path no longer matches."""
+    return {"type": scope["type"], "path": scope.get("path", ""),
+            "root_path": scope.get("root_path", ""), "method": scope.get("method", "GET")}
+
+
+def route_label(scope: Scope, target: Scope) -> str:
+    """The route template that answered a request, for the ``route`` label.
+
+    FastAPI records the matched route in the scope only for its API routes; the plain routes
+    (``/openapi.json``) and mounts (``/app/``, ``/docs/assets/``) are found again here by
+    matching the app's routes. Only a path no route serves is ``unmatched``, so the label set
+    stays bounded by the app's routes."""
+    route = scope.get("route")
+    if route is None:
+        routes = getattr(getattr(scope.get("app"), "router", None), "routes", ())
+        route = next((r for r in routes if r.matches(target)[0] is Match.FULL), None)
+    if isinstance(route, Mount):
+        return route.path + "/{path}"
+    return getattr(route, "path", None) or "unmatched"
