@@ -184,9 +184,10 @@ def trainer_(
     log_level: str = typer.Option("info", help="debug | info | warning | error"),
     commands_from_stdin: bool = typer.Option(
         False, "--commands-from-stdin",
-        help="Read erasures and resets from standard input (one 'erase<TAB>id' or "
-             "'reset<TAB>id' per line) and exit when it closes: how `reelrank serve` runs "
-             "its trainer."),
+        help="Read erasures and resets from standard input as JSON lines "
+             "({\"command\": \"erase\"|\"reset\", \"user_id\": ...}), acknowledge each on "
+             "standard output, and exit when standard input closes: how `reelrank serve` "
+             "runs its trainer."),
 ) -> None:
     """Run the online trainer as its own process: tail the event log in DATA_DIR, learn from
     each closed impression in small steps, and publish versions to DATA_DIR/models, which every
@@ -212,17 +213,15 @@ def trainer_(
         signal.signal(sig, lambda *_: done.set())
     runner.start()
     if commands_from_stdin:
+        from reelrank.train.supervisor import serve_commands
+
         def read_commands() -> None:
-            for line in sys.stdin:
-                command, _, user_id = line.rstrip("\n").partition("\t")
-                if command == "erase" and user_id:
-                    runner.forget_user(user_id)
-                elif command == "reset" and user_id:
-                    runner.reset_user(user_id)
+            serve_commands(sys.stdin, runner, sys.stdout)
             done.set()  # the server is gone (or stopping us): so are we
 
         threading.Thread(target=read_commands, name="trainer-commands", daemon=True).start()
-    typer.echo(f"online trainer on {data_dir}: publishing to {Path(data_dir) / 'models'}")
+    typer.echo(f"online trainer on {data_dir}: publishing to {Path(data_dir) / 'models'}",
+               err=commands_from_stdin)  # stdout is then the server's channel
     status_file = Path(data_dir) / STATUS_FILE
     try:
         ticks = 0
@@ -234,7 +233,7 @@ def trainer_(
             tmp.replace(status_file)
             ticks += 1
             if ticks % 15 == 0:
-                typer.echo(f"trainer: {status}")
+                typer.echo(f"trainer: {status}", err=commands_from_stdin)
     finally:
         runner.stop()
         store.close()

@@ -7,11 +7,19 @@ As its own process it shares nothing but the store and the model registry, and t
 system schedules it below the API (it runs niced).
 
 ``TrainerProcess`` starts ``reelrank trainer`` on the server's data directory, restarts it when
-it exits (with a back-off), and stops it with the server. It speaks to the child over the
-child's standard input, one command per line:
+it exits (with a back-off), and stops it with the server. The two speak JSON lines, one object
+per line, so an id travels intact whatever it holds (tabs, newlines, quotes, any script):
 
-    erase <TAB> user_id    drop the viewer's pending rows and state (erasure)
-    reset <TAB> user_id    forget the viewer's inferred interests ("refresh my feed")
+    server -> child (its stdin):   {"command": "erase", "user_id": "..."}   drop the viewer's
+                                   pending rows and state (erasure)
+                                   {"command": "reset", "user_id": "..."}   forget the viewer's
+                                   inferred interests ("refresh my feed")
+    child -> server (its stdout):  {"ack": "erase", "user_id": "..."} once the trainer holds
+                                   the command, or {"error": "..."} for a line it could not use
+
+A text format split on tabs could not carry an id with a tab or a newline, and such a command
+used to be dropped without a word. The child writes its human-readable messages to stderr, so
+its stdout is the channel alone; a line there that is not JSON is logged, not trusted.
 
 The child exits when its standard input closes, so it never outlives the server, even one that
 was killed. A command sent while the child is restarting is not lost in effect: a new child
@@ -20,6 +28,7 @@ rebuilds its state from the store, where the erasure or the reset already happen
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -27,11 +36,77 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
+from typing import IO, Iterable, Protocol
 
 log = logging.getLogger(__name__)
 
 STATUS_FILE = "trainer-status.json"  # in the data directory, rewritten every 2 s by the child
+COMMANDS = ("erase", "reset")
+
+
+# -- the channel --------------------------------------------------------------------------------
+def encode_command(command: str, user_id: str) -> bytes:
+    """One command as one line. ``ensure_ascii`` escapes every newline, tab and non-ASCII
+    character (a lone surrogate included), so the line is plain ASCII ending in its only
+    newline."""
+    if command not in COMMANDS:
+        raise ValueError(f"unknown trainer command {command!r}")
+    return (json.dumps({"command": command, "user_id": user_id}, ensure_ascii=True)
+            + "\n").encode("ascii")
+
+
+def decode_command(line: str) -> tuple[str, str]:
+    """``(command, user_id)`` of one line; ``ValueError`` saying why for anything else."""
+    message = json.loads(line)  # json.JSONDecodeError is a ValueError
+    if not isinstance(message, dict):
+        raise ValueError("a command is a JSON object")
+    command, user_id = message.get("command"), message.get("user_id")
+    if command not in COMMANDS:
+        raise ValueError(f"unknown command {command!r}")
+    if not isinstance(user_id, str) or not user_id:
+        raise ValueError("user_id must be a non-empty string")
+    return command, user_id
+
+
+def id_digest(user_id: str) -> str:
+    return hashlib.sha256(user_id.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+class CommandTarget(Protocol):
+    def forget_user(self, user_id: str) -> None: ...
+
+    def reset_user(self, user_id: str) -> None: ...
+
+
+def serve_commands(lines: Iterable[str], target: CommandTarget, replies: IO[str] | None) -> None:
+    """The child's side: apply each command line to ``target`` (the online trainer) and answer
+    it on ``replies``, until ``lines`` ends (the server closed the pipe)."""
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            command, user_id = decode_command(line)
+        except ValueError as exc:
+            log.warning("ignoring a trainer command line that is not valid: %s", exc)
+            _reply(replies, {"error": f"not a valid command: {exc}"})
+            continue
+        if command == "erase":
+            target.forget_user(user_id)
+        else:
+            target.reset_user(user_id)
+        _reply(replies, {"ack": command, "user_id": user_id})
+
+
+def _reply(replies: IO[str] | None, message: dict) -> None:
+    if replies is None:
+        return
+    try:
+        replies.write(json.dumps(message, ensure_ascii=True) + "\n")
+        replies.flush()
+    except (OSError, ValueError):
+        pass  # the server is gone; the loop ends when stdin closes
 
 
 class TrainerProcess:
@@ -47,6 +122,12 @@ class TrainerProcess:
         self.backoff_s = backoff_s
         self.restarts = 0
         self.last_exit: int | None = None
+        self.commands_sent = 0
+        self.commands_acknowledged = 0
+        # The latest acknowledged (command, id_digest(user_id)), oldest first: how a test or an
+        # operator checks that an erasure arrived. Digests, not ids: an erased viewer's id
+        # must not linger in the server's memory.
+        self.recent_acks: deque[tuple[str, str]] = deque(maxlen=32)
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Lock()  # one writer on the child's stdin at a time
         self._stop = threading.Event()
@@ -88,7 +169,9 @@ class TrainerProcess:
         """The supervisor's view, with the child's own status (state, steps, rows waiting,
         lags) from the file it rewrites every 2 s, when there is a recent one."""
         out = {"mode": "process", "alive": self.alive, "pid": self.pid,
-               "restarts": self.restarts, "last_exit": self.last_exit}
+               "restarts": self.restarts, "last_exit": self.last_exit,
+               "commands_sent": self.commands_sent,
+               "commands_acknowledged": self.commands_acknowledged}
         try:
             child = json.loads((self.data_dir / STATUS_FILE).read_text())
         except (OSError, ValueError):
@@ -107,17 +190,35 @@ class TrainerProcess:
         self._send("reset", user_id)
 
     def _send(self, command: str, user_id: str) -> None:
-        if "\n" in user_id or "\t" in user_id:
-            return  # not an id the API accepts; nothing of theirs can be in the trainer
+        line = encode_command(command, user_id)
         proc = self._proc
         if proc is None or proc.poll() is not None or proc.stdin is None:
             return  # a restarting child reads the store afresh
         try:
             with self._lock:
-                proc.stdin.write(f"{command}\t{user_id}\n".encode())
+                proc.stdin.write(line)
                 proc.stdin.flush()
+                self.commands_sent += 1
         except (BrokenPipeError, OSError, ValueError):
             pass  # it died just now; the next one starts from the store
+
+    def _read_replies(self, proc: subprocess.Popen) -> None:
+        """The child's stdout: acknowledgements counted, anything else logged."""
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            text = raw.decode("utf-8", "replace").rstrip("\n")
+            try:
+                message = json.loads(text)
+            except ValueError:
+                message = None
+            if isinstance(message, dict) and message.get("ack") in COMMANDS:
+                self.commands_acknowledged += 1
+                digest = id_digest(str(message.get("user_id")))
+                self.recent_acks.append((message["ack"], digest))
+            elif isinstance(message, dict) and "error" in message:
+                log.warning("the trainer refused a command: %s", message["error"])
+            elif text.strip():
+                log.info("trainer: %s", text)
 
     # -- the supervisor thread ----------------------------------------------------------------
     def _command(self) -> list[str]:
@@ -133,11 +234,13 @@ class TrainerProcess:
             started = time.monotonic()
             try:
                 proc = subprocess.Popen(self._command(), stdin=subprocess.PIPE,
-                                        env=_child_env())
+                                        stdout=subprocess.PIPE, env=_child_env())
             except OSError:
                 log.exception("could not start the trainer process")
                 proc = None
             if proc is not None:
+                threading.Thread(target=self._read_replies, args=(proc,), daemon=True,
+                                 name="trainer-replies").start()
                 self._proc = proc
                 if self._stop.is_set():  # stop() ran while this one was starting
                     self._close_stdin(proc)

@@ -4,6 +4,7 @@ it."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -116,7 +117,8 @@ def test_erasures_and_resets_reach_the_trainer_process(store, tmp_path):
         while not out.exists() or out.read_text().count("\n") < 2:
             assert time.monotonic() < deadline, "the commands did not arrive"
             time.sleep(0.01)
-        assert out.read_text().splitlines() == ["erase\tu1", "reset\tu2"]
+        assert [json.loads(line) for line in out.read_text().splitlines()] == [
+            {"command": "erase", "user_id": "u1"}, {"command": "reset", "user_id": "u2"}]
     finally:
         supervisor.stop()
     assert not supervisor.alive  # closing its stdin ends it
