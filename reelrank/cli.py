@@ -6,7 +6,6 @@ takes explicit arguments.
 
 from __future__ import annotations
 
-import logging
 import sys
 import time
 from pathlib import Path
@@ -17,13 +16,19 @@ import typer
 app = typer.Typer(
     help="ReelRank: a real-time 'For You' feed engine for short video.",
     no_args_is_help=True, add_completion=False,
+    # Markdown joins a paragraph's hard-wrapped docstring lines, so Rich wraps the text once to
+    # the terminal's width; a blank line separates paragraphs.
+    rich_markup_mode="markdown",
 )
 
 DATA_DIR_HELP = "Directory of the embedded store (SQLite file, keys, models)."
+PROGRESS_HELP = "Show progress bars (on stderr)."
 
 
 def _logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from reelrank import logs
+
+    logs.setup(level)
 
 
 @app.command()
@@ -44,7 +49,7 @@ def serve(
         None, min=1, help="Delete events older than this many days (checked hourly); "
                           "live state and exports follow."),
 ) -> None:
-    """Serve the HTTP API (see API.md) on the embedded store in DATA_DIR.
+    """Serve the HTTP API (docs/api.md; /docs on the server) on the store in DATA_DIR.
 
     On first start, generates one token per scope (ingest, serve, admin) and writes them to
     DATA_DIR/keys.json; the store keeps only their hashes. Live state is rebuilt from the event
@@ -65,7 +70,6 @@ def serve(
         typer.echo(f"API tokens (ingest, serve, admin): {keys_path}")
     else:
         typer.echo("WARNING: authentication is off (--insecure-no-auth). Local trials only.")
-    typer.echo(f"ReelRank serving on http://{host}:{port}")
     run(app_, host=host, port=port, log_level=log_level)
 
 
@@ -80,12 +84,15 @@ def import_(
     """Import a dataset into the store: items first, then events (idempotent: importing the
     same data twice adds nothing).
 
-    kuairand: a KuaiRand-Pure folder (log_standard_*.csv.gz, video_features_basic_pure.csv);
-    each log row becomes an impression, a play with its play time, and like / follow / comment /
-    share / not_interested events for its flags.
-    movielens: an ml-latest-small style folder; ratings become plays, ratings >= 4 also likes.
-    sequences: a file of 'user item' or 'user item1 item2 ...' lines, in time order.
-    Import while the server is stopped: a running server picks the data up at its next start.
+    - kuairand: a KuaiRand-Pure folder (`log_standard_*.csv.gz`,
+      `video_features_basic_pure.csv`); each log row becomes an impression, a play with its
+      play time, and like / follow / comment / share / not_interested events for its flags.
+    - movielens: an ml-latest-small style folder; ratings become plays, ratings >= 4 also
+      likes.
+    - sequences: a file of 'user item' or 'user item1 item2 ...' lines, in time order.
+
+    Where to download each: docs/datasets.md. Import while the server is stopped: a running
+    server picks the data up at its next start.
     """
     from reelrank.importers import DATASETS
     from reelrank.store import open_store
@@ -110,6 +117,7 @@ def simulate(
     sessions: int = typer.Option(2, help="Background sessions per viewer."),
     swipes: int = typer.Option(20, help="Swipes per background session."),
     seed: int = typer.Option(7, help="Random seed: the same seed builds the same world."),
+    progress: bool = typer.Option(True, help=PROGRESS_HELP),
 ) -> None:
     """Build a synthetic short-video world (creators, topics, sounds, viewers with hidden tastes)
     and write its catalog and a background history of events into the store.
@@ -120,14 +128,16 @@ def simulate(
 
     store = open_store(data_dir)
     try:
-        n_items, n_events = _write_world(store, users, items, creators, sessions, swipes, seed)
+        n_items, n_events = _write_world(store, users, items, creators, sessions, swipes, seed,
+                                         progress=progress)
     finally:
         store.close()
     typer.echo(f"synthetic world: {n_items} items, {n_events} events written to {data_dir}")
 
 
 def _write_world(store, users: int, items: int, creators: int, sessions: int, swipes: int,
-                 seed: int, start_ts: int | None = None) -> tuple[int, int]:
+                 seed: int, start_ts: int | None = None,
+                 progress: bool = True) -> tuple[int, int]:
     from reelrank.eval.simulator import build_world, generate_history
     from reelrank.importers import import_into
 
@@ -135,7 +145,7 @@ def _write_world(store, users: int, items: int, creators: int, sessions: int, sw
     world = build_world(n_users=users, n_items=items, n_creators=creators, seed=seed, **extra)
     history = generate_history(world, n_sessions_per_user=sessions,
                                swipes_per_session=swipes, seed=seed)
-    report = import_into(store, world.items, history, progress=True, desc="synthetic")
+    report = import_into(store, world.items, history, progress=progress, desc="synthetic")
     return report.items, report.events
 
 
@@ -321,6 +331,8 @@ def demo(
     port: int = typer.Option(8000, help="TCP port."),
     users: int = typer.Option(300, help="Synthetic viewers in the demo world."),
     items: int = typer.Option(2000, help="Synthetic videos in the demo world."),
+    seed: int = typer.Option(7, help="Random seed of the demo world (used when it is built)."),
+    progress: bool = typer.Option(True, help=PROGRESS_HELP),
 ) -> None:
     """Build a synthetic world and train the neural models on it (once), then serve it with
     authentication on, printing the URL and the tokens to use."""
@@ -341,12 +353,13 @@ def demo(
             # The world's history ends now: the web app stamps events with the real time, and a
             # world dated in the past would make every video look years old on the first swipe.
             now = int(time.time() * 1000) // 3_600_000 * 3_600_000
-            _write_world(store, users, items, max(20, items // 15), 2, 20, 7, start_ts=now)
+            _write_world(store, users, items, max(20, items // 15), 2, 20, seed, start_ts=now,
+                         progress=progress)
         registry = ModelRegistry(Path(data_dir) / "models")
         if registry.latest() is None:
             typer.echo("training the neural models on the demo world (once) ...")
             cfg = TrainConfig(retrieval=RetrievalConfig(epochs=3), ranker=RankerConfig(epochs=1))
-            result = train_from_store(store, registry, cfg, progress=True)
+            result = train_from_store(store, registry, cfg, progress=progress)
             typer.echo(f"published model version {result.version}")
     finally:
         store.close()

@@ -56,8 +56,9 @@ class HeapKeeper:
         found = gc.collect()
         gc.freeze()
         self.full_collections += 1
-        log.info("full garbage collection: %d objects freed in %.0f ms", found,
-                 (time.perf_counter() - started) * 1000)
+        # DEBUG: routine housekeeping, not a start-up step an operator needs to read.
+        log.debug("full garbage collection: %d objects freed in %.0f ms", found,
+                  (time.perf_counter() - started) * 1000)
 
     def _run(self) -> None:
         last_full = time.monotonic()

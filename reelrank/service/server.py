@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
 
+from reelrank import logs
 from reelrank.engine import Engine
 from reelrank.registry import ModelRegistry
 from reelrank.service.app import create_app
@@ -51,7 +53,9 @@ def prepare(data_dir: Path, insecure_no_auth: bool = False,
         raise ValueError(f"trainer must be one of {', '.join(TRAINER_MODES)}, not {trainer!r}")
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
     store = open_store(data_dir)
+    log.info("store opened in %s", data_dir)
     try:
         engine = Engine(store, registry=ModelRegistry(data_dir / "models")).load()
         # The catalog, live state and models loaded above (and, once ``run`` starts the
@@ -75,6 +79,7 @@ def prepare(data_dir: Path, insecure_no_auth: bool = False,
             keys = ensure_service_keys(store, data_dir)
             app = create_app(engine, Authenticator(store), demo=demo)
         app.state.heap = heap
+        app.state.started = started
         return app, keys
     except BaseException:
         store.close()
@@ -85,18 +90,37 @@ def run(app: FastAPI, host: str, port: int, log_level: str = "info") -> None:
     """Run ``app`` with uvicorn until stopped, then close its store."""
     # No access log: it would write every client's IP address, which the service promises
     # not to keep; request counts and latencies are in /metrics.
-    config = uvicorn.Config(app, host=host, port=port, workers=1, log_level=log_level,
-                            access_log=False)
+    # uvicorn's own start and stop lines are left to --log-level debug; _Server says the one
+    # that matters (where it listens) in the same format as every other line.
+    config = uvicorn.Config(app, host=host, port=port, workers=1, access_log=False,
+                            log_level="debug" if log_level == "debug" else "warning",
+                            log_config=None)
     heap = getattr(app.state, "heap", None)
     if heap is not None:
         heap.start()
     try:
-        uvicorn.Server(config).run()
+        _Server(config, getattr(app.state, "started", None)).run()
     finally:
         if heap is not None:
             heap.stop()
         app.state.engine.stop_trainer()
         app.state.engine.store.close()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, logging one line once its sockets listen."""
+
+    def __init__(self, config: uvicorn.Config, started: float | None):
+        super().__init__(config)
+        self._started = started
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            c = self.config
+            took = "" if self._started is None else \
+                f" (ready {time.monotonic() - self._started:.1f} s after start)"
+            log.info("listening on http://%s:%d%s", c.host, c.port, took)
 
 
 def serve(data_dir: Path, host: str, port: int, insecure_no_auth: bool = False,
@@ -132,8 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retention-days", type=int, default=None,
                         help="delete events older than this many days (checked hourly)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(args.log_level)
     serve(args.data_dir, args.host, args.port, args.insecure_no_auth, args.log_level,
           trainer="off" if args.no_trainer else args.trainer,
           retention_days=args.retention_days)
