@@ -219,7 +219,10 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ForbiddenError)
     async def on_forbidden(request: Request, exc: ForbiddenError) -> JSONResponse:
-        return error_response(403, exc.code, str(exc))
+        # Some refusals name fields (a user token posting another viewer's events).
+        details = [{"field": p.field, "message": p.message, "index": p.index}
+                   for p in getattr(exc, "problems", ())]
+        return error_response(403, exc.code, str(exc), _capped(details))
 
     @app.exception_handler(StoreError)
     async def on_store(request: Request, exc: StoreError) -> JSONResponse:

@@ -8,8 +8,9 @@ Scopes:
 - ``ingest``: ``POST /v1/items``, ``POST /v1/events``;
 - ``serve``: feed, rank and explain for any user (the app's backend);
 - ``admin``: everything (the operator), including minting user tokens;
-- ``user`` (bound to one ``user_id``): ``/v1/users/{that id}/...`` and the feed and explain
-  of that id only (what a viewer-facing web app calls).
+- ``user`` (bound to one ``user_id``): ``/v1/users/{that id}/...``, the feed and explain of
+  that id, and ``POST /v1/events`` with events of that id only (what a viewer-facing web app
+  or the app on the viewer's device calls).
 
 No token or an unknown one is a 401 (``AuthError``); a known token outside its scope is a 403
 (``ForbiddenError``). Each route declares who may call it with one ``Access`` dependency.
@@ -32,7 +33,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.routing import BaseRoute
 
 from reelrank.engine import Engine
-from reelrank.errors import AuthError, ForbiddenError
+from reelrank.errors import AuthError, FieldProblem, ForbiddenError
 from reelrank.store.base import KeyStore
 from reelrank.types import ApiKey
 
@@ -170,10 +171,12 @@ class Access:
 
     ``scopes`` are the service scopes allowed besides ``admin`` (always allowed). ``user_in``
     says where the route names its user (the ``user_id`` path or query parameter); when given,
-    a user token bound to that same user is allowed too.
+    a user token bound to that same user is allowed too. ``"body"``: the user ids are in the
+    body, which is parsed after this rule runs, so a user token passes here and the route
+    checks every id against it (``check_own_events``).
     """
 
-    def __init__(self, *scopes: str, user_in: Literal["path", "query"] | None = None):
+    def __init__(self, *scopes: str, user_in: Literal["path", "query", "body"] | None = None):
         self.scopes = frozenset(scopes) | {"admin"}
         self.user_in = user_in
 
@@ -190,6 +193,10 @@ class Access:
         if principal.scope in self.scopes:
             return principal
         if principal.scope == USER_SCOPE and self.user_in is not None:
+            if self.user_in == "body":
+                if principal.user_id is None:
+                    raise ForbiddenError("this user token is bound to no user")
+                return principal
             if self.user_in == "path":
                 named = [request.path_params.get("user_id")]
             else:
@@ -202,6 +209,28 @@ class Access:
         allowed = " or ".join(sorted(self.scopes))
         raise ForbiddenError(f"this token's scope '{principal.scope}' cannot do this "
                              f"(needs {allowed})")
+
+
+class ForbiddenFields(ForbiddenError):
+    """A 403 whose details name the fields the caller may not write."""
+
+    def __init__(self, message: str, problems: list[FieldProblem]):
+        super().__init__(message)
+        self.problems = problems
+
+
+def check_own_events(principal: Principal, user_ids: list[str]) -> None:
+    """A user token posts only its own viewer's events: every ``events[i].user_id`` must be
+    the token's user, or the whole batch is refused (403) with each other id named."""
+    if principal.scope != USER_SCOPE:
+        return
+    problems = [FieldProblem(f"events[{i}].user_id", "a user token posts only events whose "
+                             "user_id is its own user", i)
+                for i, user_id in enumerate(user_ids) if user_id != principal.user_id]
+    if problems:
+        raise ForbiddenFields(f"a user token posts only its own events: {len(problems)} of "
+                              f"{len(user_ids)} events name another user_id; nothing was "
+                              "stored", problems)
 
 
 def needs_token(route: BaseRoute, also: tuple = ()) -> bool:
@@ -226,6 +255,7 @@ async def get_engine(request: Request) -> Engine:  # async: no threadpool hop fo
 EngineDep = Annotated[Engine, Depends(get_engine)]
 
 INGEST = Access("ingest")
+INGEST_OR_OWN_EVENTS = Access("ingest", user_in="body")
 SERVE = Access("serve")
 SERVE_OR_OWN_USER = Access("serve", user_in="query")
 OWN_USER = Access(user_in="path")

@@ -226,8 +226,11 @@ def test_user_tokens_reach_only_their_user(client, keys, store):
         assert_error(client.get(f"/v1/feed?{twice}", headers=alice), 403, "forbidden")
     assert_error(client.post("/v1/rank", json={"user_id": "alice", "item_ids": ["v0"]},
                              headers=alice), 403, "forbidden")
-    assert_error(client.post("/v1/events", json={"events": [ev("e0", "alice", "v0")]},
+    # Events: its own viewer's only (tests/service/test_user_ingest.py has the whole rule).
+    assert_error(client.post("/v1/events", json={"events": [ev("e0", "bob", "v0")]},
                              headers=alice), 403, "forbidden")
+    assert client.post("/v1/events", json={"events": [ev("e0", "alice", "v0")]},
+                       headers=alice).status_code == 200
 
 
 def test_service_keys_file_is_private_and_kept(store, tmp_path, keys):
