@@ -36,6 +36,8 @@ from reelrank.topics import topic_of
 from reelrank.types import Event, Token, is_long_view
 
 TASKS = ("long_view", "like", "follow", "comment", "share", "negative")
+# Outcomes that show the video was on screen: with ``Joiner.imply`` they open an example.
+IMPLYING = frozenset({"play", "skip", "rewatch", "like", "share", "comment", "follow"})
 
 
 @dataclass(slots=True)
@@ -59,6 +61,7 @@ class Example:
     outcomes: int = 0  # how many outcome events were attributed
     ended_ts: int | None = None  # when the view ended (play/skip with a watch time), if it did
     revision: int = 0  # 0 when first emitted; +1 for each correction by a late event
+    implied: bool = False  # opened by an outcome with no impression before it (``imply``)
 
     @property
     def long_view(self) -> int:
@@ -77,6 +80,7 @@ class JoinStats:
     impressions: int = 0
     attributed: int = 0
     unattributed: int = 0  # outcome with no open impression (late, or never shown)
+    implied: int = 0  # examples opened by an outcome with no impression (``Joiner.imply``)
     duplicates: int = 0
     emitted: int = 0
     late: int = 0  # outcomes for an example already emitted early (settle_ms), within the window
@@ -92,6 +96,11 @@ class Joiner:
     dedupe_memory: int = 1_000_000
     settle_ms: int | None = None  # close this long after the view ended (online); None: window
     stats: JoinStats = field(default_factory=JoinStats)
+    # Many apps send plays, likes and completions but no impressions. With ``imply`` an outcome
+    # with no impression open for its pair opens an example of its own (``implied``): the
+    # video was evidently shown. Such examples carry no negative (nothing records what was
+    # shown and not watched), so they feed the viewer's history for retrieval, not the ranker.
+    imply: bool = False
 
     def __post_init__(self) -> None:
         self._open: dict[tuple[str, str], Example] = {}
@@ -141,6 +150,8 @@ class Joiner:
                     self.stats.corrections += 1
                     out.append(dataclasses.replace(done))
                 return out
+            if self.imply and event.type in IMPLYING:
+                return out + self._open_implied(key, event)
             self.stats.unattributed += 1
             return out
         if event.ts > ex.ts + self.window_ms:
@@ -155,6 +166,20 @@ class Joiner:
             if close_at < self._due[key]:
                 self._schedule(key, close_at)
         return out
+
+    def _open_implied(self, key: tuple[str, str], event: Event) -> list[Example]:
+        duration = self.duration_of(event.item_id)
+        if duration is None:
+            self.stats.unattributed += 1
+            return []
+        self.stats.implied += 1
+        self.stats.attributed += 1
+        ex = self._open[key] = Example(
+            event.user_id, event.item_id, event.ts, duration, event.request_id, event.position,
+            event.device, event.region, event.source, event.session_id, implied=True)
+        _attribute(ex, event)
+        self._schedule(key, event.ts + self.window_ms)
+        return []
 
     def _schedule(self, key: tuple[str, str], close_at: int) -> None:
         self._due[key] = close_at
@@ -397,18 +422,22 @@ class RankingRow:
     """One impression with what the ranker knew when it was shown, and what followed."""
 
     example: Example
-    dense: list[float]
+    dense: list[float] | None  # None: an implied example (no impression), not a ranker row
     history: tuple[Token, ...]  # the viewer's tokens before the impression, oldest first
     hour: int  # UTC hour of the impression
 
 
 def ranking_rows(events: Iterable[Event], live, *, history_len: int = 30,
-                 window_ms: int = 3_600_000) -> Iterator[RankingRow]:
+                 window_ms: int = 3_600_000, implied: bool = False) -> Iterator[RankingRow]:
     """Replay time-ordered events through a fresh ``LiveState`` (``live``), capturing the
     ranker's inputs at each impression *before* it is applied, and joining each impression with
     its outcomes. This is the code path serving uses (the same live state, the same
-    ``dense_features``), so training sees exactly what serving will see."""
-    rows = RowStream(live, history_len=history_len, window_ms=window_ms)
+    ``dense_features``), so training sees exactly what serving will see.
+
+    ``implied``: also yield the examples that outcomes with no impression open (``Joiner.imply``),
+    as rows with ``dense`` None: they belong in the viewers' histories, not in the ranker's
+    training rows."""
+    rows = RowStream(live, history_len=history_len, window_ms=window_ms, implied=implied)
     for e in events:
         yield from rows.add(e)
     yield from rows.flush()
@@ -420,12 +449,12 @@ class RowStream:
     ends, and a late outcome yields the same row again with corrected labels."""
 
     def __init__(self, live, *, history_len: int = 30, window_ms: int = 3_600_000,
-                 settle_ms: int | None = None):
+                 settle_ms: int | None = None, implied: bool = False):
         self.live = live
         self.history_len = history_len
         catalog = live.catalog
         self.joiner = Joiner(lambda i: catalog.get(i).duration_ms if catalog.get(i) else None,
-                             window_ms, settle_ms=settle_ms)
+                             window_ms, settle_ms=settle_ms, imply=implied)
         self._pending: dict[tuple[str, str, int], tuple[list[float], tuple[Token, ...]]] = {}
         # Inputs of rows emitted early, kept while a late outcome may still correct them.
         self._emitted: OrderedDict[tuple[str, str, int], tuple] = OrderedDict()
@@ -466,6 +495,8 @@ class RowStream:
             got = self._pending.pop(key, None)
             if got is None and ex.revision:
                 got = self._emitted.get(key)
+            if got is None and ex.implied:
+                got = (None, ())
             if got is None:
                 continue
             if early:

@@ -132,3 +132,20 @@ def test_topic_lift_follows_a_viewers_first_views():
     assert up > 0 > down
     live.reset_interests("u")
     assert not live.user("u").topic_views and not live.user("u").topic_long_views
+
+
+def test_outcomes_with_no_impression_open_implied_examples_when_asked():
+    stream = [ev(1, "u", "a", 0, "play", 10_000), ev(2, "u", "a", 5, "like"),
+              ev(3, "u", "b", 10, "skip", 2_000), ev(4, "u", "b", 20, "impression"),
+              ev(5, "u", "b", 30, "play", 60_000)]
+    plain = Joiner(DUR.get, window_ms=H)
+    got = [x for e in stream for x in plain.add(e)] + plain.flush()
+    assert [(x.item_id, x.implied) for x in got] == [("b", False)]
+    assert plain.stats.unattributed == 3
+    j = Joiner(DUR.get, window_ms=H, imply=True)
+    got = sorted([x for e in stream for x in j.add(e)] + j.flush(), key=lambda x: x.ts)
+    # a: opened by its play, the like joins it; b: opened by the skip, closed by the real
+    # impression, which then takes the play.
+    assert [(x.item_id, x.implied, x.long_view, x.like, x.watch_ms) for x in got] == [
+        ("a", True, 1, 1, 10_000), ("b", True, 0, 0, 2_000), ("b", False, 1, 0, 60_000)]
+    assert j.stats.implied == 2 and j.stats.unattributed == 0

@@ -2,10 +2,17 @@
 
 1. Items and events are read from the store; events are replayed in time order through a fresh
    ``LiveState`` (features.ranking_rows), which yields the ranker's rows exactly as serving
-   would have seen them, and leaves every viewer's token history for retrieval.
-2. The last ``holdout`` share of time is held out: both models train on the earlier part and
-   are measured on it (ranker: AUC / GAUC per task; retrieval: Recall@100 of held-out positives).
-3. The bundle is published to the registry with those measurements; a running server picks it
+   would have seen them, and leaves every viewer's token history for retrieval. Plays, likes
+   and other outcomes that no impression announced still enter the histories (implied
+   examples), so an app that sends no impressions gets a trained retrieval model.
+2. The ranker is trained to convergence on a time-based validation split: rows in the last
+   ``holdout`` share of time are held out, training stops once their GAUC (long view and like)
+   stops improving, and the model is then fitted again on every row for the best number of
+   epochs. A log whose impressions carry no negative (every shown video was played: next-item
+   data, or no impressions at all) gets no ranker: serving then orders by retrieval alone.
+3. Retrieval holds out the last positive of a sample of viewers and stops when NDCG@10 of it
+   stops improving, keeping the best epoch (``train.retrieval``).
+4. The bundle is published to the registry with those measurements; a running server picks it
    up without a restart.
 """
 
@@ -32,7 +39,7 @@ from reelrank.train.ranker import (
     train_ranker,
 )
 from reelrank.train.retrieval import (
-    RetrievalConfig, SequenceTable, encode_catalog, item_matrix, train_retrieval, user_matrix,
+    RetrievalConfig, SequenceTable, encode_catalog, train_retrieval,
 )
 
 log = logging.getLogger(__name__)
@@ -40,10 +47,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainConfig:
-    retrieval: RetrievalConfig = field(default_factory=lambda: RetrievalConfig(epochs=5))
-    ranker: RankerConfig = field(default_factory=RankerConfig)
-    holdout: float = 0.1  # share of the time span held out for measurement
+    """What ``reelrank train`` and ``POST /v1/admin/train`` run: the evaluation harness trains
+    with the same defaults, so its figures are what a user gets."""
+
+    retrieval: RetrievalConfig = field(default_factory=lambda: RetrievalConfig(
+        epochs=60, validation_users=2000, time_budget_s=900.0))
+    ranker: RankerConfig = field(default_factory=lambda: RankerConfig(
+        epochs=8, time_budget_s=300.0))
+    holdout: float = 0.1  # share of the time span held out to pick the ranker's epochs
     seed: int = 0
+    refit: bool = True  # fit the ranker again on every row for the best number of epochs
 
 
 @dataclass
@@ -72,54 +85,51 @@ def train_from_store(store: CatalogReader | EventReader, registry: ModelRegistry
     catalog = Catalog()
     catalog.upsert(items)
     live = LiveState(catalog)
-    rows = sorted(ranking_rows(events, live, history_len=cfg.ranker.history_len),
+    rows = sorted(ranking_rows(events, live, history_len=cfg.ranker.history_len, implied=True),
                   key=lambda r: r.example.ts)
+    ranked = [r for r in rows if r.dense is not None]  # impressions with their inputs
     report(0.1)
     t0, t1 = events[0].ts, events[-1].ts
-    # holdout=0 trains on everything (nothing is measured): what a production run does.
+    # holdout=0 trains on everything (nothing is measured).
     cut = t1 - int((t1 - t0) * cfg.holdout) if cfg.holdout > 0 else t1 + 1
-    train_rows = [r for r in rows if r.example.ts < cut]
-    test_rows = [r for r in rows if r.example.ts >= cut]
+    train_rows = [r for r in ranked if r.example.ts < cut]
+    test_rows = [r for r in ranked if r.example.ts >= cut]
     item_index = {it.item_id: k for k, it in enumerate(items)}
     metrics: dict = {"events": len(events), "last_seq": last_seq, "items": len(items),
-                     "rows_train": len(train_rows),
-                     "rows_holdout": len(test_rows), "cut_ts": cut}
+                     "rows_train": len(train_rows), "rows_holdout": len(test_rows),
+                     "implied_examples": len(rows) - len(ranked), "cut_ts": cut}
 
-    # -- ranker (epochs=0 skips it: e.g. next-item data with no impressions to rank) ----------
+    # -- ranker ---------------------------------------------------------------------------
     ranker = None
-    if cfg.ranker.epochs > 0 and len(train_rows) >= 2:
-        ranker = cfg.ranker.model()
-        ranker_catalog = encode_ranker_catalog(ranker, items)
-        observe_context(ranker, train_rows)
-        views = [r.example for r in train_rows if r.example.watch_ms > 0]
-        quantiles = WatchQuantiles(np.array([e.duration_ms for e in views], dtype=np.int64),
-                                   np.array([e.watch_ms for e in views], dtype=np.float64))
-        table = build_table(train_rows, ranker, item_index, quantiles, cfg.ranker.history_len)
-        rep = train_ranker(ranker, ranker_catalog, table, cfg.ranker, progress=progress,
-                           on_progress=lambda p: report(0.1 + 0.4 * p))
-        metrics["ranker_train_seconds"] = round(rep.seconds, 1)
-        if test_rows:
-            metrics["ranker_holdout"] = _ranker_metrics(ranker, ranker_catalog, test_rows,
-                                                        item_index, quantiles, cfg)
+    why = _no_ranker_reason(cfg, ranked)
+    if why is None:
+        ranker, rmetrics = _train_ranker(cfg, items, item_index, ranked, train_rows, test_rows,
+                                         progress, lambda p: report(0.1 + 0.4 * p))
+        metrics.update(rmetrics)
+    else:
+        metrics["ranker"] = f"not trained: {why}"
+        log.info("ranker not trained: %s", why)
     report(0.5)
 
-    # -- retrieval ---------------------------------------------------------------------------
+    # -- retrieval ------------------------------------------------------------------------
     retrieval = cfg.retrieval.model()
     retrieval_catalog = encode_catalog(retrieval, items)
     histories: dict[str, list] = defaultdict(list)
-    future: dict[str, set[int]] = defaultdict(set)
     for r in rows:
-        tok = token_from_example(r.example)
-        if r.example.ts < cut:
-            histories[r.example.user_id].append(tok)
-        elif tok.positive:
-            future[r.example.user_id].add(item_index[r.example.item_id])
+        histories[r.example.user_id].append(token_from_example(r.example))
     seq = SequenceTable.from_tokens(histories, item_index)
     rrep = train_retrieval(retrieval, retrieval_catalog, seq, cfg.retrieval, progress=progress,
                            on_progress=lambda p: report(0.5 + 0.45 * p))
     metrics["retrieval_train_seconds"] = round(rrep.seconds, 1)
-    metrics["retrieval_holdout"] = _retrieval_metrics(retrieval, retrieval_catalog, seq, future,
-                                                      cfg.retrieval.max_len)
+    metrics["retrieval_epochs"] = rrep.epochs
+    metrics["retrieval_best_epoch"] = rrep.best_epoch
+    if rrep.stopped:
+        metrics["retrieval_stopped"] = rrep.stopped
+    best = (next((e for e in rrep.evals if e["epoch"] == rrep.best_epoch), None)
+            if rrep.evals else None)
+    metrics["retrieval_holdout"] = (
+        {k: _round(v) if isinstance(v, float) else v for k, v in best.items()} if best else
+        {"recall@100": None, "users": 0})
     report(0.95)
 
     bundle = ModelBundle(
@@ -137,14 +147,73 @@ def train_from_store(store: CatalogReader | EventReader, registry: ModelRegistry
     return TrainResult(version, metrics, time.perf_counter() - started)
 
 
+def _no_ranker_reason(cfg: TrainConfig, rows: list) -> str | None:
+    """Why the ranker cannot learn from these rows, or None when it can."""
+    if cfg.ranker.epochs <= 0:
+        return "ranker epochs = 0"
+    if len(rows) < 2:
+        return "no impressions in the log"
+    long_views = sum(r.example.long_view for r in rows)
+    if long_views == len(rows) or long_views == 0:
+        return ("every impression was watched to the end: nothing tells the ranker what a "
+                "viewer passed over" if long_views else "no impression was watched to the end")
+    return None
+
+
+def _train_ranker(cfg: TrainConfig, items, item_index, rows, train_rows, test_rows, progress,
+                  on_progress):
+    """Early stopping on the held-out rows, then (``refit``) the same number of epochs on
+    every row. Returns the model and what to record of the run."""
+    out: dict = {}
+    views = [r.example for r in rows if r.example.watch_ms > 0]
+    quantiles = WatchQuantiles(np.array([e.duration_ms for e in views], dtype=np.int64),
+                               np.array([e.watch_ms for e in views], dtype=np.float64))
+    fit_rows = train_rows if len(train_rows) >= 2 else rows
+    ranker = cfg.ranker.model()
+    catalog = encode_ranker_catalog(ranker, items)
+    observe_context(ranker, rows)
+    table = build_table(fit_rows, ranker, item_index, quantiles, cfg.ranker.history_len)
+    evaluate = monitor = None
+    if test_rows and fit_rows is train_rows:
+        test_table = build_table(test_rows, ranker, item_index, quantiles,
+                                 cfg.ranker.history_len)
+
+        def evaluate(model, _epoch):
+            m = _ranker_metrics_table(model, catalog, test_table)
+            values = [m[t]["gauc"] for t in ("long_view", "like")
+                      if t in m and m[t]["gauc"] is not None]
+            return {"gauc": float(np.mean(values)) if values else float("nan"), "tasks": m}
+
+        monitor = "gauc"
+    rep = train_ranker(ranker, catalog, table, cfg.ranker, progress=progress,
+                       on_progress=on_progress, evaluate=evaluate, monitor=monitor)
+    seconds = rep.seconds
+    if rep.evals:
+        best = next((e for e in rep.evals if e["epoch"] == rep.best_epoch), rep.evals[-1])
+        out["ranker_holdout"] = best["tasks"]
+    epochs = rep.best_epoch or rep.epochs
+    out["ranker_epochs"] = epochs
+    if cfg.refit and fit_rows is train_rows and len(rows) > len(train_rows):
+        # The held-out rows are the newest: the published model learns from them too.
+        torch.manual_seed(cfg.seed)
+        ranker = cfg.ranker.model()
+        catalog = encode_ranker_catalog(ranker, items)
+        observe_context(ranker, rows)
+        table = build_table(rows, ranker, item_index, quantiles, cfg.ranker.history_len)
+        seconds += train_ranker(ranker, catalog, table, cfg.ranker, progress=progress,
+                                epochs=epochs).seconds
+        out["ranker_refit_rows"] = len(rows)
+    out["ranker_train_seconds"] = round(seconds, 1)
+    return ranker, out
+
+
 def _kwargs(c: RetrievalConfig) -> dict:
     return {"dim": c.dim, "max_len": c.max_len, "layers": c.layers, "heads": c.heads,
             "dropout": c.dropout, "use_content": c.use_content,
             "content_fields": list(c.content_fields)}
 
 
-def _ranker_metrics(ranker, catalog, rows, item_index, quantiles, cfg: TrainConfig) -> dict:
-    table = build_table(rows, ranker, item_index, quantiles, cfg.ranker.history_len)
+def _ranker_metrics_table(ranker, catalog, table) -> dict:
     probs = predict(ranker, catalog, table)
     users = np.array(table.user_ids)
     out = {}
@@ -156,23 +225,6 @@ def _ranker_metrics(ranker, catalog, rows, item_index, quantiles, cfg: TrainConf
         out[task] = {"auc": _round(auc(y, probs[:, j])), "gauc": _round(value),
                      "gauc_users": n_users, "positives": int(y.sum())}
     return out
-
-
-def _retrieval_metrics(model, catalog, seq: SequenceTable, future: dict[str, set[int]],
-                       max_len: int, k: int = 100) -> dict:
-    users = [u for u in range(len(seq)) if seq.user_ids[u] in future and seq.lengths()[u] > 0]
-    if not users:
-        return {"recall@100": None, "users": 0}
-    vectors = item_matrix(model, catalog)
-    uv = user_matrix(model, seq, np.array(users), vectors, max_len)
-    recalls = []
-    for row, u in zip((uv @ vectors.T).numpy(), users):
-        start, stop = seq.offsets[u], seq.offsets[u + 1]
-        row[seq.item[start:stop]] = -np.inf  # already seen
-        top = set(np.argpartition(-row, min(k, len(row) - 1))[:k].tolist())
-        wanted = future[seq.user_ids[u]]
-        recalls.append(len(top & wanted) / len(wanted))
-    return {"recall@100": _round(float(np.mean(recalls))), "users": len(users)}
 
 
 def _round(x: float) -> float | None:

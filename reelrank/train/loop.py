@@ -8,6 +8,7 @@ time budget, checked between epochs.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ class EpochReport:
     losses: list[float] = field(default_factory=list)  # mean loss per epoch
     evals: list[dict] = field(default_factory=list)
     config: dict = field(default_factory=dict)
+    best_epoch: int | None = None  # with early stopping: the epoch whose weights were kept
+    stopped: str = ""  # why training ended before ``epochs``, if it did
 
 
 def run_epochs(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, epochs: int,
@@ -34,12 +37,19 @@ def run_epochs(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, epoc
                loss: Callable[[Any], torch.Tensor | None], report: EpochReport,
                time_budget_s: float | None = None, name: str = "train",
                progress: bool = True, on_progress: Callable[[float], None] | None = None,
-               evaluate: Callable[[torch.nn.Module, int], dict] | None = None) -> EpochReport:
+               evaluate: Callable[[torch.nn.Module, int], dict] | None = None,
+               monitor: str | None = None, patience: int = 2) -> EpochReport:
     """Train ``model`` in place: for each epoch, ``loss(batch)`` over ``batches(epoch)`` (a
-    batch whose loss is None is skipped) and one optimizer step per batch."""
+    batch whose loss is None is skipped) and one optimizer step per batch.
+
+    Early stopping: with ``monitor`` (a key of ``evaluate``'s result, higher is better),
+    training stops after ``patience`` epochs without a new best, and the model is left with
+    the weights of its best epoch (``report.best_epoch``). A NaN or missing value never counts
+    as a best, so a validation set with nothing to measure trains all ``epochs``."""
     total = max(1, steps_per_epoch * epochs)
     bar = tqdm(total=total, disable=not progress, desc=name, unit="step")
     started = time.perf_counter()
+    best, best_state, since_best = None, None, 0
     model.train()
     for epoch in range(epochs):
         epoch_loss, n = 0.0, 0
@@ -63,9 +73,24 @@ def run_epochs(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, epoc
             metrics = evaluate(model, epoch)
             report.evals.append({"epoch": epoch + 1, **metrics})
             log.info("%s epoch %d loss %.4f %s", name, epoch + 1, report.losses[-1], metrics)
+            value = metrics.get(monitor) if monitor is not None else None
+            if value is not None and value == value:
+                if best is None or value > best:
+                    best, since_best, report.best_epoch = value, 0, epoch + 1
+                    best_state = copy.deepcopy(model.state_dict())
+                else:
+                    since_best += 1
+                    if since_best >= patience:
+                        report.stopped = f"no better {monitor} for {patience} epochs"
+                        log.info("%s: early stop after %d epochs (best: epoch %d, %s %.4f)",
+                                 name, epoch + 1, report.best_epoch, monitor, best)
+                        break
         if time_budget_s is not None and time.perf_counter() - started > time_budget_s:
             log.info("%s: time budget reached after %d epochs", name, epoch + 1)
+            report.stopped = f"time budget of {time_budget_s:g} s"
             break
     bar.close()
+    if best_state is not None and report.best_epoch != report.epochs:
+        model.load_state_dict(best_state)
     report.seconds = time.perf_counter() - started
     return report

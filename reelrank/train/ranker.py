@@ -44,6 +44,7 @@ class RankerConfig:
     # viewer's candidates, so that is the ranking to get right (GAUC measures it offline).
     pairwise_weight: float = 3.0
     seed: int = 0
+    patience: int = 1  # epochs without a better validation GAUC before training stops
 
     def model(self) -> Ranker:
         return Ranker(len(DENSE_FEATURES), self.dim, self.experts, self.expert_dim)
@@ -152,7 +153,11 @@ RankerReport = EpochReport  # what train_ranker returns
 
 def train_ranker(model: Ranker, catalog: ItemInputs, table: RankingTable, cfg: RankerConfig, *,
                  progress: bool = True,
-                 on_progress: Callable[[float], None] | None = None) -> RankerReport:
+                 on_progress: Callable[[float], None] | None = None,
+                 evaluate: Callable[[Ranker, int], dict] | None = None,
+                 monitor: str | None = None, epochs: int | None = None) -> RankerReport:
+    """Train in place for ``epochs`` (default ``cfg.epochs``); with ``evaluate`` and
+    ``monitor``, stop early on the validation rows (``run_epochs``)."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -176,11 +181,13 @@ def train_ranker(model: Ranker, catalog: ItemInputs, table: RankingTable, cfg: R
                                                                 user_codes[idx], weights)
         return value
 
-    return run_epochs(model, opt, epochs=cfg.epochs,
+    epochs = cfg.epochs if epochs is None else epochs
+    return run_epochs(model, opt, epochs=epochs,
                       steps_per_epoch=max(1, math.ceil(len(table) / cfg.batch_size)),
                       batches=batches, loss=loss, report=RankerReport(config=asdict(cfg)),
                       time_budget_s=cfg.time_budget_s, name="ranker", progress=progress,
-                      on_progress=on_progress)
+                      on_progress=on_progress, evaluate=evaluate, monitor=monitor,
+                      patience=cfg.patience)
 
 
 def _viewer_grouped_order(user_codes: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

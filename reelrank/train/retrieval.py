@@ -1,9 +1,18 @@
 """Training the two-tower retrieval model from viewers' token histories.
 
-Every position of every history is a training target at once (the next positive video),
-scored against the batch's own positives plus shared negatives sampled by popularity, with
-log-Q correction (models/losses.py). Histories are packed once into flat arrays
-(``SequenceTable``) so that a batch is a few numpy slices, not Python loops over events.
+Every position of every history is a training target at once (the next positive video). An
+epoch covers every token: a history longer than ``max_len`` is cut into consecutive windows,
+each one training example. When the catalog is small enough for the batch's logits to fit
+(``full_softmax_logits``), each target is scored against the whole catalog (plain
+cross-entropy, which learns popularity as well as taste); otherwise against the batch's own
+positives plus shared negatives sampled by popularity, with log-Q correction
+(models/losses.py). Histories are packed once into flat arrays (``SequenceTable``) so that a
+batch is a few numpy slices, not Python loops over events.
+
+With ``validation_users`` > 0, the last positive of that many viewers is held out, Recall@100
+and NDCG@10 of it are measured after each epoch (the whole catalog minus what the viewer saw
+ranked), and training stops when NDCG@10 has not improved for ``patience`` epochs, keeping
+the best epoch's weights.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ import numpy as np
 import torch
 
 from reelrank.features import Token
-from reelrank.models.losses import sampled_softmax_loss
+from reelrank.models.losses import full_softmax_loss, sampled_softmax_loss
 from reelrank.models.retrieval import (
     FLAGS, HistoryInputs, ItemInputs, TwoTower, gap_bucket, view_bucket,
 )
@@ -44,6 +53,11 @@ class RetrievalConfig:
     epochs: int = 20
     time_budget_s: float | None = None
     seed: int = 0
+    # Score each target against the whole catalog when (targets in the batch) x (catalog)
+    # stays under this many logits; 0 always samples.
+    full_softmax_logits: int = 40_000_000
+    validation_users: int = 0  # viewers whose last positive is held out for early stopping
+    patience: int = 2
 
     def model(self) -> TwoTower:
         return TwoTower(self.dim, self.max_len, self.layers, self.heads, self.dropout,
@@ -170,33 +184,121 @@ def train_retrieval(model: TwoTower, catalog: ItemInputs, table: SequenceTable,
                     cfg: RetrievalConfig, *, progress: bool = True,
                     evaluate: Callable[[TwoTower, int], dict] | None = None,
                     on_progress: Callable[[float], None] | None = None) -> TrainReport:
-    """Train in place; ``evaluate(model, epoch)`` runs after each epoch when given."""
+    """Train in place; ``evaluate(model, epoch)`` runs after each epoch when given (else, with
+    ``cfg.validation_users``, the held-out last positives are measured and drive early
+    stopping)."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     n_items = len(catalog)
+    ends = np.diff(table.offsets).copy()  # per user: tokens used for training
+    monitor = None
+    if evaluate is None and cfg.validation_users > 0:
+        held = hold_out_last_positives(table, cfg.validation_users, rng)
+        if len(held[0]):
+            ends[held[0]] = held[1]
+            evaluate = lambda m, _epoch: validation_metrics(m, catalog, table, held, cfg.max_len)
+            monitor = "ndcg@10"
     counts = np.bincount(table.item[table.positive], minlength=n_items).astype(np.float64)
     q = (counts + 1.0) ** cfg.negative_power
     q /= q.sum()
     log_q = torch.from_numpy(np.log(q)).float()
-    users = np.flatnonzero(table.lengths() >= 2)
+    users, stops = _windows(ends, cfg.max_len)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     def loss(batch: np.ndarray) -> torch.Tensor | None:
-        width = int(min(cfg.max_len, table.lengths()[batch].max() - 1))
-        h, targets = table.window(batch, width)
+        width = int(min(cfg.max_len, stops[batch].max() - 1))
+        h, targets = table.window(users[batch], width, ends=stops[batch])
         valid = targets >= 0
         if not valid.any():
             return None
+        if int(valid.sum()) * n_items <= cfg.full_softmax_logits:
+            return _full_loss(model, catalog, h, targets, valid)
         negs = torch.from_numpy(rng.choice(n_items, size=cfg.negatives, p=q))
         return _step_loss(model, catalog, h, targets, valid, negs, log_q, n_items)
 
+    lengths = np.minimum(stops, cfg.max_len + 1)
     return run_epochs(model, opt, epochs=cfg.epochs,
                       steps_per_epoch=max(1, math.ceil(len(users) / cfg.batch_size)),
-                      batches=lambda epoch: _length_buckets(users, table.lengths(),
+                      batches=lambda epoch: _length_buckets(np.arange(len(users)), lengths,
                                                             cfg.batch_size, rng),
                       loss=loss, report=TrainReport(config=asdict(cfg)),
                       time_budget_s=cfg.time_budget_s, name="retrieval", progress=progress,
-                      on_progress=on_progress, evaluate=evaluate)
+                      on_progress=on_progress, evaluate=evaluate, monitor=monitor,
+                      patience=cfg.patience)
+
+
+def _windows(ends: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """(user, end) of every training window, ``end`` counted in tokens from the start of the
+    user's history: each history's first ``ends[u]`` tokens cut from the newest backwards into
+    windows of ``max_len`` targets (plus one input token before them), so every token is a
+    target once per epoch."""
+    users, stops = [], []
+    for u, n in enumerate(ends.tolist()):
+        end = n
+        while end >= 2:
+            users.append(u)
+            stops.append(end)
+            end -= max_len
+    users_arr = np.asarray(users, dtype=np.int64)
+    return users_arr, np.asarray(stops, dtype=np.int64)
+
+
+def hold_out_last_positives(table: SequenceTable, n_users: int, rng: np.random.Generator
+                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A seeded sample of at most ``n_users`` viewers with a positive after at least one other
+    token: (users, tokens kept before the held-out positive, the held-out item)."""
+    users, keep, target = [], [], []
+    for u in range(len(table)):
+        start, stop = table.offsets[u], table.offsets[u + 1]
+        pos = np.flatnonzero(table.positive[start:stop])
+        if len(pos) and pos[-1] >= 1:
+            users.append(u)
+            keep.append(int(pos[-1]))
+            target.append(int(table.item[start + pos[-1]]))
+    users_a, keep_a, target_a = (np.asarray(x, dtype=np.int64) for x in (users, keep, target))
+    if len(users_a) > n_users:
+        pick = np.sort(rng.choice(len(users_a), n_users, replace=False))
+        users_a, keep_a, target_a = users_a[pick], keep_a[pick], target_a[pick]
+    return users_a, keep_a, target_a
+
+
+def validation_metrics(model: TwoTower, catalog: ItemInputs, table: SequenceTable,
+                       held: tuple[np.ndarray, np.ndarray, np.ndarray], max_len: int,
+                       chunk: int = 512) -> dict:
+    """Recall@100 and NDCG@10 of each held-out positive, ranked over the whole catalog minus
+    the items the viewer had before it."""
+    users, keep, target = held
+    vectors = item_matrix(model, catalog)
+    was_training = model.training
+    model.eval()
+    ranks = []
+    with torch.no_grad():
+        for s in range(0, len(users), chunk):
+            part = slice(s, s + chunk)
+            h, _ = table.window(users[part], max_len, ends=keep[part], with_targets=False)
+            scores = model.user_vectors(h, vectors) @ vectors.T  # (B, I)
+            for row, u in enumerate(users[part]):
+                start = table.offsets[u]
+                seen = table.item[start:start + keep[part][row]]
+                t = target[part][row]
+                mask = np.zeros(scores.shape[1], dtype=bool)
+                mask[seen] = True
+                mask[t] = False
+                sc = scores[row].numpy()
+                ranks.append(int((sc[~mask] > sc[t]).sum()))
+    model.train(was_training)
+    r = np.asarray(ranks)
+    return {"recall@100": float(np.mean(r < 100)) if len(r) else float("nan"),
+            "ndcg@10": float(np.mean(np.where(r < 10, 1.0 / np.log2(r + 2), 0.0)))
+            if len(r) else float("nan"), "users": int(len(r))}
+
+
+def _full_loss(model: TwoTower, catalog: ItemInputs, h: HistoryInputs, targets: torch.Tensor,
+               valid: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each target over the whole catalog."""
+    vec = model.item_vectors(catalog)  # (I, D)
+    out = model.users(h, vec)  # (B, L, D)
+    return full_softmax_loss(out[valid], vec, targets[valid])
 
 
 def _length_buckets(users: np.ndarray, lengths: np.ndarray, batch_size: int,

@@ -1,0 +1,64 @@
+"""Training to convergence: early stopping keeps the best epoch, every token is trained on,
+and a log with no impressions still trains retrieval (and, rightly, no ranker)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from reelrank.train.loop import EpochReport, run_epochs
+from reelrank.train.retrieval import SequenceTable, _windows, hold_out_last_positives
+from reelrank.types import Token
+
+
+def _train_with_scores(scores: list[float], patience: int) -> tuple[EpochReport, list, float]:
+    model = torch.nn.Linear(1, 1, bias=False)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    weights = []
+
+    def evaluate(m, epoch):
+        weights.append(float(m.weight.detach()))
+        return {"score": scores[epoch]}
+
+    rep = run_epochs(model, opt, epochs=len(scores), steps_per_epoch=1,
+                     batches=lambda e: [None], loss=lambda _b: model.weight.sum(),
+                     report=EpochReport(), progress=False, evaluate=evaluate,
+                     monitor="score", patience=patience)
+    return rep, weights, float(model.weight.detach())
+
+
+def test_early_stopping_keeps_the_best_epochs_weights():
+    rep, weights, final = _train_with_scores([0.1, 0.5, 0.4, 0.3, 0.9], patience=2)
+    assert rep.epochs == 4 and rep.best_epoch == 2 and "no better score" in rep.stopped
+    assert final == weights[1] != weights[3]  # each SGD step moves the weight by -1
+
+
+def test_without_a_measurable_score_every_epoch_runs():
+    rep, weights, final = _train_with_scores([float("nan")] * 3, patience=1)
+    assert rep.epochs == 3 and rep.best_epoch is None and final == weights[-1]
+
+
+def test_windows_cover_every_target_once():
+    ends = np.array([1, 2, 5, 11])
+    users, stops = _windows(ends, max_len=4)
+    covered: dict[int, list[int]] = {}
+    for u, e in zip(users.tolist(), stops.tolist()):
+        s = max(0, e - 1 - 4)
+        covered.setdefault(u, []).extend(range(s + 1, e))  # target positions of the window
+    # user 0 (one token) has nothing to predict; the others: positions 1..n-1, once each
+    assert 0 not in covered
+    for u, n in ((1, 2), (2, 5), (3, 11)):
+        assert sorted(covered[u]) == list(range(1, n))
+
+
+def test_validation_holds_out_each_viewers_last_positive():
+    def tok(i, positive):
+        return Token(str(i), i, "long_view" if positive else "play", 1.0 if positive else 0.1,
+                     0, 0, 0, 0, 0)
+
+    table = SequenceTable.from_tokens(
+        {"a": [tok(0, True), tok(1, False), tok(2, True), tok(3, False)],
+         "b": [tok(0, True)], "c": [tok(1, False), tok(4, True)]},
+        {str(i): i for i in range(5)})
+    users, keep, target = hold_out_last_positives(table, 10, np.random.default_rng(0))
+    assert users.tolist() == [0, 2] and keep.tolist() == [2, 1] and target.tolist() == [2, 4]
