@@ -83,7 +83,10 @@ def available_models(*, seed: int = 0, progress: bool = False,
         "pop_recent": RecentPopularityRecommender,
         "itemknn": ItemKNNRecommender,
         "engine": engine,
-        "reelrank": lambda: _neural(progress),
+        "reelrank": lambda: _neural(progress, "retrieval"),
+        "reelrank_ranker": lambda: _neural(progress, "ranker"),
+        "reelrank_served": lambda: _neural(progress, "served"),
+        "pop_3d": lambda: RecentPopularityRecommender(days=3.0),
     }
     if not peers:
         return models
@@ -105,11 +108,14 @@ def available_models(*, seed: int = 0, progress: bool = False,
     return models
 
 
-def _neural(progress: bool):
+def _neural(progress: bool, view: str):
+    """ReelRank trained as the server trains, read as one of ``eval.neural.VIEWS``; the views
+    share one training run. The views that build a feed or rank per viewer are measured on
+    the engine's seeded sample of viewers."""
     from reelrank.eval.neural import NeuralRecommender
 
-    model = NeuralRecommender(progress=progress)
-    model.max_ranking_users = None
+    model = NeuralRecommender(progress=progress, view=view)
+    model.max_ranking_users = None if view == "retrieval" else ENGINE_RANKING_USERS
     return model
 
 
@@ -243,6 +249,9 @@ def _evaluate_temporal(model, split: TemporalSplit, run: ModelRun, seed: int, pr
     run.metrics["impressions"] = impression_metrics(split, scores, probs)
     users = _ranking_users(model, split.retrieval_users, seed, run)
     targets = dict(zip(split.retrieval_users.tolist(), split.retrieval_targets))
+    if getattr(model, "serves_pages", False):
+        _served_temporal(model, split, run, users, targets, progress, chunk)
+        return
     n_items = split.index.item_ids.shape[0]
     k_max = min(max(recall_ks), n_items)
     recalls: dict[int, list[float]] = {k: [] for k in recall_ks}
@@ -262,6 +271,37 @@ def _evaluate_temporal(model, split: TemporalSplit, run: ModelRun, seed: int, pr
     run.metrics["retrieval"] = {f"recall@{k}": float(np.mean(v)) if v else math.nan
                                 for k, v in recalls.items()}
     run.metrics["retrieval"]["users"] = len(users)
+    run.ranked_users = np.asarray(users)
+    run.per_user = {f"recall@{k}": np.array(v) for k, v in recalls.items()}
+    _beyond_accuracy(split, users, lists, run)
+
+
+SERVED_PAGE_SIZES = (50, 100)
+
+
+def _served_temporal(model, split: TemporalSplit, run: ModelRun, users: np.ndarray,
+                     targets: dict, progress: bool, chunk: int) -> None:
+    """The served feed: one page of each size in ``SERVED_PAGE_SIZES`` per viewer (what
+    ``GET /v1/feed?n=`` answers at the end of the training period); Recall@n of the videos the
+    viewer long-viewed in the test days and had not been shown before. Recall@200 is not
+    measured (no page of 200)."""
+    recalls: dict[int, list[float]] = {k: [] for k in RECALL_KS if k in SERVED_PAGE_SIZES}
+    lists: list[np.ndarray] = []
+    for part in _chunks(users, chunk, progress, f"{run.name}: feeds"):
+        for n in recalls:
+            pages = model.feed_pages(part, n)
+            for page, u in zip(pages, part):
+                # Defensive: the feed never shows what the viewer saw (a filter removes it).
+                page = page[~np.isin(page, split.train_seen[int(u)])]
+                recalls[n].append(metrics.recall_at_k(page.tolist(),
+                                                      targets[int(u)].tolist(), n))
+                if n == min(recalls):
+                    lists.append(page[:TOP_N])
+    run.metrics["retrieval"] = {f"recall@{k}": float(np.mean(recalls[k]))
+                                if k in recalls and recalls[k] else math.nan for k in RECALL_KS}
+    run.metrics["retrieval"]["users"] = len(users)
+    run.metrics["retrieval"]["protocol"] = (
+        "served feed: one GET /v1/feed page per size in " + str(list(recalls)))
     run.ranked_users = np.asarray(users)
     run.per_user = {f"recall@{k}": np.array(v) for k, v in recalls.items()}
     _beyond_accuracy(split, users, lists, run)
@@ -304,6 +344,9 @@ def _evaluate_next_item(model, split: LeaveOneOutSplit, run: ModelRun, seed: int
                         progress: bool, chunk: int) -> None:
     users = _ranking_users(model, split.users, seed, run)
     where = {int(u): k for k, u in enumerate(split.users)}
+    if getattr(model, "serves_pages", False):
+        _served_next_item(model, split, run, users, where, progress, chunk)
+        return
     ranks: list[np.ndarray] = []
     lists: list[np.ndarray] = []
     top = min(TOP_N, split.index.item_ids.shape[0])
@@ -321,6 +364,27 @@ def _evaluate_next_item(model, split: LeaveOneOutSplit, run: ModelRun, seed: int
     run.metrics["next_item"] = {"hr@10": metrics.hit_rate_at_k(r, 10),
                                 "ndcg@10": metrics.ndcg_at_k_single(r, 10),
                                 "mrr": metrics.mrr(r), "users": len(r)}
+    run.ranked_users = np.asarray(users)
+    run.per_user = {"ranks": r}
+    _beyond_accuracy(split, users, lists, run)
+
+
+def _served_next_item(model, split: LeaveOneOutSplit, run: ModelRun, users: np.ndarray,
+                      where: dict, progress: bool, chunk: int) -> None:
+    """The served feed: one ``GET /v1/feed?n=10`` page per viewer; the target's position in it
+    (a target not on the page counts as not found: MRR is within the page)."""
+    ranks, lists = [], []
+    for part in _chunks(users, chunk, progress, f"{run.name}: feeds"):
+        for page, u in zip(model.feed_pages(part, TOP_N), part):
+            target = int(split.targets[where[int(u)]])
+            hit = np.flatnonzero(page == target)
+            ranks.append(float(hit[0]) if len(hit) else math.inf)
+            lists.append(page[:TOP_N])
+    r = np.asarray(ranks, dtype=np.float64)
+    run.metrics["next_item"] = {"hr@10": metrics.hit_rate_at_k(r, 10),
+                                "ndcg@10": metrics.ndcg_at_k_single(r, 10),
+                                "mrr": metrics.mrr(r), "users": len(r),
+                                "protocol": "served feed: one GET /v1/feed?n=10 page"}
     run.ranked_users = np.asarray(users)
     run.per_user = {"ranks": r}
     _beyond_accuracy(split, users, lists, run)
@@ -385,6 +449,10 @@ def run(split: TemporalSplit | LeaveOneOutSplit, models: dict[str, ModelFactory]
         report["models"][name] = result.as_dict()
         if result.lorenz is not None:
             lorenz[name] = result.lorenz
+    if any(n.startswith("reelrank") for n in models):
+        from reelrank.eval.neural import drop_shared
+
+        drop_shared()
     _common_users(runs, report)
     if replay and isinstance(split, TemporalSplit):
         from reelrank.eval.replay import run_replay

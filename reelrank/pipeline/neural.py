@@ -33,6 +33,11 @@ from reelrank.types import Candidate, Item, Reason
 
 log = logging.getLogger(__name__)
 
+# Weight of the retrieval logit beside log(value formula), when a version's value weights name
+# none; and the floor of the value formula under the log (its negative term can push it below 0).
+DEFAULT_RETRIEVAL_WEIGHT = 1.0
+VALUE_FLOOR = 1e-3
+
 
 @dataclass
 class LoadedModels:
@@ -304,12 +309,9 @@ class RetrievalSource:
         m = self.models.current
         if m is None or m.index is None or ctx.user is None or not ctx.user.tokens:
             return []
-        retrieval = m.bundle.retrieval
-        h = encode_histories([list(ctx.user.tokens)], m.item_index, retrieval.users.max_len)
-        if (h.items < 0).all():
+        user = user_vector(m, ctx)
+        if user is None:
             return []
-        with torch.no_grad():
-            user = retrieval.user_vectors(h, m.item_vectors)[0].numpy()  # (D,)
         exclude = set(ctx.user.seen) | set(ctx.user.served) | set(ctx.user.not_interested)
         hits = m.index.search(user, n, exclude=exclude)[0]
         if not hits:
@@ -321,9 +323,54 @@ class RetrievalSource:
         return [Candidate(i, self.name, 0.5 + 0.5 * (s - low) / span, (reason,)) for i, s in hits]
 
 
+def user_vector(m: LoadedModels, ctx: FeedContext):
+    """The retrieval model's vector of the viewer after their live history, (D,) numpy, once
+    per request (the source and the scorer share it); None without a history it can read."""
+    if "retrieval_user" in ctx.cache:
+        return ctx.cache["retrieval_user"]
+    vector = None
+    if (m.bundle.retrieval is not None and m.item_vectors is not None
+            and ctx.user is not None and ctx.user.tokens):
+        retrieval = m.bundle.retrieval
+        h = encode_histories([list(ctx.user.tokens)], m.item_index, retrieval.users.max_len)
+        if not (h.items < 0).all():
+            with torch.no_grad():
+                vector = retrieval.user_vectors(h, m.item_vectors)[0].numpy()  # (D,)
+    ctx.cache["retrieval_user"] = vector
+    return vector
+
+
+def retrieval_scores(m: LoadedModels, ctx: FeedContext, ids: list[str],
+                     items: list[Item]) -> torch.Tensor | None:
+    """(N,) the retrieval model's score of each candidate for this viewer (the logit of its
+    softmax over the catalog), or None when the viewer has no history it can read."""
+    user = user_vector(m, ctx)
+    if user is None:
+        return None
+    rows = list(map(m.item_index.get, ids, repeat(-1)))
+    vectors = torch.empty((len(ids), m.item_vectors.shape[1]))
+    known = [k for k, r in enumerate(rows) if r >= 0]
+    if known:
+        vectors[known] = m.item_vectors[[rows[k] for k in known]]
+    if len(known) < len(ids):  # uploads since the version was loaded: vectors from content
+        new = [k for k, r in enumerate(rows) if r < 0]
+        retrieval = m.bundle.retrieval
+        with torch.no_grad():
+            vectors[new] = retrieval.item_vectors(
+                retrieval.items.encode_items([items[k] for k in new]))
+    return vectors @ torch.from_numpy(user)
+
+
 class NeuralScorer:
-    """Scores candidates with the multi-task ranker and the value formula; the heuristic
-    scorer's signals still supply the human-readable reasons."""
+    """Scores candidates with the retrieval model's score and the multi-task ranker's value
+    formula; the heuristic scorer's signals still supply the human-readable reasons.
+
+    Every candidate, whatever source proposed it, gets both scores, so a trending video
+    competes with a retrieved one on the same scale: the score is log(value formula) plus the
+    retrieval logit weighted by the value weights' ``retrieval`` entry. A published set without a ranker (trained on a log
+    with nothing to rank: plays only, or next-item data) orders by retrieval alone; a viewer
+    with no history the retrieval model can read is ordered by the ranker alone; with
+    neither, the heuristic scorer serves."""
 
     def __init__(self, models: ServingModels, fallback: HeuristicScorer | None = None,
                  history_len: int = 30, reasons_for_top: int = 100):
@@ -338,7 +385,7 @@ class NeuralScorer:
 
     def score(self, ctx: FeedContext, candidates: list[Candidate]) -> list[Scored]:
         m = self.models.current
-        if m is None or m.bundle.ranker is None or m.ranker_items is None or not candidates:
+        if m is None or not candidates or (m.ranker_items is None and m.item_vectors is None):
             return self.fallback.score(ctx, candidates)
         ids = [c.item_id for c in candidates]
         items = ctx.catalog.get_many(ids)
@@ -348,13 +395,27 @@ class NeuralScorer:
             ids, items = [ids[k] for k in kept], [items[k] for k in kept]
         if not items:
             return []
-        probs = self._predict(m, ctx, ids, items)  # (N, T)
-        tasks = m.bundle.ranker.tasks
-        weights = torch.tensor([m.bundle.value_weights.get(t, 0.0) for t in tasks],
-                               dtype=probs.dtype)
-        scores = probs @ weights  # the value formula, (N,)
-        out = [Scored(cand, value, dict(zip(tasks, row)), cand.reasons)
-               for cand, row, value in zip(candidates, probs.tolist(), scores.tolist())]
+        weights = m.bundle.value_weights
+        retrieval = retrieval_scores(m, ctx, ids, items) if ctx.personalized else None
+        if m.bundle.ranker is not None and m.ranker_items is not None:
+            probs = self._predict(m, ctx, ids, items)  # (N, T)
+            tasks = m.bundle.ranker.tasks
+            w = torch.tensor([weights.get(t, 0.0) for t in tasks], dtype=probs.dtype)
+            scores = probs @ w  # the value formula, (N,)
+            predictions = [dict(zip(tasks, row)) for row in probs.tolist()]
+            if retrieval is not None:
+                # log(value) + w x the retrieval logit: the value of the video if shown, times
+                # (to the power w) how likely the retrieval model finds this viewer choosing
+                # it. Per item, not relative to the other candidates: /v1/rank of one video
+                # scores it as a page of many does.
+                scores = torch.log(scores.clamp(min=VALUE_FLOOR)) + weights.get(
+                    "retrieval", DEFAULT_RETRIEVAL_WEIGHT) * retrieval
+        elif retrieval is not None:
+            scores, predictions = retrieval, [{} for _ in ids]
+        else:
+            return self.fallback.score(ctx, candidates)
+        out = [Scored(cand, value, preds, cand.reasons)
+               for cand, preds, value in zip(candidates, predictions, scores.tolist())]
         if ctx.personalized:
             # The viewer's signals behind an item ("you watched 3 #cooking videos to the end")
             # are worded only for the items that can make the page, not all 500 candidates.

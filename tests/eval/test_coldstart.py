@@ -63,7 +63,7 @@ def test_paired_finals_are_per_viewer_differences():
 
 def test_a_tiny_run_of_every_arm(tmp_path):
     cfg = ColdStartConfig(items=200, background_users=40, sessions=1, session_swipes=10,
-                          new_viewers=4, swipes=6, page_size=2, train=TINY, index_kind="exact",
+                          new_viewers=4, swipes=8, page_size=2, train=TINY, index_kind="exact",
                           online=OnlineConfig(batch_size=8, max_wait_ms=0), settle_ms=0,
                           retrieval_every_ms=0, smooth=2, final_swipes=3)
     report = run_coldstart(cfg, arms=ARMS + REFERENCE_ARMS)
@@ -72,7 +72,7 @@ def test_a_tiny_run_of_every_arm(tmp_path):
     for arm in report["arms"].values():
         for m in ("watch_ratio", "like", "positive", "affinity", "same_language", "top_topics",
                   "engaged_topics"):
-            assert len(arm[m]["per_swipe"]) == 6
+            assert len(arm[m]["per_swipe"]) == 8
             assert not np.isnan(arm[m]["per_swipe"]).any()
         # nothing is engaged with before the first swipe; likes are positives
         assert arm["engaged_topics"]["per_swipe"][0] == 0.0

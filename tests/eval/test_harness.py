@@ -15,6 +15,7 @@ from reelrank.eval.protocols import load_dataset, temporal_split
 from tests.eval.test_protocols import KUAIRAND_ROWS, write_kuairand, write_sequences
 
 TEMPORAL_MODELS = ["random", "pop", "pop_recent", "itemknn", "engine"]
+NEURAL = ["reelrank", "reelrank_ranker", "reelrank_served", "pop_3d"]
 
 
 def test_kuairand_report_has_every_model_and_the_replay(tmp_path, monkeypatch):
@@ -64,6 +65,43 @@ def test_sequences_report(tmp_path):
     assert "| itemknn |" in (tmp_path / "out" / "report.md").read_text()
 
 
+def test_the_served_feed_beside_its_components_on_kuairand(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "reelrank.eval.peers", None)
+    data = write_kuairand(tmp_path / "kr", KUAIRAND_ROWS)
+    names = ["pop", "reelrank", "reelrank_ranker", "reelrank_served"]
+    report = run_eval_command(f"kuairand:{data}", "2022-05-01", [",".join(names)],
+                              tmp_path / "out", None, None, 0, False, replay=False)
+    models = report["models"]
+    assert list(models) == names
+    served = models["reelrank_served"]["metrics"]["retrieval"]
+    assert served["protocol"].startswith("served feed") and served["recall@200"] is None
+    assert 0 <= served["recall@50"] <= served["recall@100"] <= 1
+    # One training run, read three ways, trained as the server trains (its default config).
+    versions = {models[n]["settings"]["model_version"] for n in names[1:]}
+    assert len(versions) == 1
+    assert models["reelrank"]["settings"]["train_config"]["retrieval"]["validation_users"] > 0
+    for n in names[1:]:  # /v1/rank's figures are the same in every view
+        assert (models[n]["metrics"]["impressions"]["long_view"]["gauc"]
+                == models["reelrank"]["metrics"]["impressions"]["long_view"]["gauc"])
+    assert "| reelrank_served |" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_next_item_data_are_served_from_plays_only(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "reelrank.eval.peers", None)
+    seqs = {f"u{u}": [str((u * 3 + k) % 9) for k in range(4 + u % 3)] for u in range(12)}
+    path = write_sequences(tmp_path / "beauty.txt", seqs)
+    report = run_eval_command(f"beauty:{path}", None, ["reelrank", "reelrank_served"],
+                              tmp_path / "out", None, None, 0, False)
+    for name, r in report["models"].items():
+        assert r["settings"]["events"].startswith("plays only")
+        assert r["settings"]["train_metrics"]["ranker"].startswith("not trained")
+        assert r["settings"]["train_metrics"]["implied_examples"] > 0
+        assert r["metrics"]["next_item"]["users"] == 12
+        assert 0 <= r["metrics"]["next_item"]["hr@10"] <= 1
+    assert report["models"]["reelrank_served"]["metrics"]["next_item"]["protocol"].startswith(
+        "served feed")
+
+
 def test_bad_requests_fail_early(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "reelrank.eval.peers", None)  # no slow peer imports
     path = write_sequences(tmp_path / "s.txt", {"a": ["1", "2", "3"]})
@@ -76,15 +114,15 @@ def test_bad_requests_fail_early(tmp_path, monkeypatch):
 
 def test_available_models_lists_the_baselines_and_the_engine_and_peers_if_any(monkeypatch):
     models = harness.available_models(peers=False)
-    assert list(models) == TEMPORAL_MODELS + ["reelrank"]
+    assert list(models) == TEMPORAL_MODELS + NEURAL
     assert models["pop"]().name == "pop"
     fake = types.ModuleType("reelrank.eval.peers")
     fake.available_peers = lambda: {"fake_peer": harness.PopularityRecommender,
                                     "pop": harness.PopularityRecommender}
     monkeypatch.setitem(sys.modules, "reelrank.eval.peers", fake)
-    assert list(harness.available_models()) == TEMPORAL_MODELS + ["reelrank", "fake_peer"]
+    assert list(harness.available_models()) == TEMPORAL_MODELS + NEURAL + ["fake_peer"]
     monkeypatch.setitem(sys.modules, "reelrank.eval.peers", None)  # import fails: skipped
-    assert list(harness.available_models()) == TEMPORAL_MODELS + ["reelrank"]
+    assert list(harness.available_models()) == TEMPORAL_MODELS + NEURAL
 
 
 class Constant:
