@@ -82,11 +82,15 @@ class RankResult:
     items: list[Scored]
 
 
+DEFAULT_TRACE_BUDGET_BYTES = 64 * 1024 * 1024  # about 10,000 pages of 6 KB
+
+
 class Engine:
     def __init__(self, store: Store, pipeline: FeedPipeline | None = None,
                  live: LiveState | None = None, registry: ModelRegistry | None = None,
                  index_kind: str = "ann", traces_per_user: int = 5,
-                 max_traced_users: int = 10_000):
+                 max_traced_users: int = 10_000,
+                 trace_budget_bytes: int = DEFAULT_TRACE_BUDGET_BYTES):
         self.store = store
         self.catalog = live.catalog if live is not None else Catalog()
         self.live = live or LiveState(self.catalog)
@@ -99,6 +103,12 @@ class Engine:
         self._traces: OrderedDict[str, deque[TraceRecord]] = OrderedDict()
         self._traces_per_user = traces_per_user
         self._max_traced_users = max_traced_users
+        # Traces are kept for explanations only: past the budget the least recently served
+        # viewers' traces go first (their explain falls back to scoring the item afresh).
+        self.trace_budget_bytes = trace_budget_bytes
+        self._trace_bytes = 0
+        self._trace_count = 0
+        self._traces_evicted = 0
         self._trace_lock = threading.Lock()
         self._user_locks = [threading.Lock() for _ in range(64)]
         self._catalog_lock = threading.Lock()
@@ -339,11 +349,34 @@ class Engine:
         with self._trace_lock:
             q = self._traces.get(trace.user_id)
             if q is None:
-                q = self._traces[trace.user_id] = deque(maxlen=self._traces_per_user)
+                q = self._traces[trace.user_id] = deque()
             self._traces.move_to_end(trace.user_id)
             q.append(record)
-            while len(self._traces) > self._max_traced_users:
-                self._traces.popitem(last=False)
+            self._trace_bytes += record.nbytes
+            self._trace_count += 1
+            if len(q) > self._traces_per_user:
+                self._forget_traces([q.popleft()])
+            # The newest viewer's traces stay even alone over a tiny budget: explain must work
+            # for the page just served.
+            while len(self._traces) > 1 and (len(self._traces) > self._max_traced_users
+                                             or self._trace_bytes > self.trace_budget_bytes):
+                _, oldest = self._traces.popitem(last=False)
+                self._forget_traces(oldest)
+                self._traces_evicted += 1
+
+    def _forget_traces(self, records) -> None:
+        for r in records:
+            self._trace_bytes -= r.nbytes
+            self._trace_count -= 1
+
+    def trace_usage(self) -> dict:
+        """What the kept traces hold against their budget (``GET /v1/stats``)."""
+        with self._trace_lock:
+            return {"viewers": len(self._traces), "traces": self._trace_count,
+                    "bytes": self._trace_bytes, "budget_bytes": self.trace_budget_bytes,
+                    "traces_per_viewer": self._traces_per_user,
+                    "max_viewers": self._max_traced_users,
+                    "viewers_evicted": self._traces_evicted}
 
     # -- the viewer's settings ------------------------------------------------------------------
     def settings(self, user_id: str) -> UserSettings:
@@ -420,7 +453,7 @@ class Engine:
 
     def _drop_traces(self, user_id: str) -> None:
         with self._trace_lock:
-            self._traces.pop(user_id, None)
+            self._forget_traces(self._traces.pop(user_id, ()))
 
 
 def _notify(listeners: list, value) -> None:

@@ -18,8 +18,11 @@ The trace records all of it; explanations are read from the trace.
 from __future__ import annotations
 
 import logging
+import pickle
+import sys
 import time
 import uuid
+import zlib
 from dataclasses import dataclass, field
 
 from reelrank.pipeline.context import FeedContext
@@ -31,6 +34,9 @@ from reelrank.pipeline.wellbeing import WellbeingPolicy
 from reelrank.types import Candidate, FeedItem, Reason
 
 log = logging.getLogger(__name__)
+
+# A TraceRecord's own object (6 slots) and the deque slot the engine keeps it in.
+_RECORD_OVERHEAD = 120
 
 
 @dataclass
@@ -75,24 +81,43 @@ class FeedTrace:
                 (removed.filter, removed.reason) if removed else None,
                 tuple(self.rerank_notes.get(item_id, ())),
             )
-        return TraceRecord(self.request_id, self.user_id, self.mode, tuple(self.served), items)
+        return TraceRecord.pack(self.request_id, self.user_id, self.mode, tuple(self.served),
+                                items)
 
 
 @dataclass(frozen=True, slots=True)
 class TraceRecord:
-    """A served page's trace as kept for explanations: tuples and dicts of strings and numbers
-    only. The garbage collector stops tracking such containers after their first pass, so the
-    tens of thousands of pages an engine keeps cost nothing in its full collections; kept as
-    ``FeedTrace`` objects (five per candidate), 1,600 pages made every full collection a
-    200 ms pause of the whole server (benchmarks/results/realtime.md)."""
+    """A served page's trace as kept for explanations: a few ids and one compressed byte
+    string holding, per candidate, only strings and numbers. Kept as ``FeedTrace`` objects
+    (five per candidate), 1,600 pages made every full collection a 200 ms pause of the whole
+    server (benchmarks/results/realtime.md); kept as tuples, a page of 150-500 candidates still
+    held about 96 KB. Packed, it is one untracked ``bytes`` of about 6 KB (zlib level 1 over
+    pickle: 0.3 ms per page), and ``nbytes`` is what it holds, so the engine can keep its
+    traces within a byte budget. ``explain`` unpacks it (0.3 ms); explanations are rare next to
+    feeds. The bytes are made by this process from its own values and never read from outside,
+    which is what makes pickle safe here."""
 
     request_id: str
     user_id: str
     mode: str
     served: tuple[str, ...]
-    # item -> (sources' (name, score), reasons' (code, text), scored source, score,
-    #          predictions, removal's (filter, reason), re-rank notes)
-    items: dict[str, tuple]
+    # zlib(pickle(item -> (sources' (name, score), reasons' (code, text), scored source,
+    #                      score, predictions, removal's (filter, reason), re-rank notes)))
+    packed: bytes
+    nbytes: int  # memory held by this record, its strings and its bytes included
+
+    @classmethod
+    def pack(cls, request_id: str, user_id: str, mode: str, served: tuple[str, ...],
+             items: dict[str, tuple]) -> "TraceRecord":
+        packed = zlib.compress(pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL), 1)
+        nbytes = (_RECORD_OVERHEAD + sys.getsizeof(packed) + sys.getsizeof(served)
+                  + sys.getsizeof(request_id) + sum(sys.getsizeof(i) for i in served))
+        return cls(request_id, user_id, mode, served, packed, nbytes)
+
+    @property
+    def items(self) -> dict[str, tuple]:
+        """The candidates' entries, unpacked (a new dict on each call)."""
+        return pickle.loads(zlib.decompress(self.packed))
 
     def considered(self, item_id: str) -> bool:
         """Whether a source proposed the item or a filter removed it in this request."""

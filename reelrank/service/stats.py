@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from collections import deque
@@ -20,6 +21,8 @@ from reelrank.exposure import ExposureLedger
 from reelrank.service.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 class LiveStats:
@@ -112,6 +115,46 @@ class LiveStats:
         return {"p50": _hist_quantile(bounds, 0.50), "p99": _hist_quantile(bounds, 0.99),
                 "requests": int(bounds[-1][1]),
                 "measured": "HTTP time of GET /v1/feed since start, bucket-interpolated"}
+
+
+def memory_view(engine: Engine) -> dict:
+    """What holds memory, each part with its bound: the feed traces (a byte budget), the live
+    state's viewers (no bound yet: every viewer with an event, and every id a feed was served
+    to, stays until erased or a restart), the online trainer's pending rows (a count bound in
+    its own configuration), and the resident memory of this process and the trainer's."""
+    trainer = getattr(engine, "trainer", None)
+    trainer_status = trainer.status() if trainer is not None else None
+    trainer_view = None
+    if trainer_status is not None:
+        trainer_view = {
+            "mode": trainer_status.get("mode", "thread"),
+            "rows_waiting": trainer_status.get("rows_waiting"),
+            "max_rows_waiting": _trainer_queue_bound(),
+            "rss_bytes": rss_bytes(trainer_status.get("pid")) if trainer_status.get("pid")
+            else None,
+        }
+    return {
+        "rss_bytes": rss_bytes(),
+        "traces": engine.trace_usage(),
+        "live_state": {"viewers": len(engine.live.user_ids()), "max_viewers": None},
+        "trainer": trainer_view,
+    }
+
+
+def rss_bytes(pid: int | str = "self") -> int | None:
+    """Resident memory of a process, from /proc (Linux); None where that cannot be read."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            resident_pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return resident_pages * _PAGE_SIZE
+
+
+def _trainer_queue_bound() -> int:
+    from reelrank.train.online import OnlineConfig  # only when a trainer runs
+
+    return OnlineConfig().max_queue
 
 
 def _quantile(sorted_values: list[float], q: float) -> float | None:

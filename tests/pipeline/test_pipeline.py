@@ -301,6 +301,8 @@ def test_kept_traces_explain_like_the_live_trace_and_leave_the_collector_alone(e
         assert explained["filters"] == ([{"filter": removed.filter, "reason": removed.reason}]
                                         if removed else [])
     assert engine.explain("u1", result.items[0].item_id)["position"] == 1
-    for _ in range(5):  # each pass untracks the tuples whose contents it untracked before
-        gc.collect()
-    assert not any(gc.is_tracked(entry) for entry in record.items.values())
+    # Kept packed: one bytes object (never tracked by the collector) and a tuple of ids.
+    assert isinstance(record.packed, bytes) and not gc.is_tracked(record.packed)
+    gc.collect()
+    assert not gc.is_tracked(record.served)
+    assert record.nbytes > len(record.packed)

@@ -9,6 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from reelrank.service.deps import ADMIN
 from reelrank.service.schemas import ERROR_RESPONSES
+from reelrank.service.stats import memory_view
 
 router = APIRouter(prefix="/v1", tags=["operations"], responses=ERROR_RESPONSES,
                    dependencies=[Depends(ADMIN)])
@@ -17,5 +18,10 @@ router = APIRouter(prefix="/v1", tags=["operations"], responses=ERROR_RESPONSES,
 @router.get("/stats")
 async def get_stats(request: Request) -> dict[str, Any]:
     """Events/s, feed latency p50/p99, model version and age, online engagement, catalog
-    coverage, creator exposure Gini, popularity bias and per-viewer topic diversity over time."""
-    return await run_in_threadpool(request.app.state.stats.view)
+    coverage, creator exposure Gini, popularity bias and per-viewer topic diversity over time;
+    what holds memory against its budget (``memory``) and the request guard's limits, load and
+    refusals (``requests``)."""
+    view = await run_in_threadpool(request.app.state.stats.view)
+    view["memory"] = await run_in_threadpool(memory_view, request.app.state.engine)
+    view["requests"] = request.app.state.guard.view()
+    return view
