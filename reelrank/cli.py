@@ -48,6 +48,18 @@ def serve(
     retention_days: Optional[int] = typer.Option(
         None, min=1, help="Delete events older than this many days (checked hourly); "
                           "live state and exports follow."),
+    max_body_mb: float = typer.Option(
+        8.0, min=0.01, help="Largest request body in MB, refused (413) before it is read; "
+                            "a batch of 10,000 events is about 2 MB."),
+    max_in_flight: int = typer.Option(
+        128, min=1, help="Requests served at once; past it a request gets 503 with "
+                         "Retry-After."),
+    max_in_flight_per_token: int = typer.Option(
+        64, min=1, help="Requests served at once for one token; past it 429 with "
+                        "Retry-After."),
+    trace_budget_mb: float = typer.Option(
+        64.0, min=0.0, help="Memory in MB for the feed traces kept for GET /v1/explain; "
+                            "past it the least recently served viewers' traces go first."),
 ) -> None:
     """Serve the HTTP API (docs/api.md; /docs on the server) on the store in DATA_DIR.
 
@@ -63,9 +75,15 @@ def serve(
 
     if trainer not in TRAINER_MODES:
         raise typer.BadParameter(f"one of {', '.join(TRAINER_MODES)}", param_hint="--trainer")
+    from reelrank.service.guard import RequestLimits
+
+    limits = RequestLimits(max_body_bytes=int(max_body_mb * 1024 * 1024),
+                           max_in_flight=max_in_flight,
+                           max_in_flight_per_token=max_in_flight_per_token)
     app_, keys_path = prepare(data_dir, insecure_no_auth=insecure_no_auth,
                               trainer="off" if no_trainer else trainer,
-                              retention_days=retention_days)
+                              retention_days=retention_days, limits=limits,
+                              trace_budget_bytes=int(trace_budget_mb * 1024 * 1024))
     if keys_path is not None:
         typer.echo(f"API tokens (ingest, serve, admin): {keys_path}")
     else:

@@ -19,10 +19,11 @@ import uvicorn
 from fastapi import FastAPI
 
 from reelrank import logs
-from reelrank.engine import Engine
+from reelrank.engine import DEFAULT_TRACE_BUDGET_BYTES, Engine
 from reelrank.registry import ModelRegistry
 from reelrank.service.app import create_app
 from reelrank.service.deps import Authenticator, ensure_service_keys
+from reelrank.service.guard import RequestLimits
 from reelrank.service.heap import HeapKeeper
 from reelrank.store import open_store
 
@@ -36,7 +37,9 @@ TRAINER_MODES = ("process", "thread", "off")
 
 def prepare(data_dir: Path, insecure_no_auth: bool = False,
             demo: bool = False, trainer: bool | str = "process",
-            retention_days: int | None = None) -> tuple[FastAPI, Path | None]:
+            retention_days: int | None = None, limits: RequestLimits | None = None,
+            trace_budget_bytes: int = DEFAULT_TRACE_BUDGET_BYTES,
+            ) -> tuple[FastAPI, Path | None]:
     """The app on the store in ``data_dir`` (created if missing), and the keys file (None
     when auth is off). The caller owns the store: ``app.state.engine.store.close()``.
     ``demo`` turns on the web app's demo sign-in (``reelrank demo`` only). ``trainer``: how
@@ -44,7 +47,9 @@ def prepare(data_dir: Path, insecure_no_auth: bool = False,
     so that learning never competes with requests for the interpreter lock; ``"thread"``: a
     thread of this process, handing weights over in memory (a shorter event-to-weights lag,
     a longer feed p99 while it learns); ``"off"``: none here (a ``reelrank trainer`` process
-    runs elsewhere). Either way the engine swaps in each version published to the registry."""
+    runs elsewhere). Either way the engine swaps in each version published to the registry.
+    ``limits``: the request guard's caps (body size, requests in flight); ``trace_budget_bytes``:
+    the memory the feed traces kept for explanations may hold."""
     if trainer is True:
         trainer = "process"
     elif trainer is False:
@@ -57,7 +62,8 @@ def prepare(data_dir: Path, insecure_no_auth: bool = False,
     store = open_store(data_dir)
     log.info("store opened in %s", data_dir)
     try:
-        engine = Engine(store, registry=ModelRegistry(data_dir / "models")).load()
+        engine = Engine(store, registry=ModelRegistry(data_dir / "models"),
+                        trace_budget_bytes=trace_budget_bytes).load()
         # The catalog, live state and models loaded above (and, once ``run`` starts the
         # keeper, what the server keeps from then on) are frozen out of the cyclic
         # collector's full passes: each one stalls every request in flight while it scans.
@@ -74,10 +80,10 @@ def prepare(data_dir: Path, insecure_no_auth: bool = False,
         if retention_days is not None:
             engine.start_retention(retention_days)
         if insecure_no_auth:
-            app, keys = create_app(engine, None, demo=demo), None
+            app, keys = create_app(engine, None, demo=demo, limits=limits), None
         else:
             keys = ensure_service_keys(store, data_dir)
-            app = create_app(engine, Authenticator(store), demo=demo)
+            app = create_app(engine, Authenticator(store), demo=demo, limits=limits)
         app.state.heap = heap
         app.state.started = started
         return app, keys
