@@ -92,6 +92,7 @@ class LiveStats:
                           if isinstance(published, (int, float)) else None),
             },
             "catalog": {"items": len(catalog), "viewers_live": len(engine.live.user_ids())},
+            "engagement": _engagement(engine),
             "online": _latest(over_time),
             "fairness": {k: _clean(v) for k, v in exposure.items()},
             "over_time": [{k: _clean(v) for k, v in b.items()} for b in over_time],
@@ -178,6 +179,35 @@ def _hist_quantile(bounds: list[tuple[float, float]], q: float) -> float | None:
             return round((lower + (upper - lower) * frac) * 1000, 3)
         lower, below = upper, count
     return None
+
+
+def _engagement(engine: Engine) -> dict:
+    """Engagement over every event the log holds, from the videos' live counters (rebuilt from
+    the log at start-up and kept up to date by each accepted event). ``online`` below covers
+    only what this process has served since it started, one time bucket of it; these figures
+    are the ones that describe the catalog's audience as a whole."""
+    imp = views = long_views = likes = shares = negatives = 0
+    ratio_sum = 0.0
+    for s in engine.live.item_stats_many(engine.catalog.ids()):
+        imp += s.impressions
+        views += s.views
+        long_views += s.long_views
+        likes += s.likes
+        shares += s.shares
+        negatives += s.negatives
+        ratio_sum += s.watch_ratio_sum
+    # The same definitions as the over-time buckets: view rates per view (play, skip,
+    # rewatch), reaction rates per impression.
+    return {
+        "window": "all events in the log",
+        "impressions": imp, "views": views,
+        "long_view_rate": _clean(long_views / views) if views else None,
+        "mean_watch_ratio": _clean(ratio_sum / views) if views else None,
+        "like_rate": _clean(likes / imp) if imp else None,
+        "share_rate": _clean(shares / imp) if imp else None,
+        "negative_rate": _clean(negatives / imp) if imp else None,
+        "through_ms": engine.live.clock,
+    }
 
 
 def _latest(over_time: list[dict]) -> dict | None:

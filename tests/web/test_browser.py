@@ -142,8 +142,17 @@ def test_why_this_video_shows_the_explanation(phone, server):
     assert shown == [r["text"] for r in explained["reasons"]] and shown
     facts = sheet.locator(".why-facts").inner_text()
     assert f"#{explained['position']} of its page" in facts
-    if explained["predictions"]:
-        assert sheet.locator(".why-predictions rect.chart-bar").count() == len(explained["predictions"])
+    # Plain words only: no per-task model outputs as percentages, no model version; at most
+    # one sentence of expectation, there exactly when the long-view prediction clears 0.5.
+    text = sheet.inner_text()
+    assert "%" not in text and not sheet.locator(".why-predictions").count()
+    version = explained.get("model_version") or server.engine.pipeline.scorer.version
+    assert version not in text and "model" not in facts.lower()
+    long_view = (explained.get("predictions") or {}).get("long_view")
+    expected = sheet.locator(".why-expectation")
+    assert expected.count() == (1 if long_view is not None and long_view >= 0.5 else 0)
+    if expected.count():
+        assert expected.inner_text().startswith("You are likely to watch")
     phone.keyboard.press("Escape")
     assert not sheet.is_visible()
 
@@ -260,12 +269,53 @@ def test_creator_studio_shows_a_creators_insights(desktop, server):
         f"document.querySelector('.studio') && document.querySelector('.studio').dataset.creatorId === '{other_id}'")
 
 
+# Elements wider than the viewport, outside the boxes that scroll on purpose (a wide table).
+OVERFLOWING = """() => {
+  const vw = document.documentElement.clientWidth;
+  return [...document.querySelectorAll('body *')]
+    .filter((el) => !el.closest('.table-wrap') && el.getBoundingClientRect().right > vw + 0.5)
+    .map((el) => el.tagName + '.' + (el.getAttribute('class') || '') + '#' + el.id);
+}"""
+
+
+def page_width(page, selector: str) -> tuple[int, int]:
+    return page.eval_on_selector(selector, "el => [el.scrollWidth, el.clientWidth]")
+
+
+def test_creator_studio_fits_a_phone(phone, server):
+    sign_in(phone, server, "u8")
+    phone.click("a[data-page=studio]")
+    studio = phone.locator(".studio")
+    studio.wait_for()
+    phone.locator(".studio .data-table").wait_for()
+    assert phone.viewport_size["width"] == 390
+    for selector in ("#page-studio", "body", "html"):
+        scroll, client = page_width(phone, selector)
+        assert scroll <= client, f"{selector} overflows: {scroll} > {client}"
+    assert phone.evaluate(OVERFLOWING) == []
+    # The four figures and the Open button are on screen, not cut off.
+    for box in [phone.locator(".studio .tile").nth(i).bounding_box() for i in range(4)] + [
+            phone.locator("#creator-open").bounding_box()]:
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 390
+
+
 def test_operator_console_shows_live_figures_and_trains(desktop, server):
     sign_in(desktop, server, "u6")
     desktop.click("a[data-page=console]")
     version = desktop.locator("[data-tile=model-version] .tile-value")
     version.wait_for()
     assert version.inner_text() == server.engine.pipeline.scorer.version
+    # Engagement over the demo world's events (stored before the server started), non-zero,
+    # with the window it covers said on the page.
+    rate = desktop.locator("[data-tile=long-view-rate] .tile-value")
+    desktop.wait_for_function(
+        "document.querySelector('[data-tile=long-view-rate] .tile-value')"
+        ".textContent.endsWith('%')")
+    assert float(rate.inner_text().rstrip("%")) > 0
+    assert float(desktop.locator("[data-tile=like-rate] .tile-value").inner_text().rstrip("%")) > 0
+    window = desktop.locator("#engagement-window").inner_text()
+    assert "all events in the log" in window and "impressions" in window
+    assert desktop.locator(".line-chart figcaption", has_text="all events in the log").count() == 1
     desktop.locator(".line-chart path.chart-line").first.wait_for()
     assert desktop.locator(".tile").count() >= 8
     desktop.click("#train-start")

@@ -148,3 +148,25 @@ def test_items_rejects_bad_id_lists(engine, ids):
         r = c.get("/v1/items", params={"ids": ids})
         assert r.status_code == 422, r.text
         assert r.json()["error"]["details"][0]["field"] == "ids"
+
+
+def test_stats_engagement_covers_the_whole_log_and_says_so(store):
+    # What the console shows: events stored before the server started count (the demo world's
+    # history is imported first), with the window named in the answer.
+    e = Engine(store)
+    e.ingest_items([item(i) for i in range(3)])
+    events = [Event(f"i{k}", "u1", f"v{k}", T0 + k, "impression") for k in range(3)]
+    events += [Event("p0", "u1", "v0", T0 + 10, "play", 12_000),  # watched to the end
+               Event("p1", "u1", "v1", T0 + 11, "play", 1_000),
+               Event("s2", "u1", "v2", T0 + 12, "skip", 500),
+               Event("l0", "u1", "v0", T0 + 13, "like")]
+    e.ingest_events(events)
+    restarted = Engine(store).load()  # live state rebuilt from the log, as at start-up
+    with client_for(restarted, demo=False, auth=False) as c:
+        engagement = c.get("/v1/stats").json()["engagement"]
+    assert engagement["window"] == "all events in the log"
+    assert (engagement["impressions"], engagement["views"]) == (3, 3)
+    assert engagement["long_view_rate"] == pytest.approx(1 / 3, abs=1e-6)
+    assert engagement["like_rate"] == pytest.approx(1 / 3, abs=1e-6)
+    assert engagement["share_rate"] == 0
+    assert engagement["mean_watch_ratio"] == pytest.approx((1 + 1 / 12 + 0.5 / 12) / 3, abs=1e-6)

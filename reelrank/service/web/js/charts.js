@@ -61,10 +61,14 @@ export class LineChart {
     this.height = height;
     this.width = 520;
     this.el = h('figure', { class: 'line-chart' },
-      h('figcaption', { text: title }),
+      this.captionEl = h('figcaption', { text: title }),
       this.svgEl = svg('svg', { class: 'chart', viewBox: `0 0 ${this.width} ${height}`, role: 'img',
         'aria-label': title }),
       this.legend = h('div', { class: 'chart-legend' }));
+  }
+
+  caption(text) {
+    this.captionEl.textContent = text;
   }
 
   draw(series) {

@@ -1,6 +1,10 @@
 // The operator console: GET /v1/stats polled into live charts (events/s, feed latency,
 // engagement, creator exposure Gini, topic diversity), model version and age, and a button
 // that starts a training run and follows its job.
+//
+// Engagement comes from stats.engagement, which covers the window the server names (every
+// event in the log, including those stored before this server started); the page prints that
+// window next to the figures, so a rate is never read without knowing what it is a rate of.
 
 import { get, post } from './api.js';
 import { h, clear, toast, formatNumber, formatDuration } from './dom.js';
@@ -22,19 +26,21 @@ export class ConsolePage {
     this.charts = {
       events: new LineChart({ title: 'Events per second' }),
       latency: new LineChart({ title: 'Feed latency (ms)', unit: ' ms' }),
-      engagement: new LineChart({ title: 'Engagement (latest event-time bucket)', format: pct }),
+      engagement: new LineChart({ title: 'Engagement', format: pct }),
       fairness: new LineChart({ title: 'Creator exposure Gini and topic diversity (bits)' }),
     };
     this.trainButton = h('button', { type: 'button', class: 'btn btn-primary', id: 'train-start', onclick: () => this.train() }, 'Train now');
     this.progress = h('progress', { id: 'train-progress', max: '1', value: '0' });
     this.trainStatus = h('span', { id: 'train-status', class: 'status', 'aria-live': 'polite' });
     this.errorEl = h('p', { class: 'error', hidden: true });
+    this.windowEl = h('p', { class: 'muted small', id: 'engagement-window' });
     root.append(
       h('section', { class: 'panel console-head' },
         h('h2', { text: 'Operator console' }),
         h('div', { class: 'train-row' }, this.trainButton, this.progress, this.trainStatus)),
       this.errorEl,
       this.tiles,
+      this.windowEl,
       h('div', { class: 'chart-grid console-charts' }, Object.values(this.charts).map((c) => c.el)));
   }
 
@@ -74,14 +80,15 @@ export class ConsolePage {
     const t = Date.now();
     const latency = stats.feed_latency_ms || {};
     const online = stats.online || {};
+    const engagement = stats.engagement || {};
     const fair = stats.fairness || {};
     const model = stats.model || {};
     const diversity = num(fair.per_user_topic_entropy_bits) ?? num(online.per_user_topic_entropy_bits);
     this.push('events', t, num(stats.events_per_second));
     this.push('p50', t, num(latency.p50));
     this.push('p99', t, num(latency.p99));
-    this.push('long_view', t, num(online.long_view_rate));
-    this.push('like', t, num(online.like_rate));
+    this.push('long_view', t, num(engagement.long_view_rate));
+    this.push('like', t, num(engagement.like_rate));
     this.push('gini', t, num(fair.creator_exposure_gini));
     this.push('diversity', t, diversity);
     this.charts.events.draw([this.line('events', 'events/s')]);
@@ -99,8 +106,11 @@ export class ConsolePage {
       tile('creator exposure Gini', formatNumber(num(fair.creator_exposure_gini), 3), 'gini'),
       tile('topic diversity', diversity === null ? '–' : `${diversity.toFixed(2)} bits`),
       tile('catalog coverage', pct(fair.catalog_coverage)),
-      tile('long-view rate', pct(online.long_view_rate)),
-      tile('like rate', pct(online.like_rate)));
+      tile('long-view rate', pct(engagement.long_view_rate), 'long-view-rate'),
+      tile('like rate', pct(engagement.like_rate), 'like-rate'),
+      tile('share rate', pct(engagement.share_rate), 'share-rate'));
+    this.windowEl.textContent = engagementWindow(engagement);
+    this.charts.engagement.caption(`Engagement: ${engagement.window || 'no events yet'}`);
   }
 
   async train() {
@@ -139,6 +149,14 @@ export class ConsolePage {
       setTimeout(() => this.follow(jobId), 1000);
     }
   }
+}
+
+// "Engagement over all events in the log: 12,345 impressions, 13,002 views (long views and
+// watch ratio per view; likes and shares per impression)."
+function engagementWindow(e) {
+  if (!e.window) return 'Engagement: no events yet.';
+  return `Engagement over ${e.window}: ${formatNumber(num(e.impressions))} impressions, ` +
+    `${formatNumber(num(e.views))} views (long views per view; likes and shares per impression).`;
 }
 
 function tile(label, value, id) {

@@ -45,14 +45,14 @@ export class FeedPage {
 
   build() {
     this.modeEl = h('span', { id: 'feed-mode', class: 'chip mode' }, '…');
-    this.modelEl = h('span', { id: 'feed-model', class: 'muted small' });
     this.noticesEl = h('div', { id: 'feed-notices', class: 'notices', 'aria-live': 'polite' });
     this.track = h('div', { class: 'feed-track' });
     this.emptyEl = h('p', { class: 'feed-empty', hidden: true });
     this.viewport = h('div', { class: 'feed-viewport', tabindex: '0',
       'aria-label': 'Feed: swipe, scroll or use the arrow keys for the next video' },
     this.track, this.emptyEl);
-    this.root.append(h('div', { class: 'feed-head' }, this.modeEl, this.modelEl), this.noticesEl, this.viewport);
+    // The model version is an operator's figure (the console shows it), not a viewer's.
+    this.root.append(h('div', { class: 'feed-head' }, this.modeEl), this.noticesEl, this.viewport);
     this.whySheet = new Sheet(this.root, 'why-sheet', 'Why this video?');
     this.commentSheet = new Sheet(this.root, 'comment-sheet', 'Comment');
     this.hideSheet = new Sheet(this.root, 'hide-sheet', 'Not interested');
@@ -215,7 +215,6 @@ export class FeedPage {
   showHead(feed) {
     this.modeEl.dataset.mode = feed.mode;
     this.modeEl.textContent = MODE_LABELS[feed.mode] || feed.mode;
-    this.modelEl.textContent = `model ${feed.model_version}`;
     clear(this.noticesEl);
     for (const notice of feed.notices || []) {
       this.noticesEl.append(h('div', { class: 'notice', dataset: { code: notice.code } },

@@ -105,7 +105,7 @@ function tile(label, value) {
 function videoTable(videos) {
   if (!videos.length) return null;
   const rates = Object.keys(RATE_LABELS);
-  return h('table', { class: 'data-table' },
+  return h('div', { class: 'table-wrap' }, h('table', { class: 'data-table' },
     h('thead', {}, h('tr', {}, h('th', { text: 'video' }), h('th', { text: 'topic' }), h('th', { text: 'viewers' }),
       rates.map((r) => h('th', { text: RATE_LABELS[r] })), h('th', { text: 'exploration' }))),
     h('tbody', {}, videos.map((v) => h('tr', {},
@@ -115,14 +115,16 @@ function videoTable(videos) {
         v.vs_similar && typeof v.vs_similar[r] === 'number'
           ? h('small', { class: v.vs_similar[r] >= 0 ? 'up' : 'down',
             text: ` ${v.vs_similar[r] >= 0 ? '+' : ''}${Math.round(v.vs_similar[r] * 100)}%` }) : null)),
-      h('td', { text: v.exploration ? humanize(v.exploration.state) : '–' })))));
+      h('td', { text: v.exploration ? humanize(v.exploration.state) : '–' }))))));
 }
 
 function suggestions(items) {
   if (!items.length) return h('p', { class: 'muted', text: 'No gap found: you already post what your audience asks for.' });
   const top = [...items].sort((a, b) => (b.opportunity || 0) - (a.opportunity || 0)).slice(0, 8);
   return h('div', {},
-    barChart(top.map((s) => ({ label: `${s.kind}: ${s.value}`, value: s.opportunity || 0 })), { format: (v) => formatNumber(v, 2) }),
+    // opportunity = the audience's share of interest / the creator's share of videos: a ratio.
+    barChart(top.map((s) => ({ label: `${s.kind}: ${s.value}`, value: s.opportunity || 0 })), { format: (v) => `${formatNumber(v, 1)}×` }),
+    h('p', { class: 'muted small chart-note', text: 'Bars: how many times more of your audience\'s interest goes to it than of your videos.' }),
     h('ul', { class: 'suggestions' }, top.map((s) => h('li', {},
       h('b', { text: `${humanize(s.kind)} “${s.value}”` }),
       ` — ${pct(s.demand_share)} of your audience's interest, ${pct(s.supply_share)} of your videos`,
