@@ -239,3 +239,36 @@ def test_the_fuzzer_covers_every_operation_of_the_document():
     # The list is read from the document, so a new route is fuzzed without anyone adding it.
     assert ("POST", "/v1/events") in OPERATIONS and ("GET", "/v1/feed") in OPERATIONS
     assert len(OPERATIONS) >= 20
+
+
+def test_every_list_a_request_can_carry_is_bounded(target):
+    """Ids per request are capped: every array in a request body or parameter declares
+    ``maxItems`` (batches 10,000, rank 1,000, hidden creators and sounds 1,000, ...)."""
+    _, doc, _ = target
+    unbounded: list[str] = []
+
+    def walk(schema: dict, where: str, seen: frozenset) -> None:
+        if "$ref" in schema:
+            name = schema["$ref"].rsplit("/", 1)[-1]
+            if name not in seen:
+                walk(doc["components"]["schemas"][name], name, seen | {name})
+            return
+        for key in ("anyOf", "oneOf", "allOf"):
+            for inner in schema.get(key, ()):
+                walk(inner, where, seen)
+        if schema.get("type") == "array":
+            if "maxItems" not in schema:
+                unbounded.append(where)
+            walk(schema.get("items", {}), where + "[]", seen)
+        for name, inner in schema.get("properties", {}).items():
+            walk(inner, f"{where}.{name}", seen)
+
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            for param in op.get("parameters", ()):
+                walk(param.get("schema", {}), f"{method} {path} {param['name']}", frozenset())
+            body = op.get("requestBody")
+            if body:
+                walk(body["content"]["application/json"]["schema"], f"{method} {path}",
+                     frozenset())
+    assert unbounded == []

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException, status
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Path, status
 
 from reelrank.errors import NotFoundError
 from reelrank.service.deps import ADMIN, EngineDep
-from reelrank.service.schemas import ERROR_RESPONSES
+from reelrank.service.schemas import ERROR_RESPONSES, Id
 
 router = APIRouter(tags=["operations"], responses=ERROR_RESPONSES, dependencies=[Depends(ADMIN)])
 
@@ -22,7 +24,7 @@ def start_training(engine: EngineDep) -> dict:
 
 
 @router.get("/v1/admin/jobs/{job_id}")
-def get_job(job_id: str, engine: EngineDep) -> dict:
+def get_job(job_id: Annotated[Id, Path()], engine: EngineDep) -> dict:
     job = engine.training.get(job_id) if engine.training is not None else None
     if job is None:
         raise NotFoundError(f"no job {job_id!r}")
