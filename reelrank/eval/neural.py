@@ -89,18 +89,17 @@ class NeuralRecommender(EngineRecommender):
         run = _shared.get("run")
         if run is None or run.key != key:
             drop_shared()
-            run = _shared["run"] = self._train(items, events, key)
+            run = _shared["run"] = self._train(items, events, key, len(train))
         self._run = run
         self.engine = run.engine
         self.settings.update(run.settings)
 
-    def _train(self, items: list[Item], events: list[Event], key) -> _Trained:
+    def _train(self, items: list[Item], events: list[Event], key, positives: int) -> _Trained:
         tmp = scratch_dir()
         root = Path(tmp.name)
         settings: dict = {}
         impressions = sum(1 for e in events if e.type == "impression")
-        plays = sum(1 for e in events if e.type == "play")
-        if impressions and plays >= 0.95 * impressions:
+        if impressions and positives >= 0.95 * impressions:
             # Next-item data: every shown item was taken. Posted as plays only, as an app that
             # sends no impressions would; the training job then trains no ranker.
             events = [e for e in events if e.type != "impression"]

@@ -80,6 +80,8 @@ def test_the_served_feed_beside_its_components_on_kuairand(tmp_path, monkeypatch
     versions = {models[n]["settings"]["model_version"] for n in names[1:]}
     assert len(versions) == 1
     assert models["reelrank"]["settings"]["train_config"]["retrieval"]["validation_users"] > 0
+    assert "events" not in models["reelrank"]["settings"]  # impressions kept: a ranker trains
+    assert models["reelrank"]["settings"]["train_metrics"]["ranker_epochs"] >= 1
     for n in names[1:]:  # /v1/rank's figures are the same in every view
         assert (models[n]["metrics"]["impressions"]["long_view"]["gauc"]
                 == models["reelrank"]["metrics"]["impressions"]["long_view"]["gauc"])
