@@ -161,7 +161,8 @@ class NeuralRecommender(EngineRecommender):
             if state is not None:
                 seen = [m.item_index[i] for i in state.seen if i in m.item_index]
                 s[seen] = -np.inf
-            top = np.argpartition(-s, self.ranker_candidates - 1)[:self.ranker_candidates]
+            k = min(self.ranker_candidates, len(s))
+            top = np.argpartition(-s, k - 1)[:k]
             top = top[np.isfinite(s[top])]
             ids = [m.item_ids[k] for k in top]
             ctx = self.engine.context(FeedRequest(user_id=user_id, n=len(ids)))
