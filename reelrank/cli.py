@@ -260,8 +260,11 @@ def trainer_(
             tmp.write_text(json.dumps({**status, "written_at": time.time()}, default=str))
             tmp.replace(status_file)
             ticks += 1
-            if ticks % 15 == 0:
-                typer.echo(f"trainer: {status}", err=commands_from_stdin)
+            # Standalone, a status line now and then shows the trainer is alive; as the child
+            # of `reelrank serve`, GET /v1/admin/trainer shows the same and the console stays
+            # quiet.
+            if ticks % 15 == 0 and not commands_from_stdin:
+                typer.echo(f"trainer: {status}")
     finally:
         runner.stop()
         store.close()

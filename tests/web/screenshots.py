@@ -3,8 +3,8 @@
     .venv/bin/python -m tests.web.screenshots --out docs/screenshots
 
 A demo server over a synthetic world (large enough for creator insights to clear their
-minimum-audience rule) and Debian's chromium driven by Playwright; phone-sized shots of the
-viewer's pages, desktop-sized ones of the studio and the console.
+minimum-audience rule) and Debian's chromium driven by Playwright: every page at phone width
+(390 px), and the studio and the console also at desktop width.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
+from reelrank import logs
 from tests.web.conftest import chromium_path
 from tests.web.server import demo_server
 
@@ -80,6 +81,16 @@ def take(out: Path, viewer: str) -> list[Path]:
             "document.querySelector('#train-status').textContent.startsWith('done')", timeout=120_000)
         desk.wait_for_timeout(6_500)  # a few polls of /v1/stats for the live charts
         shot(desk, "console")
+
+        # The operator's pages at phone width too: they must fit a 390 px screen.
+        phone.click("a[data-page=studio]")
+        phone.locator(".studio").wait_for()
+        phone.wait_for_timeout(500)
+        shot(phone, "studio-phone")
+        phone.click("a[data-page=console]")
+        phone.locator("[data-tile=long-view-rate]").wait_for()
+        phone.wait_for_timeout(4_500)  # a few polls for the charts
+        shot(phone, "console-phone")
         browser.close()
     return shots
 
@@ -89,7 +100,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/screenshots"))
     parser.add_argument("--viewer", default="u7", help="the synthetic viewer to sign in as")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logs.setup("info")  # the same quiet logging as the server (faiss loader lines at DEBUG)
     take(args.out, args.viewer)
 
 
