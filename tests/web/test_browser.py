@@ -358,3 +358,22 @@ def test_share_comment_follow_and_not_interested(phone, server):
     ahead = phone.eval_on_selector_all(
         ".card", "els => els.filter(e => Number(e.dataset.index) >= 1).map(e => e.dataset.creatorId)")
     assert ahead and creator not in ahead
+
+
+def test_api_docs_render_offline(desktop, server):
+    # Every request to another host is refused and recorded: the page must not need one.
+    elsewhere: list[str] = []
+
+    def only_this_server(route):
+        if route.request.url.startswith(server.base_url):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    desktop.route("**/*", only_this_server)
+    desktop.goto(server.base_url + "/docs")
+    desktop.locator(".opblock").first.wait_for(timeout=15_000)
+    paths = desktop.locator(".opblock-summary-path").all_inner_texts()
+    assert any("/v1/feed" in p for p in paths) and any("/v1/events" in p for p in paths)
+    assert elsewhere == []
