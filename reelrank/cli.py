@@ -275,7 +275,8 @@ def eval_(
     dataset: str = typer.Option(
         ..., help="KIND:PATH. kuairand:FOLDER (KuaiRand-Pure; temporal split by local day, "
                   "UTC+8), beauty:FILE or sequences:FILE ('user item' lines in time order; "
-                  "leave-one-out), movielens:FOLDER (leave-one-out over the ratings)."),
+                  "leave-one-out), movielens:FOLDER (leave-one-out over the ratings). Where to "
+                  "download each: docs/datasets.md."),
     cutoff: str = typer.Option(
         None, help="First test day, YYYY-MM-DD (kuairand only): train on the days before it, "
                    "test on it and the following days. Default: the last 4 days of the log."),
@@ -309,7 +310,8 @@ def eval_(
 @app.command()
 def audit(
     world: str = typer.Option("synthetic", help="synthetic, or kuairand:FOLDER (a replay of "
-                                                "the KuaiRand-Pure test days)."),
+                                                "the KuaiRand-Pure test days; where to get it: "
+                                                "docs/datasets.md)."),
     settings: str = typer.Option("off,default,strong",
                                  help="Comma-separated: off, v0, default, strong."),
     out: Path = typer.Option(None, help="Folder for report.json and report.md."),
