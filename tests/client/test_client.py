@@ -237,3 +237,17 @@ def test_the_async_client_speaks_the_same_api(live_server):
     assert len(page.items) == 3
     assert err.fields == ["events[0].watch_ms"] and err.indexes == [0]
     assert settings.muted_keywords == ["football"]
+
+
+def test_backoff_doubles_with_jitter_and_follows_retry_after():
+    import random
+
+    policy = RetryPolicy(backoff_s=0.5, max_backoff_s=4.0, rng=random.Random(1))
+    waits = [policy.delay(k, None) for k in range(6)]
+    for k, wait in enumerate(waits):
+        base = min(0.5 * 2 ** k, 4.0)
+        assert base / 2 <= wait <= base  # jitter never waits longer than the plain backoff
+    assert waits[5] <= 4.0
+    asked = httpx.Response(429, headers={"Retry-After": "2"})
+    assert policy.delay(0, asked) == 2.0
+    assert policy.delay(0, httpx.Response(503, headers={"Retry-After": "120"})) == 4.0  # capped
