@@ -170,29 +170,40 @@ def _write_world(store, users: int, items: int, creators: int, sessions: int, sw
 @app.command()
 def train(
     data_dir: Path = typer.Option(Path("data"), help=DATA_DIR_HELP),
-    retrieval_epochs: int = typer.Option(5, help="Epochs of the two-tower retrieval model."),
-    ranker_epochs: int = typer.Option(1, help="Epochs of the multi-task ranker (0: no ranker)."),
-    holdout: float = typer.Option(0.1, help="Share of the time span held out for measurement."),
+    retrieval_epochs: Optional[int] = typer.Option(
+        None, help="Most epochs of the two-tower retrieval model (default: the server's, "
+        "with early stopping)."),
+    ranker_epochs: Optional[int] = typer.Option(
+        None, help="Most epochs of the multi-task ranker (0: no ranker; default: the "
+        "server's, with early stopping)."),
+    holdout: float = typer.Option(0.1, help="Share of the time span held out to pick the "
+                                  "ranker's epochs."),
     seed: int = typer.Option(0, help="Random seed: the same seed and data train the same model."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Train the retrieval model and the ranker on everything in the store and publish them to
-    DATA_DIR/models. Both models train on the earlier part of the log and are measured on the
-    last HOLDOUT share of time (ranker AUC/GAUC per task, retrieval Recall@100); the figures are
-    printed and saved with the model. A running server switches to the new version without a
-    restart (POST /v1/admin/train does the same from inside the server)."""
+    DATA_DIR/models, with the same defaults as POST /v1/admin/train. The ranker's epochs are
+    chosen on the last HOLDOUT share of time (its GAUC per task), then it is fitted on every
+    row; retrieval stops when NDCG@10 of held-out last positives stops improving. The figures
+    are printed and saved with the model. A running server switches to the new version
+    without a restart."""
     import json
+
+    from dataclasses import replace
 
     from reelrank.registry import ModelRegistry
     from reelrank.store import open_store
     from reelrank.train.job import TrainConfig, train_from_store
-    from reelrank.train.ranker import RankerConfig
-    from reelrank.train.retrieval import RetrievalConfig
 
     _logging("warning")
-    cfg = TrainConfig(retrieval=RetrievalConfig(epochs=retrieval_epochs, seed=seed),
-                      ranker=RankerConfig(epochs=ranker_epochs, seed=seed),
-                      holdout=holdout, seed=seed)
+    # The same defaults as POST /v1/admin/train: the same data trains the same model.
+    base = TrainConfig()
+    cfg = TrainConfig(
+        retrieval=replace(base.retrieval, seed=seed, **(
+            {} if retrieval_epochs is None else {"epochs": retrieval_epochs})),
+        ranker=replace(base.ranker, seed=seed, **(
+            {} if ranker_epochs is None else {"epochs": ranker_epochs})),
+        holdout=holdout, seed=seed)
     store = open_store(data_dir)
     try:
         result = train_from_store(store, ModelRegistry(Path(data_dir) / "models"), cfg,
