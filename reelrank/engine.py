@@ -138,8 +138,10 @@ class Engine:
                 self.catalog.upsert(batch)
                 batch = []
         self.catalog.upsert(batch)
+        started = time.perf_counter()
         n, _ = self._replay(self.live)
-        log.info("loaded %d items and replayed %d events", len(self.catalog), n)
+        log.info("loaded %d items; live state rebuilt from %d events in %.1f s",
+                 len(self.catalog), n, time.perf_counter() - started)
         self.models.refresh()
         return self
 

@@ -72,7 +72,8 @@ def run_epochs(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, epoc
         if evaluate is not None:
             metrics = evaluate(model, epoch)
             report.evals.append({"epoch": epoch + 1, **metrics})
-            log.info("%s epoch %d loss %.4f %s", name, epoch + 1, report.losses[-1], metrics)
+            log.info("%s epoch %d loss %.4f %s", name, epoch + 1, report.losses[-1],
+                     {k: v for k, v in metrics.items() if not isinstance(v, dict)})
             value = metrics.get(monitor) if monitor is not None else None
             if value is not None and value == value:
                 if best is None or value > best:
