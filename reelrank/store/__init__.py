@@ -16,9 +16,15 @@ def open_store(url: str | Path) -> Store:
     - ``sqlite:///abs/path/reelrank.db`` or ``sqlite:relative.db``: the embedded default;
     - a bare path: a file ending in .db / .sqlite / .sqlite3, else a directory
       (``reelrank.db`` inside it);
-    - ``postgresql://...``: the scale path (not in this build yet).
+    - ``postgresql://user:password@host:port/dbname`` (or ``postgres://``): the PostgreSQL
+      store, for several processes on one database.
     """
     text = str(url)
+    if text.startswith(("postgresql://", "postgres://")):
+        # Imported here: psycopg is needed only by those who use this backend.
+        from reelrank.store.postgres import PostgresStore
+
+        return PostgresStore(text)
     if text.startswith("sqlite:"):
         path = text[len("sqlite:"):]
         if path.startswith("///"):

@@ -13,16 +13,24 @@ import pytest
 from reelrank.store import open_store
 from reelrank.store.base import Store
 from reelrank.types import ApiKey, Event, Item, UserSettings
+from tests.pg import throwaway_database
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "postgresql"]
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request, tmp_path):
     if request.param == "sqlite":
         s = open_store(f"sqlite:///{tmp_path}/contract.db")
-    yield s
-    s.close()
+        yield s
+        s.close()
+    elif request.param == "postgresql":
+        # A database of its own, dropped after the test; skipped (failed under CI) when no
+        # server is reachable (tests/pg.py).
+        with throwaway_database() as url:
+            s = open_store(url)
+            yield s
+            s.close()
 
 
 def item(i: int, **kw) -> Item:

@@ -1,0 +1,480 @@
+"""The scale-out store: PostgreSQL through psycopg 3 and a connection pool.
+
+It holds what the SQLite store holds (catalog, event log, settings, token hashes, access log)
+and keeps the same promises:
+
+- Durable at return: every write is one transaction, and ``append_events`` returns after its
+  COMMIT, which PostgreSQL answers once the WAL is flushed. Each session sets
+  ``synchronous_commit = on`` itself, so a server or role configured with it off cannot make
+  an acknowledged event losable.
+- Nothing half-stored: a batch is copied into a session-local staging table and moved into the
+  log by one ``INSERT ... SELECT ... ON CONFLICT (event_id) DO NOTHING`` in the same
+  transaction; any failure rolls all of it back.
+- Log order is commit order: appends take one transaction-scoped advisory lock before taking
+  sequence numbers. Without it two writers could commit out of order (seq 11 visible before
+  seq 10), and a reader tailing ``seq > last_seen`` (the online trainer, another API process)
+  would skip seq 10 for ever. Writers in other processes on the same database queue on the
+  same lock.
+- Ordering and comparison of ids are bytewise (``COLLATE "C"``), as in SQLite, not the
+  database's locale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import secrets
+import time
+from typing import Iterable, Iterator
+
+import psycopg
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
+
+from reelrank.errors import StoreError
+from reelrank.store.base import AppendResult
+from reelrank.types import AccessRecord, ApiKey, Event, Item, UserSettings
+
+log = logging.getLogger(__name__)
+
+# Advisory lock keys (their scope is the database, so two ReelRank databases on one server
+# never contend).
+_SCHEMA_LOCK = 0x5265_656C_0001
+_APPEND_LOCK = 0x5265_656C_0002
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    item_id TEXT COLLATE "C" PRIMARY KEY,
+    -- insertion order, which iter_items follows (an upsert keeps the first position)
+    pos BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,
+    creator_id TEXT NOT NULL,
+    duration_ms BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    caption TEXT NOT NULL DEFAULT '',
+    hashtags TEXT NOT NULL DEFAULT '[]',
+    sound_id TEXT,
+    language TEXT,
+    region TEXT,
+    visible BOOLEAN NOT NULL DEFAULT TRUE,
+    attributes TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event_id TEXT COLLATE "C" NOT NULL,
+    user_id TEXT COLLATE "C" NOT NULL,
+    item_id TEXT NOT NULL,
+    ts BIGINT NOT NULL,
+    type TEXT NOT NULL,
+    watch_ms BIGINT,
+    request_id TEXT,
+    position BIGINT,
+    device TEXT,
+    region TEXT,
+    source TEXT,
+    session_id TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS events_event_id ON events (event_id);
+CREATE INDEX IF NOT EXISTS events_user ON events (user_id, seq);
+CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
+CREATE TABLE IF NOT EXISTS user_settings (
+    user_id TEXT COLLATE "C" PRIMARY KEY,
+    personalization BOOLEAN NOT NULL,
+    muted_keywords TEXT NOT NULL,
+    daily_limit_minutes BIGINT,
+    extra TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS access_log (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    user_ref TEXT NOT NULL,
+    ts BIGINT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS access_log_user ON access_log (user_ref, id);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_hash TEXT COLLATE "C" PRIMARY KEY,
+    scope TEXT NOT NULL,
+    user_id TEXT COLLATE "C",
+    created_at BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS api_keys_user ON api_keys (user_id);
+"""
+
+_EVENT_FIELDS = ("event_id", "user_id", "item_id", "ts", "type", "watch_ms", "request_id",
+                 "position", "device", "region", "source", "session_id")
+_EVENT_COLUMNS = ", ".join(_EVENT_FIELDS)
+_ITEM_COLUMNS = (
+    "item_id, creator_id, duration_ms, created_at, caption, hashtags, sound_id, language, region, "
+    "visible, attributes"
+)
+# Rows per page of a scan: each page is its own short query, so a scan of a large log holds
+# no transaction (and no snapshot that would hold back VACUUM) between pages.
+_PAGE = 10_000
+# Tables that hold a viewer's rows: vacuumed after erasure and retention.
+_USER_TABLES = ("events", "user_settings", "api_keys", "access_log")
+
+
+def _item_row(item: Item) -> tuple:
+    return (
+        item.item_id, item.creator_id, item.duration_ms, item.created_at, item.caption,
+        json.dumps(list(item.hashtags)), item.sound_id, item.language, item.region,
+        bool(item.visible), json.dumps(dict(item.attributes), sort_keys=True),
+    )
+
+
+def _item_from_row(row: tuple) -> Item:
+    return Item(
+        item_id=row[0], creator_id=row[1], duration_ms=row[2], created_at=row[3], caption=row[4],
+        hashtags=tuple(json.loads(row[5])), sound_id=row[6], language=row[7], region=row[8],
+        visible=bool(row[9]), attributes=json.loads(row[10]),
+    )
+
+
+def _event_row(e: Event) -> tuple:
+    return (e.event_id, e.user_id, e.item_id, e.ts, e.type, e.watch_ms, e.request_id,
+            e.position, e.device, e.region, e.source, e.session_id)
+
+
+def _settings_from_row(user_id: str, row: tuple) -> UserSettings:
+    extra = json.loads(row[3] or "{}")
+    return UserSettings(
+        user_id=user_id, personalization=bool(row[0]), muted_keywords=tuple(json.loads(row[1])),
+        daily_limit_minutes=row[2], hidden_creators=tuple(extra.get("hidden_creators", ())),
+        hidden_sounds=tuple(extra.get("hidden_sounds", ())),
+        young_viewer=bool(extra.get("young_viewer", False)),
+        interests_reset_seq=int(extra.get("interests_reset_seq", 0)),
+    )
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs and ``Store.url``."""
+    return re.sub(r"^(\w+://[^:/@]*):[^@]*@", r"\1:***@", url)
+
+
+def _configure(conn: psycopg.Connection) -> None:
+    """Session setup for each pooled connection."""
+    conn.execute("SET synchronous_commit = on")
+    # The staging table of append_events: private to the session and emptied at every commit,
+    # so a batch never sees another batch's rows.
+    conn.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS incoming_events (ord INTEGER NOT NULL, "
+        "event_id TEXT, user_id TEXT, item_id TEXT, ts BIGINT, type TEXT, watch_ms BIGINT, "
+        "request_id TEXT, position BIGINT, device TEXT, region TEXT, source TEXT, "
+        "session_id TEXT) ON COMMIT DELETE ROWS")
+    conn.commit()
+
+
+class PostgresStore:
+    """Catalog, event log, settings and keys in one PostgreSQL database."""
+
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 8,
+                 timeout_s: float = 30.0):
+        self.url = redact(url)
+        self._closed = False
+        # One plain connection first: an unreachable server or a refused login is reported
+        # at once with PostgreSQL's own words, not as a pool timeout after retries.
+        try:
+            with psycopg.connect(url, connect_timeout=int(timeout_s)) as conn:
+                self._salt = self._prepare_schema(conn)
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot open PostgreSQL at {self.url}: {exc}") from exc
+        self._pool = ConnectionPool(url, min_size=min_size, max_size=max_size,
+                                    timeout=timeout_s, configure=_configure, open=False,
+                                    name="reelrank-store")
+        try:
+            self._pool.open(wait=True, timeout=timeout_s)
+        except PoolTimeout as exc:
+            self._pool.close()
+            raise StoreError(f"cannot open a pool on PostgreSQL at {self.url}: {exc}") from exc
+
+    def _prepare_schema(self, conn: psycopg.Connection) -> str:
+        """Create what is missing (two processes starting at once queue on a lock) and return
+        the access log's salt."""
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            conn.execute(SCHEMA)
+            conn.execute("INSERT INTO meta (key, value) VALUES ('access_salt', %s) "
+                         "ON CONFLICT (key) DO NOTHING", (secrets.token_hex(16),))
+            salt = conn.execute("SELECT value FROM meta WHERE key = 'access_salt'").fetchone()[0]
+        fsync = conn.execute("SHOW fsync").fetchone()[0]
+        if fsync != "on":
+            log.warning("PostgreSQL at %s runs with fsync=%s: accepted events can be lost in a "
+                        "crash of the server's machine", self.url, fsync)
+        return salt
+
+    # -- connections ----------------------------------------------------------------------------
+    def _tx(self):
+        """A pooled connection inside one transaction: committed when the block ends, rolled
+        back if it raises. Connection failures become ``StoreError`` (the API answers 503)."""
+        if self._closed:
+            raise StoreError("store is closed")
+        return _Transaction(self._pool, self.url)
+
+    def close(self, wait_s: float = 30.0) -> None:
+        """Close the pool. A query running in another thread finishes on its connection first
+        (the pool closes a connection only once it is returned), and a later page of a scan
+        raises ``StoreError``."""
+        if self._closed:
+            return
+        self._closed = True
+        self._pool.close(timeout=wait_s)
+
+    def _user_ref(self, user_id: str) -> str:
+        # Salted as in SQLite: an erased viewer's id is not left behind in the access log.
+        return hashlib.sha256(f"{self._salt}:{user_id}".encode()).hexdigest()
+
+    def _one(self, sql: str, args: tuple = ()):
+        with self._tx() as conn:
+            return conn.execute(sql, args).fetchone()
+
+    # -- catalog --------------------------------------------------------------------------------
+    def upsert_items(self, items: Iterable[Item]) -> int:
+        rows = [_item_row(i) for i in items]
+        if not rows:
+            return 0
+        # One statement per row (pipelined by executemany), so an item twice in one batch is
+        # simply written twice, the last copy winning, as in SQLite.
+        sql = (
+            f"INSERT INTO items ({_ITEM_COLUMNS}) VALUES "
+            "(%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
+            "ON CONFLICT (item_id) DO UPDATE SET creator_id=excluded.creator_id, "
+            "duration_ms=excluded.duration_ms, created_at=excluded.created_at, "
+            "caption=excluded.caption, hashtags=excluded.hashtags, sound_id=excluded.sound_id, "
+            "language=excluded.language, region=excluded.region, visible=excluded.visible, "
+            "attributes=excluded.attributes"
+        )
+        with self._tx() as conn, conn.cursor() as cur:
+            cur.executemany(sql, rows)
+        return len(rows)
+
+    def get_items(self, item_ids: Iterable[str]) -> dict[str, Item]:
+        ids = list(dict.fromkeys(item_ids))
+        if not ids:
+            return {}
+        with self._tx() as conn:
+            rows = conn.execute(
+                f"SELECT {_ITEM_COLUMNS} FROM items WHERE item_id = ANY(%s)", (ids,)).fetchall()
+        return {r[0]: _item_from_row(r) for r in rows}
+
+    def iter_items(self) -> Iterator[Item]:
+        last = 0
+        while True:
+            with self._tx() as conn:
+                rows = conn.execute(
+                    f"SELECT pos, {_ITEM_COLUMNS} FROM items WHERE pos > %s ORDER BY pos "
+                    "LIMIT %s", (last, _PAGE)).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield from (_item_from_row(r[1:]) for r in rows)
+
+    def count_items(self) -> int:
+        return self._one("SELECT COUNT(*) FROM items")[0]
+
+    # -- event log ------------------------------------------------------------------------------
+    def append_events(self, events: Iterable[Event]) -> AppendResult:
+        batch = list(events)
+        if not batch:
+            return AppendResult(accepted=[], duplicates=0)
+        # An id twice in one batch: the first copy is the one offered to the log.
+        first: dict[str, Event] = {}
+        for e in batch:
+            first.setdefault(e.event_id, e)
+        unique = list(first.values())
+        with self._tx() as conn, conn.cursor() as cur:
+            # Staged before the lock, so the lock covers only the INSERT and the commit.
+            with cur.copy(f"COPY incoming_events (ord, {_EVENT_COLUMNS}) FROM STDIN") as copy:
+                for n, e in enumerate(unique):
+                    copy.write_row((n, *_event_row(e)))
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_APPEND_LOCK,))
+            # ORDER BY ord: sequence numbers follow the input order.
+            cur.execute(
+                f"INSERT INTO events ({_EVENT_COLUMNS}) SELECT {_EVENT_COLUMNS} "
+                "FROM incoming_events ORDER BY ord "
+                "ON CONFLICT (event_id) DO NOTHING RETURNING event_id")
+            stored = {r[0] for r in cur.fetchall()}
+        accepted = [e for e in unique if e.event_id in stored]
+        return AppendResult(accepted=accepted, duplicates=len(batch) - len(accepted))
+
+    def iter_events(
+        self, after_seq: int = 0, user_id: str | None = None, since_ts: int | None = None
+    ) -> Iterator[tuple[int, Event]]:
+        where = ["seq > %s", "seq <= %s"]
+        args: list = []
+        if user_id is not None:
+            where.append("user_id = %s")
+            args.append(user_id)
+        if since_ts is not None:
+            where.append("ts >= %s")
+            args.append(since_ts)
+        sql = (f"SELECT seq, {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} "
+               "ORDER BY seq LIMIT %s")
+        # The scan covers the log as it was when it started (as SQLite's read transaction
+        # does): commits are in seq order, so "seq <= the last seq now" is that snapshot.
+        upper = self.last_seq()
+        last = after_seq
+        while True:
+            with self._tx() as conn:
+                rows = conn.execute(sql, (last, upper, *args, _PAGE)).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            for r in rows:
+                if self._closed:  # a scan outliving its store stops with a clear error
+                    raise StoreError("store is closed")
+                yield r[0], Event(*r[1:])
+            if len(rows) < _PAGE:
+                return
+
+    def count_events(self, user_id: str | None = None) -> int:
+        if user_id is None:
+            return self._one("SELECT COUNT(*) FROM events")[0]
+        return self._one("SELECT COUNT(*) FROM events WHERE user_id = %s", (user_id,))[0]
+
+    def last_seq(self) -> int:
+        return self._one("SELECT COALESCE(MAX(seq), 0) FROM events")[0]
+
+    # -- settings -------------------------------------------------------------------------------
+    def get_settings(self, user_id: str) -> UserSettings:
+        row = self._one(
+            "SELECT personalization, muted_keywords, daily_limit_minutes, extra "
+            "FROM user_settings WHERE user_id = %s", (user_id,))
+        if row is None:
+            return UserSettings(user_id=user_id)
+        return _settings_from_row(user_id, row)
+
+    def iter_settings(self) -> Iterator[UserSettings]:
+        with self._tx() as conn:
+            rows = conn.execute(
+                "SELECT user_id, personalization, muted_keywords, daily_limit_minutes, extra "
+                "FROM user_settings ORDER BY user_id").fetchall()
+        for row in rows:
+            yield _settings_from_row(row[0], row[1:])
+
+    def put_settings(self, settings: UserSettings) -> None:
+        extra = {
+            "hidden_creators": list(settings.hidden_creators),
+            "hidden_sounds": list(settings.hidden_sounds),
+            "young_viewer": settings.young_viewer,
+            "interests_reset_seq": settings.interests_reset_seq,
+        }
+        row = (settings.user_id, bool(settings.personalization),
+               json.dumps(list(settings.muted_keywords)), settings.daily_limit_minutes,
+               json.dumps(extra, sort_keys=True))
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO user_settings (user_id, personalization, muted_keywords, "
+                "daily_limit_minutes, extra) VALUES (%s,%s,%s,%s,%s) ON CONFLICT (user_id) DO "
+                "UPDATE SET personalization=excluded.personalization, "
+                "muted_keywords=excluded.muted_keywords, "
+                "daily_limit_minutes=excluded.daily_limit_minutes, extra=excluded.extra", row)
+
+    # -- access log -----------------------------------------------------------------------------
+    def log_access(self, user_id: str, actor: str, action: str, ts: int | None = None) -> None:
+        ts = ts if ts is not None else int(time.time() * 1000)
+        with self._tx() as conn:
+            conn.execute("INSERT INTO access_log (user_ref, ts, actor, action) "
+                         "VALUES (%s,%s,%s,%s)", (self._user_ref(user_id), ts, actor, action))
+
+    def access_log(self, user_id: str, limit: int = 1000) -> list[AccessRecord]:
+        with self._tx() as conn:
+            rows = conn.execute(
+                "SELECT ts, actor, action FROM access_log WHERE user_ref = %s "
+                "ORDER BY id DESC LIMIT %s", (self._user_ref(user_id), limit)).fetchall()
+        return [AccessRecord(*r) for r in rows]
+
+    # -- retention ------------------------------------------------------------------------------
+    def delete_events_before(self, ts: int) -> int:
+        with self._tx() as conn:
+            removed = conn.execute("DELETE FROM events WHERE ts < %s", (ts,)).rowcount
+        if removed:
+            self._vacuum(("events",))
+        return removed
+
+    # -- keys -----------------------------------------------------------------------------------
+    def put_key(self, key: ApiKey) -> None:
+        created = key.created_at or int(time.time() * 1000)
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO api_keys (key_hash, scope, user_id, created_at) "
+                "VALUES (%s,%s,%s,%s) ON CONFLICT (key_hash) DO UPDATE SET "
+                "scope=excluded.scope, user_id=excluded.user_id, "
+                "created_at=excluded.created_at", (key.key_hash, key.scope, key.user_id, created))
+
+    def find_key(self, key_hash: str) -> ApiKey | None:
+        row = self._one("SELECT key_hash, scope, user_id, created_at FROM api_keys "
+                        "WHERE key_hash = %s", (key_hash,))
+        return ApiKey(*row) if row else None
+
+    def count_keys(self, scope: str | None = None) -> int:
+        if scope is None:
+            return self._one("SELECT COUNT(*) FROM api_keys")[0]
+        return self._one("SELECT COUNT(*) FROM api_keys WHERE scope = %s", (scope,))[0]
+
+    # -- erasure --------------------------------------------------------------------------------
+    def erase_user(self, user_id: str) -> int:
+        ref = self._user_ref(user_id)
+        with self._tx() as conn:
+            n = conn.execute("DELETE FROM events WHERE user_id = %s", (user_id,)).rowcount
+            conn.execute("DELETE FROM user_settings WHERE user_id = %s", (user_id,))
+            conn.execute("DELETE FROM api_keys WHERE user_id = %s", (user_id,))
+            # The old entries go; one pseudonymous entry records that the erasure happened.
+            conn.execute("DELETE FROM access_log WHERE user_ref = %s", (ref,))
+            conn.execute("INSERT INTO access_log (user_ref, ts, actor, action) "
+                         "VALUES (%s,%s,%s,%s)", (ref, int(time.time() * 1000), "system",
+                                                  "erased"))
+        self._vacuum(_USER_TABLES)
+        return n
+
+    def _vacuum(self, tables: Iterable[str]) -> None:
+        """Deleted rows stay in the table files as dead tuples until VACUUM reclaims them; run
+        it now rather than whenever autovacuum gets there. (Plain VACUUM: it does not block
+        ingestion, unlike VACUUM FULL.) A failure is logged: the rows are already gone from
+        every query and dump, and autovacuum will reclaim them later."""
+        if self._closed:
+            return
+        try:
+            with self._pool.connection() as conn:
+                conn.autocommit = True  # VACUUM cannot run inside a transaction
+                try:
+                    conn.execute(f"VACUUM {', '.join(tables)}")
+                finally:
+                    conn.autocommit = False
+        except (psycopg.Error, PoolTimeout):
+            log.exception("VACUUM after a delete failed; autovacuum will reclaim the rows")
+
+
+class _Transaction:
+    """``with``-block over one pooled connection and its transaction (see ``_tx``)."""
+
+    __slots__ = ("_pool", "_url", "_cm")
+
+    def __init__(self, pool: ConnectionPool, url: str):
+        self._pool = pool
+        self._url = url
+        self._cm = None
+
+    def __enter__(self) -> psycopg.Connection:
+        self._cm = self._pool.connection()
+        try:
+            return self._cm.__enter__()
+        except PoolClosed as exc:
+            raise StoreError("store is closed") from exc
+        except psycopg.OperationalError as exc:  # unreachable server, pool timeout
+            raise StoreError(f"PostgreSQL at {self._url}: {exc}") from exc
+
+    def __exit__(self, exc_type, exc, tb):
+        # The pool's own context commits on success and rolls back on an exception (and
+        # discards a broken connection).
+        try:
+            self._cm.__exit__(exc_type, exc, tb)
+        except psycopg.OperationalError as err:  # the COMMIT itself failed
+            raise StoreError(f"PostgreSQL at {self._url}: {err}") from err
+        if isinstance(exc, psycopg.OperationalError):  # the connection broke mid-statement
+            raise StoreError(f"PostgreSQL at {self._url}: {exc}") from exc
+        return False
