@@ -22,6 +22,8 @@ app = typer.Typer(
 )
 
 DATA_DIR_HELP = "Directory of the embedded store (SQLite file, keys, models)."
+STORE_HELP = ("A store other than DATA_DIR's SQLite file: postgresql://user:password@host/db. "
+              "Keys and models stay in DATA_DIR.")
 PROGRESS_HELP = "Show progress bars (on stderr)."
 
 
@@ -39,11 +41,11 @@ def serve(
     insecure_no_auth: bool = typer.Option(
         False, "--insecure-no-auth", help="Accept requests without tokens. Local trials only."),
     log_level: str = typer.Option("info", help="debug | info | warning | error"),
-    trainer: str = typer.Option(
-        "process", help="The online trainer: 'process' (a child process this server runs "
-                        "and restarts), 'thread' (inside this process: weights handed over in "
-                        "memory, but it slows requests while it learns) or 'off' (a separate "
-                        "`reelrank trainer` runs)."),
+    trainer: Optional[str] = typer.Option(
+        None, help="The online trainer: 'process' (a child process this server runs "
+                   "and restarts; the default), 'thread' (inside this process: weights handed "
+                   "over in memory, but it slows requests while it learns) or 'off' (a "
+                   "separate `reelrank trainer` runs; the default with --store)."),
     no_trainer: bool = typer.Option(False, "--no-trainer", help="Same as --trainer off."),
     retention_days: Optional[int] = typer.Option(
         None, min=1, help="Delete events older than this many days (checked hourly); "
@@ -60,6 +62,8 @@ def serve(
     trace_budget_mb: float = typer.Option(
         64.0, min=0.0, help="Memory in MB for the feed traces kept for GET /v1/explain; "
                             "past it the least recently served viewers' traces go first."),
+    store: Optional[str] = typer.Option(
+        None, "--store", help=STORE_HELP),
 ) -> None:
     """Serve the HTTP API (docs/api.md; /docs on the server) on the store in DATA_DIR.
 
@@ -73,6 +77,16 @@ def serve(
     _logging(log_level)
     from reelrank.service.server import TRAINER_MODES
 
+    if trainer is None:
+        # The child trainer would open DATA_DIR's SQLite file, not the --store database.
+        trainer = "off" if store else "process"
+        if store and not no_trainer:
+            typer.echo("with --store the online trainer does not run here: run `reelrank "
+                       "trainer --store URL --data-dir DIR` beside it (or --trainer thread)",
+                       err=True)
+    if trainer == "process" and store and not no_trainer:
+        raise typer.BadParameter("the child trainer cannot use --store; use thread or off",
+                                 param_hint="--trainer")
     if trainer not in TRAINER_MODES:
         raise typer.BadParameter(f"one of {', '.join(TRAINER_MODES)}", param_hint="--trainer")
     from reelrank.service.guard import RequestLimits
@@ -83,7 +97,8 @@ def serve(
     app_, keys_path = prepare(data_dir, insecure_no_auth=insecure_no_auth,
                               trainer="off" if no_trainer else trainer,
                               retention_days=retention_days, limits=limits,
-                              trace_budget_bytes=int(trace_budget_mb * 1024 * 1024))
+                              trace_budget_bytes=int(trace_budget_mb * 1024 * 1024),
+                              store_url=store)
     if keys_path is not None:
         typer.echo(f"API tokens (ingest, serve, admin): {keys_path}")
     else:
@@ -221,6 +236,7 @@ def trainer_(
     retrieval_every: float = typer.Option(120.0, help="Seconds between versions that carry "
                                                       "new retrieval weights (an index rebuild)."),
     log_level: str = typer.Option("info", help="debug | info | warning | error"),
+    store_url: Optional[str] = typer.Option(None, "--store", help=STORE_HELP),
     commands_from_stdin: bool = typer.Option(
         False, "--commands-from-stdin",
         help="Read erasures and resets from standard input as JSON lines "
@@ -243,7 +259,7 @@ def trainer_(
     from reelrank.train.trainer import OnlineTrainer, TrainerConfig
 
     _logging(log_level)
-    store = open_store(data_dir)
+    store = open_store(store_url or data_dir)
     cfg = TrainerConfig(publish_every_s=publish_every, retrieval_every_s=retrieval_every,
                         verify_users=True)
     runner = OnlineTrainer(store, ModelRegistry(Path(data_dir) / "models"), cfg)

@@ -39,6 +39,7 @@ def prepare(data_dir: Path, insecure_no_auth: bool = False,
             demo: bool = False, trainer: bool | str = "process",
             retention_days: int | None = None, limits: RequestLimits | None = None,
             trace_budget_bytes: int = DEFAULT_TRACE_BUDGET_BYTES,
+            store_url: str | None = None,
             ) -> tuple[FastAPI, Path | None]:
     """The app on the store in ``data_dir`` (created if missing), and the keys file (None
     when auth is off). The caller owns the store: ``app.state.engine.store.close()``.
@@ -49,18 +50,25 @@ def prepare(data_dir: Path, insecure_no_auth: bool = False,
     a longer feed p99 while it learns); ``"off"``: none here (a ``reelrank trainer`` process
     runs elsewhere). Either way the engine swaps in each version published to the registry.
     ``limits``: the request guard's caps (body size, requests in flight); ``trace_budget_bytes``:
-    the memory the feed traces kept for explanations may hold."""
+    the memory the feed traces kept for explanations may hold. ``store_url``: a store other
+    than the SQLite file in ``data_dir`` (``postgresql://...``); ``data_dir`` still holds the
+    keys and the models. The child trainer opens ``data_dir``'s store, so it is refused with
+    another store (run ``reelrank trainer --store URL`` beside it, or a thread)."""
     if trainer is True:
         trainer = "process"
     elif trainer is False:
         trainer = "off"
     if trainer not in TRAINER_MODES:
         raise ValueError(f"trainer must be one of {', '.join(TRAINER_MODES)}, not {trainer!r}")
+    if store_url is not None and trainer == "process":
+        raise ValueError("the trainer child process opens the store in the data directory; "
+                         "with another store use --trainer thread, or --trainer off and "
+                         "`reelrank trainer --store URL` beside the server")
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    store = open_store(data_dir)
-    log.info("store opened in %s", data_dir)
+    store = open_store(store_url or data_dir)
+    log.info("store opened in %s", data_dir if store_url is None else store.url)
     try:
         engine = Engine(store, registry=ModelRegistry(data_dir / "models"),
                         trace_budget_bytes=trace_budget_bytes).load()
