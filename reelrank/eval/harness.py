@@ -578,7 +578,7 @@ def tables(report: dict) -> list[tuple[str, list[str], list[list[str]]]]:
 def _common_table(models: dict, section: str, keys: list[str], labels: list[str]) -> list:
     if not any("common_users" in r["metrics"][section] for r in models.values()):
         return []
-    rows = [[name] + [_fmt(r["metrics"][section]["common_users"][k]) for k in keys]
+    rows = [[name] + [_fmt(r["metrics"][section]["common_users"].get(k)) for k in keys]
             + [_fmt(r["metrics"][section]["common_users"]["users"])]
             for name, r in models.items()]
     return [("Same, on the users every model was ranked for", ["model", *labels, "users"], rows)]
