@@ -23,7 +23,7 @@ from reelrank.pipeline.filters import default_filters
 from reelrank.pipeline.neural import NeuralScorer, RetrievalSource, ServingModels
 from reelrank.pipeline.rank import HeuristicScorer, Scored
 from reelrank.pipeline.sources import (
-    CoEngagementSource, FollowingSource, RegionalPopularSource, TrendingSource,
+    CoEngagementSource, FollowingSource, PopularSource, RegionalPopularSource, TrendingSource,
 )
 from reelrank.pipeline.explore import ExploreSource
 from reelrank.pipeline.rerank import DiversityReranker
@@ -51,7 +51,8 @@ def default_pipeline(models: ServingModels | None = None, *,
     fresh = [explore or ExploreSource()] if exploration else []
     # A new viewer's first pages come from regional popularity, trending and fresh videos
     # (the personal sources have nothing yet); from the first swipes on, the personal ones lead.
-    personal: list = [CoEngagementSource(), FollowingSource(), regional, trending, *fresh]
+    personal: list = [CoEngagementSource(), FollowingSource(), regional, trending,
+                      PopularSource(), *fresh]
     scorer = HeuristicScorer()
     if models is not None:
         personal.insert(0, RetrievalSource(models))

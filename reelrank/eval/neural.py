@@ -10,7 +10,8 @@ as plays only, as an app that sends no impressions would. The trained engine is 
   slots), one page of each measured size per viewer at the end of the training period, built
   without recording it as served (so one page does not filter the next);
 - ``retrieval`` (``reelrank``): the two-tower model alone, user vectors over each viewer's live
-  history against every item's vector (full ranking, no sampling);
+  history against every item's vector (full ranking, no sampling), plus the version's
+  popularity prior as the served scorer adds it;
 - ``ranker`` (``reelrank_ranker``): the ranker's value formula alone over retrieval's top
   ``ranker_candidates`` items (everything else not retrieved).
 
@@ -142,6 +143,12 @@ class NeuralRecommender(EngineRecommender):
         with torch.no_grad():
             vectors = retrieval.user_vectors(h, m.item_vectors)  # (B, D)
             scores = (vectors @ m.item_vectors.T).numpy()  # (B, I_engine)
+        prior = m.bundle.value_weights.get("popularity", 0.0)
+        if prior:  # the version's popularity prior, as the served scorer adds it
+            stats = self.engine.live.item_stats_many(m.item_ids)
+            counts = np.fromiter((s.long_views + s.likes for s in stats), np.float64,
+                                 len(stats))
+            scores = scores + prior * np.log1p(counts)[None, :]
         return scores, m
 
     def _ranker_scores(self, users, scores, cols, out) -> np.ndarray:

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from itertools import repeat
 
+import numpy as np
 import torch
 
 from reelrank.features import dense_matrix, user_aggregates
@@ -342,11 +343,14 @@ def user_vector(m: LoadedModels, ctx: FeedContext):
 
 def retrieval_scores(m: LoadedModels, ctx: FeedContext, ids: list[str],
                      items: list[Item]) -> torch.Tensor | None:
-    """(N,) the retrieval model's score of each candidate for this viewer (the logit of its
-    softmax over the catalog), or None when the viewer has no history it can read."""
+    """(N,) the retrieval model's score of each candidate for this viewer: the logit of its
+    softmax over the catalog plus, weighted by the version's ``popularity`` value weight (chosen
+    on validation when it was trained), log(1 + the video's long views and likes so far). None
+    when the viewer has no history the model can read."""
     user = user_vector(m, ctx)
     if user is None:
         return None
+    prior = m.bundle.value_weights.get("popularity", 0.0)
     rows = list(map(m.item_index.get, ids, repeat(-1)))
     vectors = torch.empty((len(ids), m.item_vectors.shape[1]))
     known = [k for k, r in enumerate(rows) if r >= 0]
@@ -358,7 +362,12 @@ def retrieval_scores(m: LoadedModels, ctx: FeedContext, ids: list[str],
         with torch.no_grad():
             vectors[new] = retrieval.item_vectors(
                 retrieval.items.encode_items([items[k] for k in new]))
-    return vectors @ torch.from_numpy(user)
+    scores = vectors @ torch.from_numpy(user)
+    if prior:
+        stats = ctx.live.item_stats_many(ids)
+        counts = np.fromiter((s.long_views + s.likes for s in stats), np.float32, len(ids))
+        scores = scores + prior * torch.from_numpy(np.log1p(counts))
+    return scores
 
 
 class NeuralScorer:

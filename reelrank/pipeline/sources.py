@@ -43,6 +43,19 @@ class TrendingSource:
         return [Candidate(i, self.name, s, (reason,)) for i, s in _normalise(pairs)]
 
 
+class PopularSource:
+    """The most engaged-with videos of all time: a first-class candidate for everyone, since
+    what many viewers enjoyed is a strong guess for one more (the scorer decides whether it
+    beats the personal candidates)."""
+
+    name = "popular"
+
+    def generate(self, ctx: FeedContext, n: int) -> list[Candidate]:
+        reason = Reason("popular", "popular with viewers")
+        return [Candidate(i, self.name, s, (reason,))
+                for i, s in _normalise(ctx.live.popular(n))]
+
+
 class RegionalPopularSource:
     """What viewers in the request's coarse region engage with most, preferring the viewer's
     language when the request names one. Uses nothing about the viewer but region and

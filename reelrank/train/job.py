@@ -30,7 +30,7 @@ import torch
 from reelrank.eval.metrics import auc, gauc_detail
 from reelrank.features import DENSE_FEATURES, ranking_rows, token_from_example
 from reelrank.models.bundle import ModelBundle
-from reelrank.models.ranker import TASKS
+from reelrank.models.ranker import DEFAULT_VALUE_WEIGHTS, TASKS
 from reelrank.registry import ModelRegistry
 from reelrank.store.base import CatalogReader, EventReader
 from reelrank.store.memory import Catalog, LiveState
@@ -130,12 +130,17 @@ def train_from_store(store: CatalogReader | EventReader, registry: ModelRegistry
     metrics["retrieval_holdout"] = (
         {k: _round(v) if isinstance(v, float) else v for k, v in best.items()} if best else
         {"recall@100": None, "users": 0})
+    value_weights = dict(DEFAULT_VALUE_WEIGHTS)
+    if rrep.popularity is not None:
+        value_weights["popularity"] = rrep.popularity["weight"]
+        metrics["retrieval_popularity"] = rrep.popularity
     report(0.95)
 
     bundle = ModelBundle(
         retrieval=retrieval, retrieval_kwargs=_kwargs(cfg.retrieval), ranker=ranker,
         ranker_kwargs={"n_dense": len(DENSE_FEATURES), "dim": cfg.ranker.dim,
-                       "experts": cfg.ranker.experts, "expert_dim": cfg.ranker.expert_dim})
+                       "experts": cfg.ranker.experts, "expert_dim": cfg.ranker.expert_dim},
+        value_weights=value_weights)
     metrics["seconds"] = round(time.perf_counter() - started, 1)
     version = None
     if registry is not None:

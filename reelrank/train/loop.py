@@ -29,6 +29,7 @@ class EpochReport:
     evals: list[dict] = field(default_factory=list)
     config: dict = field(default_factory=dict)
     best_epoch: int | None = None  # with early stopping: the epoch whose weights were kept
+    popularity: dict | None = None  # retrieval: the popularity prior chosen on validation
     stopped: str = ""  # why training ended before ``epochs``, if it did
 
 
