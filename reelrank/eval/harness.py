@@ -86,6 +86,7 @@ def available_models(*, seed: int = 0, progress: bool = False,
         "reelrank": lambda: _neural(progress, "retrieval"),
         "reelrank_ranker": lambda: _neural(progress, "ranker"),
         "reelrank_served": lambda: _neural(progress, "served"),
+        "reelrank_served_plain": lambda: _neural(progress, "served_plain"),
         "pop_3d": lambda: RecentPopularityRecommender(days=3.0),
     }
     if not peers:

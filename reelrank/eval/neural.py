@@ -13,7 +13,10 @@ as plays only, as an app that sends no impressions would. The trained engine is 
   history against every item's vector (full ranking, no sampling), plus the version's
   popularity prior as the served scorer adds it;
 - ``ranker`` (``reelrank_ranker``): the ranker's value formula alone over retrieval's top
-  ``ranker_candidates`` items (everything else not retrieved).
+  ``ranker_candidates`` items (everything else not retrieved);
+- ``served_plain`` (``reelrank_served_plain``): the served feed without the re-ranker's
+  diversity rules and exploration slots (no exploration source either): beside ``served``, the
+  price of those rules.
 
 Impressions (``score_pairs`` / ``predict_tasks``) are ``engine.rank`` in every view, i.e. what
 ``POST /v1/rank`` answers. The three views share one training run (``_shared``), so they
@@ -38,7 +41,7 @@ from reelrank.types import Event, Item
 
 log = logging.getLogger(__name__)
 
-VIEWS = ("retrieval", "ranker", "served")
+VIEWS = ("retrieval", "ranker", "served", "served_plain")
 
 
 class _Trained:
@@ -80,7 +83,8 @@ class NeuralRecommender(EngineRecommender):
         self.settings = {"view": view, "train_config": asdict(self.config)}
         self._run: _Trained | None = None
         # The harness measures a view with pages through ``feed_pages``, page by page size.
-        self.serves_pages = view == "served"
+        self.serves_pages = view in ("served", "served_plain")
+        self._plain = None
 
     def fit_events(self, train: Interactions, items: list[Item], events: list[Event]) -> None:
         self.close()
@@ -184,10 +188,20 @@ class NeuralRecommender(EngineRecommender):
         item indices (page order)."""
         from reelrank.pipeline.context import FeedRequest
 
+        pipeline = self.engine.pipeline
+        if self.view == "served_plain":
+            if self._plain is None:
+                from reelrank.engine import default_pipeline
+                from reelrank.pipeline.rerank import DiversityReranker
+
+                self._plain = default_pipeline(
+                    self.engine.models, exploration=False,
+                    reranker=DiversityReranker(None, None, 0, 1.0, 0.0))
+            pipeline = self._plain
         pages = []
         for u in users:
             ctx = self.engine.context(FeedRequest(user_id=str(self.user_ids[u]), n=n))
-            result = self.engine.pipeline.build(ctx)
+            result = pipeline.build(ctx)
             cols = [self.item_of.get(it.item_id) for it in result.items]
             pages.append(np.array([c for c in cols if c is not None], dtype=np.int64))
         return pages

@@ -17,9 +17,11 @@ The trace records all of it; explanations are read from the trace.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import pickle
 import sys
+import threading
 import time
 import uuid
 import zlib
@@ -28,7 +30,7 @@ from dataclasses import dataclass, field
 from reelrank.pipeline.context import FeedContext
 from reelrank.pipeline.filters import Filter, Removed
 from reelrank.pipeline.rank import Scored, Scorer
-from reelrank.pipeline.rerank import SpacingReranker
+from reelrank.pipeline.rerank import EXPLORATION_CODES, SpacingReranker
 from reelrank.pipeline.sources import CandidateSource
 from reelrank.pipeline.wellbeing import WellbeingPolicy
 from reelrank.types import Candidate, FeedItem, Reason
@@ -183,6 +185,37 @@ class SourceOrderScorer:
                 for c in candidates]
 
 
+class RerankPrice:
+    """What the re-ranker's rules cost, counted over the pages served: how many slots went to
+    a video the scorer alone would not have put on the page, and how many of those were
+    exploration slots (new videos and creators) rather than diversity moves. Read by
+    ``/v1/transparency``; the offline figure is the served feed with and without the rules
+    (``reelrank eval``'s ``reelrank_served_plain``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.pages = self.slots = self.replaced = self.explored = 0
+
+    def observe(self, scored: list[Scored], page: list[Scored], n: int) -> None:
+        top = {s.item_id for s in heapq.nlargest(n, scored, key=lambda s: (s.score, s.item_id))}
+        replaced = [s for s in page if s.item_id not in top]
+        explored = sum(1 for s in replaced
+                       if any(r.code in EXPLORATION_CODES for r in s.candidate.reasons))
+        with self._lock:
+            self.pages += 1
+            self.slots += len(page)
+            self.replaced += len(replaced)
+            self.explored += explored
+
+    def summary(self) -> dict:
+        with self._lock:
+            slots = max(1, self.slots)
+            return {"pages": self.pages, "slots": self.slots,
+                    "replaced_share": round(self.replaced / slots, 4),
+                    "exploration_share": round(self.explored / slots, 4),
+                    "diversity_share": round((self.replaced - self.explored) / slots, 4)}
+
+
 class FeedPipeline:
     def __init__(self, sources: dict[str, list[CandidateSource]], filters: list[Filter],
                  scorer: Scorer, reranker: SpacingReranker | None = None,
@@ -196,6 +229,7 @@ class FeedPipeline:
         self.fallback = fallback or CatalogFallbackSource()
         self.overfetch = overfetch
         self.wellbeing = wellbeing or WellbeingPolicy()
+        self.price = RerankPrice()
 
     def build(self, ctx: FeedContext) -> FeedResult:
         started = time.perf_counter()
@@ -219,6 +253,8 @@ class FeedPipeline:
             trace.rerank_notes.setdefault(item_id, []).append(note)
         trace.scored = {s.item_id: s for s in scored}
         page = self.reranker.rerank(ctx, scored, n)
+        if ctx.mode != "following":
+            self.price.observe(scored, page.items, n)
         for item_id, notes in page.notes.items():
             trace.rerank_notes.setdefault(item_id, []).extend(notes)
         items = [FeedItem(s.item_id, float(s.score), s.candidate.source, _dedupe(s.reasons))

@@ -147,3 +147,23 @@ def test_moves_show_in_explain(engine):
     assert moved
     why = engine.explain("viewer", moved[0])
     assert any("#cats already fills" in n for n in why["rerank"])
+
+
+def test_the_price_counts_slots_the_scorer_alone_would_not_have_filled():
+    from reelrank.pipeline.feed import RerankPrice
+    from reelrank.pipeline.rank import Scored
+    from reelrank.pipeline.rerank import NEW_VIDEO
+    from reelrank.types import Candidate, Reason
+
+    def s(i, score, explore=False):
+        reasons = (Reason(NEW_VIDEO, "new"),) if explore else ()
+        return Scored(Candidate(i, "x", 0.0, reasons), score)
+
+    scored = [s("a", 5), s("b", 4), s("c", 3), s("d", 2), s("e", 1, explore=True)]
+    price = RerankPrice()
+    # top 3 by score: a, b, c; the page swaps c for d (diversity) and b for e (exploration)
+    price.observe(scored, [scored[0], scored[3], scored[4]], 3)
+    price.observe(scored, scored[:3], 3)  # a page the rules left alone
+    assert price.summary() == {"pages": 2, "slots": 6, "replaced_share": round(2 / 6, 4),
+                               "exploration_share": round(1 / 6, 4),
+                               "diversity_share": round(1 / 6, 4)}

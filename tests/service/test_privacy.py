@@ -233,6 +233,13 @@ def test_transparency_is_public_and_describes_the_pipeline(setup):
     assert body["value_formula"]["weights"] is None  # no model trained in this test
     assert any(o["option"] == "personalization off" for o in body["your_options"])
     assert "IP" in body["data"]["not_stored"]
+    assert body["reranking"]["price"]["served"]["pages"] == 0
+    for _ in range(3):
+        assert api.get("/v1/feed", params={"user_id": "price", "n": 5}).status_code == 200
+    price = api.get("/v1/transparency").json()["reranking"]["price"]["served"]
+    assert price["pages"] == 3 and price["slots"] > 0
+    assert price["replaced_share"] == pytest.approx(
+        price["exploration_share"] + price["diversity_share"], abs=1e-3)
 
 
 def test_retention_purges_old_events_and_derived_state_follows(setup):

@@ -45,15 +45,19 @@ def transparency(engine: EngineDep) -> dict[str, Any]:
     return {
         "model_version": pipeline.scorer.version,
         "summary": (
-            "Your personalized feed is ordered by the predicted value of each video to you: "
-            "how likely you are to watch it for long, like, share, comment on it or follow its "
-            "creator, minus how likely you are to react negatively. The predictions come from "
-            "neural networks trained on viewers' behaviour; with personalization off, the feed "
-            "uses no profile of you at all."),
+            "Your personalized feed is ordered by two predictions from neural networks trained "
+            "on viewers' behaviour: how likely you are to pick each video next given what you "
+            "watched recently (together with how many viewers enjoyed it), and its value to "
+            "you if shown: how likely you are to watch it for long, like, share, comment on it "
+            "or follow its creator, minus how likely you are to react negatively. With "
+            "personalization off, the feed uses no profile of you at all."),
         "signals": [{"signal": s, "how": h} for s, h in SIGNALS],
         "value_formula": {
             "weights": weights,
-            "text": ("score = sum over outcomes of weight x predicted probability"
+            "text": ("value = sum over outcomes of weight x predicted probability; "
+                     "score = log(value) + retrieval x (the retrieval model's score of the video "
+                     "for you + popularity x log(1 + its long views and likes)); without a "
+                     "ranker (an app that sends no impressions) the retrieval part alone"
                      if weights else "no trained model is loaded: a transparent weighted sum of "
                      "the video's engagement rates and your affinity for its hashtags and creator "
                      "orders the feed"),
@@ -65,7 +69,14 @@ def transparency(engine: EngineDep) -> dict[str, Any]:
         "filters": [{"name": f.name, "what": _first_sentence(f)} for f in pipeline.filters],
         "reranking": {"what": _first_sentence(rr),
                       "settings": {k: v for k, v in vars(rr).items()
-                                   if isinstance(v, (int, float, str, bool))}},
+                                   if isinstance(v, (int, float, str, bool))},
+                      # What the rules cost on this server so far: the share of served slots
+                      # given to a video the scorer alone would not have put on the page.
+                      "price": {"served": pipeline.price.summary(), "text": (
+                          "replaced_share of the slots served went to a video the scorer "
+                          "alone would have left off the page: exploration_share to new "
+                          "videos and creators, diversity_share to keep creators, sounds and "
+                          "topics from repeating")}},
         "wellbeing": {
             "daily_limit": "Set a daily limit in your settings and the feed shows a break notice "
                            "once you pass it.",
