@@ -113,6 +113,7 @@ def import_(
                                 exists=True),
     data_dir: Path = typer.Option(Path("data"), help=DATA_DIR_HELP),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    store_url: Optional[str] = typer.Option(None, "--store", help=STORE_HELP),
 ) -> None:
     """Import a dataset into the store: items first, then events (idempotent: importing the
     same data twice adds nothing).
@@ -132,13 +133,14 @@ def import_(
 
     if dataset not in DATASETS:
         raise typer.BadParameter(f"must be one of {sorted(DATASETS)}", param_hint="DATASET")
-    store = open_store(data_dir)
+    store = open_store(store_url or data_dir)
     try:
         report = DATASETS[dataset](path, store, progress=progress)
     finally:
         store.close()
+    where = store.url if store_url else data_dir  # the URL without its password
     typer.echo(f"imported {report.items} items, {report.events} events "
-               f"({report.duplicates} duplicates skipped) in {report.seconds:.1f} s into {data_dir}")
+               f"({report.duplicates} duplicates skipped) in {report.seconds:.1f} s into {where}")
 
 
 @app.command()
@@ -151,6 +153,7 @@ def simulate(
     swipes: int = typer.Option(20, help="Swipes per background session."),
     seed: int = typer.Option(7, help="Random seed: the same seed builds the same world."),
     progress: bool = typer.Option(True, help=PROGRESS_HELP),
+    store_url: Optional[str] = typer.Option(None, "--store", help=STORE_HELP),
 ) -> None:
     """Build a synthetic short-video world (creators, topics, sounds, viewers with hidden tastes)
     and write its catalog and a background history of events into the store.
@@ -159,13 +162,14 @@ def simulate(
     """
     from reelrank.store import open_store
 
-    store = open_store(data_dir)
+    store = open_store(store_url or data_dir)
     try:
         n_items, n_events = _write_world(store, users, items, creators, sessions, swipes, seed,
                                          progress=progress)
     finally:
         store.close()
-    typer.echo(f"synthetic world: {n_items} items, {n_events} events written to {data_dir}")
+    where = store.url if store_url else data_dir
+    typer.echo(f"synthetic world: {n_items} items, {n_events} events written to {where}")
 
 
 def _write_world(store, users: int, items: int, creators: int, sessions: int, swipes: int,
@@ -195,6 +199,7 @@ def train(
                                   "ranker's epochs."),
     seed: int = typer.Option(0, help="Random seed: the same seed and data train the same model."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    store_url: Optional[str] = typer.Option(None, "--store", help=STORE_HELP),
 ) -> None:
     """Train the retrieval model and the ranker on everything in the store and publish them to
     DATA_DIR/models, with the same defaults as POST /v1/admin/train. The ranker's epochs are
@@ -219,7 +224,7 @@ def train(
         ranker=replace(base.ranker, seed=seed, **(
             {} if ranker_epochs is None else {"epochs": ranker_epochs})),
         holdout=holdout, seed=seed)
-    store = open_store(data_dir)
+    store = open_store(store_url or data_dir)
     try:
         result = train_from_store(store, ModelRegistry(Path(data_dir) / "models"), cfg,
                                   progress=progress)

@@ -30,6 +30,8 @@ DO $$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{ROLE}') THEN
     CREATE ROLE {ROLE} LOGIN CREATEDB PASSWORD '{ROLE}';
+  ELSE  -- made earlier by hand, perhaps without login or with another password
+    ALTER ROLE {ROLE} LOGIN CREATEDB PASSWORD '{ROLE}';
   END IF;
 END
 $$;
