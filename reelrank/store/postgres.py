@@ -24,149 +24,28 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import secrets
 import time
 from typing import Iterable, Iterator
 
 import psycopg
-from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from reelrank.errors import StoreError
 from reelrank.store.base import AppendResult
+from reelrank.store.pg_base import (
+    APPEND_LOCK, EVENT_COLUMNS, ITEM_COLUMNS, SCHEMA, SCHEMA_LOCK, Transaction, configure,
+    event_row, item_from_row, item_row, redact, settings_from_row,
+)
 from reelrank.types import AccessRecord, ApiKey, Event, Item, UserSettings
 
 log = logging.getLogger(__name__)
 
-# Advisory lock keys (their scope is the database, so two ReelRank databases on one server
-# never contend).
-_SCHEMA_LOCK = 0x5265_656C_0001
-_APPEND_LOCK = 0x5265_656C_0002
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS items (
-    item_id TEXT COLLATE "C" PRIMARY KEY,
-    -- insertion order, which iter_items follows (an upsert keeps the first position)
-    pos BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,
-    creator_id TEXT NOT NULL,
-    duration_ms BIGINT NOT NULL,
-    created_at BIGINT NOT NULL,
-    caption TEXT NOT NULL DEFAULT '',
-    hashtags TEXT NOT NULL DEFAULT '[]',
-    sound_id TEXT,
-    language TEXT,
-    region TEXT,
-    visible BOOLEAN NOT NULL DEFAULT TRUE,
-    attributes TEXT NOT NULL DEFAULT '{}'
-);
-CREATE TABLE IF NOT EXISTS events (
-    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    event_id TEXT COLLATE "C" NOT NULL,
-    user_id TEXT COLLATE "C" NOT NULL,
-    item_id TEXT NOT NULL,
-    ts BIGINT NOT NULL,
-    type TEXT NOT NULL,
-    watch_ms BIGINT,
-    request_id TEXT,
-    position BIGINT,
-    device TEXT,
-    region TEXT,
-    source TEXT,
-    session_id TEXT
-);
-CREATE UNIQUE INDEX IF NOT EXISTS events_event_id ON events (event_id);
-CREATE INDEX IF NOT EXISTS events_user ON events (user_id, seq);
-CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
-CREATE TABLE IF NOT EXISTS user_settings (
-    user_id TEXT COLLATE "C" PRIMARY KEY,
-    personalization BOOLEAN NOT NULL,
-    muted_keywords TEXT NOT NULL,
-    daily_limit_minutes BIGINT,
-    extra TEXT NOT NULL DEFAULT '{}'
-);
-CREATE TABLE IF NOT EXISTS access_log (
-    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    user_ref TEXT NOT NULL,
-    ts BIGINT NOT NULL,
-    actor TEXT NOT NULL,
-    action TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS access_log_user ON access_log (user_ref, id);
-CREATE TABLE IF NOT EXISTS meta (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS api_keys (
-    key_hash TEXT COLLATE "C" PRIMARY KEY,
-    scope TEXT NOT NULL,
-    user_id TEXT COLLATE "C",
-    created_at BIGINT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS api_keys_user ON api_keys (user_id);
-"""
-
-_EVENT_FIELDS = ("event_id", "user_id", "item_id", "ts", "type", "watch_ms", "request_id",
-                 "position", "device", "region", "source", "session_id")
-_EVENT_COLUMNS = ", ".join(_EVENT_FIELDS)
-_ITEM_COLUMNS = (
-    "item_id, creator_id, duration_ms, created_at, caption, hashtags, sound_id, language, region, "
-    "visible, attributes"
-)
 # Rows per page of a scan: each page is its own short query, so a scan of a large log holds
 # no transaction (and no snapshot that would hold back VACUUM) between pages.
 _PAGE = 10_000
-# Tables that hold a viewer's rows: vacuumed after erasure and retention.
+# Tables that hold a viewer's rows: vacuumed after erasure.
 _USER_TABLES = ("events", "user_settings", "api_keys", "access_log")
-
-
-def _item_row(item: Item) -> tuple:
-    return (
-        item.item_id, item.creator_id, item.duration_ms, item.created_at, item.caption,
-        json.dumps(list(item.hashtags)), item.sound_id, item.language, item.region,
-        bool(item.visible), json.dumps(dict(item.attributes), sort_keys=True),
-    )
-
-
-def _item_from_row(row: tuple) -> Item:
-    return Item(
-        item_id=row[0], creator_id=row[1], duration_ms=row[2], created_at=row[3], caption=row[4],
-        hashtags=tuple(json.loads(row[5])), sound_id=row[6], language=row[7], region=row[8],
-        visible=bool(row[9]), attributes=json.loads(row[10]),
-    )
-
-
-def _event_row(e: Event) -> tuple:
-    return (e.event_id, e.user_id, e.item_id, e.ts, e.type, e.watch_ms, e.request_id,
-            e.position, e.device, e.region, e.source, e.session_id)
-
-
-def _settings_from_row(user_id: str, row: tuple) -> UserSettings:
-    extra = json.loads(row[3] or "{}")
-    return UserSettings(
-        user_id=user_id, personalization=bool(row[0]), muted_keywords=tuple(json.loads(row[1])),
-        daily_limit_minutes=row[2], hidden_creators=tuple(extra.get("hidden_creators", ())),
-        hidden_sounds=tuple(extra.get("hidden_sounds", ())),
-        young_viewer=bool(extra.get("young_viewer", False)),
-        interests_reset_seq=int(extra.get("interests_reset_seq", 0)),
-    )
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for logs and ``Store.url``."""
-    return re.sub(r"^(\w+://[^:/@]*):[^@]*@", r"\1:***@", url)
-
-
-def _configure(conn: psycopg.Connection) -> None:
-    """Session setup for each pooled connection."""
-    conn.execute("SET synchronous_commit = on")
-    # The staging table of append_events: private to the session and emptied at every commit,
-    # so a batch never sees another batch's rows.
-    conn.execute(
-        "CREATE TEMP TABLE IF NOT EXISTS incoming_events (ord INTEGER NOT NULL, "
-        "event_id TEXT, user_id TEXT, item_id TEXT, ts BIGINT, type TEXT, watch_ms BIGINT, "
-        "request_id TEXT, position BIGINT, device TEXT, region TEXT, source TEXT, "
-        "session_id TEXT) ON COMMIT DELETE ROWS")
-    conn.commit()
 
 
 class PostgresStore:
@@ -183,8 +62,13 @@ class PostgresStore:
                 self._salt = self._prepare_schema(conn)
         except psycopg.Error as exc:
             raise StoreError(f"cannot open PostgreSQL at {self.url}: {exc}") from exc
+        # Autocommit sessions: writes open their transaction explicitly (``_tx``). A pooled
+        # connection is checked before it is handed out, so a database restart costs a
+        # reconnect rather than one failed request per idle connection.
         self._pool = ConnectionPool(url, min_size=min_size, max_size=max_size,
-                                    timeout=timeout_s, configure=_configure, open=False,
+                                    timeout=timeout_s, configure=configure, open=False,
+                                    kwargs={"autocommit": True},
+                                    check=ConnectionPool.check_connection,
                                     name="reelrank-store")
         try:
             self._pool.open(wait=True, timeout=timeout_s)
@@ -196,7 +80,7 @@ class PostgresStore:
         """Create what is missing (two processes starting at once queue on a lock) and return
         the access log's salt."""
         with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
             conn.execute(SCHEMA)
             conn.execute("INSERT INTO meta (key, value) VALUES ('access_salt', %s) "
                          "ON CONFLICT (key) DO NOTHING", (secrets.token_hex(16),))
@@ -213,7 +97,14 @@ class PostgresStore:
         back if it raises. Connection failures become ``StoreError`` (the API answers 503)."""
         if self._closed:
             raise StoreError("store is closed")
-        return _Transaction(self._pool, self.url)
+        return Transaction(self._pool, self.url, write=True)
+
+    def _read(self):
+        """A pooled connection for one statement, in autocommit: a read on the request path
+        (token, settings) costs one round trip, not BEGIN, SELECT and COMMIT."""
+        if self._closed:
+            raise StoreError("store is closed")
+        return Transaction(self._pool, self.url, write=False)
 
     def close(self, wait_s: float = 30.0) -> None:
         """Close the pool. A query running in another thread finishes on its connection first
@@ -229,18 +120,18 @@ class PostgresStore:
         return hashlib.sha256(f"{self._salt}:{user_id}".encode()).hexdigest()
 
     def _one(self, sql: str, args: tuple = ()):
-        with self._tx() as conn:
+        with self._read() as conn:
             return conn.execute(sql, args).fetchone()
 
     # -- catalog --------------------------------------------------------------------------------
     def upsert_items(self, items: Iterable[Item]) -> int:
-        rows = [_item_row(i) for i in items]
+        rows = [item_row(i) for i in items]
         if not rows:
             return 0
         # One statement per row (pipelined by executemany), so an item twice in one batch is
         # simply written twice, the last copy winning, as in SQLite.
         sql = (
-            f"INSERT INTO items ({_ITEM_COLUMNS}) VALUES "
+            f"INSERT INTO items ({ITEM_COLUMNS}) VALUES "
             "(%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
             "ON CONFLICT (item_id) DO UPDATE SET creator_id=excluded.creator_id, "
             "duration_ms=excluded.duration_ms, created_at=excluded.created_at, "
@@ -256,22 +147,22 @@ class PostgresStore:
         ids = list(dict.fromkeys(item_ids))
         if not ids:
             return {}
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = conn.execute(
-                f"SELECT {_ITEM_COLUMNS} FROM items WHERE item_id = ANY(%s)", (ids,)).fetchall()
-        return {r[0]: _item_from_row(r) for r in rows}
+                f"SELECT {ITEM_COLUMNS} FROM items WHERE item_id = ANY(%s)", (ids,)).fetchall()
+        return {r[0]: item_from_row(r) for r in rows}
 
     def iter_items(self) -> Iterator[Item]:
         last = 0
         while True:
-            with self._tx() as conn:
+            with self._read() as conn:
                 rows = conn.execute(
-                    f"SELECT pos, {_ITEM_COLUMNS} FROM items WHERE pos > %s ORDER BY pos "
+                    f"SELECT pos, {ITEM_COLUMNS} FROM items WHERE pos > %s ORDER BY pos "
                     "LIMIT %s", (last, _PAGE)).fetchall()
             if not rows:
                 return
             last = rows[-1][0]
-            yield from (_item_from_row(r[1:]) for r in rows)
+            yield from (item_from_row(r[1:]) for r in rows)
 
     def count_items(self) -> int:
         return self._one("SELECT COUNT(*) FROM items")[0]
@@ -288,13 +179,13 @@ class PostgresStore:
         unique = list(first.values())
         with self._tx() as conn, conn.cursor() as cur:
             # Staged before the lock, so the lock covers only the INSERT and the commit.
-            with cur.copy(f"COPY incoming_events (ord, {_EVENT_COLUMNS}) FROM STDIN") as copy:
+            with cur.copy(f"COPY incoming_events (ord, {EVENT_COLUMNS}) FROM STDIN") as copy:
                 for n, e in enumerate(unique):
-                    copy.write_row((n, *_event_row(e)))
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_APPEND_LOCK,))
+                    copy.write_row((n, *event_row(e)))
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
             # ORDER BY ord: sequence numbers follow the input order.
             cur.execute(
-                f"INSERT INTO events ({_EVENT_COLUMNS}) SELECT {_EVENT_COLUMNS} "
+                f"INSERT INTO events ({EVENT_COLUMNS}) SELECT {EVENT_COLUMNS} "
                 "FROM incoming_events ORDER BY ord "
                 "ON CONFLICT (event_id) DO NOTHING RETURNING event_id")
             stored = {r[0] for r in cur.fetchall()}
@@ -312,14 +203,14 @@ class PostgresStore:
         if since_ts is not None:
             where.append("ts >= %s")
             args.append(since_ts)
-        sql = (f"SELECT seq, {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} "
+        sql = (f"SELECT seq, {EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} "
                "ORDER BY seq LIMIT %s")
         # The scan covers the log as it was when it started (as SQLite's read transaction
         # does): commits are in seq order, so "seq <= the last seq now" is that snapshot.
         upper = self.last_seq()
         last = after_seq
         while True:
-            with self._tx() as conn:
+            with self._read() as conn:
                 rows = conn.execute(sql, (last, upper, *args, _PAGE)).fetchall()
             if not rows:
                 return
@@ -346,15 +237,15 @@ class PostgresStore:
             "FROM user_settings WHERE user_id = %s", (user_id,))
         if row is None:
             return UserSettings(user_id=user_id)
-        return _settings_from_row(user_id, row)
+        return settings_from_row(user_id, row)
 
     def iter_settings(self) -> Iterator[UserSettings]:
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 "SELECT user_id, personalization, muted_keywords, daily_limit_minutes, extra "
                 "FROM user_settings ORDER BY user_id").fetchall()
         for row in rows:
-            yield _settings_from_row(row[0], row[1:])
+            yield settings_from_row(row[0], row[1:])
 
     def put_settings(self, settings: UserSettings) -> None:
         extra = {
@@ -382,7 +273,7 @@ class PostgresStore:
                          "VALUES (%s,%s,%s,%s)", (self._user_ref(user_id), ts, actor, action))
 
     def access_log(self, user_id: str, limit: int = 1000) -> list[AccessRecord]:
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 "SELECT ts, actor, action FROM access_log WHERE user_ref = %s "
                 "ORDER BY id DESC LIMIT %s", (self._user_ref(user_id), limit)).fetchall()
@@ -439,42 +330,8 @@ class PostgresStore:
         if self._closed:
             return
         try:
-            with self._pool.connection() as conn:
-                conn.autocommit = True  # VACUUM cannot run inside a transaction
-                try:
-                    conn.execute(f"VACUUM {', '.join(tables)}")
-                finally:
-                    conn.autocommit = False
-        except (psycopg.Error, PoolTimeout):
+            # VACUUM cannot run inside a transaction: a plain autocommit statement.
+            with self._read() as conn:
+                conn.execute(f"VACUUM {', '.join(tables)}")
+        except (psycopg.Error, StoreError):
             log.exception("VACUUM after a delete failed; autovacuum will reclaim the rows")
-
-
-class _Transaction:
-    """``with``-block over one pooled connection and its transaction (see ``_tx``)."""
-
-    __slots__ = ("_pool", "_url", "_cm")
-
-    def __init__(self, pool: ConnectionPool, url: str):
-        self._pool = pool
-        self._url = url
-        self._cm = None
-
-    def __enter__(self) -> psycopg.Connection:
-        self._cm = self._pool.connection()
-        try:
-            return self._cm.__enter__()
-        except PoolClosed as exc:
-            raise StoreError("store is closed") from exc
-        except psycopg.OperationalError as exc:  # unreachable server, pool timeout
-            raise StoreError(f"PostgreSQL at {self._url}: {exc}") from exc
-
-    def __exit__(self, exc_type, exc, tb):
-        # The pool's own context commits on success and rolls back on an exception (and
-        # discards a broken connection).
-        try:
-            self._cm.__exit__(exc_type, exc, tb)
-        except psycopg.OperationalError as err:  # the COMMIT itself failed
-            raise StoreError(f"PostgreSQL at {self._url}: {err}") from err
-        if isinstance(exc, psycopg.OperationalError):  # the connection broke mid-statement
-            raise StoreError(f"PostgreSQL at {self._url}: {exc}") from exc
-        return False

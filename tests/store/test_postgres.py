@@ -109,6 +109,25 @@ def test_commits_are_durable_even_where_the_database_says_otherwise(url):
         s.close()
 
 
+def test_connections_killed_under_the_pool_cost_no_failed_call(url):
+    """As after a database restart: every pooled session is gone; the next calls reconnect."""
+    import psycopg
+
+    s = open_store(url)
+    try:
+        s.append_events([ev(1)])
+        name = url.rsplit("/", 1)[1]
+        with psycopg.connect(url, autocommit=True) as conn:
+            killed = conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()", (name,)).fetchone()[0]
+        assert killed >= 1
+        assert [e.event_id for e in s.append_events([ev(2)]).accepted] == ["e2"]
+        assert s.count_events() == 2 and s.get_settings("u1") == UserSettings(user_id="u1")
+    finally:
+        s.close()
+
+
 def test_a_duplicate_inside_one_batch_keeps_the_first_copy(url):
     s = open_store(url)
     try:
