@@ -231,3 +231,69 @@ def test_serve_on_postgresql(url, tmp_path):
     finally:
         other.close()
     assert not (tmp_path / "d" / "reelrank.db").exists()
+
+
+def test_events_answered_200_survive_kill_9_of_the_server(url, tmp_path):
+    """The real server on PostgreSQL, killed while batches are in flight: every batch answered
+    200 is in the database, whole, and no other batch is there even in part."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    log = (tmp_path / "server.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reelrank.cli", "serve", "--data-dir", str(tmp_path / "d"),
+         "--store", url, "--port", str(port), "--insecure-no-auth", "--log-level", "warning"],
+        stdout=log, stderr=subprocess.STDOUT)
+    answered: list[int] = []
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, \
+                (tmp_path / "server.log").read_text()[-2000:]
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        items = [{"item_id": f"v{i}", "creator_id": "c", "duration_ms": 10_000,
+                  "created_at": 1} for i in range(10)]
+        assert httpx.post(f"{base}/v1/items", json={"items": items}).status_code == 200
+        with httpx.Client(base_url=base, timeout=10) as http:
+            for b in range(10_000):
+                if b == 8:  # a few batches in: kill it while the next one is on its way
+                    threading.Timer(0.01, os.kill, (proc.pid, signal.SIGKILL)).start()
+                batch = [{"event_id": f"b{b}-{k}", "user_id": f"u{k % 7}",
+                          "item_id": f"v{k % 10}", "ts": 1_000 + k, "type": "play",
+                          "watch_ms": 500} for k in range(500)]
+                try:
+                    r = http.post("/v1/events", json={"events": batch})
+                except httpx.TransportError:
+                    break
+                assert r.status_code == 200, r.text
+                answered.append(b)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()
+    assert proc.returncode == -signal.SIGKILL and len(answered) >= 8
+    s = open_store(url)
+    try:
+        per_batch: dict[int, int] = {}
+        for _, e in s.iter_events():
+            b = int(e.event_id[1:].split("-")[0])
+            per_batch[b] = per_batch.get(b, 0) + 1
+    finally:
+        s.close()
+    assert all(per_batch.get(b) == 500 for b in answered)
+    assert set(per_batch.values()) == {500}  # a batch in flight at the kill: all or nothing
