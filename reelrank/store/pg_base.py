@@ -9,7 +9,7 @@ import re
 import psycopg
 from psycopg_pool import ConnectionPool, PoolClosed
 
-from reelrank.errors import StoreError
+from reelrank.errors import StoreError, ValidationError
 from reelrank.types import Event, Item, UserSettings
 
 # Advisory lock keys (their scope is the database, so two ReelRank databases on one server
@@ -180,4 +180,8 @@ class Transaction:
             raise StoreError(f"PostgreSQL at {self._url}: {err}") from err
         if isinstance(exc, psycopg.OperationalError):  # the connection broke mid-statement
             raise StoreError(f"PostgreSQL at {self._url}: {exc}") from exc
+        if isinstance(exc, psycopg.DataError):
+            # Input that SQLite stores but PostgreSQL cannot (a NUL character in a caption, an
+            # integer past 64 bits): the caller's data is at fault, not the store (HTTP 422).
+            raise ValidationError(f"a value cannot be stored: {exc}") from exc
         return False

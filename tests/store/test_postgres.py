@@ -143,6 +143,21 @@ def test_a_duplicate_inside_one_batch_keeps_the_first_copy(url):
         s.close()
 
 
+def test_text_postgresql_cannot_hold_is_refused_as_invalid_input(url):
+    from reelrank.errors import ValidationError
+
+    s = open_store(url)
+    try:
+        it = dict(creator_id="c", duration_ms=1, created_at=1)
+        with pytest.raises(ValidationError, match="NUL"):
+            s.upsert_items([Item(item_id="ok", **it), Item(item_id="v", caption="a\x00b", **it)])
+        with pytest.raises(ValidationError):
+            s.append_events([ev(1), ev(2, device="x\x00")])
+        assert s.count_items() == 0 and s.count_events() == 0
+    finally:
+        s.close()
+
+
 def test_scans_page_through_a_large_log_in_order(url, monkeypatch):
     from reelrank.store import postgres
 
