@@ -377,3 +377,56 @@ def test_api_docs_render_offline(desktop, server):
     paths = desktop.locator(".opblock-summary-path").all_inner_texts()
     assert any("/v1/feed" in p for p in paths) and any("/v1/events" in p for p in paths)
     assert elsewhere == []
+
+
+def _events_posts(page) -> list[str | None]:
+    """The Authorization header of every POST /v1/events the page makes, as it makes it."""
+    seen: list[str | None] = []
+    page.on("request", lambda r: seen.append(r.headers.get("authorization"))
+            if r.method == "POST" and r.url.endswith("/v1/events") else None)
+    return seen
+
+
+def test_events_go_out_with_the_viewers_own_token(phone, server):
+    user = "u9"
+    before = len(server.events_of(user))
+    posts = _events_posts(phone)
+    sign_in(phone, server, user)
+    tokens = phone.evaluate("JSON.parse(sessionStorage.getItem('reelrank.session.v1')).tokens")
+    assert tokens["user"] and "ingest" not in tokens  # the demo hands out no ingest token
+    phone.clock.fast_forward(3_000)
+    swipe(phone, "key")
+    wait_active_index(phone, 1)
+    wait_until(lambda: {"impression", "play"} <= {e.type for e in server.events_of(user)[before:]},
+               what="the impression and the play")
+    assert posts and set(posts) == {f"Bearer {tokens['user']}"}
+
+
+def test_the_regular_sign_in_asks_only_for_the_viewers_token(phone, server):
+    """Outside demo mode (the demo status is answered as a regular server's), a viewer signs in
+    with their own token alone, and their events go out with it."""
+    import httpx
+
+    user = "u11"
+    minted = httpx.post(f"{server.base_url}/v1/admin/users/{user}/token",
+                        headers={"Authorization": f"Bearer {server.admin_token}"})
+    token = minted.json()["token"]
+    before = len(server.events_of(user))
+    phone.route("**/v1/demo", lambda route: route.fulfill(
+        status=200, content_type="application/json", body=json.dumps({"demo": False, "auth": True})))
+    posts = _events_posts(phone)
+    phone.clock.install()
+    phone.goto(server.base_url + "/app/")
+    phone.wait_for_selector("#signin-token")
+    assert phone.locator("#signin-ingest").count() == 0
+    assert "ingest" not in phone.locator("#signin").inner_text().lower()
+    phone.fill("#signin-user", user)
+    phone.fill("#signin-token", token)
+    phone.click("#signin-submit")
+    phone.wait_for_selector(".card.active")
+    phone.clock.fast_forward(3_000)
+    swipe(phone, "key")
+    wait_active_index(phone, 1)
+    wait_until(lambda: {"impression", "play"} <= {e.type for e in server.events_of(user)[before:]},
+               what="the impression and the play")
+    assert posts and set(posts) == {f"Bearer {token}"}

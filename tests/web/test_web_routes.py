@@ -83,15 +83,20 @@ def test_demo_sign_in_mints_a_user_token_bound_to_that_viewer(engine):
         body = r.json()
         assert body["user_id"] == "u1" and body["demo"] is True
         tokens = body["tokens"]
-        assert set(tokens) == {"user", "ingest", "serve", "admin"}
+        assert set(tokens) == {"user", "serve", "admin"}  # events go with the user token
         user = bearer(tokens["user"])
         assert c.get("/v1/users/u1/settings", headers=user).status_code == 200
         assert c.get("/v1/users/u0/settings", headers=user).status_code == 403
         assert c.get("/v1/feed", params={"user_id": "u1"}, headers=user).status_code == 200
         assert c.post("/v1/admin/train", headers=user).status_code == 403
+        own = {"event_id": "demo-e1", "user_id": "u1", "item_id": "v1", "ts": T0, "type": "play",
+               "watch_ms": 3_000}
+        assert c.post("/v1/events", json={"events": [own]}, headers=user).status_code == 200
+        other = {**own, "event_id": "demo-e2", "user_id": "u0"}
+        assert c.post("/v1/events", json={"events": [other]}, headers=user).status_code == 403
         # The service tokens carry their scopes, and are reused across sign-ins.
-        ingest = bearer(tokens["ingest"])
-        assert c.get("/v1/feed", params={"user_id": "u1"}, headers=ingest).status_code == 403
+        serve = bearer(tokens["serve"])
+        assert c.get("/v1/users/u1/settings", headers=serve).status_code == 403
         again = c.post("/v1/demo/sign-in", json={"user_id": "u0"}).json()["tokens"]
         assert again["admin"] == tokens["admin"] and again["user"] != tokens["user"]
         assert engine.store.count_keys("user") == 2
@@ -111,7 +116,7 @@ def test_demo_sign_in_rejects_a_bad_body_naming_the_field(engine):
 def test_demo_sign_in_without_auth_hands_out_no_tokens(engine):
     with client_for(engine, demo=True, auth=False) as c:
         body = c.post("/v1/demo/sign-in", json={"user_id": "u1"}).json()
-        assert body["tokens"] == {"user": None, "ingest": None, "serve": None, "admin": None}
+        assert body["tokens"] == {"user": None, "serve": None, "admin": None}
         assert c.get("/v1/demo").json() == {"demo": True, "auth": False}
 
 

@@ -7,8 +7,9 @@ Demo sign-in. A real app signs its viewers in itself and gets each a user token 
 backend (``POST /v1/admin/users/{id}/token``). So that ``reelrank demo`` gives a person
 something to click through, a server started in *demo mode* (``create_app(..., demo=True)``,
 which only ``reelrank demo`` does) also answers ``POST /v1/demo/sign-in``: it mints a user token
-for the chosen viewer and hands out service tokens for the pages that need them (ingest, for
-the events the feed page sends; serve, for the creator studio; admin, for the operator console).
+for the chosen viewer and hands out service tokens for the pages that need them (serve, for
+the creator studio; admin, for the operator console). The feed page sends the viewer's events
+with the viewer's own token, so no ingest token is handed out.
 Anyone who can reach a demo server can therefore act as its operator; that is the point of a
 demo and the reason the mode is off unless asked for. Outside demo mode the demo routes answer
 404 and the page asks for tokens minted the regular way.
@@ -95,16 +96,21 @@ class SignIn(BaseModel):
     user_id: Id
 
 
+# The pages' service tokens. Not ingest: the feed page posts the viewer's events with the
+# viewer's own token, which may write only that viewer's.
+_DEMO_SCOPES = tuple(s for s in SERVICE_SCOPES if s != "ingest")
+
+
 @router.post("/v1/demo/sign-in", dependencies=[Depends(_demo_only)])
 def demo_sign_in(body: SignIn, request: Request) -> dict:
     """Demo mode only: a new user token for ``user_id`` plus the service tokens the app's
     other pages use. With auth switched off every token is null and none is needed."""
     auth: Authenticator | None = request.app.state.auth
-    tokens: dict[str, str | None] = {"user": None, **{s: None for s in SERVICE_SCOPES}}
+    tokens: dict[str, str | None] = {"user": None, **{s: None for s in _DEMO_SCOPES}}
     if auth is not None:
         tokens["user"] = auth.mint(USER_SCOPE, body.user_id)
         cached: dict[str, str] = request.app.state.demo_tokens
-        for scope in SERVICE_SCOPES:
+        for scope in _DEMO_SCOPES:
             # One of each per server run, not one per sign-in: the key table stays small.
             if scope not in cached:
                 cached[scope] = auth.mint(scope)

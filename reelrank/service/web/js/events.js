@@ -7,6 +7,9 @@
 //   while the page was visible;
 // - a `play` longer than the video means it looped: a `rewatch` carries the looped part;
 // - coming back to a card already viewed and staying a while is a `rewatch` too.
+//
+// Events go out with the viewer's own token, which may post events for that viewer and no one
+// else: the page never needs a token that writes for every viewer.
 
 import { post, newId } from './api.js';
 import { session } from './session.js';
@@ -48,8 +51,8 @@ export class EventSender {
   // One request at a time keeps the server's order the viewer's order.
   async flush({ keepalive = false } = {}) {
     if (this.sending) return this.sending;
-    if (!session.has('ingest')) {
-      if (!this.warnedNoToken) this.onError(new Error('no ingest token: this page cannot send events'));
+    if (!session.has('user')) {
+      if (!this.warnedNoToken) this.onError(new Error('no user token: this page cannot send events'));
       this.warnedNoToken = true;
       this.queue = [];
       return null;
@@ -58,7 +61,7 @@ export class EventSender {
       while (this.queue.length) {
         const batch = this.queue.splice(0, 100);
         try {
-          await post('/v1/events', { events: batch }, { as: 'ingest', keepalive });
+          await post('/v1/events', { events: batch }, { as: 'user', keepalive });
           this.sent += batch.length;
         } catch (err) {
           // Event ids make a retry safe; a refused batch (4xx) would be refused again.

@@ -35,8 +35,8 @@ export const session = {
     return Boolean(this.userId);
   },
 
-  // The token for a kind of call: 'user' (the viewer's own paths, feed, explain), 'ingest'
-  // (events), 'serve' (creator insights) or 'admin' (console). An admin token reaches all.
+  // The token for a kind of call: 'user' (the viewer's own paths, feed, explain and events),
+  // 'serve' (creator insights) or 'admin' (console). An admin token reaches all.
   token(kind) {
     if (!kind) return null;
     return this.tokens[kind] || this.tokens.admin || null;

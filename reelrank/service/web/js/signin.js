@@ -1,6 +1,8 @@
 // Signing the page in. On a demo server (`reelrank demo`): pick a synthetic viewer and the
 // server mints that viewer's user token (plus service tokens for the other pages). Elsewhere:
-// paste a viewer id and tokens minted the regular way; nothing here can mint one.
+// paste a viewer id and the user token the app's backend minted for them; nothing here can mint
+// one. A viewer's token reaches their feed, data and own events, so a viewer is never asked for
+// a token that writes for everyone (ingest); serve and admin are for operators' pages only.
 
 import { get, post, ApiError } from './api.js';
 import { session } from './session.js';
@@ -59,14 +61,13 @@ export function showSignIn(status) {
     card.append(
       h('h1', { text: 'ReelRank' }),
       h('p', { class: 'muted', text: authOn
-        ? 'Demo sign-in is off on this server. Enter a viewer id and the tokens your operator minted for this page (POST /v1/admin/users/{id}/token for the viewer). Without an ingest token the feed shows but sends no events.'
+        ? 'Demo sign-in is off on this server. Enter a viewer id and the user token your app\'s backend minted for that viewer (POST /v1/admin/users/{id}/token): it reaches that viewer\'s feed, data and events, and nothing else. Operators may add a serve token for the creator studio and an admin token for the console.'
         : 'This server runs without authentication (local trials only): a viewer id is enough.' }),
       h('form', { class: 'stack-form', onsubmit: async (e) => {
         e.preventDefault();
         const form = e.target;
         const tokens = authOn ? {
           user: form.querySelector('#signin-token').value.trim() || null,
-          ingest: form.querySelector('#signin-ingest').value.trim() || null,
           serve: form.querySelector('#signin-serve').value.trim() || null,
           admin: form.querySelector('#signin-admin').value.trim() || null,
         } : {};
@@ -81,8 +82,9 @@ export function showSignIn(status) {
         }
       } },
       h('label', { class: 'field' }, h('span', { text: 'Viewer id' }), userInput),
-      authOn ? [tokenInput('signin-token', 'User token', true), tokenInput('signin-ingest', 'Ingest token (sends events)'),
-        tokenInput('signin-serve', 'Serve token (creator studio)'), tokenInput('signin-admin', 'Admin token (console)')] : null,
+      authOn ? [tokenInput('signin-token', 'User token', true),
+        tokenInput('signin-serve', 'Serve token (creator studio, operators only)'),
+        tokenInput('signin-admin', 'Admin token (console, operators only)')] : null,
       h('button', { type: 'submit', class: 'btn btn-primary', id: 'signin-submit' }, 'Sign in')),
       errorEl);
   });
