@@ -62,6 +62,9 @@ def serve(
     trace_budget_mb: float = typer.Option(
         64.0, min=0.0, help="Memory in MB for the feed traces kept for GET /v1/explain; "
                             "past it the least recently served viewers' traces go first."),
+    max_feed_only_viewers: int = typer.Option(
+        10_000, min=1, help="Viewers held in live state who were served a feed but sent no "
+                            "event (about 5 KB each); past it the least recently served go."),
     store: Optional[str] = typer.Option(
         None, "--store", help=STORE_HELP),
 ) -> None:
@@ -98,6 +101,7 @@ def serve(
                               trainer="off" if no_trainer else trainer,
                               retention_days=retention_days, limits=limits,
                               trace_budget_bytes=int(trace_budget_mb * 1024 * 1024),
+                              max_feed_only_viewers=max_feed_only_viewers,
                               store_url=store)
     if keys_path is not None:
         typer.echo(f"API tokens (ingest, serve, admin): {keys_path}")
@@ -242,6 +246,12 @@ def trainer_(
                                                       "new retrieval weights (an index rebuild)."),
     log_level: str = typer.Option("info", help="debug | info | warning | error"),
     store_url: Optional[str] = typer.Option(None, "--store", help=STORE_HELP),
+    max_viewers: int = typer.Option(
+        100_000, min=1, help="Viewers held in the trainer's live state; past it the least "
+                             "recently active go, rebuilt from the log when they return."),
+    late_examples: int = typer.Option(
+        10_000, min=0, help="Closed examples kept for a late outcome (a like after the "
+                            "view) to correct; past it the oldest go."),
     commands_from_stdin: bool = typer.Option(
         False, "--commands-from-stdin",
         help="Read erasures and resets from standard input as JSON lines "
@@ -266,7 +276,7 @@ def trainer_(
     _logging(log_level)
     store = open_store(store_url or data_dir)
     cfg = TrainerConfig(publish_every_s=publish_every, retrieval_every_s=retrieval_every,
-                        verify_users=True)
+                        verify_users=True, max_viewers=max_viewers, late_memory=late_examples)
     runner = OnlineTrainer(store, ModelRegistry(Path(data_dir) / "models"), cfg)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

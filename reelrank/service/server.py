@@ -40,6 +40,7 @@ def prepare(data_dir: Path, insecure_no_auth: bool = False,
             retention_days: int | None = None, limits: RequestLimits | None = None,
             trace_budget_bytes: int = DEFAULT_TRACE_BUDGET_BYTES,
             store_url: str | None = None,
+            max_feed_only_viewers: int = 10_000,
             ) -> tuple[FastAPI, Path | None]:
     """The app on the store in ``data_dir`` (created if missing), and the keys file (None
     when auth is off). The caller owns the store: ``app.state.engine.store.close()``.
@@ -80,6 +81,8 @@ def prepare(data_dir: Path, insecure_no_auth: bool = False,
         # Stale trending and popular lists are served while a thread ranks them again, rather
         # than ranked inside the request that found them stale (tens of ms at 100k videos).
         engine.live.background_refresh = True
+        # Ids a feed was served to that sent no event: bounded (see ``LiveState``).
+        engine.live.max_feed_only_viewers = max_feed_only_viewers
         engine.watch_models()
         if trainer == "process":
             engine.start_trainer_process(data_dir)

@@ -119,10 +119,13 @@ class LiveStats:
 
 
 def memory_view(engine: Engine) -> dict:
-    """What holds memory, each part with its bound: the feed traces (a byte budget), the live
-    state's viewers (no bound yet: every viewer with an event, and every id a feed was served
-    to, stays until erased or a restart), the online trainer's pending rows (a count bound in
-    its own configuration), and the resident memory of this process and the trainer's."""
+    """What holds memory, each part with its bound: the feed traces (a byte budget); the live
+    state's viewers known only from feeds (a count, the least recently served out first) and
+    those with events (no bound yet: one evicted would have to be rebuilt from the log before
+    their next request or event, and ingestion applies an event to live state after the store
+    holds it, so a rebuild could count it twice); the online trainer's budgets (viewers,
+    examples kept for late corrections, event ids, rows waiting, from its configuration); and
+    the resident memory of this process and of the trainer's."""
     trainer = getattr(engine, "trainer", None)
     trainer_status = trainer.status() if trainer is not None else None
     trainer_view = None
@@ -133,11 +136,20 @@ def memory_view(engine: Engine) -> dict:
             "max_rows_waiting": _trainer_queue_bound(),
             "rss_bytes": rss_bytes(trainer_status.get("pid")) if trainer_status.get("pid")
             else None,
+            # The child writes its budgets into its status file; None until it has.
+            "budgets": trainer_status.get("memory"),
         }
+    live = engine.live
+    viewers = len(live.user_ids())
+    feed_only = live.feed_only_viewers()
     return {
         "rss_bytes": rss_bytes(),
         "traces": engine.trace_usage(),
-        "live_state": {"viewers": len(engine.live.user_ids()), "max_viewers": None},
+        "live_state": {"viewers": viewers, "viewers_with_events": viewers - feed_only,
+                       "max_viewers_with_events": None,
+                       "viewers_feed_only": feed_only,
+                       "max_viewers_feed_only": live.max_feed_only_viewers,
+                       "viewers_feed_only_evicted": live.feed_only_evicted},
         "trainer": trainer_view,
     }
 

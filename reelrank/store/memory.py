@@ -204,13 +204,21 @@ class LiveState:
                  co_engagement_span: int = 10, served_memory: int = 500,
                  trending_refresh_events: int = 1000,
                  trending_refresh_seconds: float = 2.0,
-                 background_refresh: bool = False) -> None:
+                 background_refresh: bool = False,
+                 max_feed_only_viewers: int = 10_000) -> None:
         self.catalog = catalog
         self.trending_window_ms = trending_window_ms
         self.co_engagement_span = co_engagement_span
         self.served_memory = served_memory
         self.clock = 0  # newest event time seen, ms
         self._users: dict[str, UserState] = {}
+        # Viewers a feed was served to who have no event here, least recently served first.
+        # Their state is only what feeds sent them (memory only by design), so any id anyone
+        # asks a feed for would otherwise hold about 5 KB until a restart: past the bound the
+        # least recently served go, and lose nothing the log could give back.
+        self.max_feed_only_viewers = max_feed_only_viewers
+        self._feed_only: OrderedDict[str, None] = OrderedDict()
+        self.feed_only_evicted = 0
         self._items: dict[str, ItemStats] = {}
         self._creator_impressions: Counter = Counter()  # the sum over each creator's videos
         self._co: dict[str, Counter] = {}
@@ -239,7 +247,8 @@ class LiveState:
                          served_memory=self.served_memory,
                          trending_refresh_events=self.trending_refresh_events,
                          trending_refresh_seconds=self.trending_refresh_seconds,
-                         background_refresh=self.background_refresh)
+                         background_refresh=self.background_refresh,
+                         max_feed_only_viewers=self.max_feed_only_viewers)
 
     # -- writes ---------------------------------------------------------------------------------
     def apply(self, event: Event, interests: bool = True) -> None:
@@ -259,6 +268,8 @@ class LiveState:
             u = self._users.get(event.user_id)
             if u is None:
                 u = self._users[event.user_id] = UserState(event.user_id)
+            elif self._feed_only:
+                self._feed_only.pop(event.user_id, None)  # now rebuilt from the log too
             s = self._items.get(event.item_id)
             if s is None:
                 s = self._items[event.item_id] = ItemStats()
@@ -369,15 +380,34 @@ class LiveState:
             u = self._users.get(user_id)
             if u is None:
                 u = self._users[user_id] = UserState(user_id)
+                self._feed_only[user_id] = None
+            elif user_id in self._feed_only:
+                self._feed_only.move_to_end(user_id)
             for i in item_ids:
                 u.served[i] = None
                 u.served.move_to_end(i)
             while len(u.served) > self.served_memory:
                 u.served.popitem(last=False)
+            while len(self._feed_only) > self.max_feed_only_viewers:
+                old, _ = self._feed_only.popitem(last=False)
+                self._users.pop(old, None)
+                self.feed_only_evicted += 1
 
     def forget_user(self, user_id: str) -> None:
         with self._lock:
             self._users.pop(user_id, None)
+            self._feed_only.pop(user_id, None)
+
+    def put_user(self, state: UserState) -> None:
+        """Install a viewer's state rebuilt from their events (a holder that bounds its
+        viewers, such as the online trainer, brings an evicted one back this way)."""
+        with self._lock:
+            self._users[state.user_id] = state
+            self._feed_only.pop(state.user_id, None)
+            self._version += 1
+
+    def feed_only_viewers(self) -> int:
+        return len(self._feed_only)
 
     def reset_interests(self, user_id: str) -> None:
         """Forget what was inferred about the viewer's taste; keep what they said and did
@@ -403,6 +433,15 @@ class LiveState:
                 fresh = other._users.get(uid)
                 if fresh is not None:
                     fresh.served = u.served
+            # Viewers with no event are not in the log: keep what feeds sent them, or every
+            # rebuild (each erasure starts one) would let their next pages repeat.
+            kept: OrderedDict[str, None] = OrderedDict()
+            for uid in self._feed_only:
+                u = self._users.get(uid)
+                if u is not None and uid not in other._users:
+                    other._users[uid] = u
+                    kept[uid] = None
+            self._feed_only = kept
             self.clock = max(self.clock, other.clock)
             self._users, self._items, self._co = other._users, other._items, other._co
             self._creator_impressions = other._creator_impressions

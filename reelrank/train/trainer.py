@@ -42,7 +42,9 @@ import torch
 from reelrank.features import RowStream
 from reelrank.models.bundle import ModelBundle
 from reelrank.registry import ModelRegistry
-from reelrank.store.memory import Catalog, LiveState
+from reelrank.store.memory import Catalog
+from reelrank.train.budget import (TrainerLiveState, ViewerBudget, join_memory,
+                                   release_free_memory, trim_join_memory)
 from reelrank.train.online import OnlineConfig, OnlineLearner
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,11 @@ class TrainerConfig:
     torch_threads: int = 1
     nice: int = 10  # the trainer's threads yield the CPU to request threads (Linux)
     backoff_s: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0)
+    # Memory budgets (``train.budget``): what would otherwise grow for as long as it runs.
+    max_viewers: int = 100_000  # viewers in its live state; an evicted one is rebuilt from the log
+    late_memory: int = 10_000  # closed examples kept for a late outcome to correct (~2 KB each)
+    dedupe_memory: int = 10_000  # event ids the join remembers (the log holds each id once)
+    trim_every_s: float = 10.0  # hand freed heap memory back to the system this often
     online: OnlineConfig = field(default_factory=OnlineConfig)
 
 
@@ -115,6 +122,8 @@ class OnlineTrainer:
         self._published: set[str] = set()  # registry versions this trainer wrote
         self.learner: OnlineLearner | None = None
         self.rows: RowStream | None = None
+        self.viewers: ViewerBudget | None = None
+        self.late_dropped = 0  # closed examples let go before their window ended (late_memory)
         self.cursor = 0
         self.state = "stopped"  # stopped | waiting_for_model | catching_up | running | failed
         self.failures = 0
@@ -124,6 +133,7 @@ class OnlineTrainer:
         self.versions_handed = 0
         self.lags_ms: deque[float] = deque(maxlen=20_000)  # view end -> weights serving
         self.through_ts: int | None = None
+        self._last_trim = clock()
         self._reset_publish_state()
 
     def _reset_publish_state(self) -> None:
@@ -186,7 +196,7 @@ class OnlineTrainer:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 self.state = "failed"
                 log.exception("online trainer failed (%d so far); starting over", self.failures)
-                self.learner = self.rows = None
+                self.learner = self.rows = self.viewers = None
                 delays = self.cfg.backoff_s
                 self._stop.wait(delays[min(self.failures, len(delays)) - 1])
 
@@ -207,8 +217,10 @@ class OnlineTrainer:
         online = self.cfg.online
         history = max(online.history_len,
                       bundle.retrieval.users.max_len if bundle.retrieval is not None else 0)
-        self.rows = RowStream(LiveState(catalog), history_len=history,
+        self.rows = RowStream(TrainerLiveState(catalog), history_len=history,
                               window_ms=self.cfg.window_ms, settle_ms=self.cfg.settle_ms)
+        self.rows.joiner.dedupe_memory = self.cfg.dedupe_memory
+        self.viewers = ViewerBudget(self.rows.live, self.store, self.cfg.max_viewers)
         self.learner = OnlineLearner(bundle, catalog, online)
         # Viewers' "refresh my feed" points: older events rebuild no interests (as in serving's
         # replay, ``Engine._replay``).
@@ -241,7 +253,7 @@ class OnlineTrainer:
         if latest is None or latest in self._published or latest == self.base_version:
             return False
         log.info("online trainer: %s was published elsewhere; starting from it", latest)
-        self.learner = self.rows = None
+        self.learner = self.rows = self.viewers = None
         return True
 
     def cycle(self) -> bool:
@@ -252,6 +264,7 @@ class OnlineTrainer:
         read = self._read()
         now = self._event_clock()
         closed = self.rows.flush(now)
+        self.late_dropped += trim_join_memory(self.rows, self.cfg.late_memory)
         # Closed by the passing of time alone: an impression the base model already saw, with
         # nothing new about it, is not learned twice.
         old = [r for r in closed if r.example.ts <= self._trained_through_ts]
@@ -273,6 +286,9 @@ class OnlineTrainer:
                 or self._retrieval_due(now)):
             self.publish()
             busy = True
+        if now - self._last_trim >= self.cfg.trim_every_s:
+            self._last_trim = now
+            release_free_memory()
         return busy
 
     def _retrieval_due(self, now: float) -> bool:
@@ -296,7 +312,9 @@ class OnlineTrainer:
         if missing and self._shared_catalog is None:
             rows.live.catalog.upsert(list(self.store.get_items(missing).values()))
         floors = self._reset_floors
+        viewers = self.viewers
         for seq, event in batch:
+            viewers.before(seq, event, floors)
             out = rows.add(event, interests=seq > floors.get(event.user_id, 0))
             self._read_ts = max(self._read_ts, event.ts)
             if seq <= self._trained_through:
@@ -305,6 +323,7 @@ class OnlineTrainer:
             else:
                 learner.add(out, self._event_clock())
         self.cursor = batch[-1][0]
+        self.late_dropped += trim_join_memory(rows, self.cfg.late_memory)
         return n
 
     def _event_clock(self) -> int:
@@ -328,6 +347,8 @@ class OnlineTrainer:
             user = self._erase.popleft()
             if self.rows is not None:
                 self.rows.forget_user(user)
+            if self.viewers is not None:
+                self.viewers.forget(user)
             if self.learner is not None:
                 self.learner.forget_user(user)
 
@@ -469,4 +490,21 @@ class OnlineTrainer:
             "lag_ms": {"n": int(len(lags)),
                        "p50": float(np.percentile(lags, 50)) if len(lags) else None,
                        "p99": float(np.percentile(lags, 99)) if len(lags) else None},
+            "memory": self.memory(),
+        }
+
+    def memory(self) -> dict:
+        """What it holds against each budget of its configuration."""
+        cfg, viewers, rows = self.cfg, self.viewers, self.rows
+        return {
+            "viewers": len(viewers) if viewers is not None else 0,
+            "max_viewers": cfg.max_viewers,
+            "viewers_evicted": viewers.evicted if viewers is not None else 0,
+            "viewers_rebuilt": viewers.rebuilt if viewers is not None else 0,
+            **(join_memory(rows) if rows is not None else {}),
+            "max_late_examples": cfg.late_memory,
+            "late_dropped": self.late_dropped,
+            "max_event_ids": cfg.dedupe_memory,
+            "rows_waiting": len(self.learner.queue) if self.learner is not None else 0,
+            "max_rows_waiting": cfg.online.max_queue,
         }

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from reelrank.engine import Engine
 from reelrank.pipeline.context import FeedRequest
 from reelrank.service import create_app
-from tests.service.test_api import make_item
+from tests.service.test_api import T0, make_item
 
 
 def _engine(store, **kw) -> Engine:
@@ -91,3 +91,36 @@ def test_a_budget_must_leave_room_for_one_page(store, budget):
     engine.feed(FeedRequest("u1", n=3))
     # The page just served is kept even over a zero budget: explain works for it.
     assert engine.trace_usage()["traces"] == 1
+
+
+def test_viewers_known_only_from_feeds_are_bounded_and_viewers_with_events_stay(store):
+    from reelrank.types import Event
+
+    engine = _engine(store)
+    live = engine.live
+    live.max_feed_only_viewers = 5
+    engine.ingest_events([Event(f"f{k}", "fan", f"v{k}", T0 + k, "play", watch_ms=9_000)
+                          for k in range(3)])
+    engine.feed(FeedRequest("fan", n=3))
+    engine.feed(FeedRequest("late-fan", n=3))  # served first, then sends an event
+    engine.ingest_events([Event("g1", "late-fan", "v5", T0 + 10, "play", watch_ms=9_000)])
+    for k in range(50):  # feeds for ids never seen before, as anyone with a token can ask
+        engine.feed(FeedRequest(f"new{k}", n=3))
+        assert live.feed_only_viewers() <= 5
+    assert live.feed_only_evicted == 45
+    assert set(live.user_ids()) == {"fan", "late-fan", *(f"new{k}" for k in range(45, 50))}
+    assert len(live.user("fan").tokens) == 3 and live.user("late-fan").tokens
+    # A rebuild from the log (every erasure starts one) keeps what feeds sent the viewers it
+    # cannot find in the log, so their next pages do not repeat.
+    served = list(live.user("new49").served)
+    engine.rebuild_live()
+    assert list(live.user("new49").served) == served and live.feed_only_viewers() == 5
+    page = engine.feed(FeedRequest("new49", n=3))
+    assert not {i.item_id for i in page.items} & set(served)
+    # An evicted one just starts again, as a viewer never seen: nothing durable was held.
+    assert engine.feed(FeedRequest("new0", n=3)).items
+    with TestClient(create_app(engine, None)) as client:
+        state = client.get("/v1/stats").json()["memory"]["live_state"]
+    assert state["max_viewers_feed_only"] == 5 and state["viewers_feed_only"] == 5
+    assert state["viewers_with_events"] == 2 and state["max_viewers_with_events"] is None
+    assert state["viewers"] == 7 and state["viewers_feed_only_evicted"] == 46

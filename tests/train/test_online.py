@@ -403,3 +403,31 @@ def test_a_swapped_out_version_is_freed_without_the_cyclic_collector(engine):
         assert all(ref() is None for ref in gone)
     finally:
         gc.enable()
+
+
+def test_the_trainer_holds_its_memory_budgets_and_reports_them(engine, world):
+    cfg = dataclasses.replace(FAST, max_viewers=4, late_memory=30, dedupe_memory=50)
+    trainer = engine.start_trainer(cfg)
+    wait_for(lambda: trainer.state == "running")
+    sim, ts = Simulator(world), int(time.time() * 1000)
+    for viewer in world.users[:8]:  # more viewers than the budget, each back once
+        state = sim.new_session(viewer, "budget")
+        ts = swipe(engine, sim, viewer, state, ts, n=3)
+    steps = trainer.learner.steps
+    for viewer in world.users[:8]:
+        state = sim.new_session(viewer, "again")
+        ts = swipe(engine, sim, viewer, state, ts, n=2)
+    wait_for(lambda: trainer.learner.steps > steps and trainer.cursor == engine.store.last_seq())
+    memory = trainer.status()["memory"]
+    assert len(trainer.rows.live.user_ids()) <= 4 and memory["viewers"] <= 4
+    assert memory["viewers_evicted"] > 30 and memory["viewers_rebuilt"] >= 8
+    assert memory["late_examples"] <= 30 and memory["late_inputs"] <= 30
+    assert memory["late_dropped"] > 0 and memory["event_ids"] <= 51
+    # A returning viewer's state in the trainer is what serving holds (rebuilt from the log).
+    back = trainer.rows.live.user_ids()[-1]
+    assert ([t.item_id for t in trainer.rows.live.user(back).tokens]
+            == [t.item_id for t in engine.live.user(back).tokens])
+    with TestClient(create_app(engine, None)) as client:
+        budgets = client.get("/v1/stats").json()["memory"]["trainer"]["budgets"]
+    assert budgets["max_viewers"] == 4 and budgets["max_late_examples"] == 30
+    assert budgets["max_event_ids"] == 50 and budgets["viewers"] <= 4
