@@ -177,6 +177,10 @@ def summarize(samples: list[dict], key: str, warmup_s: float) -> dict:
     return out
 
 
+def _blank(value) -> str:
+    return "" if value is None else str(value)
+
+
 def markdown(report: dict) -> str:
     s, t = report["server_rss"], report.get("trainer_rss") or {}
     lines = [
@@ -212,12 +216,15 @@ def markdown(report: dict) -> str:
         lines.append(f"| {kind} | {row['n']:,} | {row['per_s']:.1f} | {row['mean_ms']:.1f} | "
                      f"{row['statuses']} |")
     lines += ["", "RSS over time (MB):", "",
-              "| t s | server | trainer | traces MB | live viewers |", "|---|---|---|---|---|"]
+              "| t s | server | trainer | traces MB | live viewers | trainer viewers | "
+              "trainer late examples |", "|---|---|---|---|---|---|---|"]
     for sample in report["samples"][::max(1, len(report["samples"]) // 40)]:
         trainer = sample["trainer_mb"]
         lines.append(f"| {sample['t_s']:.0f} | {sample['server_mb']:.1f} | "
                      f"{'' if trainer is None else round(trainer, 1)} | "
-                     f"{sample.get('traces_mb', '')} | {sample.get('live_viewers', '')} |")
+                     f"{sample.get('traces_mb', '')} | {sample.get('live_viewers', '')} | "
+                     f"{_blank(sample.get('trainer_viewers'))} | "
+                     f"{_blank(sample.get('trainer_late_examples'))} |")
     lines.append("")
     return "\n".join(lines)
 
@@ -257,6 +264,10 @@ def main() -> int:
                                        timeout=60).json()["memory"]
                     sample["traces_mb"] = round(memory["traces"]["bytes"] / 2**20, 1)
                     sample["live_viewers"] = memory["live_state"]["viewers"]
+                    # The trainer's own budgets, from its status file (None until written).
+                    budgets = (memory.get("trainer") or {}).get("budgets") or {}
+                    sample["trainer_viewers"] = budgets.get("viewers")
+                    sample["trainer_late_examples"] = budgets.get("late_examples")
                 except (httpx.HTTPError, KeyError, ValueError):
                     pass
             samples.append(sample)
