@@ -345,6 +345,8 @@ class OnlineTrainer:
                 self.rows.live.reset_interests(user)
         while self._erase:
             user = self._erase.popleft()
+            # Their settings went with the erasure: no id of theirs stays behind here either.
+            self._reset_floors.pop(user, None)
             if self.rows is not None:
                 self.rows.forget_user(user)
             if self.viewers is not None:

@@ -204,8 +204,11 @@ def test_erasure_drops_the_viewers_pending_examples(engine, world):
             ts = swipe(engine, sim, viewer, state, ts)
     gone, kept = world.users[20].user_id, world.users[21].user_id
     wait_for(lambda: {gone, kept} <= {r.example.user_id for _, r in trainer.learner.queue})
+    engine.reset_interests(gone)  # the trainer then holds their reset point...
+    wait_for(lambda: gone in trainer._reset_floors)
     engine.erase_user(gone, rebuild=False)
     wait_for(lambda: not trainer._erase)
+    assert gone not in trainer._reset_floors  # ... and lets it go with the rest of them
     waiting = {r.example.user_id for _, r in trainer.learner.queue}
     assert gone not in waiting and kept in waiting
     assert trainer.rows.live.user(gone) is None
