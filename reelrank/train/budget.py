@@ -25,8 +25,8 @@ and the co-engagement graph in the trainer's live state, which serving's candida
 but the trainer never does (``TrainerLiveState`` leaves it out: it grows with pairs of videos).
 
 The join's memory of event ids (``Joiner.dedupe_memory``, a million ids by default, about
-150 bytes each once full) is set small by the trainer itself: it reads the store's log, which holds
-each event id once, so the join sees no duplicates to drop.
+150 bytes each once full) is switched off by the trainer itself (``TrainerConfig``): it reads
+the store's log, which holds each event id once, so the join sees no duplicates to drop.
 
 ``features.py`` serves evaluation replays too, which need the join exact and unbounded, so
 the budgets are applied here, from outside, to the trainer's instances only.

@@ -69,7 +69,9 @@ class TrainerConfig:
     # Memory budgets (``train.budget``): what would otherwise grow for as long as it runs.
     max_viewers: int = 100_000  # viewers in its live state; an evicted one is rebuilt from the log
     late_memory: int = 10_000  # closed examples kept for a late outcome to correct (~2 KB each)
-    dedupe_memory: int = 10_000  # event ids the join remembers (the log holds each id once)
+    # Event ids the join remembers to drop duplicates: none needed, the log holds each id once
+    # (and none of an erased viewer's stays behind in memory).
+    dedupe_memory: int = 0
     trim_every_s: float = 10.0  # hand freed heap memory back to the system this often
     online: OnlineConfig = field(default_factory=OnlineConfig)
 

@@ -209,6 +209,7 @@ def test_erasure_drops_the_viewers_pending_examples(engine, world):
     engine.erase_user(gone, rebuild=False)
     wait_for(lambda: not trainer._erase)
     assert gone not in trainer._reset_floors  # ... and lets it go with the rest of them
+    assert not trainer.rows.joiner._seen_ids  # no event id is kept (the log has each once)
     waiting = {r.example.user_id for _, r in trainer.learner.queue}
     assert gone not in waiting and kept in waiting
     assert trainer.rows.live.user(gone) is None
