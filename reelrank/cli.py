@@ -65,6 +65,10 @@ def serve(
     max_feed_only_viewers: int = typer.Option(
         10_000, min=1, help="Viewers held in live state who were served a feed but sent no "
                             "event (about 5 KB each); past it the least recently served go."),
+    trainer_max_viewers: Optional[int] = typer.Option(
+        None, min=1, help="The online trainer's --max-viewers (default 100,000)."),
+    trainer_late_examples: Optional[int] = typer.Option(
+        None, min=0, help="The online trainer's --late-examples (default 10,000)."),
     store: Optional[str] = typer.Option(
         None, "--store", help=STORE_HELP),
 ) -> None:
@@ -102,6 +106,8 @@ def serve(
                               retention_days=retention_days, limits=limits,
                               trace_budget_bytes=int(trace_budget_mb * 1024 * 1024),
                               max_feed_only_viewers=max_feed_only_viewers,
+                              trainer_budgets={"max_viewers": trainer_max_viewers,
+                                               "late_examples": trainer_late_examples},
                               store_url=store)
     if keys_path is not None:
         typer.echo(f"API tokens (ingest, serve, admin): {keys_path}")

@@ -41,6 +41,7 @@ def prepare(data_dir: Path, insecure_no_auth: bool = False,
             trace_budget_bytes: int = DEFAULT_TRACE_BUDGET_BYTES,
             store_url: str | None = None,
             max_feed_only_viewers: int = 10_000,
+            trainer_budgets: dict | None = None,
             ) -> tuple[FastAPI, Path | None]:
     """The app on the store in ``data_dir`` (created if missing), and the keys file (None
     when auth is off). The caller owns the store: ``app.state.engine.store.close()``.
@@ -84,10 +85,15 @@ def prepare(data_dir: Path, insecure_no_auth: bool = False,
         # Ids a feed was served to that sent no event: bounded (see ``LiveState``).
         engine.live.max_feed_only_viewers = max_feed_only_viewers
         engine.watch_models()
+        # The trainer's memory budgets: {"max_viewers": n, "late_examples": n}, either or none.
+        budgets = {k: v for k, v in (trainer_budgets or {}).items() if v is not None}
         if trainer == "process":
-            engine.start_trainer_process(data_dir)
+            engine.start_trainer_process(data_dir, **budgets)
         elif trainer == "thread":
-            engine.start_trainer()
+            from reelrank.train.trainer import TrainerConfig
+
+            names = {"max_viewers": "max_viewers", "late_examples": "late_memory"}
+            engine.start_trainer(TrainerConfig(**{names[k]: v for k, v in budgets.items()}))
         if retention_days is not None:
             engine.start_retention(retention_days)
         if insecure_no_auth:

@@ -114,8 +114,13 @@ class TrainerProcess:
     # and the server swaps a version in within a quarter second of its publication.
     def __init__(self, data_dir: Path, *, publish_every_s: float = 2.0,
                  retrieval_every_s: float = 120.0, log_level: str = "warning",
-                 backoff_s: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0)):
+                 backoff_s: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0),
+                 max_viewers: int | None = None, late_examples: int | None = None):
         self.data_dir = Path(data_dir)
+        # The child's memory budgets (``reelrank trainer --max-viewers/--late-examples``);
+        # None leaves the child's own default.
+        self.max_viewers = max_viewers
+        self.late_examples = late_examples
         self.publish_every_s = publish_every_s
         self.retrieval_every_s = retrieval_every_s
         self.log_level = log_level
@@ -222,11 +227,16 @@ class TrainerProcess:
 
     # -- the supervisor thread ----------------------------------------------------------------
     def _command(self) -> list[str]:
+        budgets = []
+        if self.max_viewers is not None:
+            budgets += ["--max-viewers", str(self.max_viewers)]
+        if self.late_examples is not None:
+            budgets += ["--late-examples", str(self.late_examples)]
         return [sys.executable, "-m", "reelrank.cli", "trainer",
                 "--data-dir", str(self.data_dir),
                 "--publish-every", str(self.publish_every_s),
                 "--retrieval-every", str(self.retrieval_every_s),
-                "--log-level", self.log_level, "--commands-from-stdin"]
+                "--log-level", self.log_level, *budgets, "--commands-from-stdin"]
 
     def _supervise(self) -> None:
         failures = 0

@@ -124,3 +124,24 @@ def test_viewers_known_only_from_feeds_are_bounded_and_viewers_with_events_stay(
     assert state["max_viewers_feed_only"] == 5 and state["viewers_feed_only"] == 5
     assert state["viewers_with_events"] == 2 and state["max_viewers_with_events"] is None
     assert state["viewers"] == 7 and state["viewers_feed_only_evicted"] == 46
+
+
+def test_prepare_passes_the_memory_budgets_on(tmp_path):
+    from reelrank.service.server import prepare
+
+    app, _ = prepare(tmp_path / "d", trainer="thread", max_feed_only_viewers=7,
+                     trainer_budgets={"max_viewers": 9, "late_examples": 11})
+    engine = app.state.engine
+    try:
+        assert engine.live.max_feed_only_viewers == 7
+        assert (engine.trainer.cfg.max_viewers, engine.trainer.cfg.late_memory) == (9, 11)
+    finally:
+        engine.stop_trainer()
+        engine.store.close()
+    app, _ = prepare(tmp_path / "e", trainer="process", trainer_budgets={"max_viewers": 5})
+    engine = app.state.engine
+    try:
+        assert engine.trainer.max_viewers == 5 and engine.trainer.late_examples is None
+    finally:
+        engine.stop_trainer()
+        engine.store.close()

@@ -86,3 +86,20 @@ def test_hostile_ids_reach_the_real_trainer_child(tmp_path):
     finally:
         supervisor.stop()
     assert not supervisor.alive
+
+
+def test_the_child_gets_the_servers_memory_budgets(tmp_path):
+    from typer.testing import CliRunner
+
+    from reelrank.cli import app
+
+    proc = TrainerProcess(tmp_path, max_viewers=1234, late_examples=56)
+    argv = proc._command()
+    assert argv[argv.index("--max-viewers") + 1] == "1234"
+    assert argv[argv.index("--late-examples") + 1] == "56"
+    # The child's command line parses: every option it passes exists (``--help`` stops it
+    # before it would start a trainer).
+    args = argv[argv.index("trainer"):]
+    result = CliRunner().invoke(app, [*args, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "--max-viewers" not in TrainerProcess(tmp_path)._command()  # the child's default
