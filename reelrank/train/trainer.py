@@ -121,7 +121,10 @@ class OnlineTrainer:
         # (retrieval_version, the registry version whose retrieval file holds those weights)
         self._retrieval_file: tuple[str | None, str | None] = (None, None)
         self.install_failures = 0
-        self._published: set[str] = set()  # registry versions this trainer wrote
+        # Registry versions this trainer wrote, newest last. Only one still in the registry can
+        # be its latest, and pruning keeps ``keep_versions``: a few times that is plenty, where
+        # a set would gain a name every publish for as long as the trainer runs.
+        self._published: deque[str] = deque(maxlen=max(64, 4 * self.cfg.keep_versions))
         self.learner: OnlineLearner | None = None
         self.rows: RowStream | None = None
         self.viewers: ViewerBudget | None = None
@@ -451,7 +454,7 @@ class OnlineTrainer:
             else:
                 version = self.registry.publish(job.bundle.state(), job.meta)
             self._retrieval_file = (job.meta.get("retrieval_version"), version)
-            self._published.add(version)
+            self._published.append(version)
             self.registry.prune(self.cfg.keep_versions)
             self._registry_version = version
         else:
