@@ -308,35 +308,41 @@ class RetrievalSource:
 
     def generate(self, ctx: FeedContext, n: int) -> list[Candidate]:
         m = self.models.current
-        if m is None or m.index is None or ctx.user is None or not ctx.user.tokens:
+        if m is None or m.index is None:
             return []
         user = user_vector(m, ctx)
         if user is None:
             return []
-        exclude = set(ctx.user.seen) | set(ctx.user.served) | set(ctx.user.not_interested)
+        u = ctx.user
+        exclude = (set(u.seen) | set(u.served) | set(u.not_interested)) if u is not None else set()
         hits = m.index.search(user, n, exclude=exclude)[0]
         if not hits:
             return []
         top = hits[0][1]
         low = hits[-1][1]
         span = (top - low) or 1.0
-        reason = Reason("for_you", "picked for you from what you watched recently")
+        reason = (Reason("for_you", "picked for you from what you watched recently")
+                  if u is not None and u.tokens else
+                  Reason("for_you", "what viewers new here tend to enjoy"))
         return [Candidate(i, self.name, 0.5 + 0.5 * (s - low) / span, (reason,)) for i, s in hits]
 
 
 def user_vector(m: LoadedModels, ctx: FeedContext):
     """The retrieval model's vector of the viewer after their live history, (D,) numpy, once
-    per request (the source and the scorer share it); None without a history it can read."""
+    per request (the source and the scorer share it); None without a retrieval model. A viewer
+    with no history the model can read gets the vector of an empty history: what the model
+    learned to expect of anyone (the feed of a viewer not seen before, or of one whose every
+    video is new, is still ordered by the model and its popularity prior, not by the ranker's
+    value alone, which says what a video is worth once shown, not which video to show)."""
     if "retrieval_user" in ctx.cache:
         return ctx.cache["retrieval_user"]
     vector = None
-    if (m.bundle.retrieval is not None and m.item_vectors is not None
-            and ctx.user is not None and ctx.user.tokens):
+    if m.bundle.retrieval is not None and m.item_vectors is not None:
         retrieval = m.bundle.retrieval
-        h = encode_histories([list(ctx.user.tokens)], m.item_index, retrieval.users.max_len)
-        if not (h.items < 0).all():
-            with torch.no_grad():
-                vector = retrieval.user_vectors(h, m.item_vectors)[0].numpy()  # (D,)
+        tokens = list(ctx.user.tokens) if ctx.user is not None else []
+        h = encode_histories([tokens], m.item_index, retrieval.users.max_len)
+        with torch.no_grad():
+            vector = retrieval.user_vectors(h, m.item_vectors)[0].numpy()  # (D,)
     ctx.cache["retrieval_user"] = vector
     return vector
 
@@ -376,10 +382,10 @@ class NeuralScorer:
 
     Every candidate, whatever source proposed it, gets both scores, so a trending video
     competes with a retrieved one on the same scale: the score is log(value formula) plus the
-    retrieval logit weighted by the value weights' ``retrieval`` entry. A published set without a ranker (trained on a log
-    with nothing to rank: plays only, or next-item data) orders by retrieval alone; a viewer
-    with no history the retrieval model can read is ordered by the ranker alone; with
-    neither, the heuristic scorer serves."""
+    retrieval score (``retrieval_scores``) weighted by the value weights' ``retrieval`` entry.
+    A published set without a ranker (trained on a log with nothing to rank: plays only, or
+    next-item data) orders by retrieval alone; with neither model, the heuristic scorer
+    serves."""
 
     def __init__(self, models: ServingModels, fallback: HeuristicScorer | None = None,
                  history_len: int = 30, reasons_for_top: int = 100):
