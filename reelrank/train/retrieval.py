@@ -56,6 +56,10 @@ class RetrievalConfig:
     # Score each target against the whole catalog when (targets in the batch) x (catalog)
     # stays under this many logits; 0 always samples.
     full_softmax_logits: int = 40_000_000
+    # ... and the catalog is at most this large: on 2 cores the whole-catalog product of the
+    # 54,542-item Amazon Beauty catalog made an epoch take 9 minutes instead of 20 s sampled,
+    # so the time budget stopped training after 2 epochs (benchmarks/results/eval-beauty-full).
+    full_softmax_items: int = 20_000
     validation_users: int = 0  # viewers whose last positive is held out for early stopping
     patience: int = 2
 
@@ -211,7 +215,8 @@ def train_retrieval(model: TwoTower, catalog: ItemInputs, table: SequenceTable,
         valid = targets >= 0
         if not valid.any():
             return None
-        if int(valid.sum()) * n_items <= cfg.full_softmax_logits:
+        if (n_items <= cfg.full_softmax_items
+                and int(valid.sum()) * n_items <= cfg.full_softmax_logits):
             return _full_loss(model, catalog, h, targets, valid)
         negs = torch.from_numpy(rng.choice(n_items, size=cfg.negatives, p=q))
         return _step_loss(model, catalog, h, targets, valid, negs, log_q, n_items)
