@@ -55,11 +55,6 @@ class TrainConfig:
     ranker: RankerConfig = field(default_factory=lambda: RankerConfig(
         epochs=8, time_budget_s=300.0))
     holdout: float = 0.1  # share of the time span held out to pick the ranker's epochs
-    # Share of the time span at the start of the log whose impressions the ranker does not
-    # learn from: there every counter (a video's long-view rate, a viewer's creator affinity)
-    # starts from nothing, so the rows would teach the ranker to distrust the counters that
-    # serving reads fully grown. Their events still build the counters and the histories.
-    warmup: float = 0.0
     seed: int = 0
     refit: bool = True  # fit the ranker again on every row for the best number of epochs
 
@@ -97,8 +92,6 @@ def train_from_store(store: CatalogReader | EventReader, registry: ModelRegistry
     t0, t1 = events[0].ts, events[-1].ts
     # holdout=0 trains on everything (nothing is measured).
     cut = t1 - int((t1 - t0) * cfg.holdout) if cfg.holdout > 0 else t1 + 1
-    start = t0 + int((t1 - t0) * cfg.warmup)
-    ranked = [r for r in ranked if r.example.ts >= start]
     train_rows = [r for r in ranked if r.example.ts < cut]
     test_rows = [r for r in ranked if r.example.ts >= cut]
     item_index = {it.item_id: k for k, it in enumerate(items)}
