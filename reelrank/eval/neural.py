@@ -35,6 +35,7 @@ import torch
 from reelrank.eval.baselines import EngineRecommender, build_engine, scratch_dir
 from reelrank.eval.data import Interactions
 from reelrank.models.retrieval import encode_histories
+from reelrank.pipeline.neural import log_popularity
 from reelrank.registry import ModelRegistry
 from reelrank.train.job import TrainConfig, train_from_store
 from reelrank.types import Event, Item
@@ -149,10 +150,7 @@ class NeuralRecommender(EngineRecommender):
             scores = (vectors @ m.item_vectors.T).numpy()  # (B, I_engine)
         prior = m.bundle.value_weights.get("popularity", 0.0)
         if prior:  # the version's popularity prior, as the served scorer adds it
-            stats = self.engine.live.item_stats_many(m.item_ids)
-            counts = np.fromiter((s.long_views + s.likes for s in stats), np.float64,
-                                 len(stats))
-            scores = scores + prior * np.log1p(counts)[None, :]
+            scores = scores + prior * log_popularity(self.engine.live, m.item_ids)[None, :]
         return scores, m
 
     def _ranker_scores(self, users, scores, cols, out) -> np.ndarray:

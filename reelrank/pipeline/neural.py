@@ -352,7 +352,7 @@ def retrieval_scores(m: LoadedModels, ctx: FeedContext, ids: list[str],
     """(N,) the retrieval model's score of each candidate for this viewer: the logit of its
     softmax over the catalog plus, weighted by the version's ``popularity`` value weight (chosen
     on validation when it was trained), log(1 + the video's long views and likes so far). None
-    when the viewer has no history the model can read."""
+    without a retrieval model."""
     user = user_vector(m, ctx)
     if user is None:
         return None
@@ -370,10 +370,14 @@ def retrieval_scores(m: LoadedModels, ctx: FeedContext, ids: list[str],
                 retrieval.items.encode_items([items[k] for k in new]))
     scores = vectors @ torch.from_numpy(user)
     if prior:
-        stats = ctx.live.item_stats_many(ids)
-        counts = np.fromiter((s.long_views + s.likes for s in stats), np.float32, len(ids))
-        scores = scores + prior * torch.from_numpy(np.log1p(counts))
+        scores = scores + prior * torch.from_numpy(log_popularity(ctx.live, ids))
     return scores
+
+
+def log_popularity(live, ids: list[str]) -> np.ndarray:
+    """(N,) float32 log(1 + long views and likes) of each video: the popularity prior's scale."""
+    stats = live.item_stats_many(ids)
+    return np.log1p(np.fromiter((s.long_views + s.likes for s in stats), np.float32, len(ids)))
 
 
 class NeuralScorer:
