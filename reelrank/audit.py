@@ -36,8 +36,7 @@ from reelrank.pipeline.context import FeedRequest
 from reelrank.pipeline.explore import ExploreSource
 from reelrank.pipeline.feed import FeedPipeline
 from reelrank.pipeline.rerank import DiversityReranker, SpacingReranker
-from reelrank.store.memory import DAY_MS
-from reelrank.types import VIEW_TYPES, Event, is_long_view
+from reelrank.types import DAY_MS, VIEW_TYPES, Event, is_long_view
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,6 @@ import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
-from typing import Iterable
 
 from reelrank.errors import FieldProblem, NotFoundError, ValidationError
 from reelrank.pipeline.context import MODES, FeedContext, FeedRequest
@@ -31,7 +30,8 @@ from reelrank.registry import ModelRegistry
 from reelrank.train.job import TrainConfig, train_from_store
 from reelrank.train.jobs import JobRunner
 from reelrank.store.base import AppendResult, Store
-from reelrank.store.memory import Catalog, LiveState
+from reelrank.store import new_live_state
+from reelrank.store.live import LiveState
 from reelrank.types import Candidate, Event, Item, UserSettings
 
 log = logging.getLogger(__name__)
@@ -93,8 +93,8 @@ class Engine:
                  max_traced_users: int = 10_000,
                  trace_budget_bytes: int = DEFAULT_TRACE_BUDGET_BYTES):
         self.store = store
-        self.catalog = live.catalog if live is not None else Catalog()
-        self.live = live or LiveState(self.catalog)
+        self.live = live if live is not None else new_live_state()
+        self.catalog = self.live.catalog
         self.registry = registry
         self.models = ServingModels(registry, self.catalog, index_kind=index_kind)
         self.pipeline = pipeline or default_pipeline(self.models)

@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 from reelrank.pipeline.rerank import EXPLORATION_CODES, NEW_CREATOR
-from reelrank.store.memory import HOUR_MS, Catalog
+from reelrank.store.live import CatalogView
 from reelrank.topics import NO_TOPIC, topic_of
-from reelrank.types import VIEW_TYPES, Event, FeedItem, is_long_view
+from reelrank.types import HOUR_MS, VIEW_TYPES, Event, FeedItem, is_long_view
 
 
 def gini(counts: Iterable[float]) -> float:
@@ -102,7 +102,8 @@ class ExposureLedger:
         self._lock = threading.Lock()
 
     # -- feeding ----------------------------------------------------------------------------------
-    def observe_feed(self, user_id: str, ts: int, items: list[FeedItem], catalog: Catalog) -> None:
+    def observe_feed(self, user_id: str, ts: int, items: list[FeedItem],
+                     catalog: CatalogView) -> None:
         rows = []
         for it in items:
             item = catalog.get(it.item_id)
@@ -131,7 +132,7 @@ class ExposureLedger:
                 if mine is not None:
                     mine[topic] += 1
 
-    def observe_events(self, events: Iterable[Event], catalog: Catalog) -> None:
+    def observe_events(self, events: Iterable[Event], catalog: CatalogView) -> None:
         with self._lock:
             for e in events:
                 b = self._bucket(e.ts)
@@ -168,7 +169,7 @@ class ExposureLedger:
         return b
 
     # -- figures ----------------------------------------------------------------------------------
-    def figures(self, catalog: Catalog, popularity: Mapping[str, float] | None = None) -> dict:
+    def figures(self, catalog: CatalogView, popularity: Mapping[str, float] | None = None) -> dict:
         """The figures over everything observed. ``popularity`` (item -> views) defaults to
         nothing; without it the popularity bias is left out."""
         with self._lock:

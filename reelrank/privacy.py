@@ -13,7 +13,7 @@ import dataclasses
 import datetime as dt
 import time
 
-from reelrank.store.memory import DAY_MS
+from reelrank.types import DAY_MS
 
 MODEL_NOTE = (
     "The models keep no parameters for individual viewers: your vector is computed at request "

@@ -22,6 +22,10 @@ POSITIVE_TYPES: frozenset[str] = frozenset({"like", "share", "comment", "follow"
 # Explicit signals that the viewer wanted less of this.
 NEGATIVE_TYPES: frozenset[str] = frozenset({"not_interested", "report"})
 
+# Time, in the milliseconds every event time and window is counted in.
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+
 # A view is a "long view" (a positive) once it lasted this long, or the whole video if shorter.
 # On KuaiRand this rule reproduces the platform's own long_view label on 98.6% of log rows.
 LONG_VIEW_MS = 18_000
@@ -109,6 +113,25 @@ class FeedItem:
     score: float
     source: str
     reasons: tuple[Reason, ...]
+
+
+# What a feed request may ask for: the personalised feed, one without personalisation (a
+# viewer's setting can force it), or only the creators the viewer follows.
+MODES = ("personalized", "non_personalized", "following")
+
+
+@dataclass(frozen=True)
+class FeedRequest:
+    """One page of a viewer's feed, as asked by a client (``GET /v1/feed``)."""
+
+    user_id: str
+    n: int = 10
+    mode: str = "personalized"
+    region: str | None = None
+    device: str | None = None
+    source: str | None = None
+    session_id: str | None = None
+    language: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,8 +65,7 @@ from reelrank.importers import import_into
 from reelrank.models.bundle import ModelBundle
 from reelrank.pipeline.context import FeedRequest
 from reelrank.registry import ModelRegistry
-from reelrank.store import open_store
-from reelrank.store.memory import LiveState
+from reelrank.store import new_live_state, open_store
 from reelrank.train.job import TrainConfig, train_from_store
 from reelrank.train.online import OnlineConfig, OnlineLearner
 from reelrank.train.ranker import RankerConfig
@@ -208,7 +207,7 @@ def _run_engine(world: World, cfg: ColdStartConfig, directory: Path, online: boo
     if online:
         learner = OnlineLearner(ModelBundle.from_state(base.state), engine.catalog, cfg.online)
         history = max(cfg.online.history_len, learner.bundle.retrieval.users.max_len)
-        rows = RowStream(LiveState(engine.catalog), history_len=history, settle_ms=cfg.settle_ms)
+        rows = RowStream(new_live_state(engine.catalog), history_len=history, settle_ms=cfg.settle_ms)
         for _, e in store.iter_events():  # the trainer's own state, as at its start-up
             learner.observe(rows.add(e))
     retrieval_version, last_retrieval = base.version, world.start_ts

@@ -42,8 +42,8 @@ from reelrank.eval.protocols import load_dataset, local_day, temporal_split
 from reelrank.exposure import ExposureLedger, entropy_bits
 from reelrank.pipeline.context import FeedRequest
 from reelrank.pipeline.rank import Scored
-from reelrank.store.memory import DAY_MS
 from reelrank.topics import NO_TOPIC, topic_of
+from reelrank.types import DAY_MS
 
 log = logging.getLogger(__name__)
 

@@ -54,7 +54,7 @@ from reelrank.eval.protocols import TemporalSplit, day_name
 from reelrank.features import RowStream
 from reelrank.models.bundle import ModelBundle
 from reelrank.registry import ModelRegistry
-from reelrank.store.memory import LiveState
+from reelrank.store import new_live_state
 from reelrank.train.job import TrainConfig, train_from_store
 from reelrank.train.online import OnlineConfig, OnlineLearner
 from reelrank.train.ranker import RankerConfig
@@ -317,7 +317,7 @@ def replay_arm(split: TemporalSplit, arm: str, registry: ModelRegistry, wanted: 
     last_install, install_ts = split.cutoff_ms, []
     if arm == "online":
         learner = OnlineLearner(ModelBundle.from_state(base.state), engine.catalog, cfg.online)
-        rows = RowStream(LiveState(engine.catalog), history_len=cfg.online.history_len,
+        rows = RowStream(new_live_state(engine.catalog), history_len=cfg.online.history_len,
                          window_ms=3_600_000, settle_ms=cfg.settle_ms)
         for e in split.train_events:  # the trainer's own live state, as at its start-up
             learner.observe(rows.add(e))

@@ -4,29 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from reelrank.store.memory import Catalog, LiveState, UserState
-from reelrank.types import UserSettings
+from reelrank.store.live import CatalogView, LiveState, UserState
+from reelrank.types import MODES, FeedRequest, UserSettings
 
-MODES = ("personalized", "non_personalized", "following")
-
-
-@dataclass(frozen=True)
-class FeedRequest:
-    user_id: str
-    n: int = 10
-    mode: str = "personalized"
-    region: str | None = None
-    device: str | None = None
-    source: str | None = None
-    session_id: str | None = None
-    language: str | None = None
+__all__ = ["MODES", "FeedContext", "FeedRequest"]  # the request's types live in types.py
 
 
 @dataclass
 class FeedContext:
     request: FeedRequest
     settings: UserSettings
-    catalog: Catalog
+    catalog: CatalogView
     live: LiveState
     user: UserState | None  # None for a viewer never seen before
     mode: str  # the mode actually served (settings can force non_personalized)

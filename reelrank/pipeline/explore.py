@@ -35,8 +35,8 @@ import numpy as np
 
 from reelrank.pipeline.context import FeedContext
 from reelrank.pipeline.rerank import NEW_CREATOR, NEW_VIDEO
-from reelrank.store.memory import DAY_MS, Catalog, ItemStats, LiveState
-from reelrank.types import Candidate, Item, Reason
+from reelrank.store.live import CatalogView, ItemStats, LiveState
+from reelrank.types import DAY_MS, Candidate, Item, Reason
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ class ExploreSource:
         return pool
 
     # -- the rules, also used by creator insights and audits ---------------------------------------
-    def recent_uploads(self, catalog: Catalog, now: int) -> list[Item]:
+    def recent_uploads(self, catalog: CatalogView, now: int) -> list[Item]:
         after = None if self.max_age_ms is None else now - self.max_age_ms
         # Invisible videos stay in: the visibility filter removes them with its reason.
         return catalog.newest(self.max_scan, created_after=after)
@@ -216,7 +216,7 @@ class ExploreSource:
             state = "exploring"
         return Exploring(item_id, pool, state, s.impressions, s.views, s.long_views, mean)
 
-    def is_new_creator(self, catalog: Catalog, live: LiveState, creator_id: str,
+    def is_new_creator(self, catalog: CatalogView, live: LiveState, creator_id: str,
                        now: int) -> bool:
         items = catalog.by_creator(creator_id)
         if not items:

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 from reelrank.pipeline.context import FeedContext
 from reelrank.pipeline.rank import Scored
-from reelrank.store.memory import DAY_MS
-from reelrank.types import Item, Reason, UserSettings
+from reelrank.types import DAY_MS, Item, Reason, UserSettings
 
 # Topics that guidance on minors' feeds (appearance, dieting, gambling, alcohol, risky
 # challenges) asks platforms to keep from piling up. An app can also mark an item with the

@@ -25,7 +25,7 @@ from reelrank.service.app import create_app
 from reelrank.service.deps import Authenticator, ensure_service_keys
 from reelrank.service.guard import RequestLimits
 from reelrank.service.heap import HeapKeeper
-from reelrank.store import open_store
+from reelrank.store import new_live_state, open_store
 
 log = logging.getLogger(__name__)
 
@@ -72,18 +72,18 @@ def prepare(data_dir: Path, insecure_no_auth: bool = False,
     store = open_store(store_url or data_dir)
     log.info("store opened in %s", data_dir if store_url is None else store.url)
     try:
-        engine = Engine(store, registry=ModelRegistry(data_dir / "models"),
+        # Stale trending and popular lists are served while a thread ranks them again, rather
+        # than ranked inside the request that found them stale (tens of ms at 100k videos).
+        # Ids a feed was served to that sent no event are bounded (see ``MemoryLiveState``).
+        live = new_live_state(background_refresh=True,
+                              max_feed_only_viewers=max_feed_only_viewers)
+        engine = Engine(store, live=live, registry=ModelRegistry(data_dir / "models"),
                         trace_budget_bytes=trace_budget_bytes).load()
         # The catalog, live state and models loaded above (and, once ``run`` starts the
         # keeper, what the server keeps from then on) are frozen out of the cyclic
         # collector's full passes: each one stalls every request in flight while it scans.
         heap = HeapKeeper()
         heap.full()
-        # Stale trending and popular lists are served while a thread ranks them again, rather
-        # than ranked inside the request that found them stale (tens of ms at 100k videos).
-        engine.live.background_refresh = True
-        # Ids a feed was served to that sent no event: bounded (see ``LiveState``).
-        engine.live.max_feed_only_viewers = max_feed_only_viewers
         engine.watch_models()
         # The trainer's memory budgets: {"max_viewers": n, "late_examples": n}, either or none.
         budgets = {k: v for k, v in (trainer_budgets or {}).items() if v is not None}

@@ -1,4 +1,8 @@
-"""Durable store (catalog, event log, settings, keys) and live in-memory state."""
+"""Durable store (catalog, event log, settings, keys) and live state.
+
+``base.py`` is the durable store's interface and ``live.py`` the live state's; the backends sit
+beside them. ``open_store`` and ``new_live_state`` pick a backend, so that nothing above this
+package imports one."""
 
 from __future__ import annotations
 
@@ -6,8 +10,29 @@ from pathlib import Path
 
 from reelrank.errors import StoreError
 from reelrank.store.base import AppendResult, Store
+from reelrank.store.live import Catalog, LiveState
 
-__all__ = ["AppendResult", "Store", "open_store"]
+__all__ = ["AppendResult", "Catalog", "LiveState", "Store", "new_catalog", "new_live_state",
+           "open_store"]
+
+
+def new_catalog() -> Catalog:
+    """An empty catalog in this process's memory."""
+    from reelrank.store.memory import MemoryCatalog
+
+    return MemoryCatalog()
+
+
+def new_live_state(catalog: Catalog | None = None, **options) -> LiveState:
+    """An empty live state over ``catalog`` (a new one if None), in this process's memory: the
+    served state of a single-process server, and every scratch state that training and replays
+    build for themselves. ``options``: ``store.memory.MemoryLiveState``'s (trending window,
+    top-list refresh, ``background_refresh``, ``max_feed_only_viewers``, ``co_engagement``)."""
+    from reelrank.store.memory import MemoryCatalog, MemoryLiveState
+
+    if catalog is None:
+        catalog = MemoryCatalog()
+    return MemoryLiveState(catalog, **options)
 
 
 def open_store(url: str | Path) -> Store:

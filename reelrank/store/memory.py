@@ -1,15 +1,19 @@
-"""Live state in process memory: what the next feed request needs to know, kept current.
+"""Live state in process memory: the ``Catalog`` and ``LiveState`` of ``store/live.py``, kept
+current in this process.
 
 Two parts, both derived from the event log and rebuilt from it at start-up:
 
-- ``Catalog``: the items by id, the newest first, and each creator's items;
-- ``LiveState``: per viewer the recent history, what they were shown, counters and affinities;
-  per item the windowed engagement that drives "trending"; and item-to-item co-engagement
-  from viewers' recent positive events.
+- ``MemoryCatalog``: the items by id, the newest first, and each creator's items;
+- ``MemoryLiveState``: per viewer the recent history, what they were shown, counters and
+  affinities; per item the windowed engagement that drives "trending"; and item-to-item
+  co-engagement from viewers' recent positive events. Its top lists are ``store/toplists.py``.
 
-Every accepted event goes through ``LiveState.apply`` right after the store commits it, so the
-next feed request of that viewer sees it. The clock is the event time of the newest event seen
-(not the wall clock), so replays of historical logs behave as they did live.
+Every accepted event goes through ``apply`` right after the store commits it, so the next feed
+request of that viewer sees it. The clock is the event time of the newest event seen (not the
+wall clock), so replays of historical logs behave as they did live.
+
+Outside ``store/`` nothing imports this module but entry points: the rest types against
+``store/live.py`` and builds states with ``reelrank.store.new_live_state``.
 """
 
 from __future__ import annotations
@@ -18,21 +22,21 @@ import bisect
 import dataclasses
 import logging
 import threading
-import time
 from collections import Counter, OrderedDict, deque
-from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Iterable
 
-import numpy as np
-
+from reelrank.store import live
+from reelrank.store.live import HistoryEntry, ItemStats, UserState, length_class
+from reelrank.store.toplists import TopLists
 from reelrank.topics import topic_of
-from reelrank.types import NEGATIVE_TYPES, POSITIVE_TYPES, Event, Item, Token, is_long_view
+from reelrank.types import (DAY_MS, HOUR_MS, NEGATIVE_TYPES, POSITIVE_TYPES, Event, Item, Token,
+                            is_long_view)
+
+__all__ = ["DAY_MS", "ENGAGEMENT_WEIGHTS", "HOUR_MS", "Catalog", "HistoryEntry", "ItemStats",
+           "LiveState", "MemoryCatalog", "MemoryLiveState", "UserState", "length_class"]
 
 log = logging.getLogger(__name__)
-
-HOUR_MS = 3_600_000
-DAY_MS = 24 * HOUR_MS
 
 # How much each kind of event says about an item's appeal, for trending and affinities.
 ENGAGEMENT_WEIGHTS: dict[str, float] = {
@@ -41,7 +45,7 @@ ENGAGEMENT_WEIGHTS: dict[str, float] = {
 }
 
 
-class Catalog:
+class MemoryCatalog:
     """Items in memory, for the feed path (the store stays the durable copy)."""
 
     def __init__(self) -> None:
@@ -98,80 +102,7 @@ class Catalog:
         return set(self._by_creator.get(creator_id, ()))
 
 
-@dataclass(frozen=True, slots=True)
-class HistoryEntry:
-    item_id: str
-    type: str
-    ts: int
-    watch_ms: int | None
-    watch_ratio: float | None
-
-
-@dataclass
-class UserState:
-    """What the engine knows about one viewer right now."""
-
-    user_id: str
-    history: deque = field(default_factory=lambda: deque(maxlen=200))  # of HistoryEntry
-    seen: set = field(default_factory=set)  # items with an impression or a view
-    served: "OrderedDict[str, None]" = field(default_factory=OrderedDict)  # sent in feeds
-    not_interested: set = field(default_factory=set)
-    following: set = field(default_factory=set)  # creator ids
-    counts: Counter = field(default_factory=Counter)  # by event type, plus "long_view"
-    creator_affinity: Counter = field(default_factory=Counter)
-    hashtag_affinity: Counter = field(default_factory=Counter)
-    hashtag_long_views: Counter = field(default_factory=Counter)  # for "you watched 3 #x ..."
-    creator_long_views: Counter = field(default_factory=Counter)
-    length_views: Counter = field(default_factory=Counter)  # by length_class(duration)
-    length_long_views: Counter = field(default_factory=Counter)
-    topic_views: Counter = field(default_factory=Counter)  # by reelrank.topics.topic_of
-    topic_long_views: Counter = field(default_factory=Counter)
-    positives: deque = field(default_factory=lambda: deque(maxlen=20))  # recent positive items
-    tokens: deque = field(default_factory=lambda: deque(maxlen=100))  # of Token: model input
-    last_ts: int = 0
-    region: str | None = None
-    device: str | None = None
-    watch_ms_by_day: dict = field(default_factory=dict)  # UTC day number -> ms watched
-
-    def watch_ms_on(self, day: int) -> int:
-        return self.watch_ms_by_day.get(day, 0)
-
-    def is_new(self) -> bool:
-        return not self.history
-
-    def snapshot(self) -> "UserState":
-        """A copy a request can read while new events keep changing the original."""
-        copies = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, deque):
-                value = deque(value, maxlen=value.maxlen)
-            elif isinstance(value, (set, Counter, OrderedDict, dict)):
-                value = value.copy()
-            copies[f.name] = value
-        return UserState(**copies)
-
-
-@dataclass(slots=True)
-class ItemStats:
-    impressions: int = 0
-    views: int = 0
-    long_views: int = 0
-    likes: int = 0
-    shares: int = 0
-    negatives: int = 0
-    watch_ratio_sum: float = 0.0
-
-
 _NO_STATS = ItemStats()  # what ``item_stats_many`` gives for a video nobody has seen yet
-
-
-def length_class(duration_ms: int) -> int:
-    """Coarse video length: <10 s, <20 s, <40 s, <80 s, <160 s, longer."""
-    for k, limit in enumerate((10_000, 20_000, 40_000, 80_000, 160_000)):
-        if duration_ms < limit:
-            return k
-    return 5
 
 
 def _update_tokens(tokens: deque, event: Event, ratio: float | None, long: bool) -> None:
@@ -197,16 +128,22 @@ def _update_tokens(tokens: deque, event: Event, ratio: float | None, long: bool)
         tokens[-1] = dataclasses.replace(last, **change)
 
 
-class LiveState:
-    """Per-viewer and per-item state, updated by every accepted event."""
+class MemoryLiveState:
+    """Per-viewer and per-item state, updated by every accepted event.
 
-    def __init__(self, catalog: Catalog, *, trending_window_ms: int = DAY_MS,
+    ``co_engagement=False`` leaves out the item-to-item graph, which only serving's candidate
+    source reads (the online trainer's state: the graph grows with pairs of videos); the
+    viewer's own recent positives are kept, so each viewer's state is the same either way."""
+
+    def __init__(self, catalog: live.Catalog, *, trending_window_ms: int = DAY_MS,
                  co_engagement_span: int = 10, served_memory: int = 500,
                  trending_refresh_events: int = 1000,
                  trending_refresh_seconds: float = 2.0,
                  background_refresh: bool = False,
-                 max_feed_only_viewers: int = 10_000) -> None:
+                 max_feed_only_viewers: int = 10_000,
+                 co_engagement: bool = True) -> None:
         self.catalog = catalog
+        self.co_engagement = co_engagement
         self.trending_window_ms = trending_window_ms
         self.co_engagement_span = co_engagement_span
         self.served_memory = served_memory
@@ -226,29 +163,24 @@ class LiveState:
         self._buckets: deque[tuple[int, Counter]] = deque()
         self._trending: Counter = Counter()
         self._popular: Counter = Counter()  # all-time positive engagement, the cold fallback
-        # Top lists: ranking all items on every request would cost O(catalog); a list at most
-        # this stale is good enough for "trending". Key ("trending", "popular" or
-        # ("region", r)) -> (state version, wall time, length, top list).
-        self._top_cache: dict = {}
-        self._top_generation = 0  # bumped by replace_with: older computations are dropped
         self.background_refresh = background_refresh
-        self._refresh_lock = threading.Lock()
-        self._refreshing: set = set()
         self.trending_refresh_events = trending_refresh_events
         self.trending_refresh_seconds = trending_refresh_seconds
         self._regional: dict[str, Counter] = {}  # viewer region -> all-time engagement
         self._version = 0
         self._lock = threading.RLock()
+        self._tops = TopLists(self._lock, lambda: self._version)
 
-    def empty_like(self) -> "LiveState":
+    def empty_like(self) -> MemoryLiveState:
         """A new, empty state over the same catalog with the same settings."""
-        return LiveState(self.catalog, trending_window_ms=self.trending_window_ms,
+        return MemoryLiveState(self.catalog, trending_window_ms=self.trending_window_ms,
                          co_engagement_span=self.co_engagement_span,
                          served_memory=self.served_memory,
                          trending_refresh_events=self.trending_refresh_events,
                          trending_refresh_seconds=self.trending_refresh_seconds,
                          background_refresh=self.background_refresh,
-                         max_feed_only_viewers=self.max_feed_only_viewers)
+                         max_feed_only_viewers=self.max_feed_only_viewers,
+                         co_engagement=self.co_engagement)
 
     # -- writes ---------------------------------------------------------------------------------
     def apply(self, event: Event, interests: bool = True) -> None:
@@ -347,6 +279,9 @@ class LiveState:
     def _add_co_engagement(self, u: UserState, item_id: str) -> None:
         if item_id in u.positives:
             return
+        if not self.co_engagement:
+            u.positives.append(item_id)
+            return
         for other in list(u.positives)[-self.co_engagement_span:]:
             self._co.setdefault(item_id, Counter())[other] += 1
             self._co.setdefault(other, Counter())[item_id] += 1
@@ -424,7 +359,7 @@ class LiveState:
                 getattr(u, name).clear()
             self._version += 1
 
-    def replace_with(self, other: "LiveState") -> None:
+    def replace_with(self, other: MemoryLiveState) -> None:
         """Take over the contents of a state rebuilt from the log (after erasure or a retention
         purge changed it), keeping this object, which other components hold. What the log does
         not record (what feeds sent) is carried over."""
@@ -447,8 +382,7 @@ class LiveState:
             self._creator_impressions = other._creator_impressions
             self._buckets, self._trending = other._buckets, other._trending
             self._popular, self._regional = other._popular, other._regional
-            self._top_cache = {}
-            self._top_generation += 1
+            self._tops.invalidate()
             self._version += 1
 
     # -- reads ----------------------------------------------------------------------------------
@@ -499,54 +433,15 @@ class LiveState:
         return self._top(("region", region), counts, n)
 
     def _top(self, key, counts: Counter, n: int) -> list[tuple[str, float]]:
-        """Ranking all items on every request would cost O(catalog), so the top list is
-        recomputed only when the state moved by ``trending_refresh_events`` events or the list
-        is older than ``trending_refresh_seconds``. With ``background_refresh`` (a server) a
-        stale list is still served while a thread recomputes it: at 100,000 videos a ranking
-        takes tens of milliseconds, which the request that found it stale used to wait for."""
-        cached = self._top_cache.get(key)
-        if cached is not None and cached[2] >= n:
-            version, made_at, _, top = cached
-            if (version == self._version
-                    or (self._version - version < self.trending_refresh_events
-                        and time.monotonic() - made_at < self.trending_refresh_seconds)):
-                return top[:n]
-            if self.background_refresh:
-                self._refresh_top_later(key, counts, cached[2])
-                return top[:n]
-        return self._compute_top(key, counts, max(n, 500))[:n]
-
-    def _compute_top(self, key, counts: Counter, size: int) -> list[tuple[str, float]]:
-        """``counts.most_common(size)`` (same order, ties in insertion order), with the
-        ranking done by NumPy outside the lock: only the copy holds it."""
-        with self._lock:
-            generation, version = self._top_generation, self._version
-            keys = list(counts)
-            values = np.fromiter(counts.values(), dtype=np.float64, count=len(keys))
-        order = np.argsort(-values, kind="stable")[:size]
-        top = list(zip([keys[i] for i in order.tolist()], values[order].tolist()))
-        with self._lock:
-            if generation == self._top_generation:  # not from before a rebuild's swap
-                self._top_cache[key] = (version, time.monotonic(), size, top)
-        return top
-
-    def _refresh_top_later(self, key, counts: Counter, size: int) -> None:
-        with self._refresh_lock:
-            if key in self._refreshing:
-                return
-            self._refreshing.add(key)
-
-        def run() -> None:
-            try:
-                self._compute_top(key, counts, size)
-            except Exception:  # the stale list keeps serving; the next request retries
-                log.exception("recomputing a top list failed")
-            finally:
-                with self._refresh_lock:
-                    self._refreshing.discard(key)
-
-        threading.Thread(target=run, name="live-top", daemon=True).start()
+        return self._tops.top(key, counts, n, refresh_events=self.trending_refresh_events,
+                              refresh_seconds=self.trending_refresh_seconds,
+                              background=self.background_refresh)
 
     def co_engaged(self, item_id: str, n: int) -> list[tuple[str, int]]:
         counts = self._co.get(item_id)
         return counts.most_common(n) if counts else []
+
+
+# The names this module had before ``store/live.py`` (kept for the modules not moved yet).
+Catalog = MemoryCatalog
+LiveState = MemoryLiveState

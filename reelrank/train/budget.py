@@ -22,7 +22,7 @@ Two more things held no live data but grew all the same: the heap's freed memory
 keeps rather than returning it to the system (the trainer frees and allocates tens of MB a
 minute copying models for each version: ``release_free_memory`` hands it back now and then),
 and the co-engagement graph in the trainer's live state, which serving's candidate source reads
-but the trainer never does (``TrainerLiveState`` leaves it out: it grows with pairs of videos).
+but the trainer never does (``trainer_live_state`` leaves it out: it grows with pairs of videos).
 
 The join's memory of event ids (``Joiner.dedupe_memory``, a million ids by default, about
 150 bytes each once full) is switched off by the trainer itself (``TrainerConfig``): it reads
@@ -41,21 +41,19 @@ import logging
 from collections import OrderedDict
 
 from reelrank.features import RowStream
-from reelrank.store.memory import LiveState, UserState
+from reelrank.store import new_live_state
+from reelrank.store.live import Catalog, LiveState
 from reelrank.types import Event
 
 log = logging.getLogger(__name__)
 
 
-class TrainerLiveState(LiveState):
+def trainer_live_state(catalog: Catalog) -> LiveState:
     """The live state the trainer computes features from: the same viewers and item counters
     as serving's, without the item-to-item co-engagement graph, which only serving's candidate
     source reads (the viewer's own recent positives, which features do not read either, are
     kept so that the viewer's state is the same as serving's)."""
-
-    def _add_co_engagement(self, u: UserState, item_id: str) -> None:
-        if item_id not in u.positives:
-            u.positives.append(item_id)
+    return new_live_state(catalog, co_engagement=False)
 
 
 class ViewerBudget:

@@ -39,7 +39,7 @@ from reelrank.models.bundle import ModelBundle
 from reelrank.models.embeddings import DynamicEmbedding
 from reelrank.models.losses import sampled_softmax_loss
 from reelrank.models.retrieval import encode_histories
-from reelrank.store.memory import Catalog
+from reelrank.store.live import CatalogView
 from reelrank.train.ranker import WatchQuantiles, build_table, observe_context, pairwise_loss
 from reelrank.types import Item
 
@@ -88,7 +88,7 @@ class StepReport:
 class OnlineLearner:
     """A training copy of one published model set, updated in small steps."""
 
-    def __init__(self, bundle: ModelBundle, catalog: Catalog, cfg: OnlineConfig | None = None):
+    def __init__(self, bundle: ModelBundle, catalog: CatalogView, cfg: OnlineConfig | None = None):
         self.cfg = cfg or OnlineConfig()
         self.bundle = bundle
         self.catalog = catalog

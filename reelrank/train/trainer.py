@@ -42,9 +42,10 @@ import torch
 from reelrank.features import RowStream
 from reelrank.models.bundle import ModelBundle
 from reelrank.registry import ModelRegistry
-from reelrank.store.memory import Catalog
-from reelrank.train.budget import (TrainerLiveState, ViewerBudget, join_memory,
-                                   release_free_memory, trim_join_memory)
+from reelrank.store import new_catalog
+from reelrank.store.live import Catalog
+from reelrank.train.budget import (ViewerBudget, join_memory, release_free_memory,
+                                   trainer_live_state, trim_join_memory)
 from reelrank.train.online import OnlineConfig, OnlineLearner
 
 log = logging.getLogger(__name__)
@@ -217,12 +218,12 @@ class OnlineTrainer:
         bundle = ModelBundle.from_state(artifact.state)
         catalog = self._shared_catalog
         if catalog is None:
-            catalog = Catalog()
+            catalog = new_catalog()
             catalog.upsert(list(self.store.iter_items()))
         online = self.cfg.online
         history = max(online.history_len,
                       bundle.retrieval.users.max_len if bundle.retrieval is not None else 0)
-        self.rows = RowStream(TrainerLiveState(catalog), history_len=history,
+        self.rows = RowStream(trainer_live_state(catalog), history_len=history,
                               window_ms=self.cfg.window_ms, settle_ms=self.cfg.settle_ms)
         self.rows.joiner.dedupe_memory = self.cfg.dedupe_memory
         self.viewers = ViewerBudget(self.rows.live, self.store, self.cfg.max_viewers)

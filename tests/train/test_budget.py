@@ -10,7 +10,7 @@ import pytest
 from reelrank.features import RowStream
 from reelrank.store import open_store
 from reelrank.store.memory import Catalog, LiveState
-from reelrank.train.budget import (TrainerLiveState, ViewerBudget, join_memory,
+from reelrank.train.budget import (ViewerBudget, join_memory, trainer_live_state,
                                    release_free_memory, trim_join_memory)
 from reelrank.types import Event, Item
 
@@ -54,7 +54,7 @@ def test_evicted_viewers_come_back_rebuilt_and_every_row_is_as_without_a_bound(t
     floors = {"u3": logged[300][0]}  # u3 refreshed their feed part way through
 
     def run(bound: int | None):
-        live = TrainerLiveState(catalog) if bound else LiveState(catalog)
+        live = trainer_live_state(catalog) if bound else LiveState(catalog)
         rows = RowStream(live, history_len=30, window_ms=H, settle_ms=0)
         budget = ViewerBudget(live, store, bound) if bound else None
         out, sizes = [], []
@@ -89,7 +89,7 @@ def test_an_erased_viewer_is_not_rebuilt(tmp_path):
     events += [Event(f"b{k}", f"w{k}", "v1", 2_000 + k, "play", watch_ms=9_000)
                for k in range(3)]
     store.append_events(events)
-    live = TrainerLiveState(catalog)
+    live = trainer_live_state(catalog)
     budget = ViewerBudget(live, store, 2)
     for seq, event in store.iter_events():
         budget.before(seq, event, {})
@@ -104,7 +104,7 @@ def test_an_erased_viewer_is_not_rebuilt(tmp_path):
 
 def test_late_memory_keeps_the_newest_examples_and_a_dropped_one_is_harmless():
     catalog = _catalog()
-    rows = RowStream(TrainerLiveState(catalog), history_len=5, window_ms=H, settle_ms=0)
+    rows = RowStream(trainer_live_state(catalog), history_len=5, window_ms=H, settle_ms=0)
     rows.joiner.dedupe_memory = 100
     ts, closed = 0, []
     for k in range(1_500):  # each settles at once and is kept for its window

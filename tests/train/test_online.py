@@ -21,7 +21,7 @@ from reelrank.pipeline.context import FeedRequest
 from reelrank.registry import ModelRegistry
 from reelrank.service.app import create_app
 from reelrank.store import open_store
-from reelrank.store.memory import Catalog, LiveState
+from reelrank.store.memory import LiveState
 from reelrank.train.job import train_from_store
 from reelrank.train.online import OnlineConfig, OnlineLearner
 from reelrank.train.trainer import OnlineTrainer, TrainerConfig
