@@ -42,3 +42,21 @@ def topic_label(topic: str | None) -> str:
     if topic is None:
         return "no topic"
     return topic if ":" in topic else f"#{topic}"
+
+
+class AttributeTopics:
+    """The topic reader every component uses unless given another: ``topic_of`` and
+    ``topic_label`` above. ``reelrank.pipeline.topics.LearnedTopics`` reads learned topics
+    through the same three methods."""
+
+    def of(self, item: Item | None) -> str | None:
+        return topic_of(item)
+
+    def label(self, topic: str | None) -> str:
+        return topic_label(topic)
+
+    def name_of(self, item: Item | None) -> str:
+        return self.label(self.of(item))
+
+
+ATTRIBUTE_TOPICS = AttributeTopics()

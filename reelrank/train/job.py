@@ -41,6 +41,8 @@ from reelrank.train.ranker import (
 from reelrank.train.retrieval import (
     RetrievalConfig, SequenceTable, encode_catalog, train_retrieval,
 )
+from reelrank.learned_topics import TopicConfig
+from reelrank.train.topics import learn_version_topics
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,8 @@ class TrainConfig:
     holdout: float = 0.1  # share of the time span held out to pick the ranker's epochs
     seed: int = 0
     refit: bool = True  # fit the ranker again on every row for the best number of epochs
+    # Learned topics over the item tower's vectors (reelrank.learned_topics); None: no topics.
+    topics: TopicConfig | None = field(default_factory=TopicConfig)
 
 
 @dataclass
@@ -141,13 +145,17 @@ def train_from_store(store: CatalogReader | EventReader, registry: ModelRegistry
         ranker_kwargs={"n_dense": len(DENSE_FEATURES), "dim": cfg.ranker.dim,
                        "experts": cfg.ranker.experts, "expert_dim": cfg.ranker.expert_dim},
         value_weights=value_weights)
+    # Topics matched to the version serving now, so their ids keep their meaning.
+    topics = (learn_version_topics(retrieval, items, registry, cfg.topics)
+              if cfg.topics is not None else None)
     metrics["seconds"] = round(time.perf_counter() - started, 1)
     version = None
     if registry is not None:
         version = registry.publish(bundle.state(), {
             "metrics": metrics, "config": {"retrieval": asdict(cfg.retrieval),
                                            "ranker": asdict(cfg.ranker),
-                                           "holdout": cfg.holdout, "seed": cfg.seed}})
+                                           "holdout": cfg.holdout, "seed": cfg.seed},
+            **({"topics": topics} if topics else {})})
     report(1.0)
     return TrainResult(version, metrics, time.perf_counter() - started)
 
