@@ -32,7 +32,7 @@ from typing import Callable
 from reelrank.errors import NotFoundError
 from reelrank.pipeline.explore import ExploreSource
 from reelrank.store.memory import DAY_MS, HOUR_MS, Catalog, LiveState, length_class
-from reelrank.topics import topic_label, topic_of
+from reelrank.topics import ATTRIBUTE_TOPICS
 from reelrank.types import Item, UserSettings, is_long_view
 
 LENGTH_LABELS = ("under 10 s", "10-20 s", "20-40 s", "40-80 s", "80-160 s", "over 160 s")
@@ -69,7 +69,9 @@ class CreatorInsights:
                  settings_of: Callable[[str], UserSettings],
                  explore: ExploreSource | None = None, min_viewers: int = 20,
                  recent_videos: int = 10, min_similar: int = 5, supply_days: float = 7.0,
-                 suggestions_per_kind: int = 3, cache_seconds: float = 30.0):
+                 suggestions_per_kind: int = 3, cache_seconds: float = 30.0, topics=None):
+        """``topics``: how a video's topic is read (``of``, ``name_of``): learned topics
+        (``reelrank.pipeline.topics.LearnedTopics``) or, by default, ``reelrank.topics``."""
         if min_viewers < 1:
             raise ValueError("min_viewers must be >= 1")
         self.catalog = catalog
@@ -82,6 +84,7 @@ class CreatorInsights:
         self.supply_days = supply_days
         self.suggestions_per_kind = suggestions_per_kind
         self.cache_seconds = cache_seconds
+        self.topics = topics or ATTRIBUTE_TOPICS
         self._table: _Table | None = None
         self._lock = threading.Lock()
 
@@ -140,7 +143,7 @@ class CreatorInsights:
     def _video(self, item: Item, table: _Table, baseline: float | None) -> dict:
         agg = table.items.get(item.item_id, _ItemAgg())
         out: dict = {"item_id": item.item_id, "created_at": item.created_at,
-                     "topic": topic_label(topic_of(item)),
+                     "topic": self.topics.name_of(item),
                      "length": LENGTH_LABELS[length_class(item.duration_ms)]}
         if self.explore is not None and baseline is not None:
             st = self.explore.standing(item.item_id, self.live.item_stats(item.item_id), baseline)
@@ -167,7 +170,7 @@ class CreatorInsights:
     def _similar(self, item: Item, table: _Table) -> tuple[list[_ItemAgg], str]:
         """Other creators' videos with enough viewers: same topic and length, else same topic,
         else all of them."""
-        topic, length = topic_of(item), length_class(item.duration_ms)
+        topic, length = self.topics.of(item), length_class(item.duration_ms)
         pool = []
         for item_id, agg in table.items.items():
             other = self.catalog.get(item_id)
@@ -175,9 +178,9 @@ class CreatorInsights:
                 continue
             if agg.viewers >= self.min_viewers:
                 pool.append((other, agg))
-        tiers = (("same topic and length", lambda o: topic_of(o) == topic
+        tiers = (("same topic and length", lambda o: self.topics.of(o) == topic
                   and length_class(o.duration_ms) == length),
-                 ("same topic", lambda o: topic_of(o) == topic),
+                 ("same topic", lambda o: self.topics.of(o) == topic),
                  ("all videos", lambda o: True))
         for basis, keep in tiers:
             chosen = [a for o, a in pool if keep(o)]
@@ -201,7 +204,7 @@ class CreatorInsights:
                 item = self.catalog.get(h.item_id)
                 if item is None or h.type != "play" or not is_long_view(h.watch_ms, item.duration_ms):
                     continue
-                per["topics"][topic_label(topic_of(item))] += 1
+                per["topics"][self.topics.name_of(item)] += 1
                 if item.sound_id:
                     per["sounds"][item.sound_id] += 1
                 per["lengths"][LENGTH_LABELS[length_class(item.duration_ms)]] += 1
@@ -231,7 +234,7 @@ class CreatorInsights:
         for it in recent:
             if creator_id is not None and it.creator_id != creator_id:
                 continue
-            out["topics"][topic_label(topic_of(it))] += 1
+            out["topics"][self.topics.name_of(it)] += 1
             if it.sound_id:
                 out["sounds"][it.sound_id] += 1
             out["lengths"][LENGTH_LABELS[length_class(it.duration_ms)]] += 1
@@ -329,12 +332,13 @@ def _hour_label(ts: int) -> str:
     return f"{h:02d}:00-{(h + 1) % 24:02d}:00 UTC"
 
 
-def insights_for(engine, min_viewers: int = 20) -> CreatorInsights:
+def insights_for(engine, min_viewers: int = 20, topics=None) -> CreatorInsights:
     """Creator insights over an engine's live state, reading exploration standings from its
-    pipeline's exploration source (if any) and dropping its cache on every erasure."""
+    pipeline's exploration source (if any) and dropping its cache on every erasure;
+    ``topics``: as ``CreatorInsights``."""
     explore = next((s for sources in engine.pipeline.sources.values() for s in sources
                     if isinstance(s, ExploreSource)), None)
     insights = CreatorInsights(engine.catalog, engine.live, engine.store.get_settings,
-                               explore=explore, min_viewers=min_viewers)
+                               explore=explore, min_viewers=min_viewers, topics=topics)
     engine.erase_listeners.append(insights.forget_user)
     return insights

@@ -6,7 +6,8 @@ Greedy, one slot at a time: take the best remaining item that breaks no rule. Th
   that can only break it is left for a later page, never forced in);
 - **sound run**: at most ``max_sound_run`` consecutive items using one sound;
 - **topic share**: within any ``topic_window`` consecutive items, at most ``max_topic_share`` of
-  them (rounded down, at least 1) on one topic (``reelrank.topics``);
+  them (rounded down, at least 1) on one topic, as ``topics`` reads it (``reelrank.topics``,
+  or the learned topics of ``reelrank.pipeline.topics``);
 - **exploration slots**: by slot ``k`` (1-based) at least ``round(k * exploration_share)`` items
   come from exploration (new videos and new creators, marked by the exploration source's reason
   codes), when there are any; of those, at least ``new_creator_share`` go to new creators.
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 
 from reelrank.pipeline.context import FeedContext
 from reelrank.pipeline.rank import Scored
-from reelrank.topics import topic_label, topic_of
+from reelrank.topics import ATTRIBUTE_TOPICS
 
 # Reason codes of exploration candidates (``reelrank.pipeline.explore``).
 NEW_CREATOR = "new_creator"
@@ -56,7 +57,8 @@ class DiversityReranker:
 
     def __init__(self, max_creator_run: int | None = 1, max_sound_run: int | None = 1,
                  topic_window: int = 5, max_topic_share: float = 0.6,
-                 exploration_share: float = 0.1, new_creator_share: float = 0.5):
+                 exploration_share: float = 0.1, new_creator_share: float = 0.5,
+                 topics=None):
         for name, value in (("max_creator_run", max_creator_run), ("max_sound_run", max_sound_run)):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 or None, got {value}")
@@ -70,6 +72,8 @@ class DiversityReranker:
         self.max_topic_share = max_topic_share
         self.exploration_share = exploration_share
         self.new_creator_share = new_creator_share
+        # What the topic rule reads: ``of(item)`` and ``label(topic)``.
+        self.topics = topics or ATTRIBUTE_TOPICS
 
     @property
     def max_per_topic(self) -> int | None:
@@ -153,7 +157,7 @@ class DiversityReranker:
         if relax < 1 and cap is not None and row.topic is not None:
             recent = placed[-(self.topic_window - 1):]
             if sum(p.topic == row.topic for p in recent) >= cap:
-                return (f"{topic_label(row.topic)} already fills {cap} of the last "
+                return (f"{self.topics.label(row.topic)} already fills {cap} of the last "
                         f"{self.topic_window} slots")
         return None
 
@@ -162,7 +166,7 @@ class DiversityReranker:
         item = ctx.catalog.get(s.item_id)
         codes = {r.code for r in s.reasons} | {r.code for r in s.candidate.reasons}
         return _Row(s, item.creator_id if item else None, item.sound_id if item else None,
-                    topic_of(item), bool(codes & EXPLORATION_CODES), NEW_CREATOR in codes)
+                    self.topics.of(item), bool(codes & EXPLORATION_CODES), NEW_CREATOR in codes)
 
     def _served_tail(self, ctx: FeedContext) -> list[_Row]:
         """The last items sent to this viewer: the runs and the topic window continue from
@@ -177,7 +181,7 @@ class DiversityReranker:
         for item_id in tail:
             item = ctx.catalog.get(item_id)
             rows.append(_Row(None, item.creator_id if item else None,  # type: ignore[arg-type]
-                             item.sound_id if item else None, topic_of(item), False, False))
+                             item.sound_id if item else None, self.topics.of(item), False, False))
         return rows
 
 

@@ -27,6 +27,9 @@ class WellbeingPolicy:
     sensitive_tags: frozenset[str] = SENSITIVE_TAGS
     young_damp: float = 0.2  # a young viewer's score of a sensitive item is multiplied by this
     young_daily_limit_minutes: int = 60
+    # Learned topics an operator marked sensitive (``reelrank.pipeline.topics.LearnedTopics``
+    # or anything with ``is_sensitive(item)``); None: tags and the attribute only.
+    topics: object | None = None
 
     def daily_limit_minutes(self, settings: UserSettings) -> int | None:
         if settings.daily_limit_minutes is not None:
@@ -50,7 +53,9 @@ class WellbeingPolicy:
     def is_sensitive(self, item: Item) -> bool:
         if str(item.attributes.get("sensitive", "0")).lower() in ("1", "true", "yes"):
             return True
-        return any(t.lower().lstrip("#") in self.sensitive_tags for t in item.hashtags)
+        if any(t.lower().lstrip("#") in self.sensitive_tags for t in item.hashtags):
+            return True
+        return self.topics is not None and self.topics.is_sensitive(item)
 
     def adjust(self, ctx: FeedContext, scored: list[Scored]) -> dict[str, str]:
         """Dampen sensitive items for a young viewer; returns a note per item touched."""

@@ -38,8 +38,10 @@ from reelrank.errors import (
 from reelrank.service.deps import Authenticator, bearer_token, needs_token
 from reelrank.service.guard import GuardState, RequestGuard, RequestLimits
 from reelrank.insights import insights_for
+from reelrank.pipeline import topics as learned_topics
 from reelrank.service.metrics import ServiceMetrics, request_target, route_label
 from reelrank.service.routes import creators, stats
+from reelrank.service.routes import topics as topic_routes
 from reelrank.service.stats import LiveStats
 from reelrank.service.routes import (
     admin, apidocs, catalog, feed, ops, transparency, users, web,
@@ -72,8 +74,10 @@ def create_app(engine: Engine, auth: Authenticator | None, *,
     app.state.auth = auth
     app.state.metrics = metrics
     app.state.stats = LiveStats(engine, metrics)
-    app.state.insights = insights_for(engine)
-    for module in (creators, stats):
+    # Learned topics for the re-ranker, wellbeing, insights and the operators' routes.
+    app.state.topics = learned_topics.install(engine)
+    app.state.insights = insights_for(engine, topics=app.state.topics)
+    for module in (creators, stats, topic_routes):
         app.include_router(module.router)
     for module in (catalog, feed, users, ops, admin, transparency):
         app.include_router(module.router)

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
+from reelrank.pipeline.topics import served_figures
 from reelrank.service.deps import ADMIN
 from reelrank.service.schemas import ERROR_RESPONSES
 from reelrank.service.stats import memory_view
@@ -24,4 +25,8 @@ async def get_stats(request: Request) -> dict[str, Any]:
     view = await run_in_threadpool(request.app.state.stats.view)
     view["memory"] = await run_in_threadpool(memory_view, request.app.state.engine)
     view["requests"] = request.app.state.guard.view()
+    engine = request.app.state.engine
+    # Topic diversity by the topics the feed reads (learned ones where a version has them).
+    view["topics"] = await run_in_threadpool(served_figures, request.app.state.topics,
+                                             engine.catalog, engine.live)
     return view

@@ -1,0 +1,174 @@
+"""Learned topics in serving: the reader, its precedence setting, uploads, the re-ranker's topic
+rule, the wellbeing rules, and the operators' routes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from fastapi.testclient import TestClient
+
+from reelrank.engine import Engine
+from reelrank.eval.simulator import build_world, generate_history
+from reelrank.importers import import_into
+from reelrank.learned_topics import LEARNED_PREFIX, TopicConfig
+from reelrank.pipeline import topics as learned
+from reelrank.pipeline.context import FeedRequest
+from reelrank.pipeline.rank import Scored
+from reelrank.pipeline.rerank import DiversityReranker
+from reelrank.pipeline.topics import LearnedTopics, TopicSettings, served_figures
+from reelrank.registry import ModelRegistry
+from reelrank.service import create_app
+from reelrank.store import open_store
+from reelrank.topics import ATTRIBUTE_TOPICS
+from reelrank.train.job import TrainConfig, train_from_store
+from reelrank.train.ranker import RankerConfig
+from reelrank.train.retrieval import RetrievalConfig
+from reelrank.types import Candidate, Item
+
+CFG = TrainConfig(
+    retrieval=RetrievalConfig(dim=16, max_len=10, layers=1, heads=2, epochs=2, negatives=64,
+                              batch_size=64),
+    ranker=RankerConfig(epochs=0), holdout=0.0, topics=TopicConfig(min_topics=4, max_topics=4))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A store whose catalog has no topic attribute (hashtags only), and a published version
+    with learned topics."""
+    root = tmp_path_factory.mktemp("learned")
+    world = build_world(n_users=50, n_items=160, n_creators=16, n_topics=4, seed=9)
+    items = [dataclasses.replace(it, attributes={}) for it in world.items]
+    store = open_store(root / "data")
+    import_into(store, items, generate_history(world, 2, 10, seed=9), progress=False)
+    registry = ModelRegistry(root / "models")
+    train_from_store(store, registry, CFG, progress=False)
+    store.close()
+    return root
+
+
+@pytest.fixture
+def engine(trained, tmp_path):
+    import shutil
+
+    shutil.copytree(trained, tmp_path / "copy")
+    store = open_store(tmp_path / "copy" / "data")
+    e = Engine(store, registry=ModelRegistry(tmp_path / "copy" / "models"),
+               index_kind="exact").load()
+    yield e
+    store.close()
+
+
+def test_the_reader_gives_learned_topics_and_names(engine):
+    topics = learned.install(engine)
+    model = topics.model()
+    assert model is not None and len(model) == 4
+    assert engine.pipeline.reranker.topics is topics and engine.pipeline.wellbeing.topics is topics
+    item = engine.catalog.get("v0")
+    key = topics.of(item)
+    assert key.startswith(LEARNED_PREFIX)
+    topic = model.get(int(key[len(LEARNED_PREFIX):]))
+    assert topics.label(key) == topic.name and topics.name_of(item) == topic.name
+    assert " · " in topic.name or topic.name.startswith("topic ")
+    # Plain topics still read as before.
+    assert topics.label("cooking") == ATTRIBUTE_TOPICS.label("cooking") == "#cooking"
+
+
+def test_precedence_of_an_explicit_topic_attribute(engine, tmp_path):
+    topics = LearnedTopics(engine.models, engine.registry, settings_path=tmp_path / "s.json")
+    item = dataclasses.replace(engine.catalog.get("v1"), attributes={"topic": "cooking"})
+    assert topics.of(item) == "cooking"  # default: the app's own labelling wins
+    topics.set_settings(precedence="learned")
+    assert topics.of(item).startswith(LEARNED_PREFIX)
+    # Saved beside the models: a restart reads it back.
+    again = LearnedTopics(engine.models, engine.registry, settings_path=tmp_path / "s.json")
+    assert again.settings.precedence == "learned"
+    with pytest.raises(ValueError):
+        TopicSettings("whatever")
+
+
+def test_an_upload_gets_a_learned_topic_before_any_view(engine):
+    topics = learned.install(engine)
+    known = engine.catalog.get("v3")
+    new = Item("fresh-upload", "brand-new-creator", known.duration_ms, known.created_at,
+               known.caption, known.hashtags)
+    engine.ingest_items([new])
+    assert engine.models.current.item_index.get("fresh-upload") is None  # not in the version
+    key = topics.of(engine.catalog.get("fresh-upload"))
+    assert key is not None and key.startswith(LEARNED_PREFIX)
+    # The same answer from the cache the second time.
+    assert topics.of(engine.catalog.get("fresh-upload")) == key
+
+
+def test_no_model_falls_back_to_todays_topic(store):
+    e = Engine(store).load()
+    topics = learned.install(e)
+    item = Item("v", "c", 10_000, 0, "", ("fyp", "cooking"))
+    assert topics.model() is None and topics.of(item) == "cooking"
+    assert topics.view()["topics"] == []
+
+
+def test_the_rerankers_topic_rule_reads_learned_topics(engine):
+    topics = learned.install(engine)
+    m = engine.models.current
+    by_topic: dict[str, list[str]] = {}
+    for item_id in m.item_ids:
+        by_topic.setdefault(topics.of(engine.catalog.get(item_id)), []).append(item_id)
+    key, ids = max(by_topic.items(), key=lambda kv: len(kv[1]))
+    creators = {}
+    same = [i for i in ids if creators.setdefault(engine.catalog.get(i).creator_id, i) == i][:4]
+    assert len(same) == 4
+    other = next(i for k, v in by_topic.items() if k != key for i in v)
+    scored = [Scored(Candidate(i, "test"), 10.0 - k, {}, ()) for k, i in enumerate(same)]
+    scored.append(Scored(Candidate(other, "test"), 1.0, {}, ()))
+    ctx = engine.context(FeedRequest("nobody", n=5))
+    rr = DiversityReranker(max_creator_run=None, max_sound_run=None, topic_window=5,
+                           max_topic_share=0.6, exploration_share=0.0, topics=topics)
+    out = rr.rerank(ctx, scored, 5)
+    assert [s.item_id for s in out.items][3] == other  # three of one topic, then another
+    assert any(topics.label(key) in note for note in out.notes[same[3]])
+
+
+def test_an_operator_can_mark_a_learned_topic_sensitive(engine):
+    topics = learned.install(engine)
+    item = engine.catalog.get("v5")
+    wellbeing = engine.pipeline.wellbeing
+    assert not wellbeing.is_sensitive(item)
+    tid = int(topics.of(item)[len(LEARNED_PREFIX):])
+    topics.set_settings(sensitive=[tid])
+    assert wellbeing.is_sensitive(item)
+    others = [engine.catalog.get(i) for i in engine.models.current.item_ids]
+    assert not all(wellbeing.is_sensitive(o) for o in others)
+
+
+def test_operators_routes_and_stats(engine):
+    with TestClient(create_app(engine, None)) as client:
+        view = client.get("/v1/admin/topics").json()
+        assert len(view["topics"]) == 4 and view["settings"]["precedence"] == "attribute"
+        assert sum(t["videos"] for t in view["topics"]) == len(engine.models.current.item_ids)
+        assert view["changes"]["appeared"] == sorted(t["id"] for t in view["topics"])
+        tid = view["topics"][0]["id"]
+        r = client.put("/v1/admin/topics/settings", json={"sensitive": [tid]})
+        assert r.status_code == 200 and r.json() == {"precedence": "attribute",
+                                                     "sensitive": [tid]}
+        assert client.get("/v1/admin/topics").json()["topics"][0]["sensitive"] is True
+        bad = client.put("/v1/admin/topics/settings", json={"precedence": "newest"})
+        assert bad.status_code == 422
+        for u in ("u1", "u2", "u3"):
+            assert client.get("/v1/feed", params={"user_id": u, "n": 8}).status_code == 200
+        figures = client.get("/v1/stats").json()["topics"]
+        assert figures["learned"] is True and figures["topics"] == 4
+        assert figures["viewers"] >= 3 and 0 < figures["served_topic_entropy_bits"] <= 2.0
+        assert figures["catalog_topic_entropy_bits"] <= 2.0
+
+
+def test_served_figures_hand_computed(engine):
+    topics = learned.install(engine)
+    m = engine.models.current
+    labels = {i: topics.of(engine.catalog.get(i)) for i in m.item_ids}
+    first = m.item_ids[0]
+    second = next(i for i in m.item_ids if labels[i] != labels[first])
+    engine.live.record_served("a", [first, first, second, second])  # 1 bit
+    engine.live.record_served("b", [first])  # 0 bits
+    f = served_figures(topics, engine.catalog, engine.live)
+    assert f["per_viewer_topic_entropy_bits"] == pytest.approx(0.5)
