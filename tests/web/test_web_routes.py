@@ -142,6 +142,8 @@ def test_items_are_readable_with_any_token_but_not_without_one(engine):
         first = body["items"][0]
         assert first["caption"] == "clip 1 #cats" and first["hashtags"] == ["cats"]
         assert first["duration_ms"] == 12_000 and first["sound_id"] == "s1"
+        # The topic the feed reads: no model with learned topics here, so the first hashtag.
+        assert first["topic"] == {"key": "cats", "name": "#cats"}
         admin = c.get("/v1/items", params={"ids": "v9"}, headers=bearer(tokens["admin"])).json()
         assert [i["item_id"] for i in admin["items"]] == ["v9"]
         assert admin["items"][0]["visible"] is False

@@ -150,11 +150,12 @@ def demo_directory(engine: EngineDep) -> dict:
 
 @router.get("/v1/items")
 def get_items(engine: EngineDep, principal: Annotated[Principal, Depends(any_principal)],
-              ids: Annotated[str, Query(description="comma-separated item ids, at most 100")]
-              ) -> dict:
-    """The catalog records of the given items (what a client draws its cards from). Ids not
-    in the catalog are listed under ``missing``; so are hidden items, except for service
-    tokens."""
+              ids: Annotated[str, Query(description="comma-separated item ids, at most 100")],
+              request: Request) -> dict:
+    """The catalog records of the given items (what a client draws its cards from), each with
+    the ``topic`` the feed reads for it (``{"key", "name"}``: learned where the serving model
+    has topics). Ids not in the catalog are listed under ``missing``; so are hidden items,
+    except for service tokens."""
     wanted = [i.strip() for i in ids.split(",") if i.strip()]
     problems = []
     if not wanted:
@@ -166,13 +167,18 @@ def get_items(engine: EngineDep, principal: Annotated[Principal, Depends(any_pri
     if problems:
         raise ValidationError("invalid ids", problems)
     show_hidden = principal.scope != USER_SCOPE
+    topics = getattr(request.app.state, "topics", None)
     items, missing = [], []
     for item_id in dict.fromkeys(wanted):
         item = engine.catalog.get(item_id)
         if item is None or not (item.visible or show_hidden):
             missing.append(item_id)
         else:
-            items.append(item_json(item))
+            out = item_json(item)
+            if topics is not None:
+                key = topics.of(item)
+                out["topic"] = {"key": key, "name": topics.label(key)} if key else None
+            items.append(out)
     return {"items": items, "missing": missing}
 
 

@@ -27,9 +27,17 @@ function captionText(item) {
     .join(' ');
 }
 
+// The topic the feed reads for the video (learned, named from its words, when the server has
+// learned topics), else its topic attribute or first hashtag.
 function topicOf(item) {
+  if (item.topic && item.topic.name) return item.topic.name;
   const attrs = item.attributes || {};
   return attrs.topic || (item.hashtags || [])[0] || 'video';
+}
+
+// As the server words it ("cooking · recipe · pasta", "#cooking"), else as a hashtag.
+function topicChip(item) {
+  return item.topic && item.topic.name ? item.topic.name : `#${topicOf(item)}`;
 }
 
 function actionButton(name, label, action, filled = false) {
@@ -52,7 +60,7 @@ export function renderCard(card) {
     style: `--hue:${hue}`,
   },
   h('div', { class: 'card-stage', 'aria-hidden': 'true' },
-    h('div', { class: 'stage-topic', text: `#${topic}` }),
+    h('div', { class: 'stage-topic', text: topicChip(item) }),
     h('div', { class: 'stage-duration', text: formatDuration(item.duration_ms) })),
   h('div', { class: 'card-source', text: sourceLabel(card.source) }),
   h('div', { class: 'card-info' },
