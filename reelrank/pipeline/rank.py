@@ -53,6 +53,9 @@ class HeuristicScorer:
     w_affinity: float = 1.0
     affinity_prior: float = 5.0
     version: str = "heuristic-v0"
+    # Learned topics (``reelrank.pipeline.topics.LearnedTopics``): adds "you watched 3 videos
+    # in <topic> to the end" to the reasons; None: hashtag and creator reasons only.
+    topics: object | None = None
 
     def score(self, ctx: FeedContext, candidates: list[Candidate]) -> list[Scored]:
         out = []
@@ -79,7 +82,10 @@ class HeuristicScorer:
 
     def signals(self, ctx: FeedContext, item: Item) -> tuple[Reason, ...]:
         """The viewer's history signals that point at this item, as reasons."""
-        return self._affinity(ctx, item)[1]
+        reasons = self._affinity(ctx, item)[1]
+        if self.topics is not None:
+            reasons = self.topics.reasons(ctx, item) + reasons
+        return reasons
 
     def _affinity(self, ctx: FeedContext, item: Item) -> tuple[float, tuple[Reason, ...]]:
         """How much this viewer's history points at the item's hashtags and creator, in [-1, 1],

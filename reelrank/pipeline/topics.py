@@ -215,6 +215,33 @@ class LearnedTopics:
         learned = self.learned_id(item)
         return learned is not None and learned in self.settings.sensitive
 
+    def reasons(self, ctx, item: Item) -> tuple:
+        """"you watched 3 videos in <topic> to the end": the viewer's long views (recent
+        history) of the item's learned topic, counted once per request; () when the item's
+        topic is not a learned one or the viewer has none of it."""
+        from reelrank.types import Reason, is_long_view
+
+        key = self.of(item)
+        if ctx.user is None or key is None or not key.startswith(LEARNED_PREFIX):
+            return ()
+        counts = ctx.cache.get("learned_topic_long_views")
+        if counts is None:
+            counts = {}
+            for h in tuple(ctx.user.history):
+                if h.type != "play":
+                    continue
+                seen = ctx.catalog.get(h.item_id)
+                if seen is not None and is_long_view(h.watch_ms, seen.duration_ms):
+                    k = self.of(seen)
+                    counts[k] = counts.get(k, 0) + 1
+            ctx.cache["learned_topic_long_views"] = counts
+        k = counts.get(key, 0)
+        if not k:
+            return ()
+        noun = "video" if k == 1 else "videos"
+        return (Reason("topic_affinity",
+                       f"you watched {k} {noun} in {self.label(key)} to the end"),)
+
     # -- for operators ----------------------------------------------------------------------------
     def view(self) -> dict:
         """The serving version's learned topics, their sizes in its catalog, the changes
@@ -250,6 +277,11 @@ def install(engine, settings_path: Path | None = None) -> LearnedTopics:
         pipeline.reranker.topics = topics
     if getattr(pipeline, "wellbeing", None) is not None:
         pipeline.wellbeing.topics = topics
+    # The reasons: the heuristic scorer words them, also for the neural scorer (its fallback).
+    scorer = getattr(pipeline, "scorer", None)
+    for s in (scorer, getattr(scorer, "fallback", None)):
+        if s is not None and hasattr(s, "topics"):
+            s.topics = topics
     return topics
 
 

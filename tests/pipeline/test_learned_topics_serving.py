@@ -172,3 +172,24 @@ def test_served_figures_hand_computed(engine):
     engine.live.record_served("b", [first])  # 0 bits
     f = served_figures(topics, engine.catalog, engine.live)
     assert f["per_viewer_topic_entropy_bits"] == pytest.approx(0.5)
+
+
+def test_reasons_name_the_learned_topic_the_viewer_watched(engine):
+    from reelrank.types import Event
+
+    topics = learned.install(engine)
+    m = engine.models.current
+    key = topics.of(engine.catalog.get(m.item_ids[0]))
+    same = [i for i in m.item_ids if topics.of(engine.catalog.get(i)) == key]
+    assert len(same) >= 4
+    t0 = engine.live.clock + 1_000
+    events = [Event(f"rz-{k}", "reason-viewer", i, t0 + k * 1_000, "play",
+                    watch_ms=engine.catalog.get(i).duration_ms) for k, i in enumerate(same[:3])]
+    engine.ingest_events(events)
+    ctx = engine.context(FeedRequest("reason-viewer", n=5))
+    reasons = engine.pipeline.scorer.fallback.signals(ctx, engine.catalog.get(same[3]))
+    assert reasons[0].code == "topic_affinity"
+    assert reasons[0].text == f"you watched 3 videos in {topics.label(key)} to the end"
+    # The explanation of that video carries it too.
+    why = engine.explain("reason-viewer", same[3])
+    assert any(r["code"] == "topic_affinity" for r in why["reasons"])
