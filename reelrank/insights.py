@@ -69,9 +69,12 @@ class CreatorInsights:
                  settings_of: Callable[[str], UserSettings],
                  explore: ExploreSource | None = None, min_viewers: int = 20,
                  recent_videos: int = 10, min_similar: int = 5, supply_days: float = 7.0,
-                 suggestions_per_kind: int = 3, cache_seconds: float = 30.0, topics=None):
+                 suggestions_per_kind: int = 3, cache_seconds: float = 30.0, topics=None,
+                 communities=None):
         """``topics``: how a video's topic is read (``of``, ``name_of``): learned topics
-        (``reelrank.pipeline.topics.LearnedTopics``) or, by default, ``reelrank.topics``."""
+        (``reelrank.pipeline.topics.LearnedTopics``) or, by default, ``reelrank.topics``.
+        ``communities``: viewer communities (``reelrank.communities``); the audience's share
+        in each is reported for groups of at least ``min_viewers``."""
         if min_viewers < 1:
             raise ValueError("min_viewers must be >= 1")
         self.catalog = catalog
@@ -85,6 +88,7 @@ class CreatorInsights:
         self.suggestions_per_kind = suggestions_per_kind
         self.cache_seconds = cache_seconds
         self.topics = topics or ATTRIBUTE_TOPICS
+        self.communities = communities
         self._table: _Table | None = None
         self._lock = threading.Lock()
 
@@ -138,6 +142,9 @@ class CreatorInsights:
                    for label, share, viewers in rows[:5]]
             for kind, rows in ((k, self._ranked(demand[k])) for k in demand)
         }
+        if self.communities is not None:
+            # "a third of your audience is in fitness + running": groups under the floor left out
+            out["communities"] = self.communities.audience(interested, floor=self.min_viewers)[:5]
         return out
 
     def _video(self, item: Item, table: _Table, baseline: float | None) -> dict:
@@ -332,13 +339,14 @@ def _hour_label(ts: int) -> str:
     return f"{h:02d}:00-{(h + 1) % 24:02d}:00 UTC"
 
 
-def insights_for(engine, min_viewers: int = 20, topics=None) -> CreatorInsights:
+def insights_for(engine, min_viewers: int = 20, topics=None, communities=None) -> CreatorInsights:
     """Creator insights over an engine's live state, reading exploration standings from its
     pipeline's exploration source (if any) and dropping its cache on every erasure;
-    ``topics``: as ``CreatorInsights``."""
+    ``topics`` and ``communities``: as ``CreatorInsights``."""
     explore = next((s for sources in engine.pipeline.sources.values() for s in sources
                     if isinstance(s, ExploreSource)), None)
     insights = CreatorInsights(engine.catalog, engine.live, engine.store.get_settings,
-                               explore=explore, min_viewers=min_viewers, topics=topics)
+                               explore=explore, min_viewers=min_viewers, topics=topics,
+                               communities=communities)
     engine.erase_listeners.append(insights.forget_user)
     return insights

@@ -37,6 +37,7 @@ from reelrank.errors import (
 )
 from reelrank.service.deps import Authenticator, bearer_token, needs_token
 from reelrank.service.guard import GuardState, RequestGuard, RequestLimits
+from reelrank import communities
 from reelrank.insights import insights_for
 from reelrank.pipeline import topics as learned_topics
 from reelrank.service.metrics import ServiceMetrics, request_target, route_label
@@ -76,7 +77,9 @@ def create_app(engine: Engine, auth: Authenticator | None, *,
     app.state.stats = LiveStats(engine, metrics)
     # Learned topics for the re-ranker, wellbeing, insights and the operators' routes.
     app.state.topics = learned_topics.install(engine)
-    app.state.insights = insights_for(engine, topics=app.state.topics)
+    app.state.communities = communities.install(engine, app.state.topics)
+    app.state.insights = insights_for(engine, topics=app.state.topics,
+                                      communities=app.state.communities)
     for module in (creators, stats, topic_routes):
         app.include_router(module.router)
     for module in (catalog, feed, users, ops, admin, transparency):

@@ -160,6 +160,13 @@ def test_operators_routes_and_stats(engine):
         assert figures["learned"] is True and figures["topics"] == 4
         assert figures["viewers"] >= 3 and 0 < figures["served_topic_entropy_bits"] <= 2.0
         assert figures["catalog_topic_entropy_bits"] <= 2.0
+        app = client.app
+        app.state.communities.refresh()
+        groups = client.get("/v1/stats").json()["communities"]
+        assert groups["communities"] == len(app.state.communities.communities) > 0
+        assert groups["min_viewers"] == 20
+        for g in groups["sizes"]:  # under the floor, no size is shown
+            assert g["viewers"] is None or (g["viewers"] >= 20 and g["viewers"] % 5 == 0)
 
 
 def test_served_figures_hand_computed(engine):

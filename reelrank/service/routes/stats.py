@@ -29,4 +29,6 @@ async def get_stats(request: Request) -> dict[str, Any]:
     # Topic diversity by the topics the feed reads (learned ones where a version has them).
     view["topics"] = await run_in_threadpool(served_figures, request.app.state.topics,
                                              engine.catalog, engine.live)
+    # Viewer communities: sizes and growth, none shown under the k-anonymity floor.
+    view["communities"] = request.app.state.communities.figures()
     return view
