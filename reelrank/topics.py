@@ -1,10 +1,10 @@
-"""The topic of a video, for diversity rules, fairness figures and creator insights.
+"""The topic a video declares, for diversity rules, fairness figures and creator insights.
 
-Why not the content clusters learned from item vectors (DESIGN.md)? Those exist only once a
-retrieval model is published, and their ids change with every retrain: a "topic entropy over
-time" series would jump at each model swap, a creator would see "cluster 17" where they posted
-about cooking, and a new upload's cluster depends on a model that has not seen it. The topic
-used here needs none of that:
+The learned topics (``reelrank.learned_topics``: clusters of the item tower's vectors, named
+from their videos' words, ids kept across retrains) replace it in serving where a model version
+carries them (``reelrank.pipeline.topics.LearnedTopics``, which falls back to this module's
+answer without one). This topic needs no model at all, and is what offline figures and the
+ranker's ``user_topic_lift`` feature read:
 
 1. an explicit ``attributes["topic"]``, when the app sends one (the synthetic world does);
 2. otherwise the item's first hashtag that is not a generic reach tag (``#fyp``, ``#viral`` ...):
