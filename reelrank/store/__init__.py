@@ -23,16 +23,31 @@ def new_catalog() -> Catalog:
     return MemoryCatalog()
 
 
-def new_live_state(catalog: Catalog | None = None, **options) -> LiveState:
+def new_live_state(catalog: Catalog | str | None = None, url: str | None = None,
+                   **options) -> LiveState:
     """An empty live state over ``catalog`` (a new one if None), in this process's memory: the
     served state of a single-process server, and every scratch state that training and replays
     build for themselves. ``options``: ``store.memory.MemoryLiveState``'s (trending window,
-    top-list refresh, ``background_refresh``, ``max_feed_only_viewers``, ``co_engagement``)."""
+    top-list refresh, ``background_refresh``, ``max_feed_only_viewers``, ``co_engagement``).
+
+    With ``url`` ``redis://host:port/db?prefix=name:`` (or ``rediss://``, ``unix://``; also
+    accepted in place of the catalog) the state is the shared one in Redis
+    (``store.redis_live.RedisLiveState``, which takes the same options and a few of its own);
+    ``memory`` or None is the in-process default."""
     from reelrank.store.memory import MemoryCatalog, MemoryLiveState
 
+    if isinstance(catalog, str):
+        catalog, url = None, catalog
     if catalog is None:
         catalog = MemoryCatalog()
-    return MemoryLiveState(catalog, **options)
+    if url in (None, "", "memory"):
+        return MemoryLiveState(catalog, **options)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        # Imported here: redis-py is needed only by those who use this backend.
+        from reelrank.store.redis_live import RedisLiveState
+
+        return RedisLiveState.from_url(catalog, url, **options)
+    raise StoreError(f"no live-state backend for {url.split('://', 1)[0]!r}")
 
 
 def open_store(url: str | Path) -> Store:

@@ -1,41 +1,55 @@
 """The live-state contract: every backend of ``store/live.py`` must pass this suite unchanged.
 
 Backends are listed in ``BACKENDS``; each gives a factory of (catalog, live state) with the
-options the suite asks for. A backend whose server is not reachable (a shared one such as
-Redis, when it is added) is skipped with the reason, never silently passed.
+options the suite asks for. A backend whose server is not reachable (Redis) is skipped with the
+reason, never silently passed (and fails under ``CI``: tests/rd.py).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 
 from reelrank.store import new_catalog, new_live_state
 from reelrank.store.live import Catalog, CatalogView, LiveState, UserState
 from reelrank.types import DAY_MS, HOUR_MS, Event, Item
+from tests.rd import throwaway_prefix
 
-BACKENDS = ["memory"]
+BACKENDS = ["memory", "redis"]
 T0 = 1_700_000_000_000
 
 
 @pytest.fixture(params=BACKENDS)
 def make(request):
     """``make(**options)`` -> a live state over a catalog of 6 items (v0..v5; creator c0 made
-    the even ones, c1 the odd ones)."""
-    def build(**options) -> LiveState:
-        if request.param == "memory":
-            catalog = new_catalog()
-            live = new_live_state(catalog, **options)
-        else:  # pragma: no cover - a backend listed without a factory
-            raise AssertionError(f"no factory for {request.param}")
-        catalog.upsert([item(i) for i in range(6)])
-        return live
+    the even ones, c1 the odd ones). Each state a test makes is empty: on Redis each gets its
+    own key prefix, deleted after the test."""
+    with contextlib.ExitStack() as stack:
 
-    return build
+        def build(**options) -> LiveState:
+            catalog = new_catalog()
+            if request.param == "memory":
+                live = new_live_state(catalog, **options)
+            elif request.param == "redis":
+                url, prefix = stack.enter_context(throwaway_prefix())
+                live = new_live_state(catalog, url=f"{url}?prefix={prefix}", **options)
+            else:  # pragma: no cover - a backend listed without a factory
+                raise AssertionError(f"no factory for {request.param}")
+            catalog.upsert([item(i) for i in range(6)])
+            return live
+
+        yield build
 
 
 def item(i: int, **kw) -> Item:
-    base = dict(item_id=f"v{i}", creator_id=f"c{i % 2}", duration_ms=20_000,
-                created_at=T0 - 10_000 + i, hashtags=(f"t{i % 3}",))
+    base = dict(
+        item_id=f"v{i}",
+        creator_id=f"c{i % 2}",
+        duration_ms=20_000,
+        created_at=T0 - 10_000 + i,
+        hashtags=(f"t{i % 3}",),
+    )
     base.update(kw)
     return Item(**base)
 

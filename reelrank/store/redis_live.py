@@ -1,0 +1,590 @@
+"""Live state in Redis: the ``LiveState`` of ``store/live.py`` shared by several API processes.
+
+Chosen by ``new_live_state(live="redis://host:6379/0?prefix=rr:")``. Every key starts with the
+deployment's prefix (``reelrank:`` by default), so deployments can share one server. Per viewer
+there are two keys, and the viewer's id is also a member of one of two sets:
+
+- ``{p}u:{user}``  hash: ``s`` the viewer's state (history, seen, counters, affinities, tokens)
+  as JSON, ``v`` its version for optimistic concurrency;
+- ``{p}s:{user}``  sorted set: what feeds sent, in order (bounded by ``served_memory``);
+- ``{p}users`` (viewers with events) or ``{p}feedonly`` (served feeds, no event; bounded).
+
+Per item and deployment: ``{p}i:{item}`` counters, ``{p}ci`` creator impressions, ``{p}pop`` and
+``{p}reg:{region}`` all-time engagement, ``{p}t:{hour}`` trending buckets listed in ``{p}tb``,
+``{p}co:{item}`` co-engagement, ``{p}clock`` and ``{p}version``. ``forget_user`` deletes the two
+keys and both memberships: nothing else holds a viewer id (item-level keys hold item ids, and
+the aggregates the viewer fed are recomputed by the rebuild the engine runs after an erasure).
+
+How an event is folded is the in-memory backend's own code: ``apply`` reads the viewer (one
+round trip), folds the event with ``MemoryLiveState`` over a one-viewer scratch state, and
+writes the viewer with everything the event changed for the item in one Lua script (one round
+trip), which refuses the write if the viewer changed meanwhile (the fold then runs again).
+
+Reads on the feed path cost few round trips (see ``user_snapshot``): item counters, creator
+impressions and co-engagement lists are cached in the process and refetched in one pipelined
+round trip when this process changed them, when ``invalidate`` says another did (the fan-out,
+``store/fanout.py``), or every ``stats_max_age_s``; top lists are cached as the in-memory
+backend caches them (``trending_refresh_events`` / ``trending_refresh_seconds``). Viewer state
+is never cached: the next feed from any process sees the last accepted event.
+
+``empty_like`` gives a write-behind state in a scratch namespace (for the rebuild after an
+erasure, and ``reelrank rebuild-live``): events are folded in process memory and written in
+pipelines of thousands, and ``replace_with`` renames its keys over this state's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections import Counter, OrderedDict, deque
+from dataclasses import fields
+from typing import Callable, Iterable
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+import redis
+
+from reelrank.store import live as live_api
+from reelrank.store.live import HistoryEntry, ItemStats, UserState
+from reelrank.store.memory import MemoryLiveState
+from reelrank.store.redis_lua import APPLY, FORGET_USER, PUT_USER, RECORD_SERVED
+from reelrank.types import DAY_MS, HOUR_MS, Event, Token
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PREFIX = "reelrank:"
+_STAT_FIELDS = ("im", "vw", "lv", "lk", "sh", "ng", "wr")
+_ENTRY_TYPES = {"history": HistoryEntry, "tokens": Token}
+_ENTRY_FIELDS = {name: [f.name for f in fields(cls)] for name, cls in _ENTRY_TYPES.items()}
+_BATCH = 2000  # commands per pipeline in bulk writes and reads
+
+
+# -- the viewer's state as JSON (never pickle: whoever can write to Redis could run code) --------
+def encode_user(u: UserState) -> str:
+    out: dict = {}
+    for f in fields(UserState):
+        name = f.name
+        if name in ("user_id", "served"):  # the id is in the key; what feeds sent has its own
+            continue
+        value = getattr(u, name)
+        if isinstance(value, deque):
+            names = _ENTRY_FIELDS.get(name)
+            out[name] = ([[getattr(e, n) for n in names] for e in value] if names
+                         else list(value))
+        elif isinstance(value, dict):  # Counter and plain dicts: pairs keep int keys ints
+            out[name] = list(value.items())
+        elif isinstance(value, set):
+            out[name] = list(value)
+        elif value is None or isinstance(value, (int, float, str)):
+            out[name] = value
+        else:  # a new field of a kind this encoding does not know must not be dropped silently
+            raise TypeError(f"UserState.{name}: cannot encode {type(value).__name__}")
+    return json.dumps(out, separators=(",", ":"))
+
+
+def decode_user(user_id: str, text: str | bytes) -> UserState:
+    u = UserState(user_id)
+    for name, value in json.loads(text).items():
+        current = getattr(u, name)
+        if isinstance(current, deque):
+            cls = _ENTRY_TYPES.get(name)
+            current.extend(cls(*row) for row in value) if cls else current.extend(value)
+        elif isinstance(current, Counter):
+            setattr(u, name, Counter(dict(map(tuple, value))))
+        elif isinstance(current, dict):
+            setattr(u, name, dict(map(tuple, value)))
+        elif isinstance(current, set):
+            setattr(u, name, set(value))
+        else:
+            setattr(u, name, value)
+    return u
+
+
+def _stats(row: list) -> ItemStats:
+    im, vw, lv, lk, sh, ng, wr = row
+    return ItemStats(int(im or 0), int(vw or 0), int(lv or 0), int(lk or 0), int(sh or 0),
+                     int(ng or 0), float(wr or 0.0))
+
+
+def parse_live_url(url: str) -> tuple[str, str]:
+    """``redis://host:port/db?prefix=x:`` -> (the URL for redis-py, the key prefix)."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    prefix = query.pop("prefix", [DEFAULT_PREFIX])[0]
+    rest = "&".join(f"{k}={v}" for k, vs in query.items() for v in vs)
+    return urlunsplit(parts._replace(query=rest)), prefix
+
+
+class _ReadCache:
+    """Values fetched from Redis, trusted until this process marks them dirty, ``invalidate``
+    reports another process changed them, or ``max_age`` seconds pass; a read that finds one
+    stale refetches it with every other dirty or expired value in one round trip."""
+
+    def __init__(self, fetch: Callable[[list[str]], list], max_age: float,
+                 max_size: int = 200_000) -> None:
+        self._fetch = fetch
+        self.max_age = max_age
+        self.max_size = max_size
+        self._values: dict = {}
+        self._dirty: set = set()
+        self._epoch = time.monotonic()
+        self._lock = threading.Lock()
+
+    def mark(self, keys: Iterable) -> None:
+        with self._lock:
+            self._dirty.update(k for k in keys if k in self._values)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._values, self._dirty = {}, set()
+
+    def get_many(self, keys: list) -> list:
+        values = self._values
+        with self._lock:
+            expired = time.monotonic() - self._epoch >= self.max_age
+            missing = [k for k in keys if k not in values or k in self._dirty] if not expired else []
+            if not expired and not missing:
+                return [values[k] for k in keys]
+            wanted = dict.fromkeys(keys)
+            wanted.update(dict.fromkeys(self._dirty))
+            if expired:
+                wanted.update(dict.fromkeys(values))
+            order = list(wanted)
+        fetched = self._fetch(order)
+        with self._lock:
+            if len(values) + len(order) > self.max_size:
+                values.clear()
+            values.update(zip(order, fetched))
+            self._dirty.difference_update(order)
+            if expired:
+                self._epoch = time.monotonic()
+            return [values[k] for k in keys]
+
+
+class RedisLiveState:
+    """Per-viewer and per-item state in Redis (see the module's docstring)."""
+
+    def __init__(self, catalog: live_api.Catalog, client, *, prefix: str = DEFAULT_PREFIX,
+                 trending_window_ms: int = DAY_MS, co_engagement_span: int = 10,
+                 served_memory: int = 500, trending_refresh_events: int = 1000,
+                 trending_refresh_seconds: float = 2.0, background_refresh: bool = False,
+                 max_feed_only_viewers: int = 10_000, co_engagement: bool = True,
+                 stats_max_age_s: float = 2.0, meta_max_age_s: float = 0.05,
+                 stream: str | None = None, stream_maxlen: int = 100_000,
+                 origin: str = "", write_behind: bool = False) -> None:
+        self.catalog = catalog
+        self.client = client
+        self.prefix = prefix
+        self.trending_window_ms = trending_window_ms
+        self.co_engagement_span = co_engagement_span
+        self.served_memory = served_memory
+        self.trending_refresh_events = trending_refresh_events
+        self.trending_refresh_seconds = trending_refresh_seconds
+        # Accepted for the same options as the in-memory backend; top lists here are read from
+        # Redis's sorted sets in the request that finds them stale (a few ms, not a ranking).
+        self.background_refresh = background_refresh
+        self.max_feed_only_viewers = max_feed_only_viewers
+        self.co_engagement = co_engagement
+        self.stats_max_age_s = stats_max_age_s
+        self.meta_max_age_s = meta_max_age_s
+        # The fan-out stream every applied event is added to, in the same script (store/fanout.py).
+        self.stream = stream
+        self.stream_maxlen = stream_maxlen
+        self.origin = origin or uuid.uuid4().hex[:12]
+        self._apply = client.register_script(APPLY)
+        self._record = client.register_script(RECORD_SERVED)
+        self._put = client.register_script(PUT_USER)
+        self._forget = client.register_script(FORGET_USER)
+        self._meta = (0, 0, float("-inf"))  # version, clock, when read
+        self._stats = _ReadCache(self._fetch_stats, stats_max_age_s)
+        self._creators = _ReadCache(self._fetch_creators, stats_max_age_s)
+        self._co = _ReadCache(self._fetch_co, stats_max_age_s)
+        self._co_size = max(50, co_engagement_span * 3)
+        self._tops: dict = {}
+        self._lock = threading.Lock()
+        self.write_behind = write_behind
+        self._pending: dict[str, UserState] = {}  # write-behind: viewers not written yet
+        self._pipe = client.pipeline(transaction=False)  # write-behind's queue
+        self._queued = 0
+
+    @classmethod
+    def from_url(cls, catalog: live_api.Catalog, url: str, **options) -> RedisLiveState:
+        target, prefix = parse_live_url(url)
+        return cls(catalog, redis.Redis.from_url(target), prefix=prefix, **options)
+
+    def _options(self) -> dict:
+        return dict(trending_window_ms=self.trending_window_ms,
+                    co_engagement_span=self.co_engagement_span, served_memory=self.served_memory,
+                    trending_refresh_events=self.trending_refresh_events,
+                    trending_refresh_seconds=self.trending_refresh_seconds,
+                    background_refresh=self.background_refresh,
+                    max_feed_only_viewers=self.max_feed_only_viewers,
+                    co_engagement=self.co_engagement, stats_max_age_s=self.stats_max_age_s,
+                    meta_max_age_s=self.meta_max_age_s)
+
+    def empty_like(self) -> RedisLiveState:
+        """A new, empty, write-behind state in a scratch namespace of the same server (its
+        prefix does not start with this one's, so scans of this state never see it)."""
+        scratch = f"~{uuid.uuid4().hex[:12]}:{self.prefix}"
+        return RedisLiveState(self.catalog, self.client, prefix=scratch, write_behind=True,
+                              **self._options())
+
+    # -- the fold, shared with the in-memory backend ---------------------------------------------
+    def _scratch(self) -> MemoryLiveState:
+        return MemoryLiveState(self.catalog, trending_window_ms=self.trending_window_ms,
+                               co_engagement_span=self.co_engagement_span,
+                               served_memory=self.served_memory,
+                               co_engagement=self.co_engagement)
+
+    def _fold(self, state: UserState | None, event: Event, interests: bool) -> tuple[UserState, list]:
+        """The viewer after the event, and the arguments of the APPLY script after the user
+        part: what the event changed for the item, as the in-memory backend computes it over
+        a state that holds this viewer alone."""
+        scratch = self._scratch()
+        if state is not None:
+            scratch.put_user(state)
+        scratch.apply(event, interests)
+        u = scratch.user(event.user_id)
+        item = self.catalog.get(event.item_id)
+        assert u is not None and item is not None  # apply checked the item is known
+        s = scratch.item_stats(event.item_id)
+        likes = -1 if event.type == "unlike" else s.likes
+        top = scratch.popular(1)
+        weight = top[0][1] if top else 0.0
+        region = ""
+        if weight > 0 and u.region and scratch.popular_in_region(u.region, 1):
+            region = u.region
+        co = [other for other, _ in scratch.co_engaged(event.item_id, 1 << 30)]
+        return u, [event.item_id, item.creator_id, str(event.ts), s.impressions, s.views,
+                   s.long_views, likes, s.shares, s.negatives, repr(s.watch_ratio_sum),
+                   scratch.creator_impressions(item.creator_id), repr(weight), region,
+                   self.trending_window_ms, HOUR_MS, *self._stream_args(event), *co]
+
+    def _stream_args(self, event: Event) -> list:
+        if not self.stream:
+            return ["", 0, ""]
+        payload = json.dumps({"kind": "event", "origin": self.origin,
+                              "event": [getattr(event, f.name) for f in fields(Event)]},
+                             separators=(",", ":"))
+        return [self.stream, self.stream_maxlen, payload]
+
+    # -- writes ---------------------------------------------------------------------------------
+    def apply(self, event: Event, interests: bool = True) -> None:
+        """Fold one accepted event in (unknown items are ignored, as in memory): two round
+        trips, three or more only when another process changed the viewer in between."""
+        if self.catalog.get(event.item_id) is None:
+            return
+        if self.write_behind:
+            self._apply_behind(event, interests)
+            return
+        key = self.prefix + "u:" + event.user_id
+        for _ in range(50):
+            version, text = self.client.hmget(key, "v", "s")
+            state = decode_user(event.user_id, text) if text else None
+            u, rest = self._fold(state, event, interests)
+            expected = int(version or 0)
+            applied, new_version, clock = self._apply(
+                args=[self.prefix, event.user_id, expected, encode_user(u), *rest])
+            if applied:
+                self._after_write(event.item_id, rest[18:], new_version, int(clock))
+                self._creators.mark([rest[1]])
+                return
+        raise RuntimeError(f"live state of {event.user_id!r} kept changing; event not applied")
+
+    def _apply_behind(self, event: Event, interests: bool) -> None:
+        u, rest = self._fold(self._pending.get(event.user_id), event, interests)
+        self._pending[event.user_id] = u
+        self._apply(args=[self.prefix, event.user_id, -1, "", *rest], client=self._pipe)
+        self._queued += 1
+        if self._queued >= _BATCH:
+            self._pipe.execute()
+            self._queued = 0
+
+    def flush(self) -> None:
+        """Write what a write-behind state holds (viewers and queued item changes)."""
+        if not self.write_behind:
+            return
+        pipe = self._pipe
+        for k, (uid, u) in enumerate(self._pending.items()):
+            pipe.hset(self.prefix + "u:" + uid, mapping={"v": 1, "s": encode_user(u)})
+            pipe.sadd(self.prefix + "users", uid)
+            if k % _BATCH == _BATCH - 1:
+                pipe.execute()
+        pipe.execute()
+        self._pending, self._queued = {}, 0
+        self._meta = (0, 0, float("-inf"))
+
+    def _after_write(self, item_id: str, co: list[str], version: int, clock: int) -> None:
+        self._stats.mark([item_id])
+        self._co.mark([item_id, *co])
+        with self._lock:
+            if version > self._meta[0]:
+                self._meta = (version, max(clock, self._meta[1]), time.monotonic())
+
+    def invalidate(self, items: Iterable[str] = (), creators: Iterable[str] = ()) -> None:
+        """Another process changed these items' counters (called by the fan-out)."""
+        items = list(items)
+        self._stats.mark(items)
+        self._co.mark(items)
+        self._creators.mark(creators)
+        with self._lock:
+            self._meta = (self._meta[0], self._meta[1], float("-inf"))
+
+    def record_served(self, user_id: str, item_ids: list[str]) -> None:
+        """One round trip (a script: append, bound, feed-only bookkeeping)."""
+        self._record(args=[self.prefix, user_id, self.served_memory,
+                           self.max_feed_only_viewers, *item_ids])
+
+    def forget_user(self, user_id: str) -> None:
+        self._pending.pop(user_id, None)
+        self._forget(args=[self.prefix, user_id])
+
+    def put_user(self, state: UserState) -> None:
+        served = json.dumps(list(state.served)) if state.served else ""
+        self._put(args=[self.prefix, state.user_id, encode_user(state), served])
+
+    def reset_interests(self, user_id: str) -> None:
+        """Read, clear with the in-memory backend's code, write back if unchanged meanwhile."""
+        key = self.prefix + "u:" + user_id
+        for _ in range(50):
+            version, text = self.client.hmget(key, "v", "s")
+            if not text:
+                return
+            scratch = self._scratch()
+            scratch.put_user(decode_user(user_id, text))
+            scratch.reset_interests(user_id)
+            cleared = scratch.user(user_id)
+            assert cleared is not None
+            pipe = self.client.pipeline(transaction=True)
+            try:
+                pipe.watch(key)
+                if pipe.hget(key, "v") != version:
+                    continue
+                pipe.multi()
+                pipe.hset(key, mapping={"v": int(version or 0) + 1,
+                                        "s": encode_user(cleared)})
+                pipe.incr(self.prefix + "version")
+                pipe.execute()
+                return
+            except redis.WatchError:  # changed meanwhile: read again
+                continue
+            finally:
+                pipe.reset()
+
+    def replace_with(self, other: RedisLiveState) -> None:
+        """Take over a rebuilt state's keys (renamed over this state's), keeping what feeds
+        sent to viewers still present and the feed-only viewers the log does not hold. Not one
+        atomic step: a read during the swap can see part of each (as an erasure's rebuild is
+        rare and takes a moment, that read is one slightly stale feed)."""
+        other.flush()
+        p, q = self.prefix, other.prefix
+        keep = (p + "s:", p + "feedonly", p + "fo:")
+        mine = [k for k in self._scan(p) if not k.startswith(keep)]
+        theirs = list(self._scan(q))
+        new_users = {m.decode() for m in self.client.smembers(q + "users")}
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(*mine) if mine else None
+        for k in theirs:
+            pipe.rename(k, p + k[len(q):])
+        pipe.execute()
+        # Viewers with events now are no longer feed-only; served lists of viewers gone go.
+        feed_only = {m.decode() for m in self.client.zrange(p + "feedonly", 0, -1)}
+        pipe = self.client.pipeline(transaction=False)
+        back = feed_only & new_users
+        if back:
+            pipe.zrem(p + "feedonly", *back)
+        for k in self._scan(p + "s:"):
+            uid = k[len(p) + 2:]
+            if uid not in new_users and uid not in feed_only:
+                pipe.delete(k)
+        pipe.incr(p + "version")
+        pipe.execute()
+        self._stats.clear()
+        self._co.clear()
+        self._creators.clear()
+        with self._lock:
+            self._tops = {}
+            self._meta = (0, 0, float("-inf"))
+
+    def _scan(self, prefix: str) -> Iterable[str]:
+        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in prefix) + "*"
+        for key in self.client.scan_iter(match=pattern, count=1000):
+            yield key.decode() if isinstance(key, bytes) else key
+
+    def clear(self) -> None:
+        """Delete every key of this state's prefix (tests, and ``rebuild-live --flush``)."""
+        keys = list(self._scan(self.prefix))
+        for k in range(0, len(keys), _BATCH):
+            self.client.delete(*keys[k:k + _BATCH])
+        self._stats.clear()
+        self._co.clear()
+        self._creators.clear()
+        self._tops = {}
+        self._meta = (0, 0, float("-inf"))
+
+    # -- reads ----------------------------------------------------------------------------------
+    def _read_meta(self) -> tuple[int, int]:
+        version, clock, at = self._meta
+        if time.monotonic() - at < self.meta_max_age_s:
+            return version, clock
+        self.flush()
+        v, c = self.client.mget(self.prefix + "version", self.prefix + "clock")
+        return self._set_meta(v, c)
+
+    def _set_meta(self, v, c) -> tuple[int, int]:
+        with self._lock:
+            self._meta = (int(v or 0), int(c or 0), time.monotonic())
+            return self._meta[0], self._meta[1]
+
+    @property
+    def version(self) -> int:
+        """Redis's change counter (read at most every ``meta_max_age_s``; this process's own
+        writes update it at once)."""
+        return self._read_meta()[0]
+
+    @property
+    def clock(self) -> int:
+        return self._read_meta()[1]
+
+    @clock.setter
+    def clock(self, value: int) -> None:
+        """Moves the shared clock forward only (it is the newest event time any process saw)."""
+        if value > self.clock:
+            self.client.set(self.prefix + "clock", int(value))
+            self._meta = (self._meta[0], int(value), float("-inf"))
+
+    @property
+    def feed_only_evicted(self) -> int:
+        return int(self.client.get(self.prefix + "fo:evicted") or 0)
+
+    @feed_only_evicted.setter
+    def feed_only_evicted(self, value: int) -> None:
+        self.client.set(self.prefix + "fo:evicted", int(value))
+
+    def _read_user(self, user_id: str, *, prefetch: bool) -> UserState | None:
+        """One round trip: the viewer, what feeds sent them, whether they are feed-only, and
+        the version and clock; a second one when their co-engagement seeds are stale."""
+        self.flush()
+        p = self.prefix
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(p + "u:" + user_id, "s")
+        pipe.zrange(p + "s:" + user_id, 0, -1)
+        pipe.zscore(p + "feedonly", user_id)
+        pipe.mget(p + "version", p + "clock")
+        text, served, feed_only, (v, c) = pipe.execute()
+        self._set_meta(v, c)
+        if text:
+            u = decode_user(user_id, text)
+        elif served or feed_only is not None:
+            u = UserState(user_id)
+        else:
+            return None
+        u.served = OrderedDict.fromkeys(s.decode() for s in served)
+        if prefetch and self.co_engagement and u.positives:
+            self._co.get_many(list(u.positives)[-self.co_engagement_span:])
+        return u
+
+    def user(self, user_id: str) -> UserState | None:
+        """The viewer as Redis holds them now (a copy: changes come from events, not edits)."""
+        return self._read_user(user_id, prefetch=False)
+
+    def user_snapshot(self, user_id: str) -> UserState | None:
+        return self._read_user(user_id, prefetch=True)
+
+    def user_ids(self) -> list[str]:
+        self.flush()
+        pipe = self.client.pipeline(transaction=False)
+        pipe.smembers(self.prefix + "users")
+        pipe.zrange(self.prefix + "feedonly", 0, -1)
+        users, feed_only = pipe.execute()
+        return sorted(m.decode() for m in users) + [m.decode() for m in feed_only]
+
+    def feed_only_viewers(self) -> int:
+        return int(self.client.zcard(self.prefix + "feedonly"))
+
+    def _fetch_stats(self, item_ids: list[str]) -> list[ItemStats]:
+        self.flush()
+        out: list[ItemStats] = []
+        for k in range(0, len(item_ids), _BATCH):
+            pipe = self.client.pipeline(transaction=False)
+            for i in item_ids[k:k + _BATCH]:
+                pipe.hmget(self.prefix + "i:" + i, *_STAT_FIELDS)
+            out += [_stats(row) for row in pipe.execute()]
+        return out
+
+    def _fetch_creators(self, creators: list[str]) -> list[int]:
+        self.flush()
+        return [int(x or 0) for x in self.client.hmget(self.prefix + "ci", creators)]
+
+    def _fetch_co(self, item_ids: list[str]) -> list[list[tuple[str, int]]]:
+        self.flush()
+        pipe = self.client.pipeline(transaction=False)
+        for i in item_ids:
+            pipe.zrevrange(self.prefix + "co:" + i, 0, self._co_size - 1, withscores=True)
+        return [[(m.decode(), int(s)) for m, s in rows] for rows in pipe.execute()]
+
+    def item_stats(self, item_id: str) -> ItemStats:
+        return self._stats.get_many([item_id])[0]
+
+    def item_stats_many(self, item_ids: Iterable[str]) -> list[ItemStats]:
+        return self._stats.get_many(list(item_ids))
+
+    def creator_impressions(self, creator_id: str) -> int:
+        return self._creators.get_many([creator_id])[0]
+
+    def co_engaged(self, item_id: str, n: int) -> list[tuple[str, int]]:
+        if n > self._co_size:
+            return self._fetch_co([item_id])[0][:n]
+        return self._co.get_many([item_id])[0][:n]
+
+    # -- top lists ------------------------------------------------------------------------------
+    def trending(self, n: int) -> list[tuple[str, float]]:
+        return self._top("trending", n)
+
+    def popular(self, n: int) -> list[tuple[str, float]]:
+        return self._top("popular", n)
+
+    def popular_in_region(self, region: str, n: int) -> list[tuple[str, float]]:
+        return self._top(("region", region), n)
+
+    def _top(self, key, n: int) -> list[tuple[str, float]]:
+        """Cached like the in-memory backend's lists: recomputed when the state moved by
+        ``trending_refresh_events`` or the list is older than ``trending_refresh_seconds``."""
+        version = self.version
+        cached = self._tops.get(key)
+        if cached is not None and cached[2] >= n:
+            made_version, made_at, _, top = cached
+            if (made_version == version
+                    or (version - made_version < self.trending_refresh_events
+                        and time.monotonic() - made_at < self.trending_refresh_seconds)):
+                return top[:n]
+        size = max(n, 500)
+        top = self._read_top(key, size)
+        self._tops[key] = (version, time.monotonic(), size, top)
+        return top[:n]
+
+    def _read_top(self, key, size: int) -> list[tuple[str, float]]:
+        """The top ``size`` by score, ties in the order the items first scored (as the
+        in-memory backend's counters keep them). Two round trips."""
+        self.flush()
+        p = self.prefix
+        if key == "trending":
+            buckets = self.client.zrange(p + "tb", 0, -1)
+            if not buckets:
+                return []
+            rows = self.client.zunion([p + "t:" + b.decode() for b in buckets], withscores=True)
+            first_key = p + "first:pop"
+        else:
+            zkey = p + "pop" if key == "popular" else p + "reg:" + key[1]
+            first_key = p + "first:pop" if key == "popular" else p + "first:reg:" + key[1]
+            rows = self.client.zrevrange(zkey, 0, size - 1, withscores=True)
+            if len(rows) == size:  # the items tied with the last one may lie beyond it
+                rows = self.client.zrevrangebyscore(zkey, "+inf", rows[-1][1], withscores=True)
+        rows = [(m.decode(), s) for m, s in rows if s > 1e-9]
+        if not rows:
+            return []
+        firsts = self.client.hmget(first_key, [m for m, _ in rows])
+        order = sorted(range(len(rows)), key=lambda k: (-rows[k][1], int(firsts[k] or 0)))
+        return [rows[k] for k in order[:size]]

@@ -1,0 +1,152 @@
+"""The Lua scripts of the Redis live state (``store/redis_live.py``), one atomic step each.
+
+Each runs inside Redis, so that what one event changes (the viewer's state, the item's counters,
+the top lists, co-engagement, the clock, the fan-out stream) is one round trip and is never seen
+half-done by another process. Keys are built from the prefix passed as the first argument: the
+deployment runs on one Redis primary (not Redis Cluster, where undeclared keys are refused).
+
+Numbers cross the boundary as strings: Lua holds them as doubles, exact for event times in ms.
+"""
+
+# ARGV: 1 prefix, 2 user, 3 expected user version (-1: do not write the user), 4 user JSON,
+# 5 item, 6 creator, 7 ts, 8-13 deltas of im vw lv lk sh ng (lk -1: an unlike, floored at 0),
+# 14 watch-ratio delta, 15 creator impressions delta, 16 engagement weight, 17 region ("" none),
+# 18 trending window ms, 19 hour ms, 20 stream key ("" none), 21 stream max length,
+# 22 stream payload, 23.. co-engaged items.
+# Returns {applied (0: the viewer changed since it was read), version, clock}.
+APPLY = r"""
+local p = ARGV[1]
+local uid = ARGV[2]
+local expected = tonumber(ARGV[3])
+if expected >= 0 then
+  local ukey = p .. 'u:' .. uid
+  local current = tonumber(redis.call('HGET', ukey, 'v') or '0')
+  if current ~= expected then return {0, 0, 0} end
+  redis.call('HSET', ukey, 'v', current + 1, 's', ARGV[4])
+  redis.call('SADD', p .. 'users', uid)
+  redis.call('ZREM', p .. 'feedonly', uid)
+end
+local item = ARGV[5]
+local ikey = p .. 'i:' .. item
+local names = {'im', 'vw', 'lv', 'lk', 'sh', 'ng'}
+for k = 1, 6 do
+  local d = tonumber(ARGV[7 + k])
+  if d < 0 then
+    if tonumber(redis.call('HGET', ikey, names[k]) or '0') > 0 then
+      redis.call('HINCRBY', ikey, names[k], -1)
+    end
+  elseif d > 0 then
+    redis.call('HINCRBY', ikey, names[k], d)
+  end
+end
+if tonumber(ARGV[14]) ~= 0 then redis.call('HINCRBYFLOAT', ikey, 'wr', ARGV[14]) end
+if tonumber(ARGV[15]) > 0 then redis.call('HINCRBY', p .. 'ci', ARGV[6], ARGV[15]) end
+local ts = tonumber(ARGV[7])
+local clock = tonumber(redis.call('GET', p .. 'clock') or '0')
+if ts > clock then
+  clock = ts
+  redis.call('SET', p .. 'clock', ARGV[7])
+end
+local version = redis.call('INCR', p .. 'version')
+local w = tonumber(ARGV[16])
+if w > 0 then
+  local hour = tonumber(ARGV[19])
+  local bucket = math.floor(ts / hour)
+  local newest = redis.call('ZREVRANGE', p .. 'tb', 0, 0, 'WITHSCORES')
+  -- Late events land in the newest bucket: trending is about recency, not exact hours.
+  if #newest > 0 and tonumber(newest[2]) >= bucket then
+    bucket = tonumber(newest[2])
+  else
+    redis.call('ZADD', p .. 'tb', bucket, string.format('%d', bucket))
+  end
+  redis.call('ZINCRBY', p .. 't:' .. string.format('%d', bucket), w, item)
+  redis.call('ZINCRBY', p .. 'pop', w, item)
+  if redis.call('HEXISTS', p .. 'first:pop', item) == 0 then
+    redis.call('HSET', p .. 'first:pop', item, redis.call('INCR', p .. 'seq'))
+  end
+  local region = ARGV[17]
+  if region ~= '' then
+    redis.call('ZINCRBY', p .. 'reg:' .. region, w, item)
+    redis.call('SADD', p .. 'regions', region)
+    if redis.call('HEXISTS', p .. 'first:reg:' .. region, item) == 0 then
+      redis.call('HSET', p .. 'first:reg:' .. region, item, redis.call('INCR', p .. 'seq'))
+    end
+  end
+  local oldest = math.floor((clock - tonumber(ARGV[18])) / hour)
+  local old = redis.call('ZRANGEBYSCORE', p .. 'tb', '-inf', '(' .. string.format('%d', oldest))
+  for _, b in ipairs(old) do redis.call('DEL', p .. 't:' .. b) end
+  if #old > 0 then
+    redis.call('ZREMRANGEBYSCORE', p .. 'tb', '-inf', '(' .. string.format('%d', oldest))
+  end
+end
+for k = 23, #ARGV do
+  redis.call('ZINCRBY', p .. 'co:' .. item, 1, ARGV[k])
+  redis.call('ZINCRBY', p .. 'co:' .. ARGV[k], 1, item)
+end
+if ARGV[20] ~= '' then
+  redis.call('XADD', ARGV[20], 'MAXLEN', '~', ARGV[21], '*', 'm', ARGV[22])
+end
+return {1, version, string.format('%d', clock)}
+"""
+
+# ARGV: 1 prefix, 2 user, 3 served memory, 4 max feed-only viewers, 5.. items in order sent.
+# What feeds sent, in order, bounded; a viewer with no event joins the feed-only viewers, the
+# least recently served of whom go past the bound. Returns how many were evicted.
+RECORD_SERVED = r"""
+local p = ARGV[1]
+local uid = ARGV[2]
+local skey = p .. 's:' .. uid
+local top = redis.call('ZREVRANGE', skey, 0, 0, 'WITHSCORES')
+local n = 0
+if #top > 0 then n = tonumber(top[2]) end
+for k = 5, #ARGV do
+  n = n + 1
+  redis.call('ZADD', skey, n, ARGV[k])
+end
+local size = redis.call('ZCARD', skey)
+local keep = tonumber(ARGV[3])
+if size > keep then redis.call('ZREMRANGEBYRANK', skey, 0, size - keep - 1) end
+local evicted = 0
+if redis.call('SISMEMBER', p .. 'users', uid) == 0 then
+  redis.call('ZADD', p .. 'feedonly', redis.call('INCR', p .. 'fo:n'), uid)
+  local count = redis.call('ZCARD', p .. 'feedonly')
+  local limit = tonumber(ARGV[4])
+  if count > limit then
+    local old = redis.call('ZRANGE', p .. 'feedonly', 0, count - limit - 1)
+    for _, o in ipairs(old) do redis.call('DEL', p .. 's:' .. o, p .. 'u:' .. o) end
+    redis.call('ZREMRANGEBYRANK', p .. 'feedonly', 0, count - limit - 1)
+    redis.call('INCRBY', p .. 'fo:evicted', #old)
+    evicted = #old
+  end
+end
+return evicted
+"""
+
+# ARGV: 1 prefix, 2 user, 3 user JSON, 4 served items in order (JSON list, "" keeps them).
+# Installs a viewer's state unconditionally (bumping its version, so that a concurrent
+# read-modify-write of the old state retries).
+PUT_USER = r"""
+local p = ARGV[1]
+local uid = ARGV[2]
+local ukey = p .. 'u:' .. uid
+local current = tonumber(redis.call('HGET', ukey, 'v') or '0')
+redis.call('HSET', ukey, 'v', current + 1, 's', ARGV[3])
+redis.call('SADD', p .. 'users', uid)
+redis.call('ZREM', p .. 'feedonly', uid)
+if ARGV[4] ~= '' then
+  local skey = p .. 's:' .. uid
+  redis.call('DEL', skey)
+  for k, item in ipairs(cjson.decode(ARGV[4])) do redis.call('ZADD', skey, k, item) end
+end
+return redis.call('INCR', p .. 'version')
+"""
+
+# ARGV: 1 prefix, 2 user. Every key of the viewer, and the id in the sets that list viewers.
+FORGET_USER = r"""
+local p = ARGV[1]
+local uid = ARGV[2]
+redis.call('DEL', p .. 'u:' .. uid, p .. 's:' .. uid)
+redis.call('SREM', p .. 'users', uid)
+redis.call('ZREM', p .. 'feedonly', uid)
+return redis.call('INCR', p .. 'version')
+"""
