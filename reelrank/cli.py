@@ -450,5 +450,39 @@ def demo(
     run(app_, host=host, port=port, log_level="info")
 
 
+@app.command("rebuild-live")
+def rebuild_live_(
+    live_url: str = typer.Option(..., "--live", help="The shared live state to rebuild: "
+                                 "redis://host:port/db?prefix=name: (prefix reelrank: if "
+                                 "none)."),
+    data_dir: Path = typer.Option(Path("data"), help=DATA_DIR_HELP),
+    store_url: Optional[str] = typer.Option(None, "--store", help=STORE_HELP),
+    flush: bool = typer.Option(False, "--flush", help="Delete every key of the prefix first, "
+                               "what feeds sent included (else that is kept)."),
+    log_level: str = typer.Option("info", help="debug | info | warning | error"),
+) -> None:
+    """Rebuild what the shared live state holds (viewers' histories, seen sets, counters, item
+    counters, top lists, co-engagement) from the store's event log, so that losing Redis loses
+    nothing durable. The rebuilt state is written beside the old one and swapped in, so feeds
+    keep being served meanwhile; run it while no API process accepts events (after a Redis
+    restart, before they start): an event accepted during the swap would reach the old keys
+    only."""
+    from reelrank.store import new_catalog, new_live_state, open_store
+    from reelrank.store.rebuild import load_catalog, rebuild_live
+
+    _logging(log_level)
+    store = open_store(store_url or data_dir)
+    try:
+        live = new_live_state(new_catalog(), url=live_url)
+        if flush:
+            live.clear()  # type: ignore[attr-defined]
+        items = load_catalog(store, live)
+        events, last = rebuild_live(store, live)
+    finally:
+        store.close()
+    typer.echo(f"rebuilt the live state from {events} events (through seq {last}) over "
+               f"{items} items")
+
+
 if __name__ == "__main__":
     app()

@@ -10,7 +10,8 @@ there are two keys, and the viewer's id is also a member of one of two sets:
 - ``{p}users`` (viewers with events) or ``{p}feedonly`` (served feeds, no event; bounded).
 
 Per item and deployment: ``{p}i:{item}`` counters, ``{p}ci`` creator impressions, ``{p}pop`` and
-``{p}reg:{region}`` all-time engagement, ``{p}t:{hour}`` trending buckets listed in ``{p}tb``,
+``{p}reg:{region}`` all-time engagement, ``{p}trend`` engagement in the trending window (its
+hourly buckets ``{p}t:{hour}`` listed in ``{p}tb``, subtracted as they leave the window),
 ``{p}co:{item}`` co-engagement, ``{p}clock`` and ``{p}version``. ``forget_user`` deletes the two
 keys and both memberships: nothing else holds a viewer id (item-level keys hold item ids, and
 the aggregates the viewer fed are recomputed by the rebuild the engine runs after an erasure).
@@ -566,22 +567,15 @@ class RedisLiveState:
         return top[:n]
 
     def _read_top(self, key, size: int) -> list[tuple[str, float]]:
-        """The top ``size`` by score, ties in the order the items first scored (as the
-        in-memory backend's counters keep them). Two round trips."""
+        """The top ``size`` by score, ties in the order the items entered the list (as the
+        in-memory backend's counters keep them). Two or three round trips."""
         self.flush()
         p = self.prefix
-        if key == "trending":
-            buckets = self.client.zrange(p + "tb", 0, -1)
-            if not buckets:
-                return []
-            rows = self.client.zunion([p + "t:" + b.decode() for b in buckets], withscores=True)
-            first_key = p + "first:pop"
-        else:
-            zkey = p + "pop" if key == "popular" else p + "reg:" + key[1]
-            first_key = p + "first:pop" if key == "popular" else p + "first:reg:" + key[1]
-            rows = self.client.zrevrange(zkey, 0, size - 1, withscores=True)
-            if len(rows) == size:  # the items tied with the last one may lie beyond it
-                rows = self.client.zrevrangebyscore(zkey, "+inf", rows[-1][1], withscores=True)
+        name = {"trending": "trend", "popular": "pop"}.get(key) or "reg:" + key[1]
+        rows = self.client.zrevrange(p + name, 0, size - 1, withscores=True)
+        if len(rows) == size:  # the items tied with the last one may lie beyond it
+            rows = self.client.zrevrangebyscore(p + name, "+inf", rows[-1][1], withscores=True)
+        first_key = p + "first:" + name
         rows = [(m.decode(), s) for m, s in rows if s > 1e-9]
         if not rows:
             return []

@@ -60,6 +60,11 @@ if w > 0 then
     redis.call('ZADD', p .. 'tb', bucket, string.format('%d', bucket))
   end
   redis.call('ZINCRBY', p .. 't:' .. string.format('%d', bucket), w, item)
+  -- The running sum over the window's buckets, with the order items entered it (for ties).
+  if not redis.call('ZSCORE', p .. 'trend', item) then
+    redis.call('HSET', p .. 'first:trend', item, redis.call('INCR', p .. 'seq'))
+  end
+  redis.call('ZINCRBY', p .. 'trend', w, item)
   redis.call('ZINCRBY', p .. 'pop', w, item)
   if redis.call('HEXISTS', p .. 'first:pop', item) == 0 then
     redis.call('HSET', p .. 'first:pop', item, redis.call('INCR', p .. 'seq'))
@@ -74,7 +79,17 @@ if w > 0 then
   end
   local oldest = math.floor((clock - tonumber(ARGV[18])) / hour)
   local old = redis.call('ZRANGEBYSCORE', p .. 'tb', '-inf', '(' .. string.format('%d', oldest))
-  for _, b in ipairs(old) do redis.call('DEL', p .. 't:' .. b) end
+  for _, b in ipairs(old) do
+    local rows = redis.call('ZRANGE', p .. 't:' .. b, 0, -1, 'WITHSCORES')
+    for k = 1, #rows, 2 do
+      local left = tonumber(redis.call('ZINCRBY', p .. 'trend', -tonumber(rows[k + 1]), rows[k]))
+      if left <= 1e-9 then
+        redis.call('ZREM', p .. 'trend', rows[k])
+        redis.call('HDEL', p .. 'first:trend', rows[k])
+      end
+    end
+    redis.call('DEL', p .. 't:' .. b)
+  end
   if #old > 0 then
     redis.call('ZREMRANGEBYSCORE', p .. 'tb', '-inf', '(' .. string.format('%d', oldest))
   end
