@@ -49,6 +49,7 @@ import redis
 
 from reelrank.store import live as live_api
 from reelrank.store.live import HistoryEntry, ItemStats, UserState
+from reelrank.store.fanout import Fanout
 from reelrank.store.memory import MemoryLiveState
 from reelrank.store.redis_lua import APPLY, FORGET_USER, PUT_USER, RECORD_SERVED
 from reelrank.types import DAY_MS, HOUR_MS, Event, Token
@@ -173,8 +174,7 @@ class RedisLiveState:
                  trending_refresh_seconds: float = 2.0, background_refresh: bool = False,
                  max_feed_only_viewers: int = 10_000, co_engagement: bool = True,
                  stats_max_age_s: float = 2.0, meta_max_age_s: float = 0.05,
-                 stream: str | None = None, stream_maxlen: int = 100_000,
-                 origin: str = "", write_behind: bool = False) -> None:
+                 fanout: Fanout | None = None, write_behind: bool = False) -> None:
         self.catalog = catalog
         self.client = client
         self.prefix = prefix
@@ -190,10 +190,9 @@ class RedisLiveState:
         self.co_engagement = co_engagement
         self.stats_max_age_s = stats_max_age_s
         self.meta_max_age_s = meta_max_age_s
-        # The fan-out stream every applied event is added to, in the same script (store/fanout.py).
-        self.stream = stream
-        self.stream_maxlen = stream_maxlen
-        self.origin = origin or uuid.uuid4().hex[:12]
+        # The stream every applied event is added to, in the same script, and that erasures and
+        # resets are announced on (store/fanout.py).
+        self.fanout = fanout
         self._apply = client.register_script(APPLY)
         self._record = client.register_script(RECORD_SERVED)
         self._put = client.register_script(PUT_USER)
@@ -212,8 +211,12 @@ class RedisLiveState:
 
     @classmethod
     def from_url(cls, catalog: live_api.Catalog, url: str, **options) -> RedisLiveState:
+        """``fanout=True`` among the options: announce on the deployment's stream."""
         target, prefix = parse_live_url(url)
-        return cls(catalog, redis.Redis.from_url(target), prefix=prefix, **options)
+        client = redis.Redis.from_url(target)
+        if options.get("fanout") is True:
+            options["fanout"] = Fanout(client, prefix)
+        return cls(catalog, client, prefix=prefix, **options)
 
     def _options(self) -> dict:
         return dict(trending_window_ms=self.trending_window_ms,
@@ -261,15 +264,15 @@ class RedisLiveState:
         return u, [event.item_id, item.creator_id, str(event.ts), s.impressions, s.views,
                    s.long_views, likes, s.shares, s.negatives, repr(s.watch_ratio_sum),
                    scratch.creator_impressions(item.creator_id), repr(weight), region,
-                   self.trending_window_ms, HOUR_MS, *self._stream_args(event), *co]
+                   self.trending_window_ms, HOUR_MS, *self._stream_args(event, co), *co]
 
-    def _stream_args(self, event: Event) -> list:
-        if not self.stream:
+    def _stream_args(self, event: Event, co: list[str]) -> list:
+        if self.fanout is None or self.write_behind:  # a rebuild announces nothing
             return ["", 0, ""]
-        payload = json.dumps({"kind": "event", "origin": self.origin,
-                              "event": [getattr(event, f.name) for f in fields(Event)]},
-                             separators=(",", ":"))
-        return [self.stream, self.stream_maxlen, payload]
+        payload = json.dumps({"kind": "event", "origin": self.fanout.origin,
+                              "event": [getattr(event, f.name) for f in fields(Event)],
+                              "co": co}, separators=(",", ":"))
+        return [self.fanout.key, self.fanout.maxlen, payload]
 
     # -- writes ---------------------------------------------------------------------------------
     def apply(self, event: Event, interests: bool = True) -> None:
@@ -339,15 +342,23 @@ class RedisLiveState:
                            self.max_feed_only_viewers, *item_ids])
 
     def forget_user(self, user_id: str) -> None:
+        """Deletes the viewer's keys; with a fan-out, also their event messages in the stream,
+        and tells the other processes (by digest) to drop what they hold of the viewer."""
         self._pending.pop(user_id, None)
         self._forget(args=[self.prefix, user_id])
+        if self.fanout is not None and not self.write_behind:
+            self.fanout.forget(user_id)
+            self.fanout.publish_erase(user_id)
 
     def put_user(self, state: UserState) -> None:
         served = json.dumps(list(state.served)) if state.served else ""
         self._put(args=[self.prefix, state.user_id, encode_user(state), served])
 
     def reset_interests(self, user_id: str) -> None:
-        """Read, clear with the in-memory backend's code, write back if unchanged meanwhile."""
+        """Read, clear with the in-memory backend's code, write back if unchanged meanwhile;
+        with a fan-out, the other processes are told."""
+        if self.fanout is not None and not self.write_behind:
+            self.fanout.publish_reset(user_id)
         key = self.prefix + "u:" + user_id
         for _ in range(50):
             version, text = self.client.hmget(key, "v", "s")
