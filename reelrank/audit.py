@@ -36,6 +36,7 @@ from reelrank.pipeline.context import FeedRequest
 from reelrank.pipeline.explore import ExploreSource
 from reelrank.pipeline.feed import FeedPipeline
 from reelrank.pipeline.rerank import DiversityReranker, SpacingReranker
+from reelrank.pipeline.side_effects import Calls
 from reelrank.types import DAY_MS, VIEW_TYPES, Event, is_long_view
 
 log = logging.getLogger(__name__)
@@ -210,10 +211,11 @@ def _tally(log_: _SwipeLog, events: list[Event], world, fit: float) -> None:
 def _attach(engine, bucket_ms: int, origin_ms: int) -> ExposureLedger:
     """A ledger fed by the engine the way ``LiveStats`` feeds the service's."""
     ledger = ExposureLedger(bucket_ms=bucket_ms, max_buckets=1_000, origin_ms=origin_ms)
-    engine.feed_listeners.append(
-        lambda r: ledger.observe_feed(r.user_id, r.trace.ts, r.items, engine.catalog))
-    engine.event_listeners.append(lambda evs: ledger.observe_events(evs, engine.catalog))
-    engine.erase_listeners.append(ledger.forget_user)
+    engine.effects.add(Calls(
+        "exposure ledger",
+        feed=lambda r: ledger.observe_feed(r.user_id, r.trace.ts, r.items, engine.catalog),
+        events=lambda evs: ledger.observe_events(evs, engine.catalog),
+        erase=ledger.forget_user))
     return ledger
 
 

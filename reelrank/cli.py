@@ -6,7 +6,6 @@ takes explicit arguments.
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -79,10 +78,9 @@ def serve(
     log before the port opens. Each model version published to DATA_DIR/models is swapped in
     without a restart; the online trainer learns from new events within seconds.
     """
-    from reelrank.service.server import prepare, run
+    from reelrank.service.server import LOOPBACK, TRAINER_MODES, prepare, run
 
     _logging(log_level)
-    from reelrank.service.server import TRAINER_MODES
 
     if trainer is None:
         # The child trainer would open DATA_DIR's SQLite file, not the --store database.
@@ -113,6 +111,9 @@ def serve(
         typer.echo(f"API tokens (ingest, serve, admin): {keys_path}")
     else:
         typer.echo("WARNING: authentication is off (--insecure-no-auth). Local trials only.")
+        if host not in LOOPBACK:
+            typer.echo(f"WARNING: and the service listens on {host}, beyond this machine: "
+                       "anyone who can reach it acts as admin.")
     run(app_, host=host, port=port, log_level=log_level)
 
 
@@ -270,13 +271,9 @@ def trainer_(
     API process (`reelrank serve --trainer off`) swaps in. Starts from the latest published
     version (train one first with `reelrank train`). Stop it with Ctrl-C; killing it at any
     point leaves the registry consistent and serving untouched."""
-    import json
-    import signal
-    import threading
-
     from reelrank.registry import ModelRegistry
     from reelrank.store import open_store
-    from reelrank.train.supervisor import STATUS_FILE
+    from reelrank.train.supervisor import run_trainer
     from reelrank.train.trainer import OnlineTrainer, TrainerConfig
 
     _logging(log_level)
@@ -284,37 +281,9 @@ def trainer_(
     cfg = TrainerConfig(publish_every_s=publish_every, retrieval_every_s=retrieval_every,
                         verify_users=True, max_viewers=max_viewers, late_memory=late_examples)
     runner = OnlineTrainer(store, ModelRegistry(Path(data_dir) / "models"), cfg)
-    done = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
-    runner.start()
-    if commands_from_stdin:
-        from reelrank.train.supervisor import serve_commands
-
-        def read_commands() -> None:
-            serve_commands(sys.stdin, runner, sys.stdout)
-            done.set()  # the server is gone (or stopping us): so are we
-
-        threading.Thread(target=read_commands, name="trainer-commands", daemon=True).start()
-    typer.echo(f"online trainer on {data_dir}: publishing to {Path(data_dir) / 'models'}",
-               err=commands_from_stdin)  # stdout is then the server's channel
-    status_file = Path(data_dir) / STATUS_FILE
     try:
-        ticks = 0
-        while not done.wait(2.0):
-            # What the server shows under GET /v1/admin/trainer (it cannot ask this process).
-            status = runner.status()
-            tmp = status_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps({**status, "written_at": time.time()}, default=str))
-            tmp.replace(status_file)
-            ticks += 1
-            # Standalone, a status line now and then shows the trainer is alive; as the child
-            # of `reelrank serve`, GET /v1/admin/trainer shows the same and the console stays
-            # quiet.
-            if ticks % 15 == 0 and not commands_from_stdin:
-                typer.echo(f"trainer: {status}")
+        run_trainer(runner, Path(data_dir), commands_from_stdin, say=typer.echo)
     finally:
-        runner.stop()
         store.close()
 
 

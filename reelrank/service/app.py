@@ -41,6 +41,7 @@ from reelrank import communities
 from reelrank.insights import insights_for
 from reelrank.pipeline import topics as learned_topics
 from reelrank.service.metrics import ServiceMetrics, request_target, route_label
+from reelrank.service.runtime import Runtime
 from reelrank.service.routes import creators, stats
 from reelrank.service.routes import topics as topic_routes
 from reelrank.service.stats import LiveStats
@@ -56,8 +57,10 @@ MAX_ERROR_DETAILS = 100
 
 def create_app(engine: Engine, auth: Authenticator | None, *,
                max_body_bytes: int | None = None, demo: bool = False,
-               limits: RequestLimits | None = None) -> FastAPI:
-    """An app serving ``engine`` (already loaded). ``auth=None`` switches authentication off:
+               limits: RequestLimits | None = None, runtime: Runtime | None = None) -> FastAPI:
+    """An app serving ``engine`` (already loaded), with ``runtime``'s background work (training
+    jobs, the online trainer, erasure rebuilds; a new idle one if None: the caller starts what
+    it wants running, and stops it). ``auth=None`` switches authentication off:
     every request acts as admin (``--insecure-no-auth``, local trials only). ``demo=True``
     (``reelrank demo`` only) turns on the web app's demo sign-in, which hands out tokens.
     ``limits`` are the request guard's caps; ``max_body_bytes`` overrides only the body's."""
@@ -72,6 +75,7 @@ def create_app(engine: Engine, auth: Authenticator | None, *,
     )
     metrics = ServiceMetrics(engine)
     app.state.engine = engine
+    app.state.runtime = runtime if runtime is not None else Runtime(engine)
     app.state.auth = auth
     app.state.metrics = metrics
     app.state.stats = LiveStats(engine, metrics)

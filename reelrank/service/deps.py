@@ -33,6 +33,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.routing import BaseRoute
 
 from reelrank.engine import Engine
+from reelrank.service.runtime import Runtime
 from reelrank.errors import AuthError, FieldProblem, ForbiddenError
 from reelrank.store.base import KeyStore
 from reelrank.types import ApiKey
@@ -198,11 +199,11 @@ class Access:
                     raise ForbiddenError("this user token is bound to no user")
                 return principal
             if self.user_in == "path":
-                named = [request.path_params.get("user_id")]
+                named: list[str | None] = [request.path_params.get("user_id")]
             else:
                 # Every copy of the parameter must be the token's user: which copy the route
                 # reads is FastAPI's business, not something this check should rely on.
-                named = request.query_params.getlist("user_id")
+                named = [*request.query_params.getlist("user_id")]
             if principal.user_id is not None and named == [principal.user_id]:
                 return principal
             raise ForbiddenError("a user token reaches only its own user's data")
@@ -253,6 +254,13 @@ async def get_engine(request: Request) -> Engine:  # async: no threadpool hop fo
 
 
 EngineDep = Annotated[Engine, Depends(get_engine)]
+
+
+async def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 INGEST = Access("ingest")
 INGEST_OR_OWN_EVENTS = Access("ingest", user_in="body")

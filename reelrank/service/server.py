@@ -1,7 +1,8 @@
 """Run the service: open the store, load the engine, make sure keys exist, start uvicorn.
 
 ``prepare`` builds the app without running it (so the CLI can print where the keys are first);
-``run`` starts uvicorn on it and ``serve`` is prepare + run. Also runnable without the CLI::
+``run`` starts uvicorn on it. ``reelrank serve`` (``cli.py``) is the one command line; this
+module runs it too, for tools that start the server by module name::
 
     python -m reelrank.service.server --data-dir DIR [--host H] [--port P] [--insecure-no-auth]
 
@@ -10,26 +11,26 @@ One uvicorn worker only: the engine's live state lives in this process.
 
 from __future__ import annotations
 
-import argparse
 import logging
+import sys
 import time
 from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
 
-from reelrank import logs
 from reelrank.engine import DEFAULT_TRACE_BUDGET_BYTES, Engine
 from reelrank.registry import ModelRegistry
 from reelrank.service.app import create_app
 from reelrank.service.deps import Authenticator, ensure_service_keys
 from reelrank.service.guard import RequestLimits
 from reelrank.service.heap import HeapKeeper
+from reelrank.service.runtime import Runtime
 from reelrank.store import new_live_state, open_store
 
 log = logging.getLogger(__name__)
 
-_LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
 TRAINER_MODES = ("process", "thread", "off")
@@ -44,7 +45,8 @@ def prepare(data_dir: Path, insecure_no_auth: bool = False,
             trainer_budgets: dict | None = None,
             ) -> tuple[FastAPI, Path | None]:
     """The app on the store in ``data_dir`` (created if missing), and the keys file (None
-    when auth is off). The caller owns the store: ``app.state.engine.store.close()``.
+    when auth is off). The caller owns the store and the runtime's trainer:
+    ``app.state.runtime.stop()``, then ``app.state.engine.store.close()``.
     ``demo`` turns on the web app's demo sign-in (``reelrank demo`` only). ``trainer``: how
     the online trainer runs. ``"process"`` (default): a child process this server supervises,
     so that learning never competes with requests for the interpreter lock; ``"thread"``: a
@@ -84,23 +86,26 @@ def prepare(data_dir: Path, insecure_no_auth: bool = False,
         # collector's full passes: each one stalls every request in flight while it scans.
         heap = HeapKeeper()
         heap.full()
-        engine.watch_models()
+        runtime = Runtime(engine)
+        runtime.watch_models()
         # The trainer's memory budgets: {"max_viewers": n, "late_examples": n}, either or none.
         budgets = {k: v for k, v in (trainer_budgets or {}).items() if v is not None}
         if trainer == "process":
-            engine.start_trainer_process(data_dir, **budgets)
+            runtime.start_trainer_process(data_dir, **budgets)
         elif trainer == "thread":
             from reelrank.train.trainer import TrainerConfig
 
             names = {"max_viewers": "max_viewers", "late_examples": "late_memory"}
-            engine.start_trainer(TrainerConfig(**{names[k]: v for k, v in budgets.items()}))
+            runtime.start_trainer(TrainerConfig(**{names[k]: v for k, v in budgets.items()}))
         if retention_days is not None:
-            engine.start_retention(retention_days)
+            runtime.start_retention(retention_days)
         if insecure_no_auth:
-            app, keys = create_app(engine, None, demo=demo, limits=limits), None
+            keys = None
+            app = create_app(engine, None, demo=demo, limits=limits, runtime=runtime)
         else:
             keys = ensure_service_keys(store, data_dir)
-            app = create_app(engine, Authenticator(store), demo=demo, limits=limits)
+            app = create_app(engine, Authenticator(store), demo=demo, limits=limits,
+                             runtime=runtime)
         app.state.heap = heap
         app.state.started = started
         return app, keys
@@ -126,7 +131,7 @@ def run(app: FastAPI, host: str, port: int, log_level: str = "info") -> None:
     finally:
         if heap is not None:
             heap.stop()
-        app.state.engine.stop_trainer()
+        app.state.runtime.stop()
         app.state.engine.store.close()
 
 
@@ -146,45 +151,14 @@ class _Server(uvicorn.Server):
             log.info("listening on http://%s:%d%s", c.host, c.port, took)
 
 
-def serve(data_dir: Path, host: str, port: int, insecure_no_auth: bool = False,
-          log_level: str = "info", trainer: bool | str = "process",
-          retention_days: int | None = None) -> None:
-    app, keys = prepare(data_dir, insecure_no_auth, trainer=trainer,
-                        retention_days=retention_days)
-    if insecure_no_auth:
-        log.warning("authentication is OFF (--insecure-no-auth): anyone who can reach %s:%d "
-                    "acts as admin", host, port)
-        if host not in _LOOPBACK:
-            log.warning("auth is off and the service listens on %s, beyond this machine", host)
-    elif keys is not None:
-        log.info("API keys (ingest, serve, admin) are in %s", keys)
-    run(app, host, port, log_level)
+def main(argv: list[str] | None = None) -> None:
+    """``python -m reelrank.service.server ARGS`` is ``reelrank serve ARGS``: one command line,
+    defined in ``cli.py``."""
+    from reelrank.cli import app
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reelrank.service.server",
-                                     description="Run the ReelRank HTTP service.")
-    parser.add_argument("--data-dir", type=Path, required=True,
-                        help="directory of the store and the generated keys")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--insecure-no-auth", action="store_true",
-                        help="no authentication at all; for local trials only")
-    parser.add_argument("--log-level", default="info",
-                        choices=["critical", "error", "warning", "info", "debug"])
-    parser.add_argument("--trainer", choices=TRAINER_MODES, default="process",
-                        help="the online trainer: a supervised child process (default), a "
-                             "thread of this process, or off (a `reelrank trainer` runs)")
-    parser.add_argument("--no-trainer", action="store_true", help="same as --trainer off")
-    parser.add_argument("--retention-days", type=int, default=None,
-                        help="delete events older than this many days (checked hourly)")
-    args = parser.parse_args(argv)
-    logs.setup(args.log_level)
-    serve(args.data_dir, args.host, args.port, args.insecure_no_auth, args.log_level,
-          trainer="off" if args.no_trainer else args.trainer,
-          retention_days=args.retention_days)
-    return 0
+    app(["serve", *(sys.argv[1:] if argv is None else argv)],
+        prog_name="python -m reelrank.service.server")
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

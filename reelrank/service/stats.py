@@ -1,6 +1,6 @@
 """Live figures of a running service, for ``GET /v1/stats``.
 
-``LiveStats`` listens to the engine (every served page, every accepted event, every erasure)
+``LiveStats`` is a step of the engine (every served page, every accepted event, every erasure)
 and keeps an ``ExposureLedger`` plus two short wall-clock windows: events accepted (for
 events/s) and feed build times (for exact recent latency percentiles). The HTTP-level feed
 latency comes from the Prometheus histogram that ``ServiceMetrics`` already keeps, interpolated
@@ -18,6 +18,7 @@ from collections import deque
 
 from reelrank.engine import Engine
 from reelrank.exposure import ExposureLedger
+from reelrank.pipeline.side_effects import SideEffect
 from reelrank.service.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,10 @@ log = logging.getLogger(__name__)
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
-class LiveStats:
+class LiveStats(SideEffect):
+    """A step of the engine (``pipeline/side_effects.py``): every served page, every batch of
+    accepted events and every erasure reach it."""
+
     def __init__(self, engine: Engine, metrics: ServiceMetrics | None = None,
                  ledger: ExposureLedger | None = None, window_s: float = 60.0,
                  latency_window: int = 5_000):
@@ -37,17 +41,18 @@ class LiveStats:
         self._latencies: deque[float] = deque(maxlen=latency_window)  # pipeline ms
         self._lock = threading.Lock()
         self.started = time.monotonic()
-        engine.feed_listeners.append(self._on_feed)
-        engine.event_listeners.append(self._on_events)
-        engine.erase_listeners.append(self.ledger.forget_user)
+        engine.effects.add(self)
 
-    def _on_feed(self, result) -> None:
+    def __repr__(self) -> str:
+        return "LiveStats()"
+
+    def on_feed(self, result) -> None:
         self.ledger.observe_feed(result.user_id, result.trace.ts, result.items,
                                  self.engine.catalog)
         with self._lock:
             self._latencies.append(result.trace.elapsed_ms)
 
-    def _on_events(self, events) -> None:
+    def on_events(self, events) -> None:
         if not events:
             return
         self.ledger.observe_events(events, self.engine.catalog)
@@ -56,6 +61,9 @@ class LiveStats:
             self._events.append((now, len(events)))
             while self._events and self._events[0][0] < now - self.window_s:
                 self._events.popleft()
+
+    def on_erase(self, user_id: str) -> None:
+        self.ledger.forget_user(user_id)
 
     def events_per_second(self) -> float:
         now = time.monotonic()
@@ -118,15 +126,14 @@ class LiveStats:
                 "measured": "HTTP time of GET /v1/feed since start, bucket-interpolated"}
 
 
-def memory_view(engine: Engine) -> dict:
+def memory_view(engine: Engine, trainer=None) -> dict:
     """What holds memory, each part with its bound: the feed traces (a byte budget); the live
     state's viewers known only from feeds (a count, the least recently served out first) and
     those with events (no bound yet: one evicted would have to be rebuilt from the log before
     their next request or event, and ingestion applies an event to live state after the store
     holds it, so a rebuild could count it twice); the online trainer's budgets (viewers,
     examples kept for late corrections, event ids, rows waiting, from its configuration); and
-    the resident memory of this process and of the trainer's."""
-    trainer = getattr(engine, "trainer", None)
+    the resident memory of this process and of the trainer's (``trainer``: the runtime's)."""
     trainer_status = trainer.status() if trainer is not None else None
     trainer_view = None
     if trainer_status is not None:

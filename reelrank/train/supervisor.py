@@ -38,7 +38,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import IO, Iterable, Protocol
+from typing import IO, Callable, Iterable, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -187,11 +187,11 @@ class TrainerProcess:
 
     # -- commands -----------------------------------------------------------------------------
     def forget_user(self, user_id: str) -> None:
-        """Erasure listener (``Engine.erase_listeners``)."""
+        """Erasure step (``service/runtime.py`` adds it to ``Engine.effects``)."""
         self._send("erase", user_id)
 
     def reset_user(self, user_id: str) -> None:
-        """Reset listener (``Engine.reset_listeners``)."""
+        """Reset step ("refresh my feed"; added with ``forget_user``)."""
         self._send("reset", user_id)
 
     def _send(self, command: str, user_id: str) -> None:
@@ -281,3 +281,43 @@ def _child_env() -> dict:
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
+
+
+# -- the child ----------------------------------------------------------------------------------
+def run_trainer(runner, data_dir: Path, commands_from_stdin: bool,
+                say: Callable[..., None]) -> None:
+    """Run ``runner`` (an ``OnlineTrainer``) as ``reelrank trainer``'s process until SIGINT or
+    SIGTERM, or, with ``commands_from_stdin`` (the child of ``reelrank serve``), until standard
+    input closes; commands read there reach it and are acknowledged on standard output. Every
+    2 s its status goes to ``STATUS_FILE`` in ``data_dir``, which the server reads for
+    ``GET /v1/admin/trainer`` (it cannot ask this process). ``say(text, err=...)`` prints."""
+    import signal
+
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    runner.start()
+    if commands_from_stdin:
+        def read_commands() -> None:
+            serve_commands(sys.stdin, runner, sys.stdout)
+            done.set()  # the server is gone (or stopping us): so are we
+
+        threading.Thread(target=read_commands, name="trainer-commands", daemon=True).start()
+    say(f"online trainer on {data_dir}: publishing to {data_dir / 'models'}",
+        err=commands_from_stdin)  # stdout is then the server's channel
+    status_file = data_dir / STATUS_FILE
+    try:
+        ticks = 0
+        while not done.wait(2.0):
+            status = runner.status()
+            tmp = status_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps({**status, "written_at": time.time()}, default=str))
+            tmp.replace(status_file)
+            ticks += 1
+            # Standalone, a status line now and then shows the trainer is alive; as the child
+            # of `reelrank serve`, GET /v1/admin/trainer shows the same and the console stays
+            # quiet.
+            if ticks % 15 == 0 and not commands_from_stdin:
+                say(f"trainer: {status}")
+    finally:
+        runner.stop()

@@ -22,6 +22,7 @@ import uvicorn
 from reelrank.engine import Engine
 from reelrank.registry import ModelRegistry
 from reelrank.service import Authenticator, create_app, ensure_service_keys
+from reelrank.service.runtime import Runtime
 from reelrank.train.job import TrainConfig
 from reelrank.train.ranker import RankerConfig
 from reelrank.train.retrieval import RetrievalConfig
@@ -78,15 +79,15 @@ def live_server(store, tmp_path: Path) -> Iterator[LiveServer]:
     engine = Engine(store, registry=ModelRegistry(tmp_path / "models")).load()
     engine.ingest_items([make_item(i) for i in range(30)])
     # Small models, so that the training job of the tests takes seconds.
-    engine.train_config = TrainConfig(retrieval=RetrievalConfig(epochs=1, dim=16),
-                                      ranker=RankerConfig(epochs=1, dim=8, expert_dim=16))
+    runtime = Runtime(engine, TrainConfig(retrieval=RetrievalConfig(epochs=1, dim=16),
+                                          ranker=RankerConfig(epochs=1, dim=8, expert_dim=16)))
     keys = json.loads(ensure_service_keys(store, tmp_path / "keys").read_text())
-    faults = Faults(create_app(engine, Authenticator(store)))
+    faults = Faults(create_app(engine, Authenticator(store), runtime=runtime))
     try:
         with serving(faults) as base_url:
             yield LiveServer(base_url, engine, keys, faults)
     finally:
-        engine.stop_trainer()
+        runtime.stop()
 
 
 @contextmanager

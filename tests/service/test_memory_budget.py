@@ -23,11 +23,11 @@ def test_traces_stay_within_their_byte_budget(store):
     engine.feed(FeedRequest("probe", n=5))
     one = engine.trace_usage()["bytes"]
     assert 0 < one < 20_000
-    engine.trace_budget_bytes = one * 10  # room for about ten pages
+    engine.traces.budget_bytes = one * 10  # room for about ten pages
     for k in range(100):  # feeds for 100 ids never seen before: what an attacker can ask
         engine.feed(FeedRequest(f"new{k}", n=5))
         usage = engine.trace_usage()
-        assert usage["bytes"] <= engine.trace_budget_bytes
+        assert usage["bytes"] <= engine.traces.budget_bytes
     assert usage["viewers"] < 15 and usage["viewers_evicted"] > 80
     assert usage["traces"] == usage["viewers"]
     # The latest viewers' pages still explain themselves from their traces...
@@ -131,17 +131,17 @@ def test_prepare_passes_the_memory_budgets_on(tmp_path):
 
     app, _ = prepare(tmp_path / "d", trainer="thread", max_feed_only_viewers=7,
                      trainer_budgets={"max_viewers": 9, "late_examples": 11})
-    engine = app.state.engine
+    engine, runtime = app.state.engine, app.state.runtime
     try:
         assert engine.live.max_feed_only_viewers == 7
-        assert (engine.trainer.cfg.max_viewers, engine.trainer.cfg.late_memory) == (9, 11)
+        assert (runtime.trainer.cfg.max_viewers, runtime.trainer.cfg.late_memory) == (9, 11)
     finally:
-        engine.stop_trainer()
+        runtime.stop()
         engine.store.close()
     app, _ = prepare(tmp_path / "e", trainer="process", trainer_budgets={"max_viewers": 5})
-    engine = app.state.engine
+    engine, runtime = app.state.engine, app.state.runtime
     try:
-        assert engine.trainer.max_viewers == 5 and engine.trainer.late_examples is None
+        assert runtime.trainer.max_viewers == 5 and runtime.trainer.late_examples is None
     finally:
-        engine.stop_trainer()
+        runtime.stop()
         engine.store.close()

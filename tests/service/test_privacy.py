@@ -12,15 +12,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from reelrank.engine import Engine
-from reelrank.eval.simulator import build_world, generate_history
-from reelrank.importers import import_into
+from reelrank.pipeline.side_effects import Calls
 from reelrank.registry import ModelRegistry
 from reelrank.service import Authenticator, create_app, ensure_service_keys
 from reelrank.store import open_store
 from reelrank.train.job import train_from_store
 from reelrank.types import Item
 from tests.service.test_api import (
-    N_CREATORS, T0, bearer, creator_of, ev, feed_ids, make_item,
+    T0, bearer, creator_of, ev, feed_ids, make_item,
 )
 from tests.train.test_training import TINY
 
@@ -94,7 +93,7 @@ def test_erasure_leaves_nothing_in_the_files(setup, data_dir):
 
     r = api.delete(f"/v1/users/{victim}")
     assert r.status_code == 204 and r.content == b""
-    engine._rebuild_thread.join(10)
+    api.app.state.runtime._rebuild_thread.join(10)  # the rebuild runs in the background
     # Nothing can be read back; the old token is gone; aggregates no longer count the viewer.
     data = api.get(f"/v1/users/{victim}/data").json()
     assert data["events"] == [] and data["settings"]["muted_keywords"] == []
@@ -113,11 +112,11 @@ def test_erasure_leaves_nothing_in_the_files(setup, data_dir):
     assert any(p.suffix in (".pt", ".json") for p in (data_dir / "models").rglob("*"))
 
 
-def test_erase_listeners_hear_of_the_erasure(setup):
+def test_the_engines_steps_hear_of_the_erasure(setup):
     engine, api, _ = setup
     heard = []
-    engine.erase_listeners.append(heard.append)
-    engine.erase_listeners.append(lambda _u: 1 / 0)  # a failing listener stops nothing
+    engine.effects.add(Calls("heard", erase=heard.append))
+    engine.effects.add(Calls("fails", erase=lambda _u: 1 / 0))  # a failing step stops nothing
     assert api.delete("/v1/users/nobody").status_code == 204
     assert heard == ["nobody"]
 
@@ -257,10 +256,11 @@ def test_retention_thread_purges_at_start(setup):
     engine, api, _ = setup
     watch(api, "old", ["v1"], ts=int(time.time() * 1000) - 10 * 86_400_000)
     watch(api, "new", ["v2"], ts=int(time.time() * 1000))
-    engine.start_retention(days=7, every_s=3600)
+    runtime = api.app.state.runtime
+    runtime.start_retention(days=7, every_s=3600)
     deadline = time.time() + 5
     while engine.store.count_events() != 1 and time.time() < deadline:
         time.sleep(0.02)
     assert [e.user_id for _, e in engine.store.iter_events()] == ["new"]
-    assert engine.retention_days == 7
+    assert runtime.retention_days == 7
     assert api.get("/v1/transparency").json()["data"]["retention_days"] == 7

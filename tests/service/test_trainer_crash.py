@@ -18,6 +18,7 @@ from reelrank.eval.simulator import build_world, generate_history
 from reelrank.importers import import_into
 from reelrank.registry import ModelRegistry
 from reelrank.service.app import create_app
+from reelrank.service.runtime import Runtime
 from reelrank.train.job import train_from_store
 from reelrank.train.supervisor import TrainerProcess
 from tests.train.test_training import TINY
@@ -31,11 +32,12 @@ def test_killing_the_trainer_process_never_stops_the_feed(store, tmp_path):
     registry = ModelRegistry(tmp_path / "data" / "models")
     base = train_from_store(store, registry, TINY, progress=False).version
     engine = Engine(store, registry=registry, index_kind="exact").load()
-    engine.watch_models(every_s=0.05)
-    client = TestClient(create_app(engine, None))
+    runtime = Runtime(engine)
+    runtime.watch_models(every_s=0.05)
+    client = TestClient(create_app(engine, None, runtime=runtime))
     # What `reelrank serve` does by default: the trainer as a child process it supervises.
-    supervisor = engine.start_trainer_process(tmp_path / "data", publish_every_s=0.1,
-                                              backoff_s=(0.1,))
+    supervisor = runtime.start_trainer_process(tmp_path / "data", publish_every_s=0.1,
+                                               backoff_s=(0.1,))
     try:
         now = int(time.time() * 1000)
         events = []
@@ -79,7 +81,7 @@ def test_killing_the_trainer_process_never_stops_the_feed(store, tmp_path):
             assert time.monotonic() < deadline, "the trainer was not restarted"
             time.sleep(0.05)
     finally:
-        engine.stop_trainer()
+        runtime.stop()
     assert not supervisor.alive
 
 
@@ -102,9 +104,7 @@ def test_erasures_and_resets_reach_the_trainer_process(store, tmp_path):
     out = tmp_path / "commands.txt"
     engine = Engine(store).load()
     supervisor = _Recorder(out)
-    engine.trainer = supervisor
-    engine.erase_listeners.append(supervisor.forget_user)
-    engine.reset_listeners.append(supervisor.reset_user)
+    Runtime(engine).attach(supervisor)  # erasures and resets reach it from now on
     supervisor.start()
     try:
         deadline = time.monotonic() + 10

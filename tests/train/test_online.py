@@ -24,6 +24,7 @@ from reelrank.store import open_store
 from reelrank.store.memory import LiveState
 from reelrank.train.job import train_from_store
 from reelrank.train.online import OnlineConfig, OnlineLearner
+from reelrank.service.runtime import Runtime
 from reelrank.train.trainer import OnlineTrainer, TrainerConfig
 from reelrank.types import Event, Item
 from tests.train.test_training import TINY
@@ -56,8 +57,14 @@ def engine(template, tmp_path):
     e = Engine(store, registry=ModelRegistry(tmp_path / "copy" / "models"),
                index_kind="exact").load()
     yield e
-    e.stop_trainer()
     store.close()
+
+
+@pytest.fixture
+def runtime(engine):
+    r = Runtime(engine)
+    yield r
+    r.stop()
 
 
 def swipe(engine, sim, viewer, state, ts, n=1):
@@ -118,8 +125,8 @@ def test_a_step_changes_the_ranker_and_admits_a_new_video(engine, world):
     assert learner.forget_user(viewer.user_id) == 0 and not learner.queue
 
 
-def test_the_trainer_learns_from_new_events_and_serving_swaps_them_in(engine, world):
-    trainer = engine.start_trainer(FAST)
+def test_the_trainer_learns_from_new_events_and_serving_swaps_them_in(engine, world, runtime):
+    trainer = runtime.start_trainer(FAST)
     wait_for(lambda: trainer.state == "running")
     base = engine.models.version
     assert trainer.base_version == base
@@ -152,10 +159,10 @@ def test_the_trainer_learns_from_new_events_and_serving_swaps_them_in(engine, wo
     assert torch.equal(cur.ranker_items.tags, ranker_fresh.tags)
 
 
-def test_swaps_while_requests_run_fail_no_request(engine, world):
-    trainer = engine.start_trainer(FAST)
+def test_swaps_while_requests_run_fail_no_request(engine, world, runtime):
+    trainer = runtime.start_trainer(FAST)
     wait_for(lambda: trainer.state == "running")
-    client = TestClient(create_app(engine, None))
+    client = TestClient(create_app(engine, None, runtime=runtime))
     errors, versions, stop = [], set(), threading.Event()
 
     def serve(k):
@@ -186,16 +193,16 @@ def test_swaps_while_requests_run_fail_no_request(engine, world):
     assert trainer.failures == 0
     status = client.get("/v1/admin/trainer").json()
     assert status["trainer"]["state"] == "running" and status["trainer"]["steps"] > 0
-    engine.stop_trainer()  # no version may arrive between the answer and the comparison
+    runtime.stop()  # no version may arrive between the answer and the comparison
     status = client.get("/v1/admin/trainer").json()
     assert status["serving"]["version"] == engine.models.version
     assert status["serving"]["through_ts"] == engine.models.current.meta["through_ts"]
 
 
-def test_erasure_drops_the_viewers_pending_examples(engine, world):
+def test_erasure_drops_the_viewers_pending_examples(engine, world, runtime):
     cfg = TrainerConfig(poll_s=0.01, publish_every_s=0.02, settle_ms=0,
                         online=OnlineConfig(batch_size=10_000, max_wait_ms=10**9))
-    trainer = engine.start_trainer(cfg)  # a step waits for 10,000 rows: rows stay pending
+    trainer = runtime.start_trainer(cfg)  # a step waits for 10,000 rows: rows stay pending
     wait_for(lambda: trainer.state == "running")
     sim, ts = Simulator(world), int(time.time() * 1000)
     for viewer in world.users[20:22]:
@@ -221,8 +228,8 @@ def test_erasure_drops_the_viewers_pending_examples(engine, world):
     assert not trainer.rows.live.user(kept).hashtag_affinity
 
 
-def test_a_trainer_started_after_a_reset_does_not_rebuild_the_old_interests(engine, world):
-    trainer = engine.start_trainer(FAST)
+def test_a_trainer_started_after_a_reset_does_not_rebuild_the_old_interests(engine, world, runtime):
+    trainer = runtime.start_trainer(FAST)
     wait_for(lambda: trainer.state == "running")
     sim, viewer = Simulator(world), world.users[23]
     state, ts = sim.new_session(viewer, "before"), int(time.time() * 1000) - 600_000
@@ -233,10 +240,10 @@ def test_a_trainer_started_after_a_reset_does_not_rebuild_the_old_interests(engi
     state = sim.new_session(viewer, "after")
     ts = swipe(engine, sim, viewer, state, ts)
     after = engine.live.user(viewer.user_id).tokens[-1].item_id
-    engine.stop_trainer()
+    runtime.stop()
     # A new trainer replays the whole log: only the swipe after the reset builds interests.
-    engine.trainer = None
-    restarted = engine.start_trainer(FAST)
+    runtime.forget_trainer()
+    restarted = runtime.start_trainer(FAST)
     wait_for(lambda: restarted.state == "running" and restarted.rows.live.user(viewer.user_id))
     tokens = list(restarted.rows.live.user(viewer.user_id).tokens)
     assert [t.item_id for t in tokens] == [after]
@@ -292,10 +299,11 @@ def test_new_retrieval_weights_go_out_on_a_quiet_stream(engine):
         trainer.stop()
 
 
-def test_a_crashing_trainer_never_stops_the_feed_and_starts_over(engine, world, monkeypatch):
-    trainer = engine.start_trainer(FAST)
+def test_a_crashing_trainer_never_stops_the_feed_and_starts_over(engine, world, monkeypatch,
+                                                                  runtime):
+    trainer = runtime.start_trainer(FAST)
     wait_for(lambda: trainer.state == "running")
-    client = TestClient(create_app(engine, None))
+    client = TestClient(create_app(engine, None, runtime=runtime))
     calls = {"n": 0}
     real_step = type(trainer.learner).step
 
@@ -321,11 +329,11 @@ def test_a_crashing_trainer_never_stops_the_feed_and_starts_over(engine, world, 
     assert trainer.alive
 
 
-def test_serving_keeps_the_newest_weights_and_follows_a_new_batch_version(engine, world):
+def test_serving_keeps_the_newest_weights_and_follows_a_new_batch_version(engine, world, runtime):
     cfg = TrainerConfig(poll_s=0.01, publish_every_s=0.02, persist_every_s=0.3, settle_ms=0,
                         online=OnlineConfig(batch_size=16, max_wait_ms=0))
-    trainer = engine.start_trainer(cfg)
-    engine.watch_models(every_s=0.01)
+    trainer = runtime.start_trainer(cfg)
+    runtime.watch_models(every_s=0.01)
     wait_for(lambda: trainer.state == "running")
     sim, viewer = Simulator(world), world.users[3]
     state, ts = sim.new_session(viewer, "keep"), int(time.time() * 1000) - 600_000
@@ -409,9 +417,9 @@ def test_a_swapped_out_version_is_freed_without_the_cyclic_collector(engine):
         gc.enable()
 
 
-def test_the_trainer_holds_its_memory_budgets_and_reports_them(engine, world):
+def test_the_trainer_holds_its_memory_budgets_and_reports_them(engine, world, runtime):
     cfg = dataclasses.replace(FAST, max_viewers=4, late_memory=30, dedupe_memory=50)
-    trainer = engine.start_trainer(cfg)
+    trainer = runtime.start_trainer(cfg)
     wait_for(lambda: trainer.state == "running")
     sim, ts = Simulator(world), int(time.time() * 1000)
     for viewer in world.users[:8]:  # more viewers than the budget, each back once
@@ -431,7 +439,7 @@ def test_the_trainer_holds_its_memory_budgets_and_reports_them(engine, world):
     back = trainer.rows.live.user_ids()[-1]
     assert ([t.item_id for t in trainer.rows.live.user(back).tokens]
             == [t.item_id for t in engine.live.user(back).tokens])
-    with TestClient(create_app(engine, None)) as client:
+    with TestClient(create_app(engine, None, runtime=runtime)) as client:
         budgets = client.get("/v1/stats").json()["memory"]["trainer"]["budgets"]
     assert budgets["max_viewers"] == 4 and budgets["max_late_examples"] == 30
     assert budgets["max_event_ids"] == 50 and budgets["viewers"] <= 4

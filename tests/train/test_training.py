@@ -130,11 +130,11 @@ def test_admin_train_endpoint_publishes_and_serving_switches(world_store, tmp_pa
     from fastapi.testclient import TestClient
 
     from reelrank.service.app import create_app
+    from reelrank.service.runtime import Runtime
 
     engine = Engine(world_store, registry=ModelRegistry(tmp_path / "models"),
                     index_kind="exact").load()
-    engine.train_config = TINY
-    client = TestClient(create_app(engine, None))
+    client = TestClient(create_app(engine, None, runtime=Runtime(engine, TINY)))
     assert client.get("/v1/feed", params={"user_id": "u1"}).json()["model_version"] == \
         "heuristic-v0"
     r = client.post("/v1/admin/train")

@@ -22,6 +22,7 @@ from reelrank.eval.simulator import build_world, generate_history
 from reelrank.importers import import_into
 from reelrank.registry import ModelRegistry
 from reelrank.service.app import create_app
+from reelrank.service.runtime import Runtime
 from reelrank.service.deps import Authenticator
 from reelrank.store import open_store
 from reelrank.train.job import TrainConfig
@@ -59,10 +60,11 @@ def demo_server(data_dir: Path, *, users: int = 40, items: int = 400, creators: 
         import_into(store, world.items, history, progress=False)
         engine = Engine(store, registry=ModelRegistry(Path(data_dir) / "models")).load()
         # The console's "train" button trains on this small world in seconds, not minutes.
-        engine.train_config = TrainConfig(retrieval=RetrievalConfig(epochs=1, dim=32),
-                                          ranker=RankerConfig(epochs=1, dim=16, expert_dim=32))
+        runtime = Runtime(engine, TrainConfig(retrieval=RetrievalConfig(epochs=1, dim=32),
+                                              ranker=RankerConfig(epochs=1, dim=16,
+                                                                  expert_dim=32)))
         auth = Authenticator(store)
-        app = create_app(engine, auth, demo=True)
+        app = create_app(engine, auth, demo=True, runtime=runtime)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))

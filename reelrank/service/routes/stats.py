@@ -23,7 +23,8 @@ async def get_stats(request: Request) -> dict[str, Any]:
     what holds memory against its budget (``memory``) and the request guard's limits, load and
     refusals (``requests``)."""
     view = await run_in_threadpool(request.app.state.stats.view)
-    view["memory"] = await run_in_threadpool(memory_view, request.app.state.engine)
+    view["memory"] = await run_in_threadpool(memory_view, request.app.state.engine,
+                                             request.app.state.runtime.trainer)
     view["requests"] = request.app.state.guard.view()
     engine = request.app.state.engine
     # Topic diversity by the topics the feed reads (learned ones where a version has them).

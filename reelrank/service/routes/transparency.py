@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from reelrank.service.deps import EngineDep
+from reelrank.service.deps import EngineDep, RuntimeDep
 
 router = APIRouter(prefix="/v1", tags=["transparency"])
 
@@ -36,7 +36,7 @@ def _first_sentence(obj: Any) -> str:
 
 
 @router.get("/transparency")
-def transparency(engine: EngineDep) -> dict[str, Any]:
+def transparency(engine: EngineDep, runtime: RuntimeDep) -> dict[str, Any]:
     pipeline = engine.pipeline
     models = engine.models.current
     weights = dict(models.bundle.value_weights) if models is not None else None
@@ -101,6 +101,6 @@ def transparency(engine: EngineDep) -> dict[str, Any]:
             "stored": "your events (what you watched, for how long, and your reactions), your "
                       "settings, and coarse region and device type",
             "not_stored": "IP addresses, precise location",
-            "retention_days": engine.retention_days,
+            "retention_days": runtime.retention_days,
         },
     }

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response, 
 from reelrank.errors import FieldProblem, ValidationError
 from reelrank.privacy import export_user
 from reelrank.service.deps import (
-    ADMIN, OWN_USER, USER_SCOPE, Authenticator, EngineDep, Principal,
+    ADMIN, OWN_USER, USER_SCOPE, Authenticator, EngineDep, Principal, RuntimeDep,
 )
 from reelrank.service.schemas import (
     ERROR_RESPONSES, Id, NotInterestedIn, SettingsIn, SettingsOut, TokenResponse,
@@ -68,10 +68,10 @@ def get_access_log(user_id: UserId, engine: EngineDep, caller: Caller) -> dict[s
 
 @router.delete("/v1/users/{user_id}", status_code=status.HTTP_204_NO_CONTENT,
                response_class=Response)
-def erase(user_id: UserId, engine: EngineDep, caller: Caller) -> Response:
+def erase(user_id: UserId, runtime: RuntimeDep, caller: Caller) -> Response:
     """Erase the viewer: events, settings, tokens, live state, pending training examples.
     The next feed for this id is a cold start."""
-    engine.erase_user(user_id)
+    runtime.erase_user(user_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -105,7 +105,8 @@ def not_interested(user_id: UserId, body: NotInterestedIn, engine: EngineDep,
         value = item.creator_id if body.scope == "creator" else item.sound_id
         current = getattr(settings, field)
         if value not in current:
-            settings = dataclasses.replace(settings, **{field: (*current, value)})
+            hidden = {field: (*current, value)}
+            settings = dataclasses.replace(settings, **hidden)  # type: ignore[arg-type]
             engine.put_settings(settings)
     return SettingsOut.of(settings)
 
