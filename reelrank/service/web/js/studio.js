@@ -91,10 +91,15 @@ export class StudioPage {
   interests(audience) {
     if (audience.suppressed) return h('p', { class: 'muted', text: audience.reason || 'too few viewers so far' });
     if (!audience.interests) return h('p', { class: 'muted', text: audience.interests_note || 'not enough data' });
+    // Viewer communities ("a third of your audience is in fitness + running"); the server
+    // leaves out any group under its privacy floor.
+    const communities = Array.isArray(audience.communities) ? audience.communities : [];
     return h('div', { class: 'chart-grid' }, Object.entries(audience.interests)
       .filter(([, rows]) => Array.isArray(rows) && rows.length)
       .map(([kind, rows]) => h('figure', { class: 'chart-card' }, h('figcaption', { text: humanize(kind) }),
-        barChart(rows.map((r) => ({ label: String(r.value), value: r.share })), { format: pct }))));
+        barChart(rows.map((r) => ({ label: String(r.value), value: r.share })), { format: pct }))),
+    communities.length ? h('figure', { class: 'chart-card' }, h('figcaption', { text: 'Viewer communities' }),
+      barChart(communities.map((r) => ({ label: String(r.community), value: r.share })), { format: pct })) : null);
   }
 }
 
