@@ -225,7 +225,7 @@ def main() -> None:
                 time.sleep(1.0)
             idle_wait_s = round(time.perf_counter() - t0, 1)
             print(f"trainer idle after {idle_wait_s} s more")
-        feed_ms, health_ms, server_ms = [], [], []
+        feed_ms, health_ms = [], []
         for i in range(args.feeds):
             t = time.perf_counter()
             r = client.get("/v1/feed", params={"user_id": rng.choice(user_ids), "n": 10},

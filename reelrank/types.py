@@ -22,6 +22,13 @@ POSITIVE_TYPES: frozenset[str] = frozenset({"like", "share", "comment", "follow"
 # Explicit signals that the viewer wanted less of this.
 NEGATIVE_TYPES: frozenset[str] = frozenset({"not_interested", "report"})
 
+# What is predicted or labelled per impression, each tuple in the order its users index by: the
+# ranker's heads (models/ranker.py), the labels the impression-outcome join gives (features.py:
+# the binary ones) and what the heuristic scorer estimates from counters (pipeline/rank.py).
+RANKER_TASKS = ("long_view", "watch_time", "like", "share", "comment", "follow", "negative")
+LABEL_TASKS = ("long_view", "like", "follow", "comment", "share", "negative")
+HEURISTIC_TASKS = ("long_view", "like", "share", "negative")
+
 # Time, in the milliseconds every event time and window is counted in.
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS

@@ -437,15 +437,3 @@ def topic_entropy(
     if not normalized:
         return h
     return h / math.log2(c.shape[0]) if c.shape[0] > 1 else 0.0
-
-
-# --- real-time replay report ----------------------------------------------------------------
-
-
-def session_position_bucket(position: int) -> str:
-    """Bucket of a 1-based position in a viewing session: ``"1-5"``, ``"6-20"`` or ``"21+"``."""
-    if position < 1:
-        raise ValueError(f"positions are 1-based, got {position}")
-    if position <= 5:
-        return "1-5"
-    return "6-20" if position <= 20 else "21+"

@@ -13,7 +13,7 @@ in time order, one timestamp at a time:
 
 The report is GAUC of ``long_view`` (per user, impression-weighted) over all test impressions and
 by position in the viewing session: a session is one user's impressions on one local day, the
-position is their 1-based order in it, bucketed by ``metrics.session_position_bucket``. Whatever
+position is their 1-based order in it, bucketed by ``session_position_bucket``. Whatever
 ON gains over OFF, especially deep in sessions, is what reacting to the last swipes is worth.
 
 With ``max_users`` (set on the split) only the sampled users' test events are replayed, so item
@@ -64,6 +64,15 @@ from reelrank.types import Event
 logger = logging.getLogger(__name__)
 
 BUCKETS = ("1-5", "6-20", "21+")
+
+
+def session_position_bucket(position: int) -> str:
+    """Bucket of a 1-based position in a viewing session: ``"1-5"``, ``"6-20"`` or ``"21+"``."""
+    if position < 1:
+        raise ValueError(f"positions are 1-based, got {position}")
+    if position <= 5:
+        return "1-5"
+    return "6-20" if position <= 20 else "21+"
 
 
 @dataclass
@@ -135,7 +144,7 @@ def _score_instant(engine, batch: list[Event], rows: dict, scores: np.ndarray,
 
 def _position_buckets(split: TemporalSplit) -> np.ndarray:
     """Each test impression's session-position bucket (``BUCKETS``)."""
-    return np.array([metrics.session_position_bucket(int(p)) for p in split.test.position])
+    return np.array([session_position_bucket(int(p)) for p in split.test.position])
 
 
 def position_report(split: TemporalSplit, scores: np.ndarray) -> dict:

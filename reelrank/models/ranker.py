@@ -26,8 +26,9 @@ from reelrank.models.embeddings import DynamicEmbedding
 from reelrank.models.retrieval import (
     FLAGS, N_GAP_BUCKETS, N_VIEW_BUCKETS, HistoryInputs, ItemInputs, ItemTower,
 )
+from reelrank.types import RANKER_TASKS
 
-TASKS = ("long_view", "watch_time", "like", "share", "comment", "follow", "negative")
+TASKS = RANKER_TASKS  # the heads, in order (types.py holds every task list)
 CONTEXT_FIELDS = ("device", "region", "source")
 
 

@@ -143,7 +143,7 @@ class EventIn(_Request):
     user_id: Id
     item_id: Id
     ts: Millis
-    type: EventType
+    type: EventType  # type: ignore[valid-type]
     watch_ms: Millis | None = None
     request_id: Id | None = None
     position: Annotated[int, Field(ge=0, le=MAX_INT64)] | None = None

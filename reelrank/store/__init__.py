@@ -77,9 +77,9 @@ def open_store(url: str | Path) -> Store:
     if "://" in text:
         scheme = text.split("://", 1)[0]
         raise StoreError(f"no store backend for scheme {scheme!r}")
-    path = Path(text)
-    if path.suffix not in (".db", ".sqlite", ".sqlite3") or path.is_dir():
-        path = path / "reelrank.db"
+    file = Path(text)
+    if file.suffix not in (".db", ".sqlite", ".sqlite3") or file.is_dir():
+        file = file / "reelrank.db"
     from reelrank.store.sqlite import SQLiteStore
 
-    return SQLiteStore(path)
+    return SQLiteStore(file)

@@ -55,7 +55,7 @@ class UserState:
     last_ts: int = 0
     region: str | None = None
     device: str | None = None
-    watch_ms_by_day: dict = field(default_factory=dict)  # UTC day number -> ms watched
+    watch_ms_by_day: dict[int, int] = field(default_factory=dict)  # UTC day -> ms watched
 
     def watch_ms_on(self, day: int) -> int:
         return self.watch_ms_by_day.get(day, 0)

@@ -128,6 +128,8 @@ def _update_tokens(tokens: deque, event: Event, ratio: float | None, long: bool)
         tokens[-1] = dataclasses.replace(last, **change)
 
 
+# Counters below hold float weights (typeshed types a Counter's values as int: hence the
+# "type: ignore" where a weight is added).
 class MemoryLiveState:
     """Per-viewer and per-item state, updated by every accepted event.
 
@@ -267,12 +269,12 @@ class MemoryLiveState:
                 u.not_interested.add(event.item_id)
             if signal:
                 if interests:
-                    u.creator_affinity[item.creator_id] += signal
+                    u.creator_affinity[item.creator_id] += signal  # type: ignore[assignment]
                     for tag in item.hashtags:
-                        u.hashtag_affinity[tag] += signal
+                        u.hashtag_affinity[tag] += signal  # type: ignore[assignment]
                 self._add_trending(event.item_id, event.ts, max(signal, 0.0))
                 if signal > 0 and u.region:
-                    self._regional.setdefault(u.region, Counter())[event.item_id] += signal
+                    self._regional.setdefault(u.region, Counter())[event.item_id] += signal  # type: ignore[assignment]
             if signal > 0 and (t in POSITIVE_TYPES or t == "play") and interests:
                 self._add_co_engagement(u, event.item_id)
 
@@ -293,11 +295,11 @@ class MemoryLiveState:
         bucket = ts // HOUR_MS
         if self._buckets and self._buckets[-1][0] >= bucket:
             # Late events land in the newest bucket: trending is about recency, not exact hours.
-            self._buckets[-1][1][item_id] += weight
+            self._buckets[-1][1][item_id] += weight  # type: ignore[assignment]
         else:
             self._buckets.append((bucket, Counter({item_id: weight})))
-        self._trending[item_id] += weight
-        self._popular[item_id] += weight
+        self._trending[item_id] += weight  # type: ignore[assignment]
+        self._popular[item_id] += weight  # type: ignore[assignment]
         self._expire_trending()
 
     def _expire_trending(self) -> None:
@@ -372,9 +374,9 @@ class MemoryLiveState:
             # rebuild (each erasure starts one) would let their next pages repeat.
             kept: OrderedDict[str, None] = OrderedDict()
             for uid in self._feed_only:
-                u = self._users.get(uid)
-                if u is not None and uid not in other._users:
-                    other._users[uid] = u
+                held = self._users.get(uid)
+                if held is not None and uid not in other._users:
+                    other._users[uid] = held
                     kept[uid] = None
             self._feed_only = kept
             self.clock = max(self.clock, other.clock)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolClosed
@@ -144,8 +145,8 @@ class Transaction:
         self._pool = pool
         self._url = url
         self._write = write
-        self._cm = None
-        self._tx = None
+        self._cm: Any = None  # the pool's connection context, while entered
+        self._tx: Any = None
 
     def __enter__(self) -> psycopg.Connection:
         self._cm = self._pool.connection()

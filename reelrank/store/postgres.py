@@ -26,7 +26,7 @@ import json
 import logging
 import secrets
 import time
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -40,6 +40,15 @@ from reelrank.store.pg_base import (
 from reelrank.types import AccessRecord, ApiKey, Event, Item, UserSettings
 
 log = logging.getLogger(__name__)
+
+
+def _one(cursor: psycopg.Cursor) -> Any:
+    """The first column of the one row a query returns."""
+    row = cursor.fetchone()
+    if row is None:
+        raise StoreError("PostgreSQL returned no row where one was expected")
+    return row[0]
+
 
 # Rows per page of a scan: each page is its own short query, so a scan of a large log holds
 # no transaction (and no snapshot that would hold back VACUUM) between pages.
@@ -84,8 +93,8 @@ class PostgresStore:
             conn.execute(SCHEMA)
             conn.execute("INSERT INTO meta (key, value) VALUES ('access_salt', %s) "
                          "ON CONFLICT (key) DO NOTHING", (secrets.token_hex(16),))
-            salt = conn.execute("SELECT value FROM meta WHERE key = 'access_salt'").fetchone()[0]
-        fsync = conn.execute("SHOW fsync").fetchone()[0]
+            salt = _one(conn.execute("SELECT value FROM meta WHERE key = 'access_salt'"))
+        fsync = _one(conn.execute("SHOW fsync"))
         if fsync != "on":
             log.warning("PostgreSQL at %s runs with fsync=%s: accepted events can be lost in a "
                         "crash of the server's machine", self.url, fsync)

@@ -29,7 +29,7 @@ class TopLists:
     def __init__(self, lock: threading.RLock, version: Callable[[], int]) -> None:
         self._lock = lock
         self._version = version
-        self._cache: dict = {}
+        self._cache: dict[Hashable, tuple[int, float, int, list[tuple[str, float]]]] = {}
         self._generation = 0  # bumped by ``invalidate``: older computations are dropped
         self._refresh_lock = threading.Lock()
         self._refreshing: set = set()
@@ -39,15 +39,24 @@ class TopLists:
         self._cache = {}
         self._generation += 1
 
-    def top(self, key: Hashable, counts: Counter, n: int, *, refresh_events: int,
-            refresh_seconds: float, background: bool) -> list[tuple[str, float]]:
+    def top(
+        self,
+        key: Hashable,
+        counts: Counter,
+        n: int,
+        *,
+        refresh_events: int,
+        refresh_seconds: float,
+        background: bool,
+    ) -> list[tuple[str, float]]:
         cached = self._cache.get(key)
         now_version = self._version()
         if cached is not None and cached[2] >= n:
             version, made_at, _, top = cached
-            if (version == now_version
-                    or (now_version - version < refresh_events
-                        and time.monotonic() - made_at < refresh_seconds)):
+            if version == now_version or (
+                now_version - version < refresh_events
+                and time.monotonic() - made_at < refresh_seconds
+            ):
                 return top[:n]
             if background:
                 self._refresh_later(key, counts, cached[2])

@@ -39,6 +39,7 @@ import ctypes.util
 import heapq
 import logging
 from collections import OrderedDict
+from typing import Any
 
 from reelrank.features import RowStream
 from reelrank.store import new_live_state
@@ -144,7 +145,7 @@ def join_memory(rows: RowStream) -> dict:
             "closing_heap": len(joiner._expiry), "event_ids": len(joiner._seen_ids)}
 
 
-_malloc_trim = None
+_malloc_trim: Any = None  # the C function, False where there is none, None until looked up
 
 
 def release_free_memory() -> bool:

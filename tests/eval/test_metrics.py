@@ -324,8 +324,10 @@ def test_topic_entropy():
 
 
 def test_session_position_bucket():
+    from reelrank.eval.replay import session_position_bucket
+
     cases = {1: "1-5", 5: "1-5", 6: "6-20", 20: "6-20", 21: "21+", 300: "21+"}
     for position, bucket in cases.items():
-        assert m.session_position_bucket(position) == bucket
+        assert session_position_bucket(position) == bucket
     with pytest.raises(ValueError):
-        m.session_position_bucket(0)
+        session_position_bucket(0)

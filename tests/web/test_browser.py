@@ -12,8 +12,6 @@ import json
 import re
 import time
 
-import pytest
-
 from reelrank.pipeline.context import FeedRequest
 
 
@@ -266,7 +264,8 @@ def test_creator_studio_shows_a_creators_insights(desktop, server):
     other_id = other.get_attribute("data-creator-id")
     other.click()
     desktop.wait_for_function(
-        f"document.querySelector('.studio') && document.querySelector('.studio').dataset.creatorId === '{other_id}'")
+        "document.querySelector('.studio') && "
+        f"document.querySelector('.studio').dataset.creatorId === '{other_id}'")
 
 
 # Elements wider than the viewport, outside the boxes that scroll on purpose (a wide table).

@@ -131,7 +131,7 @@ def demo_directory(engine: EngineDep) -> dict:
             events = sum(n for kind, n in state.counts.items() if kind in EVENT_TYPES)
             viewers.append((events, user_id, state))
     viewers.sort(key=lambda v: (-v[0], v[1]))
-    creators = Counter()
+    creators: Counter[str] = Counter()
     for item_id in engine.catalog.ids():
         item = engine.catalog.get(item_id)
         if item is not None and item.visible:
