@@ -133,28 +133,35 @@ class LearnedTopics:
     def _load(self, m) -> _Current:
         from reelrank.train.topics import topics_of
 
-        carried_by, meta = m.version, m.meta.get("topics")
-        if not meta:
-            carried_by = m.meta.get("base_version")
-            try:
-                meta = topics_of(m.meta, self.registry)
-            except Exception:  # the base version's meta could not be read: keep the last
-                log.exception("reading the base version's topics failed")
-                meta = None
-        if meta:
-            if self._last is not None and self._last[0] == carried_by:
-                model = self._last[1]
-            else:
+        own = m.meta.get("topics")
+        carried_by = m.version if own else m.meta.get("base_version")
+        last = self._last
+        if last is not None and carried_by is not None and last[0] == carried_by:
+            model, meta = last[1], last[2]  # an online version of the same base: no file read
+        else:
+            meta = own
+            if not meta:
+                try:
+                    meta = topics_of(m.meta, self.registry)
+                except Exception:  # the base version's meta could not be read: keep the last
+                    log.exception("reading the base version's topics failed")
+            if meta:
                 model = TopicModel.from_meta(meta)
                 self._last = (carried_by, model, meta)
-        elif self._last is not None:
-            carried_by, model, meta = self._last
-        else:
-            return _Current(m, m.version, None, None, None, None)
-        labels = None
+            elif last is not None:
+                carried_by, model, meta = last
+            else:
+                return _Current(m, m.version, None, None, None, None)
         vectors = m.item_vectors
-        if vectors is not None and len(model) and vectors.shape[1] == model.centroids.shape[1]:
+        prev = self._current
+        if (prev is not None and prev.model is model and prev.labels is not None
+                and prev.key.item_vectors is vectors):
+            labels = prev.labels  # a ranker-only version: the same item vectors
+        elif (vectors is not None and len(model)
+                and vectors.shape[1] == model.centroids.shape[1]):
             labels = model.assign(vectors.numpy())
+        else:
+            labels = None
         return _Current(m, m.version, carried_by, model, labels, meta)
 
     def model(self) -> TopicModel | None:

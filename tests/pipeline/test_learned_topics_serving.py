@@ -200,3 +200,22 @@ def test_reasons_name_the_learned_topic_the_viewer_watched(engine):
     # The explanation of that video carries it too.
     why = engine.explain("reason-viewer", same[3])
     assert any(r["code"] == "topic_affinity" for r in why["reasons"])
+
+
+def test_online_versions_carry_their_base_versions_topics(engine):
+    topics = learned.install(engine)
+    base = engine.models.current
+    before = topics.state()
+    assert before.carried_by == base.version
+    # An online trainer's version: no topics in its meta, its base named.
+    engine.models.install(f"{base.version}+1", base.bundle,
+                          {"base_version": base.version, "retrieval_version": base.version})
+    after = topics.state()
+    assert after.version == f"{base.version}+1" and after.carried_by == base.version
+    assert after.model is before.model
+    assert topics.of(engine.catalog.get("v0")) == f"{LEARNED_PREFIX}{after.labels[0]}"
+    # Its base pruned and never read before: the topics last seen stay in use.
+    fresh = LearnedTopics(engine.models, None)
+    fresh._last = (before.carried_by, before.model, before.meta)
+    engine.models.install(f"{base.version}+2", base.bundle, {"base_version": "gone"})
+    assert fresh.state().model is before.model
