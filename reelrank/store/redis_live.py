@@ -5,7 +5,7 @@ deployment's prefix (``reelrank:`` by default), so deployments can share one ser
 there are two keys, and the viewer's id is also a member of one of two sets:
 
 - ``{p}u:{user}``  hash: ``s`` the viewer's state (history, seen, counters, affinities, tokens)
-  as JSON, ``v`` its version for optimistic concurrency;
+  as JSON, ``v`` a random token of its last write (for optimistic concurrency);
 - ``{p}s:{user}``  sorted set: what feeds sent, in order (bounded by ``served_memory``);
 - ``{p}users`` (viewers with events) or ``{p}feedonly`` (served feeds, no event; bounded).
 
@@ -20,6 +20,7 @@ How an event is folded is the in-memory backend's own code: ``apply`` reads the 
 round trip), folds the event with ``MemoryLiveState`` over a one-viewer scratch state, and
 writes the viewer with everything the event changed for the item in one Lua script (one round
 trip), which refuses the write if the viewer changed meanwhile (the fold then runs again).
+``apply_many`` does the same for a batch in two round trips in all.
 
 Reads on the feed path cost few round trips (see ``user_snapshot``): item counters, creator
 impressions and co-engagement lists are cached in the process and refetched in one pipelined
@@ -35,8 +36,11 @@ pipelines of thousands, and ``replace_with`` renames its keys over this state's.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import operator
+import os
 import threading
 import time
 import uuid
@@ -51,15 +55,16 @@ from reelrank.store import live as live_api
 from reelrank.store.live import HistoryEntry, ItemStats, UserState
 from reelrank.store.fanout import Fanout
 from reelrank.store.memory import MemoryLiveState
-from reelrank.store.redis_lua import APPLY, FORGET_USER, PUT_USER, RECORD_SERVED
+from reelrank.store.redis_lua import APPLY, FORGET_USER, ITEM_STATS, PUT_USER, RECORD_SERVED
 from reelrank.types import DAY_MS, HOUR_MS, Event, Token
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "reelrank:"
-_STAT_FIELDS = ("im", "vw", "lv", "lk", "sh", "ng", "wr")
 _ENTRY_TYPES = {"history": HistoryEntry, "tokens": Token}
-_ENTRY_FIELDS = {name: [f.name for f in fields(cls)] for name, cls in _ENTRY_TYPES.items()}
+# One C call per entry (a history holds 200, the tokens 100; encoding is most of an event's cost).
+_ENTRY_ROWS = {name: operator.attrgetter(*(f.name for f in fields(cls)))
+               for name, cls in _ENTRY_TYPES.items()}
 _BATCH = 2000  # commands per pipeline in bulk writes and reads
 
 
@@ -72,9 +77,8 @@ def encode_user(u: UserState) -> str:
             continue
         value = getattr(u, name)
         if isinstance(value, deque):
-            names = _ENTRY_FIELDS.get(name)
-            out[name] = ([[getattr(e, n) for n in names] for e in value] if names
-                         else list(value))
+            row = _ENTRY_ROWS.get(name)
+            out[name] = list(map(row, value)) if row else list(value)
         elif isinstance(value, dict):  # Counter and plain dicts: pairs keep int keys ints
             out[name] = list(value.items())
         elif isinstance(value, set):
@@ -197,6 +201,10 @@ class RedisLiveState:
         self._record = client.register_script(RECORD_SERVED)
         self._put = client.register_script(PUT_USER)
         self._forget = client.register_script(FORGET_USER)
+        self._item_stats = client.register_script(ITEM_STATS)
+        # Pipelines call the apply script by its digest: redis-py's script objects would ask
+        # Redis whether the script exists before every pipeline, one more round trip each.
+        self._load_scripts()
         self._meta = (0, 0, float("-inf"))  # version, clock, when read
         self._stats = _ReadCache(self._fetch_stats, stats_max_age_s)
         self._creators = _ReadCache(self._fetch_creators, stats_max_age_s)
@@ -208,6 +216,12 @@ class RedisLiveState:
         self._pending: dict[str, UserState] = {}  # write-behind: viewers not written yet
         self._pipe = client.pipeline(transaction=False)  # write-behind's queue
         self._queued = 0
+
+    def _load_scripts(self) -> None:
+        self._apply.sha = self.client.script_load(APPLY)
+
+    def _queue_apply(self, pipe, args: list) -> None:
+        pipe.evalsha(self._apply.sha, 0, *args)
 
     @classmethod
     def from_url(cls, catalog: live_api.Catalog, url: str, **options) -> RedisLiveState:
@@ -264,43 +278,87 @@ class RedisLiveState:
         return u, [event.item_id, item.creator_id, str(event.ts), s.impressions, s.views,
                    s.long_views, likes, s.shares, s.negatives, repr(s.watch_ratio_sum),
                    scratch.creator_impressions(item.creator_id), repr(weight), region,
-                   self.trending_window_ms, HOUR_MS, *self._stream_args(event, co), *co]
+                   self.trending_window_ms, HOUR_MS, self._payload(event, co), len(co), *co]
 
-    def _stream_args(self, event: Event, co: list[str]) -> list:
+    def _payload(self, event: Event, co: list[str]) -> str:
         if self.fanout is None or self.write_behind:  # a rebuild announces nothing
-            return ["", 0, ""]
-        payload = json.dumps({"kind": "event", "origin": self.fanout.origin,
-                              "event": [getattr(event, f.name) for f in fields(Event)],
-                              "co": co}, separators=(",", ":"))
-        return [self.fanout.key, self.fanout.maxlen, payload]
+            return ""
+        return json.dumps({"kind": "event", "origin": self.fanout.origin,
+                           "event": [getattr(event, f.name) for f in fields(Event)],
+                           "co": co}, separators=(",", ":"))
+
+    def _stream(self) -> list:
+        if self.fanout is None or self.write_behind:
+            return ["", 0]
+        return [self.fanout.key, self.fanout.maxlen]
 
     # -- writes ---------------------------------------------------------------------------------
     def apply(self, event: Event, interests: bool = True) -> None:
         """Fold one accepted event in (unknown items are ignored, as in memory): two round
-        trips, three or more only when another process changed the viewer in between."""
-        if self.catalog.get(event.item_id) is None:
-            return
+        trips, more only when another process changed the viewer in between."""
+        self.apply_many([event], [interests])
+
+    def apply_many(self, events: Iterable[Event],
+                   interests: Iterable[bool] | None = None) -> None:
+        """Fold accepted events in, in two round trips for the whole batch: every viewer read
+        in one pipeline, then one script per viewer (their state after all their events, and
+        what each event changed for its item) in another. Each viewer's events keep their
+        order; a viewer another process changed meanwhile is refused by the script (nothing
+        of theirs is written), read again and folded again."""
+        flags = interests if interests is not None else itertools.repeat(True)
+        pending = [(e, i) for e, i in zip(events, flags)
+                   if self.catalog.get(e.item_id) is not None]
         if self.write_behind:
-            self._apply_behind(event, interests)
+            for e, i in pending:
+                self._apply_behind(e, i)
             return
-        key = self.prefix + "u:" + event.user_id
         for _ in range(50):
-            version, text = self.client.hmget(key, "v", "s")
-            state = decode_user(event.user_id, text) if text else None
-            u, rest = self._fold(state, event, interests)
-            expected = int(version or 0)
-            applied, new_version, clock = self._apply(
-                args=[self.prefix, event.user_id, expected, encode_user(u), *rest])
-            if applied:
-                self._after_write(event.item_id, rest[18:], new_version, int(clock))
-                self._creators.mark([rest[1]])
+            if not pending:
                 return
-        raise RuntimeError(f"live state of {event.user_id!r} kept changing; event not applied")
+            by_user: dict[str, list[tuple[Event, bool]]] = {}
+            for e, i in pending:
+                by_user.setdefault(e.user_id, []).append((e, i))
+            users = list(by_user)
+            pipe = self.client.pipeline(transaction=False)
+            for uid in users:
+                pipe.hmget(self.prefix + "u:" + uid, "v", "s")
+            rows = pipe.execute()
+            pipe = self.client.pipeline(transaction=False)
+            folded = []
+            for uid, (token, text) in zip(users, rows):
+                state = decode_user(uid, text) if text else None
+                blocks: list = []
+                touched: list[str] = []
+                creators: list[str] = []
+                for e, i in by_user[uid]:
+                    state, block = self._fold(state, e, i)
+                    blocks += block
+                    touched += [e.item_id, *block[17:]]
+                    creators.append(block[1])
+                assert state is not None
+                self._queue_apply(pipe, [self.prefix, uid, token.decode() if token else "",
+                                         os.urandom(8).hex(), encode_user(state),
+                                         *self._stream(), *blocks])
+                folded.append((uid, touched, creators))
+            try:
+                results = pipe.execute()
+            except redis.exceptions.NoScriptError:  # Redis restarted: no script ran
+                self._load_scripts()
+                continue
+            retry = []
+            for (uid, touched, creators), (applied, version, clock) in zip(folded, results):
+                if applied:
+                    self._after_write(touched, version, int(clock))
+                    self._creators.mark(creators)
+                else:
+                    retry += by_user[uid]
+            pending = retry
+        raise RuntimeError("live state kept changing under this batch; events not applied")
 
     def _apply_behind(self, event: Event, interests: bool) -> None:
-        u, rest = self._fold(self._pending.get(event.user_id), event, interests)
+        u, block = self._fold(self._pending.get(event.user_id), event, interests)
         self._pending[event.user_id] = u
-        self._apply(args=[self.prefix, event.user_id, -1, "", *rest], client=self._pipe)
+        self._queue_apply(self._pipe, [self.prefix, event.user_id, "-", "", "", "", 0, *block])
         self._queued += 1
         if self._queued >= _BATCH:
             self._pipe.execute()
@@ -312,7 +370,8 @@ class RedisLiveState:
             return
         pipe = self._pipe
         for k, (uid, u) in enumerate(self._pending.items()):
-            pipe.hset(self.prefix + "u:" + uid, mapping={"v": 1, "s": encode_user(u)})
+            pipe.hset(self.prefix + "u:" + uid,
+                      mapping={"v": os.urandom(8).hex(), "s": encode_user(u)})
             pipe.sadd(self.prefix + "users", uid)
             if k % _BATCH == _BATCH - 1:
                 pipe.execute()
@@ -320,9 +379,9 @@ class RedisLiveState:
         self._pending, self._queued = {}, 0
         self._meta = (0, 0, float("-inf"))
 
-    def _after_write(self, item_id: str, co: list[str], version: int, clock: int) -> None:
-        self._stats.mark([item_id])
-        self._co.mark([item_id, *co])
+    def _after_write(self, items: list[str], version: int, clock: int) -> None:
+        self._stats.mark(items)
+        self._co.mark(items)
         with self._lock:
             if version > self._meta[0]:
                 self._meta = (version, max(clock, self._meta[1]), time.monotonic())
@@ -352,7 +411,8 @@ class RedisLiveState:
 
     def put_user(self, state: UserState) -> None:
         served = json.dumps(list(state.served)) if state.served else ""
-        self._put(args=[self.prefix, state.user_id, encode_user(state), served])
+        self._put(args=[self.prefix, state.user_id, encode_user(state), served,
+                        os.urandom(8).hex()])
 
     def reset_interests(self, user_id: str) -> None:
         """Read, clear with the in-memory backend's code, write back if unchanged meanwhile;
@@ -375,7 +435,7 @@ class RedisLiveState:
                 if pipe.hget(key, "v") != version:
                     continue
                 pipe.multi()
-                pipe.hset(key, mapping={"v": int(version or 0) + 1,
+                pipe.hset(key, mapping={"v": os.urandom(8).hex(),
                                         "s": encode_user(cleared)})
                 pipe.incr(self.prefix + "version")
                 pipe.execute()
@@ -517,13 +577,12 @@ class RedisLiveState:
         return int(self.client.zcard(self.prefix + "feedonly"))
 
     def _fetch_stats(self, item_ids: list[str]) -> list[ItemStats]:
+        """One script call per 2,000 items (a single round trip for a feed's reads)."""
         self.flush()
         out: list[ItemStats] = []
         for k in range(0, len(item_ids), _BATCH):
-            pipe = self.client.pipeline(transaction=False)
-            for i in item_ids[k:k + _BATCH]:
-                pipe.hmget(self.prefix + "i:" + i, *_STAT_FIELDS)
-            out += [_stats(row) for row in pipe.execute()]
+            flat = self._item_stats(args=[self.prefix, *item_ids[k:k + _BATCH]])
+            out += [_stats(flat[j:j + 7]) for j in range(0, len(flat), 7)]
         return out
 
     def _fetch_creators(self, creators: list[str]) -> list[int]:

@@ -8,98 +8,108 @@ deployment runs on one Redis primary (not Redis Cluster, where undeclared keys a
 Numbers cross the boundary as strings: Lua holds them as doubles, exact for event times in ms.
 """
 
-# ARGV: 1 prefix, 2 user, 3 expected user version (-1: do not write the user), 4 user JSON,
-# 5 item, 6 creator, 7 ts, 8-13 deltas of im vw lv lk sh ng (lk -1: an unlike, floored at 0),
-# 14 watch-ratio delta, 15 creator impressions delta, 16 engagement weight, 17 region ("" none),
-# 18 trending window ms, 19 hour ms, 20 stream key ("" none), 21 stream max length,
-# 22 stream payload, 23.. co-engaged items.
+# One viewer's events. ARGV: 1 prefix, 2 user, 3 the token of the viewer's state this write was
+# folded from ("" when there was none; "-": do not write the viewer), 4 the new token, 5 the
+# viewer's state after the events (JSON), 6 stream key ("" none), 7 stream max length, then per
+# event: item, creator, ts, deltas of im vw lv lk sh ng (lk -1: an unlike, floored at 0),
+# watch-ratio delta, creator impressions delta, engagement weight, region ("" none), trending
+# window ms, hour ms, stream payload, the number of co-engaged items, and those items.
+# Tokens are random, never reused: a write folded from a state another process has replaced
+# meanwhile is refused, however many writes came between, and then nothing is changed.
 # Returns {applied (0: the viewer changed since it was read), version, clock}.
 APPLY = r"""
 local p = ARGV[1]
 local uid = ARGV[2]
-local expected = tonumber(ARGV[3])
-if expected >= 0 then
+if ARGV[3] ~= '-' then
   local ukey = p .. 'u:' .. uid
-  local current = tonumber(redis.call('HGET', ukey, 'v') or '0')
-  if current ~= expected then return {0, 0, 0} end
-  redis.call('HSET', ukey, 'v', current + 1, 's', ARGV[4])
+  local current = redis.call('HGET', ukey, 'v') or ''
+  if current ~= ARGV[3] then return {0, 0, 0} end
+  redis.call('HSET', ukey, 'v', ARGV[4], 's', ARGV[5])
   redis.call('SADD', p .. 'users', uid)
   redis.call('ZREM', p .. 'feedonly', uid)
 end
-local item = ARGV[5]
-local ikey = p .. 'i:' .. item
 local names = {'im', 'vw', 'lv', 'lk', 'sh', 'ng'}
-for k = 1, 6 do
-  local d = tonumber(ARGV[7 + k])
-  if d < 0 then
-    if tonumber(redis.call('HGET', ikey, names[k]) or '0') > 0 then
-      redis.call('HINCRBY', ikey, names[k], -1)
-    end
-  elseif d > 0 then
-    redis.call('HINCRBY', ikey, names[k], d)
-  end
-end
-if tonumber(ARGV[14]) ~= 0 then redis.call('HINCRBYFLOAT', ikey, 'wr', ARGV[14]) end
-if tonumber(ARGV[15]) > 0 then redis.call('HINCRBY', p .. 'ci', ARGV[6], ARGV[15]) end
-local ts = tonumber(ARGV[7])
 local clock = tonumber(redis.call('GET', p .. 'clock') or '0')
-if ts > clock then
-  clock = ts
-  redis.call('SET', p .. 'clock', ARGV[7])
-end
-local version = redis.call('INCR', p .. 'version')
-local w = tonumber(ARGV[16])
-if w > 0 then
-  local hour = tonumber(ARGV[19])
-  local bucket = math.floor(ts / hour)
-  local newest = redis.call('ZREVRANGE', p .. 'tb', 0, 0, 'WITHSCORES')
-  -- Late events land in the newest bucket: trending is about recency, not exact hours.
-  if #newest > 0 and tonumber(newest[2]) >= bucket then
-    bucket = tonumber(newest[2])
-  else
-    redis.call('ZADD', p .. 'tb', bucket, string.format('%d', bucket))
-  end
-  redis.call('ZINCRBY', p .. 't:' .. string.format('%d', bucket), w, item)
-  -- The running sum over the window's buckets, with the order items entered it (for ties).
-  if not redis.call('ZSCORE', p .. 'trend', item) then
-    redis.call('HSET', p .. 'first:trend', item, redis.call('INCR', p .. 'seq'))
-  end
-  redis.call('ZINCRBY', p .. 'trend', w, item)
-  redis.call('ZINCRBY', p .. 'pop', w, item)
-  if redis.call('HEXISTS', p .. 'first:pop', item) == 0 then
-    redis.call('HSET', p .. 'first:pop', item, redis.call('INCR', p .. 'seq'))
-  end
-  local region = ARGV[17]
-  if region ~= '' then
-    redis.call('ZINCRBY', p .. 'reg:' .. region, w, item)
-    redis.call('SADD', p .. 'regions', region)
-    if redis.call('HEXISTS', p .. 'first:reg:' .. region, item) == 0 then
-      redis.call('HSET', p .. 'first:reg:' .. region, item, redis.call('INCR', p .. 'seq'))
+local version = 0
+local a = 8
+while a <= #ARGV do
+  local item = ARGV[a]
+  local ikey = p .. 'i:' .. item
+  for k = 1, 6 do
+    local d = tonumber(ARGV[a + 2 + k])
+    if d < 0 then
+      if tonumber(redis.call('HGET', ikey, names[k]) or '0') > 0 then
+        redis.call('HINCRBY', ikey, names[k], -1)
+      end
+    elseif d > 0 then
+      redis.call('HINCRBY', ikey, names[k], d)
     end
   end
-  local oldest = math.floor((clock - tonumber(ARGV[18])) / hour)
-  local old = redis.call('ZRANGEBYSCORE', p .. 'tb', '-inf', '(' .. string.format('%d', oldest))
-  for _, b in ipairs(old) do
-    local rows = redis.call('ZRANGE', p .. 't:' .. b, 0, -1, 'WITHSCORES')
-    for k = 1, #rows, 2 do
-      local left = tonumber(redis.call('ZINCRBY', p .. 'trend', -tonumber(rows[k + 1]), rows[k]))
-      if left <= 1e-9 then
-        redis.call('ZREM', p .. 'trend', rows[k])
-        redis.call('HDEL', p .. 'first:trend', rows[k])
+  if tonumber(ARGV[a + 9]) ~= 0 then redis.call('HINCRBYFLOAT', ikey, 'wr', ARGV[a + 9]) end
+  if tonumber(ARGV[a + 10]) > 0 then
+    redis.call('HINCRBY', p .. 'ci', ARGV[a + 1], ARGV[a + 10])
+  end
+  local ts = tonumber(ARGV[a + 2])
+  if ts > clock then
+    clock = ts
+    redis.call('SET', p .. 'clock', ARGV[a + 2])
+  end
+  version = redis.call('INCR', p .. 'version')
+  local w = tonumber(ARGV[a + 11])
+  if w > 0 then
+    local hour = tonumber(ARGV[a + 14])
+    local bucket = math.floor(ts / hour)
+    local newest = redis.call('ZREVRANGE', p .. 'tb', 0, 0, 'WITHSCORES')
+    -- Late events land in the newest bucket: trending is about recency, not exact hours.
+    if #newest > 0 and tonumber(newest[2]) >= bucket then
+      bucket = tonumber(newest[2])
+    else
+      redis.call('ZADD', p .. 'tb', bucket, string.format('%d', bucket))
+    end
+    redis.call('ZINCRBY', p .. 't:' .. string.format('%d', bucket), w, item)
+    -- The running sum over the window's buckets, with the order items entered it (for ties).
+    if not redis.call('ZSCORE', p .. 'trend', item) then
+      redis.call('HSET', p .. 'first:trend', item, redis.call('INCR', p .. 'seq'))
+    end
+    redis.call('ZINCRBY', p .. 'trend', w, item)
+    redis.call('ZINCRBY', p .. 'pop', w, item)
+    if redis.call('HEXISTS', p .. 'first:pop', item) == 0 then
+      redis.call('HSET', p .. 'first:pop', item, redis.call('INCR', p .. 'seq'))
+    end
+    local region = ARGV[a + 12]
+    if region ~= '' then
+      redis.call('ZINCRBY', p .. 'reg:' .. region, w, item)
+      redis.call('SADD', p .. 'regions', region)
+      if redis.call('HEXISTS', p .. 'first:reg:' .. region, item) == 0 then
+        redis.call('HSET', p .. 'first:reg:' .. region, item, redis.call('INCR', p .. 'seq'))
       end
     end
-    redis.call('DEL', p .. 't:' .. b)
+    local oldest = math.floor((clock - tonumber(ARGV[a + 13])) / hour)
+    local bound = '(' .. string.format('%d', oldest)
+    local old = redis.call('ZRANGEBYSCORE', p .. 'tb', '-inf', bound)
+    for _, b in ipairs(old) do
+      local rows = redis.call('ZRANGE', p .. 't:' .. b, 0, -1, 'WITHSCORES')
+      for k = 1, #rows, 2 do
+        local left = tonumber(redis.call('ZINCRBY', p .. 'trend', -tonumber(rows[k + 1]),
+                                         rows[k]))
+        if left <= 1e-9 then
+          redis.call('ZREM', p .. 'trend', rows[k])
+          redis.call('HDEL', p .. 'first:trend', rows[k])
+        end
+      end
+      redis.call('DEL', p .. 't:' .. b)
+    end
+    if #old > 0 then redis.call('ZREMRANGEBYSCORE', p .. 'tb', '-inf', bound) end
   end
-  if #old > 0 then
-    redis.call('ZREMRANGEBYSCORE', p .. 'tb', '-inf', '(' .. string.format('%d', oldest))
+  local nco = tonumber(ARGV[a + 16])
+  for k = a + 17, a + 16 + nco do
+    redis.call('ZINCRBY', p .. 'co:' .. item, 1, ARGV[k])
+    redis.call('ZINCRBY', p .. 'co:' .. ARGV[k], 1, item)
   end
-end
-for k = 23, #ARGV do
-  redis.call('ZINCRBY', p .. 'co:' .. item, 1, ARGV[k])
-  redis.call('ZINCRBY', p .. 'co:' .. ARGV[k], 1, item)
-end
-if ARGV[20] ~= '' then
-  redis.call('XADD', ARGV[20], 'MAXLEN', '~', ARGV[21], '*', 'm', ARGV[22])
+  if ARGV[6] ~= '' then
+    redis.call('XADD', ARGV[6], 'MAXLEN', '~', ARGV[7], '*', 'm', ARGV[a + 15])
+  end
+  a = a + 17 + nco
 end
 return {1, version, string.format('%d', clock)}
 """
@@ -137,15 +147,14 @@ end
 return evicted
 """
 
-# ARGV: 1 prefix, 2 user, 3 user JSON, 4 served items in order (JSON list, "" keeps them).
-# Installs a viewer's state unconditionally (bumping its version, so that a concurrent
-# read-modify-write of the old state retries).
+# ARGV: 1 prefix, 2 user, 3 user JSON, 4 served items in order (JSON list, "" keeps them),
+# 5 a new token. Installs a viewer's state unconditionally (with a new token, so that a
+# concurrent read-modify-write of the old state is refused and retries).
 PUT_USER = r"""
 local p = ARGV[1]
 local uid = ARGV[2]
 local ukey = p .. 'u:' .. uid
-local current = tonumber(redis.call('HGET', ukey, 'v') or '0')
-redis.call('HSET', ukey, 'v', current + 1, 's', ARGV[3])
+redis.call('HSET', ukey, 'v', ARGV[5], 's', ARGV[3])
 redis.call('SADD', p .. 'users', uid)
 redis.call('ZREM', p .. 'feedonly', uid)
 if ARGV[4] ~= '' then
@@ -164,4 +173,16 @@ redis.call('DEL', p .. 'u:' .. uid, p .. 's:' .. uid)
 redis.call('SREM', p .. 'users', uid)
 redis.call('ZREM', p .. 'feedonly', uid)
 return redis.call('INCR', p .. 'version')
+"""
+
+# ARGV: 1 prefix, 2.. items. Their counters, seven values per item (nil where none), in one
+# command: a pipeline of 500 HMGETs costs more in the client than in Redis.
+ITEM_STATS = r"""
+local p = ARGV[1]
+local out = {}
+for k = 2, #ARGV do
+  local row = redis.call('HMGET', p .. 'i:' .. ARGV[k], 'im', 'vw', 'lv', 'lk', 'sh', 'ng', 'wr')
+  for j = 1, 7 do out[#out + 1] = row[j] or '' end
+end
+return out
 """

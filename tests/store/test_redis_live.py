@@ -118,41 +118,26 @@ def test_two_writers_of_one_viewer_lose_no_event(pair):
 
 
 class Counting:
-    """Counts round trips: single commands and pipeline executions (wrapped client calls)."""
+    """Counts round trips: every send on a connection (a command, or a whole pipeline) is
+    followed by reading its replies."""
 
-    def __init__(self, client) -> None:
+    def __init__(self, monkeypatch) -> None:
         self.n = 0
-        outer = self
-        original = client.execute_command
+        send = redis.connection.Connection.send_packed_command
 
-        def execute_command(*args, **kw):
-            outer.n += 1
-            return original(*args, **kw)
+        def counted(conn, *args, **kw):
+            self.n += 1
+            return send(conn, *args, **kw)
 
-        client.execute_command = execute_command
-        make_pipeline = client.pipeline
-
-        def pipeline(*args, **kw):
-            pipe = make_pipeline(*args, **kw)
-            run = pipe.execute
-
-            def execute(*a, **k):
-                if pipe.command_stack:
-                    outer.n += 1
-                return run(*a, **k)
-
-            pipe.execute = execute
-            return pipe
-
-        client.pipeline = pipeline
+        monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counted)
 
 
-def test_round_trips_of_one_event_and_one_feed(pair):
+def test_round_trips_of_one_event_and_one_feed(pair, monkeypatch):
     url, _, _ = pair
     live = live_on(url)
     live.apply(Event("warm", "w", "v0", T0, "play", watch_ms=1000))  # loads the scripts
     live.record_served("w", ["v0"])
-    counter = Counting(live.client)
+    counter = Counting(monkeypatch)
     live.apply(Event("e1", "u", "v1", T0 + 1, "like"))
     assert counter.n == 2  # read the viewer; one script writes everything
     live.apply(Event("e2", "u", "v2", T0 + 2, "like"))
@@ -174,3 +159,30 @@ def test_round_trips_of_one_event_and_one_feed(pair):
     assert other.item_stats("v3").likes == 0  # cached, nobody said
     other.invalidate(items=["v3"])
     assert other.item_stats("v3").likes == 1
+    counter.n = 0
+    live.apply_many([Event(f"b{k}", f"u{k % 7}", f"v{k % 6}", T0 + 10 + k, "like")
+                     for k in range(50)])
+    assert counter.n == 2  # a batch: every viewer read at once, every script sent at once
+    assert live.user("u1").counts["like"] == 7
+
+
+def test_batches_from_two_writers_on_the_same_viewers_lose_no_event(pair):
+    url, _, _ = pair
+    catalog = new_catalog()
+    catalog.upsert(items())
+    a, b = live_on(url, catalog), live_on(url, catalog)
+
+    def post(live, tag: str) -> None:
+        for batch in range(20):
+            live.apply_many([Event(f"{tag}{batch}-{k}", f"u{k % 3}", f"v{k % 6}",
+                                   T0 + batch * 10 + k, "like") for k in range(9)])
+
+    threads = [threading.Thread(target=post, args=(x, tag)) for x, tag in ((a, "a"), (b, "b"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for uid in ("u0", "u1", "u2"):
+        u = a.user(uid)
+        assert u.counts["like"] == 2 * 20 * 3 and len(u.history) == 120
+    assert sum(a.item_stats(f"v{i}").likes for i in range(6)) == 2 * 20 * 9
