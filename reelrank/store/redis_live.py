@@ -452,7 +452,9 @@ class RedisLiveState:
         rare and takes a moment, that read is one slightly stale feed)."""
         other.flush()
         p, q = self.prefix, other.prefix
-        keep = (p + "s:", p + "feedonly", p + "fo:")
+        # Not from the log: what feeds sent, the feed-only viewers, and the fan-out stream
+        # (with its consumer groups).
+        keep = (p + "s:", p + "feedonly", p + "fo:", p + "stream")
         mine = [k for k in self._scan(p) if not k.startswith(keep)]
         theirs = list(self._scan(q))
         new_users = {m.decode() for m in self.client.smembers(q + "users")}

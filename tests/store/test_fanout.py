@@ -86,6 +86,13 @@ def test_each_process_sees_the_others_events_items_and_erasures(two):
     a.live.forget_user("u")  # erased through A
     assert wait_for(lambda: b.erased == [a.fanout.digest("u")])
     assert b.live.user("u") is None
+    # The rebuild an erasure starts replaces the state's keys, not the stream under them
+    # (nor the trainers' consumer group on it).
+    GroupReader(a.client, a.fanout, "trainers")
+    a.live.replace_with(a.live.empty_like())
+    assert [g["name"] for g in a.client.xinfo_groups(a.fanout.key)] == [b"trainers"]
+    a.live.apply(Event("e5", "w", "v3", T0 + 4, "like"))
+    assert wait_for(lambda: b.live.item_stats("v3").likes == 1)
     for key in keys_under(a.client, a.fanout.prefix):
         if a.client.type(key) == b"stream":
             assert not any(b'"u"' in v[b"m"] for _, v in a.client.xrange(key))
