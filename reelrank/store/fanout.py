@@ -77,6 +77,13 @@ class Fanout:
                                   approximate=True)
         return msg_id.decode() if isinstance(msg_id, bytes) else msg_id
 
+    def event_message(self, event: Event, co: list[str]) -> str:
+        """An event's message (the live state adds it in the script that applies the event),
+        with the items whose co-engagement with it grew."""
+        return json.dumps({"kind": "event", "origin": self.origin,
+                           "event": [getattr(event, name) for name in _EVENT_FIELDS],
+                           "co": co}, separators=(",", ":"))
+
     def publish_items(self, items: list[Item]) -> str:
         return self.publish("items", items=[item_to_row(i) for i in items])
 

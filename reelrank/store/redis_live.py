@@ -1,20 +1,13 @@
 """Live state in Redis: the ``LiveState`` of ``store/live.py`` shared by several API processes.
 
-Chosen by ``new_live_state(live="redis://host:6379/0?prefix=rr:")``. Every key starts with the
-deployment's prefix (``reelrank:`` by default), so deployments can share one server. Per viewer
-there are two keys, and the viewer's id is also a member of one of two sets:
-
-- ``{p}u:{user}``  hash: ``s`` the viewer's state (history, seen, counters, affinities, tokens)
-  as JSON, ``v`` a random token of its last write (for optimistic concurrency);
-- ``{p}s:{user}``  sorted set: what feeds sent, in order (bounded by ``served_memory``);
-- ``{p}users`` (viewers with events) or ``{p}feedonly`` (served feeds, no event; bounded).
-
-Per item and deployment: ``{p}i:{item}`` counters, ``{p}ci`` creator impressions, ``{p}pop`` and
-``{p}reg:{region}`` all-time engagement, ``{p}trend`` engagement in the trending window (its
-hourly buckets ``{p}t:{hour}`` listed in ``{p}tb``, subtracted as they leave the window),
-``{p}co:{item}`` co-engagement, ``{p}clock`` and ``{p}version``. ``forget_user`` deletes the two
-keys and both memberships: nothing else holds a viewer id (item-level keys hold item ids, and
-the aggregates the viewer fed are recomputed by the rebuild the engine runs after an erasure).
+Chosen by ``new_live_state(catalog, url="redis://host:6379/0?prefix=rr:")``. Every key starts
+with the deployment's prefix (``reelrank:`` by default). Per viewer: ``{p}u:{user}`` (a hash:
+the state as JSON, and a random token of its last write for optimistic concurrency) and
+``{p}s:{user}`` (what feeds sent, in order), and the id is a member of ``{p}users`` or
+``{p}feedonly``; ``forget_user`` removes all four, and with a fan-out the viewer's messages in
+the stream. Item-level keys (counters, top lists, co-engagement) hold item ids only; the
+aggregates an erased viewer fed are recomputed by the rebuild the engine runs after an erasure.
+docs/operations.md lists every key.
 
 How an event is folded is the in-memory backend's own code: ``apply`` reads the viewer (one
 round trip), folds the event with ``MemoryLiveState`` over a one-viewer scratch state, and
@@ -38,135 +31,27 @@ from __future__ import annotations
 
 import itertools
 import json
-import logging
-import operator
 import os
 import threading
 import time
 import uuid
-from collections import Counter, OrderedDict, deque
-from dataclasses import fields
-from typing import Callable, Iterable
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from collections import OrderedDict
+from typing import Iterable
 
 import redis
 
 from reelrank.store import live as live_api
-from reelrank.store.live import HistoryEntry, ItemStats, UserState
 from reelrank.store.fanout import Fanout
+from reelrank.store.live import ItemStats, UserState
 from reelrank.store.memory import MemoryLiveState
+from reelrank.store.redis_codec import (BATCH, DEFAULT_PREFIX, ReadCache, decode_user,
+                                        encode_user, fold_event, parse_live_url,
+                                        read_co_engaged, read_item_stats, read_top, scan_keys,
+                                        swap_keys, cached_top)
 from reelrank.store.redis_lua import APPLY, FORGET_USER, ITEM_STATS, PUT_USER, RECORD_SERVED
-from reelrank.types import DAY_MS, HOUR_MS, Event, Token
+from reelrank.types import DAY_MS, Event
 
-log = logging.getLogger(__name__)
-
-DEFAULT_PREFIX = "reelrank:"
-_ENTRY_TYPES = {"history": HistoryEntry, "tokens": Token}
-# One C call per entry (a history holds 200, the tokens 100; encoding is most of an event's cost).
-_ENTRY_ROWS = {name: operator.attrgetter(*(f.name for f in fields(cls)))
-               for name, cls in _ENTRY_TYPES.items()}
-_BATCH = 2000  # commands per pipeline in bulk writes and reads
-
-
-# -- the viewer's state as JSON (never pickle: whoever can write to Redis could run code) --------
-def encode_user(u: UserState) -> str:
-    out: dict = {}
-    for f in fields(UserState):
-        name = f.name
-        if name in ("user_id", "served"):  # the id is in the key; what feeds sent has its own
-            continue
-        value = getattr(u, name)
-        if isinstance(value, deque):
-            row = _ENTRY_ROWS.get(name)
-            out[name] = list(map(row, value)) if row else list(value)
-        elif isinstance(value, dict):  # Counter and plain dicts: pairs keep int keys ints
-            out[name] = list(value.items())
-        elif isinstance(value, set):
-            out[name] = list(value)
-        elif value is None or isinstance(value, (int, float, str)):
-            out[name] = value
-        else:  # a new field of a kind this encoding does not know must not be dropped silently
-            raise TypeError(f"UserState.{name}: cannot encode {type(value).__name__}")
-    return json.dumps(out, separators=(",", ":"))
-
-
-def decode_user(user_id: str, text: str | bytes) -> UserState:
-    u = UserState(user_id)
-    for name, value in json.loads(text).items():
-        current = getattr(u, name)
-        if isinstance(current, deque):
-            cls = _ENTRY_TYPES.get(name)
-            current.extend(cls(*row) for row in value) if cls else current.extend(value)
-        elif isinstance(current, Counter):
-            setattr(u, name, Counter(dict(map(tuple, value))))
-        elif isinstance(current, dict):
-            setattr(u, name, dict(map(tuple, value)))
-        elif isinstance(current, set):
-            setattr(u, name, set(value))
-        else:
-            setattr(u, name, value)
-    return u
-
-
-def _stats(row: list) -> ItemStats:
-    im, vw, lv, lk, sh, ng, wr = row
-    return ItemStats(int(im or 0), int(vw or 0), int(lv or 0), int(lk or 0), int(sh or 0),
-                     int(ng or 0), float(wr or 0.0))
-
-
-def parse_live_url(url: str) -> tuple[str, str]:
-    """``redis://host:port/db?prefix=x:`` -> (the URL for redis-py, the key prefix)."""
-    parts = urlsplit(url)
-    query = parse_qs(parts.query)
-    prefix = query.pop("prefix", [DEFAULT_PREFIX])[0]
-    rest = "&".join(f"{k}={v}" for k, vs in query.items() for v in vs)
-    return urlunsplit(parts._replace(query=rest)), prefix
-
-
-class _ReadCache:
-    """Values fetched from Redis, trusted until this process marks them dirty, ``invalidate``
-    reports another process changed them, or ``max_age`` seconds pass; a read that finds one
-    stale refetches it with every other dirty or expired value in one round trip."""
-
-    def __init__(self, fetch: Callable[[list[str]], list], max_age: float,
-                 max_size: int = 200_000) -> None:
-        self._fetch = fetch
-        self.max_age = max_age
-        self.max_size = max_size
-        self._values: dict = {}
-        self._dirty: set = set()
-        self._epoch = time.monotonic()
-        self._lock = threading.Lock()
-
-    def mark(self, keys: Iterable) -> None:
-        with self._lock:
-            self._dirty.update(k for k in keys if k in self._values)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._values, self._dirty = {}, set()
-
-    def get_many(self, keys: list) -> list:
-        values = self._values
-        with self._lock:
-            expired = time.monotonic() - self._epoch >= self.max_age
-            missing = [k for k in keys if k not in values or k in self._dirty] if not expired else []
-            if not expired and not missing:
-                return [values[k] for k in keys]
-            wanted = dict.fromkeys(keys)
-            wanted.update(dict.fromkeys(self._dirty))
-            if expired:
-                wanted.update(dict.fromkeys(values))
-            order = list(wanted)
-        fetched = self._fetch(order)
-        with self._lock:
-            if len(values) + len(order) > self.max_size:
-                values.clear()
-            values.update(zip(order, fetched))
-            self._dirty.difference_update(order)
-            if expired:
-                self._epoch = time.monotonic()
-            return [values[k] for k in keys]
+__all__ = ["DEFAULT_PREFIX", "RedisLiveState", "decode_user", "encode_user", "parse_live_url"]
 
 
 class RedisLiveState:
@@ -187,8 +72,7 @@ class RedisLiveState:
         self.served_memory = served_memory
         self.trending_refresh_events = trending_refresh_events
         self.trending_refresh_seconds = trending_refresh_seconds
-        # Accepted for the same options as the in-memory backend; top lists here are read from
-        # Redis's sorted sets in the request that finds them stale (a few ms, not a ranking).
+        # Accepted as the in-memory backend's: a stale list is read here (ms, not a ranking).
         self.background_refresh = background_refresh
         self.max_feed_only_viewers = max_feed_only_viewers
         self.co_engagement = co_engagement
@@ -206,9 +90,9 @@ class RedisLiveState:
         # Redis whether the script exists before every pipeline, one more round trip each.
         self._load_scripts()
         self._meta = (0, 0, float("-inf"))  # version, clock, when read
-        self._stats = _ReadCache(self._fetch_stats, stats_max_age_s)
-        self._creators = _ReadCache(self._fetch_creators, stats_max_age_s)
-        self._co = _ReadCache(self._fetch_co, stats_max_age_s)
+        self._stats = ReadCache(self._fetch_stats, stats_max_age_s)
+        self._creators = ReadCache(self._fetch_creators, stats_max_age_s)
+        self._co = ReadCache(self._fetch_co, stats_max_age_s)
         self._co_size = max(50, co_engagement_span * 3)
         self._tops: dict = {}
         self._lock = threading.Lock()
@@ -257,35 +141,15 @@ class RedisLiveState:
                                co_engagement=self.co_engagement)
 
     def _fold(self, state: UserState | None, event: Event, interests: bool) -> tuple[UserState, list]:
-        """The viewer after the event, and the arguments of the APPLY script after the user
-        part: what the event changed for the item, as the in-memory backend computes it over
-        a state that holds this viewer alone."""
-        scratch = self._scratch()
-        if state is not None:
-            scratch.put_user(state)
-        scratch.apply(event, interests)
-        u = scratch.user(event.user_id)
-        item = self.catalog.get(event.item_id)
-        assert u is not None and item is not None  # apply checked the item is known
-        s = scratch.item_stats(event.item_id)
-        likes = -1 if event.type == "unlike" else s.likes
-        top = scratch.popular(1)
-        weight = top[0][1] if top else 0.0
-        region = ""
-        if weight > 0 and u.region and scratch.popular_in_region(u.region, 1):
-            region = u.region
-        co = [other for other, _ in scratch.co_engaged(event.item_id, 1 << 30)]
-        return u, [event.item_id, item.creator_id, str(event.ts), s.impressions, s.views,
-                   s.long_views, likes, s.shares, s.negatives, repr(s.watch_ratio_sum),
-                   scratch.creator_impressions(item.creator_id), repr(weight), region,
-                   self.trending_window_ms, HOUR_MS, self._payload(event, co), len(co), *co]
+        """The viewer after the event, and the event's part of the APPLY script's arguments."""
+        u, block, co = fold_event(self._scratch(), state, event, interests,
+                                  self.trending_window_ms)
+        return u, [*block, self._payload(event, co), len(co), *co]
 
     def _payload(self, event: Event, co: list[str]) -> str:
         if self.fanout is None or self.write_behind:  # a rebuild announces nothing
             return ""
-        return json.dumps({"kind": "event", "origin": self.fanout.origin,
-                           "event": [getattr(event, f.name) for f in fields(Event)],
-                           "co": co}, separators=(",", ":"))
+        return self.fanout.event_message(event, co)
 
     def _stream(self) -> list:
         if self.fanout is None or self.write_behind:
@@ -360,7 +224,7 @@ class RedisLiveState:
         self._pending[event.user_id] = u
         self._queue_apply(self._pipe, [self.prefix, event.user_id, "-", "", "", "", 0, *block])
         self._queued += 1
-        if self._queued >= _BATCH:
+        if self._queued >= BATCH:
             self._pipe.execute()
             self._queued = 0
 
@@ -373,7 +237,7 @@ class RedisLiveState:
             pipe.hset(self.prefix + "u:" + uid,
                       mapping={"v": os.urandom(8).hex(), "s": encode_user(u)})
             pipe.sadd(self.prefix + "users", uid)
-            if k % _BATCH == _BATCH - 1:
+            if k % BATCH == BATCH - 1:
                 pipe.execute()
         pipe.execute()
         self._pending, self._queued = {}, 0
@@ -415,13 +279,12 @@ class RedisLiveState:
                         os.urandom(8).hex()])
 
     def reset_interests(self, user_id: str) -> None:
-        """Read, clear with the in-memory backend's code, write back if unchanged meanwhile;
-        with a fan-out, the other processes are told."""
+        """Read, clear with the in-memory backend's code, write back unless the viewer changed
+        meanwhile (the APPLY script with no event); with a fan-out, the others are told."""
         if self.fanout is not None and not self.write_behind:
             self.fanout.publish_reset(user_id)
-        key = self.prefix + "u:" + user_id
         for _ in range(50):
-            version, text = self.client.hmget(key, "v", "s")
+            token, text = self.client.hmget(self.prefix + "u:" + user_id, "v", "s")
             if not text:
                 return
             scratch = self._scratch()
@@ -429,21 +292,11 @@ class RedisLiveState:
             scratch.reset_interests(user_id)
             cleared = scratch.user(user_id)
             assert cleared is not None
-            pipe = self.client.pipeline(transaction=True)
-            try:
-                pipe.watch(key)
-                if pipe.hget(key, "v") != version:
-                    continue
-                pipe.multi()
-                pipe.hset(key, mapping={"v": os.urandom(8).hex(),
-                                        "s": encode_user(cleared)})
-                pipe.incr(self.prefix + "version")
-                pipe.execute()
+            applied, _, _ = self.client.evalsha(
+                self._apply.sha, 0, self.prefix, user_id, token.decode() if token else "",
+                os.urandom(8).hex(), encode_user(cleared), "", 0)
+            if applied:
                 return
-            except redis.WatchError:  # changed meanwhile: read again
-                continue
-            finally:
-                pipe.reset()
 
     def replace_with(self, other: RedisLiveState) -> None:
         """Take over a rebuilt state's keys (renamed over this state's), keeping what feeds
@@ -451,52 +304,26 @@ class RedisLiveState:
         atomic step: a read during the swap can see part of each (as an erasure's rebuild is
         rare and takes a moment, that read is one slightly stale feed)."""
         other.flush()
-        p, q = self.prefix, other.prefix
-        # Not from the log: what feeds sent, the feed-only viewers, and the fan-out stream
-        # (with its consumer groups).
-        keep = (p + "s:", p + "feedonly", p + "fo:", p + "stream")
-        mine = [k for k in self._scan(p) if not k.startswith(keep)]
-        theirs = list(self._scan(q))
-        new_users = {m.decode() for m in self.client.smembers(q + "users")}
-        pipe = self.client.pipeline(transaction=True)
-        pipe.delete(*mine) if mine else None
-        for k in theirs:
-            pipe.rename(k, p + k[len(q):])
-        pipe.execute()
-        # Viewers with events now are no longer feed-only; served lists of viewers gone go.
-        feed_only = {m.decode() for m in self.client.zrange(p + "feedonly", 0, -1)}
-        pipe = self.client.pipeline(transaction=False)
-        back = feed_only & new_users
-        if back:
-            pipe.zrem(p + "feedonly", *back)
-        for k in self._scan(p + "s:"):
-            uid = k[len(p) + 2:]
-            if uid not in new_users and uid not in feed_only:
-                pipe.delete(k)
-        pipe.incr(p + "version")
-        pipe.execute()
+        swap_keys(self.client, self.prefix, other.prefix)
+        self._forget_caches()
+
+    def _scan(self, prefix: str) -> Iterable[str]:
+        return scan_keys(self.client, prefix)
+
+    def clear(self) -> None:
+        """Delete every key of this state's prefix (tests, and ``rebuild-live --flush``)."""
+        keys = list(self._scan(self.prefix))
+        for k in range(0, len(keys), BATCH):
+            self.client.delete(*keys[k:k + BATCH])
+        self._forget_caches()
+
+    def _forget_caches(self) -> None:
         self._stats.clear()
         self._co.clear()
         self._creators.clear()
         with self._lock:
             self._tops = {}
             self._meta = (0, 0, float("-inf"))
-
-    def _scan(self, prefix: str) -> Iterable[str]:
-        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in prefix) + "*"
-        for key in self.client.scan_iter(match=pattern, count=1000):
-            yield key.decode() if isinstance(key, bytes) else key
-
-    def clear(self) -> None:
-        """Delete every key of this state's prefix (tests, and ``rebuild-live --flush``)."""
-        keys = list(self._scan(self.prefix))
-        for k in range(0, len(keys), _BATCH):
-            self.client.delete(*keys[k:k + _BATCH])
-        self._stats.clear()
-        self._co.clear()
-        self._creators.clear()
-        self._tops = {}
-        self._meta = (0, 0, float("-inf"))
 
     # -- reads ----------------------------------------------------------------------------------
     def _read_meta(self) -> tuple[int, int]:
@@ -579,13 +406,8 @@ class RedisLiveState:
         return int(self.client.zcard(self.prefix + "feedonly"))
 
     def _fetch_stats(self, item_ids: list[str]) -> list[ItemStats]:
-        """One script call per 2,000 items (a single round trip for a feed's reads)."""
         self.flush()
-        out: list[ItemStats] = []
-        for k in range(0, len(item_ids), _BATCH):
-            flat = self._item_stats(args=[self.prefix, *item_ids[k:k + _BATCH]])
-            out += [_stats(flat[j:j + 7]) for j in range(0, len(flat), 7)]
-        return out
+        return read_item_stats(self._item_stats, self.prefix, item_ids)
 
     def _fetch_creators(self, creators: list[str]) -> list[int]:
         self.flush()
@@ -593,10 +415,7 @@ class RedisLiveState:
 
     def _fetch_co(self, item_ids: list[str]) -> list[list[tuple[str, int]]]:
         self.flush()
-        pipe = self.client.pipeline(transaction=False)
-        for i in item_ids:
-            pipe.zrevrange(self.prefix + "co:" + i, 0, self._co_size - 1, withscores=True)
-        return [[(m.decode(), int(s)) for m, s in rows] for rows in pipe.execute()]
+        return read_co_engaged(self.client, self.prefix, item_ids, self._co_size)
 
     def item_stats(self, item_id: str) -> ItemStats:
         return self._stats.get_many([item_id])[0]
@@ -623,34 +442,9 @@ class RedisLiveState:
         return self._top(("region", region), n)
 
     def _top(self, key, n: int) -> list[tuple[str, float]]:
-        """Cached like the in-memory backend's lists: recomputed when the state moved by
-        ``trending_refresh_events`` or the list is older than ``trending_refresh_seconds``."""
-        version = self.version
-        cached = self._tops.get(key)
-        if cached is not None and cached[2] >= n:
-            made_version, made_at, _, top = cached
-            if (made_version == version
-                    or (version - made_version < self.trending_refresh_events
-                        and time.monotonic() - made_at < self.trending_refresh_seconds)):
-                return top[:n]
-        size = max(n, 500)
-        top = self._read_top(key, size)
-        self._tops[key] = (version, time.monotonic(), size, top)
-        return top[:n]
+        def read(size: int) -> list[tuple[str, float]]:
+            self.flush()
+            return read_top(self.client, self.prefix, key, size)
 
-    def _read_top(self, key, size: int) -> list[tuple[str, float]]:
-        """The top ``size`` by score, ties in the order the items entered the list (as the
-        in-memory backend's counters keep them). Two or three round trips."""
-        self.flush()
-        p = self.prefix
-        name = {"trending": "trend", "popular": "pop"}.get(key) or "reg:" + key[1]
-        rows = self.client.zrevrange(p + name, 0, size - 1, withscores=True)
-        if len(rows) == size:  # the items tied with the last one may lie beyond it
-            rows = self.client.zrevrangebyscore(p + name, "+inf", rows[-1][1], withscores=True)
-        first_key = p + "first:" + name
-        rows = [(m.decode(), s) for m, s in rows if s > 1e-9]
-        if not rows:
-            return []
-        firsts = self.client.hmget(first_key, [m for m, _ in rows])
-        order = sorted(range(len(rows)), key=lambda k: (-rows[k][1], int(firsts[k] or 0)))
-        return [rows[k] for k in order[:size]]
+        return cached_top(self._tops, key, n, self.version, self.trending_refresh_events,
+                          self.trending_refresh_seconds, read)

@@ -111,6 +111,7 @@ while a <= #ARGV do
   end
   a = a + 17 + nco
 end
+if version == 0 then version = redis.call('INCR', p .. 'version') end  -- a write without event
 return {1, version, string.format('%d', clock)}
 """
 

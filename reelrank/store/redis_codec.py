@@ -1,0 +1,244 @@
+"""The parts of the Redis live state (``store/redis_live.py``) that are not the state itself:
+the viewer's state as JSON, item counters from a script's reply, the live-state URL, the
+read cache each process keeps of item-level values, the readers of keys and top lists, an
+event's fold (the in-memory backend's code) and the swap of a rebuilt state's keys.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import fields
+from typing import Callable, Iterable, Iterator
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+from reelrank.store.live import HistoryEntry, ItemStats, UserState
+from reelrank.store.memory import MemoryLiveState
+from reelrank.types import HOUR_MS, Event, Token
+
+DEFAULT_PREFIX = "reelrank:"
+_ENTRY_TYPES = {"history": HistoryEntry, "tokens": Token}
+# One C call per entry (a history holds 200, the tokens 100; encoding is most of an event's cost).
+_ENTRY_ROWS = {name: operator.attrgetter(*(f.name for f in fields(cls)))
+               for name, cls in _ENTRY_TYPES.items()}
+BATCH = 2000  # commands per pipeline in bulk writes and reads
+
+
+# -- the viewer's state as JSON (never pickle: whoever can write to Redis could run code) --------
+def encode_user(u: UserState) -> str:
+    out: dict = {}
+    for f in fields(UserState):
+        name = f.name
+        if name in ("user_id", "served"):  # the id is in the key; what feeds sent has its own
+            continue
+        value = getattr(u, name)
+        if isinstance(value, deque):
+            row = _ENTRY_ROWS.get(name)
+            out[name] = list(map(row, value)) if row else list(value)
+        elif isinstance(value, dict):  # Counter and plain dicts: pairs keep int keys ints
+            out[name] = list(value.items())
+        elif isinstance(value, set):
+            out[name] = list(value)
+        elif value is None or isinstance(value, (int, float, str)):
+            out[name] = value
+        else:  # a new field of a kind this encoding does not know must not be dropped silently
+            raise TypeError(f"UserState.{name}: cannot encode {type(value).__name__}")
+    return json.dumps(out, separators=(",", ":"))
+
+
+def decode_user(user_id: str, text: str | bytes) -> UserState:
+    u = UserState(user_id)
+    for name, value in json.loads(text).items():
+        current = getattr(u, name)
+        if isinstance(current, deque):
+            cls = _ENTRY_TYPES.get(name)
+            current.extend(cls(*row) for row in value) if cls else current.extend(value)
+        elif isinstance(current, Counter):
+            setattr(u, name, Counter(dict(map(tuple, value))))
+        elif isinstance(current, dict):
+            setattr(u, name, dict(map(tuple, value)))
+        elif isinstance(current, set):
+            setattr(u, name, set(value))
+        else:
+            setattr(u, name, value)
+    return u
+
+
+def stats_from_row(row: list) -> ItemStats:
+    """Counters from the ITEM_STATS script's seven values (empty where none)."""
+    im, vw, lv, lk, sh, ng, wr = row
+    return ItemStats(int(im or 0), int(vw or 0), int(lv or 0), int(lk or 0), int(sh or 0),
+                     int(ng or 0), float(wr or 0.0))
+
+
+def parse_live_url(url: str) -> tuple[str, str]:
+    """``redis://host:port/db?prefix=x:`` -> (the URL for redis-py, the key prefix)."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    prefix = query.pop("prefix", [DEFAULT_PREFIX])[0]
+    rest = "&".join(f"{k}={v}" for k, vs in query.items() for v in vs)
+    return urlunsplit(parts._replace(query=rest)), prefix
+
+
+class ReadCache:
+    """Values fetched from Redis, trusted until this process marks them dirty, ``invalidate``
+    reports another process changed them, or ``max_age`` seconds pass; a read that finds one
+    stale refetches it with every other dirty or expired value in one round trip."""
+
+    def __init__(self, fetch: Callable[[list[str]], list], max_age: float,
+                 max_size: int = 200_000) -> None:
+        self._fetch = fetch
+        self.max_age = max_age
+        self.max_size = max_size
+        self._values: dict = {}
+        self._dirty: set = set()
+        self._epoch = time.monotonic()
+        self._lock = threading.Lock()
+
+    def mark(self, keys: Iterable) -> None:
+        with self._lock:
+            self._dirty.update(k for k in keys if k in self._values)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._values, self._dirty = {}, set()
+
+    def get_many(self, keys: list) -> list:
+        values = self._values
+        with self._lock:
+            expired = time.monotonic() - self._epoch >= self.max_age
+            missing = [k for k in keys if k not in values or k in self._dirty] if not expired else []
+            if not expired and not missing:
+                return [values[k] for k in keys]
+            wanted = dict.fromkeys(keys)
+            wanted.update(dict.fromkeys(self._dirty))
+            if expired:
+                wanted.update(dict.fromkeys(values))
+            order = list(wanted)
+        fetched = self._fetch(order)
+        with self._lock:
+            if len(values) + len(order) > self.max_size:
+                values.clear()
+            values.update(zip(order, fetched))
+            self._dirty.difference_update(order)
+            if expired:
+                self._epoch = time.monotonic()
+            return [values[k] for k in keys]
+
+
+def scan_keys(client, prefix: str) -> Iterator[str]:
+    """Every key under ``prefix`` (glob characters in it escaped)."""
+    pattern = "".join("\\" + c if c in "*?[]\\" else c for c in prefix) + "*"
+    for key in client.scan_iter(match=pattern, count=1000):
+        yield key.decode() if isinstance(key, bytes) else key
+
+
+def read_item_stats(script, p: str, item_ids: list[str]) -> list[ItemStats]:
+    """Item counters through the ITEM_STATS script, one call per ``BATCH`` items (a single
+    round trip for a feed's reads: a pipeline of HMGETs costs more in the client than in
+    Redis)."""
+    out: list[ItemStats] = []
+    for k in range(0, len(item_ids), BATCH):
+        flat = script(args=[p, *item_ids[k:k + BATCH]])
+        out += [stats_from_row(flat[j:j + 7]) for j in range(0, len(flat), 7)]
+    return out
+
+
+def read_co_engaged(client, p: str, item_ids: list[str],
+                    size: int) -> list[list[tuple[str, int]]]:
+    """The top ``size`` co-engaged items of each, in one pipeline."""
+    pipe = client.pipeline(transaction=False)
+    for i in item_ids:
+        pipe.zrevrange(p + "co:" + i, 0, size - 1, withscores=True)
+    return [[(m.decode(), int(s)) for m, s in rows] for rows in pipe.execute()]
+
+
+def read_top(client, p: str, key, size: int) -> list[tuple[str, float]]:
+    """The top ``size`` of a list ("trending", "popular" or ("region", r)) by score, ties in
+    the order the items entered the list (as the in-memory backend's counters keep them).
+    Two or three round trips."""
+    name = {"trending": "trend", "popular": "pop"}.get(key) or "reg:" + key[1]
+    rows = client.zrevrange(p + name, 0, size - 1, withscores=True)
+    if len(rows) == size:  # the items tied with the last one may lie beyond it
+        rows = client.zrevrangebyscore(p + name, "+inf", rows[-1][1], withscores=True)
+    rows = [(m.decode(), s) for m, s in rows if s > 1e-9]
+    if not rows:
+        return []
+    firsts = client.hmget(p + "first:" + name, [m for m, _ in rows])
+    order = sorted(range(len(rows)), key=lambda k: (-rows[k][1], int(firsts[k] or 0)))
+    return [rows[k] for k in order[:size]]
+
+
+def fold_event(scratch: MemoryLiveState, state: UserState | None, event: Event,
+               interests: bool, window_ms: int) -> tuple[UserState, list, list[str]]:
+    """The viewer after the event, the APPLY script's arguments for what the event changed for
+    its item (up to the stream payload), and the items whose co-engagement with it grew: as the
+    in-memory backend computes them, over ``scratch``, an empty state given this viewer alone."""
+    if state is not None:
+        scratch.put_user(state)
+    scratch.apply(event, interests)
+    u = scratch.user(event.user_id)
+    item = scratch.catalog.get(event.item_id)
+    assert u is not None and item is not None  # the caller checked the item is known
+    s = scratch.item_stats(event.item_id)
+    likes = -1 if event.type == "unlike" else s.likes
+    top = scratch.popular(1)
+    weight = top[0][1] if top else 0.0
+    region = ""
+    if weight > 0 and u.region and scratch.popular_in_region(u.region, 1):
+        region = u.region
+    co = [other for other, _ in scratch.co_engaged(event.item_id, 1 << 30)]
+    return u, [event.item_id, item.creator_id, str(event.ts), s.impressions, s.views,
+               s.long_views, likes, s.shares, s.negatives, repr(s.watch_ratio_sum),
+               scratch.creator_impressions(item.creator_id), repr(weight), region, window_ms,
+               HOUR_MS], co
+
+
+def swap_keys(client, p: str, q: str) -> None:
+    """Rename the keys under ``q`` (a rebuilt state) over those under ``p``, keeping what the
+    log does not hold: what feeds sent to viewers still present, the feed-only viewers, and the
+    fan-out stream with its consumer groups."""
+    keep = (p + "s:", p + "feedonly", p + "fo:", p + "stream")
+    mine = [k for k in scan_keys(client, p) if not k.startswith(keep)]
+    theirs = list(scan_keys(client, q))
+    new_users = {m.decode() for m in client.smembers(q + "users")}
+    pipe = client.pipeline(transaction=True)
+    if mine:
+        pipe.delete(*mine)
+    for k in theirs:
+        pipe.rename(k, p + k[len(q):])
+    pipe.execute()
+    # Viewers with events now are no longer feed-only; served lists of viewers gone go.
+    feed_only = {m.decode() for m in client.zrange(p + "feedonly", 0, -1)}
+    pipe = client.pipeline(transaction=False)
+    back = feed_only & new_users
+    if back:
+        pipe.zrem(p + "feedonly", *back)
+    for k in scan_keys(client, p + "s:"):
+        uid = k[len(p) + 2:]
+        if uid not in new_users and uid not in feed_only:
+            pipe.delete(k)
+    pipe.incr(p + "version")
+    pipe.execute()
+
+
+def cached_top(tops: dict, key, n: int, version: int, refresh_events: int,
+               refresh_seconds: float,
+               read: Callable[[int], list[tuple[str, float]]]) -> list[tuple[str, float]]:
+    """A top list from ``tops`` (key -> (version, made at, size, list)), read again as the
+    in-memory backend's lists are ranked again: when the state moved by ``refresh_events`` or
+    the list is older than ``refresh_seconds``."""
+    cached = tops.get(key)
+    if cached is not None and cached[2] >= n:
+        made_version, made_at, _, top = cached
+        if (made_version == version
+                or (version - made_version < refresh_events
+                    and time.monotonic() - made_at < refresh_seconds)):
+            return top[:n]
+    size = max(n, 500)
+    top = read(size)
+    tops[key] = (version, time.monotonic(), size, top)
+    return top[:n]
