@@ -1,7 +1,7 @@
 """Fairness benchmark: what the diversity and exploration settings do to engagement, topic
 diversity and creator exposure, on the synthetic world and on a KuaiRand replay.
 
-Settings (``reelrank.audit.SETTINGS``): ``off`` (score order, no exploration), ``v0`` (the engine
+Settings (``reelrank.eval.audit.SETTINGS``): ``off`` (score order, no exploration), ``v0`` (the engine
 before this work: never one creator twice in a row, the fresh-uploads source), ``default`` and
 ``strong``. Each world is run once per setting, in the same process, on the same data:
 
@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from reelrank.audit import (  # noqa: E402
+from reelrank.eval.audit import (  # noqa: E402
     SIM_COLUMNS, _plain, audit_simulation, entropy_over_time, markdown_table, settings_named,
 )
 

@@ -347,7 +347,7 @@ def audit(
     on a simulator run or a replay of real data."""
     import torch
 
-    from reelrank.audit import run_audit, settings_named
+    from reelrank.eval.audit import run_audit, settings_named
 
     _logging("warning")
     torch.set_num_threads(1)

@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import cast
 
 from reelrank.errors import FieldProblem, NotFoundError, ValidationError
 from reelrank.pipeline.context import FeedContext
@@ -26,7 +27,7 @@ from reelrank.pipeline.rank import Scored
 from reelrank.pipeline.served import default_pipeline, offline_pipeline
 from reelrank.pipeline.side_effects import Calls, SideEffects
 from reelrank.pipeline.traces import DEFAULT_TRACE_BUDGET_BYTES, TraceKeeper
-from reelrank.registry import ModelRegistry
+from reelrank.registry import ModelMeta, ModelRegistry
 from reelrank.store import new_live_state
 from reelrank.store.base import AppendResult, Store
 from reelrank.store.live import LiveState
@@ -200,6 +201,16 @@ class Engine:
             "score": s.score if s else None, "predictions": s.predictions if s else {},
             "filters": removed, "rerank": [], "model_version": self.pipeline.scorer.version,
         }
+
+    @property
+    def model_version(self) -> str:
+        """The version the feed is scored with (``heuristic-v0`` before any model)."""
+        return self.pipeline.scorer.version
+
+    def serving_meta(self) -> ModelMeta:
+        """What the model version being served says about itself ({} before any model)."""
+        current = self.models.current
+        return cast(ModelMeta, current.meta) if current is not None else {}
 
     def trace_usage(self) -> dict:
         """What the kept traces hold against their budget (``GET /v1/stats``)."""

@@ -30,7 +30,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import safetensors
 import safetensors.torch
@@ -106,11 +106,33 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
+class ModelMeta(TypedDict, total=False):
+    """What a version says about itself (its ``meta.json``): the contract between training,
+    which writes it, and serving, which reads it. Every key is optional: a batch version has
+    ``metrics`` and ``config``, an online one ``base_version`` and the log position it learned
+    through, and versions written before a key existed lack it."""
+
+    version: str  # set by ``publish``
+    published_at: int  # ms, set by ``publish``
+    # batch training (train/job.py)
+    metrics: dict[str, Any]
+    config: dict[str, Any]
+    topics: dict[str, Any]  # the learned topics (learned_topics.py)
+    # the online trainer (train/handover.py, train/online.py)
+    base_version: str  # the batch version its weights descend from
+    retrieval_version: str  # whose retrieval weights it carries (same: serving keeps its index)
+    ranker_items_version: str  # the ranker's item vocabulary (same: serving keeps its tables)
+    retrieval_items_version: str  # the retrieval model's item vocabulary
+    through_seq: int  # the event log position it learned through
+    through_ts: int  # every view that ended by this time (ms) is in its weights
+    online: dict[str, Any]  # steps, rows and the join's counters
+
+
 @dataclass(frozen=True)
 class Artifact:
     version: str
     state: dict[str, Any]
-    meta: dict[str, Any]
+    meta: ModelMeta
 
 
 class ModelRegistry:
@@ -119,7 +141,7 @@ class ModelRegistry:
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
 
-    def publish(self, state: dict[str, Any], meta: dict[str, Any],
+    def publish(self, state: dict[str, Any], meta: ModelMeta | dict[str, Any],
                 reuse: dict[str, str] | None = None) -> str:
         """Write a new version and make it the latest; returns its name. ``reuse``: part name
         -> an earlier version whose file of that part this version shares (the state's value
@@ -193,7 +215,7 @@ class ModelRegistry:
         """Whether ``version`` keeps ``part`` in a file of its own (one ``reuse`` can link)."""
         return (self.root / version / _part_file(part)).is_file()
 
-    def meta(self, version: str) -> dict[str, Any]:
+    def meta(self, version: str) -> ModelMeta:
         return json.loads((self.root / version / "meta.json").read_text())
 
     def prune(self, keep: int = 5) -> list[str]:

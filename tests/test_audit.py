@@ -8,7 +8,7 @@ import math
 import pytest
 from typer.testing import CliRunner
 
-from reelrank.audit import SETTINGS, audit_simulation, settings_named
+from reelrank.eval.audit import SETTINGS, audit_simulation, settings_named
 from reelrank.cli import app
 
 TINY = dict(users=30, items=600, days=2, swipes=15, seed=3)

@@ -42,8 +42,6 @@ PENDING: dict[tuple[str, str], str] = {
     ("learned_topics.py", "size"): IN_FLUX,
     ("store/redis_live.py", "size"): IN_FLUX,
     ("cli.py", "size"): IN_FLUX + " (the scale-out commands); then a cli/ package",
-    ("eval/peers.py", "size"): "to split: the peer libraries' adapters apart",
-    ("eval/simulator.py", "size"): "to split: the world apart from the viewers",
 }
 
 

@@ -56,7 +56,7 @@ class FairnessSetting:
 
     def pipeline(self, engine, pools: tuple[int, ...], explore_kw: dict | None = None
                  ) -> FeedPipeline:
-        from reelrank.engine import default_pipeline
+        from reelrank.pipeline.served import default_pipeline
         from reelrank.pipeline.sources import FreshSource
 
         explore = self.explore(pools, explore_kw or {})

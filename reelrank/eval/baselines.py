@@ -32,11 +32,9 @@ import numpy as np
 from tqdm import tqdm
 
 from reelrank.eval.data import Interactions
-from reelrank.types import Event, Item
+from reelrank.types import DAY_MS, Event, Item
 
 logger = logging.getLogger(__name__)
-
-DAY_MS = 86_400_000
 
 
 class RandomRecommender:

@@ -9,6 +9,7 @@ measured on exactly the same data.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -67,3 +68,20 @@ class Recommender(Protocol):
     def score_users(self, users: np.ndarray) -> np.ndarray:
         """(len(users),) user indices -> (len(users), n_items) float32 scores, higher is better."""
         ...
+
+
+# -- for the adapters of peer libraries (eval/peers.py, eval/peers_recbole.py) ----------------
+def library_version(dist: str) -> str | None:
+    """The installed version of a distribution, or None."""
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def as_user_index(users: np.ndarray, n_users: int) -> np.ndarray:
+    """User indices as a flat int64 array, each checked to lie in ``[0, n_users)``."""
+    u = np.asarray(users, dtype=np.int64).ravel()
+    if u.size and (u.min() < 0 or u.max() >= n_users):
+        raise IndexError(f"user indices must lie in [0, {n_users})")
+    return u

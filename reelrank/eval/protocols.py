@@ -48,11 +48,10 @@ import numpy as np
 
 from reelrank.eval.data import Interactions
 from reelrank.features import TASKS, Example, join_events
-from reelrank.types import Event, Item
+from reelrank.types import DAY_MS, Event, Item
 
 logger = logging.getLogger(__name__)
 
-DAY_MS = 86_400_000
 JOIN_WINDOW_MS = 3_600_000
 # Dataset name on the command line -> (importer module, protocol, UTC offset of its local days).
 DATASET_KINDS: dict[str, tuple[str, str, int]] = {

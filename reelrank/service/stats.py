@@ -82,8 +82,7 @@ class LiveStats(SideEffect):
         over_time = exposure.pop("over_time")
         with self._lock:
             recent = sorted(self._latencies)
-        current = engine.models.current
-        published = current.meta.get("published_at") if current is not None else None
+        published = engine.serving_meta().get("published_at")
         return {
             "events_per_second": round(self.events_per_second(), 3),
             "events_window_s": self.window_s,
@@ -94,7 +93,7 @@ class LiveStats(SideEffect):
             },
             "http_feed_latency_ms": self._http_latency(),
             "model": {
-                "version": engine.pipeline.scorer.version,
+                "version": engine.model_version,
                 "published_at": published,
                 "age_s": (round(time.time() - published / 1000.0, 1)
                           if isinstance(published, (int, float)) else None),

@@ -35,8 +35,7 @@ def get_job(job_id: Annotated[Id, Path()], runtime: RuntimeDep) -> dict:
 def trainer_status(engine: EngineDep, runtime: RuntimeDep) -> dict:
     """The online trainer in this process (``null`` when it runs elsewhere or not at all) and
     what serving runs: its version and the event time its weights have learned through."""
-    current = engine.models.current
-    meta = current.meta if current is not None else {}
+    meta = engine.serving_meta()
     return {
         "trainer": runtime.trainer_status(),
         "serving": {"version": engine.models.version, "base_version": meta.get("base_version"),

@@ -13,7 +13,7 @@ router = APIRouter(tags=["operations"])
 @router.get("/healthz", response_model=HealthResponse)
 def healthz(engine: EngineDep) -> HealthResponse:
     """200 once the app exists: it is built on an engine whose state is already loaded."""
-    return HealthResponse(status="ok", model_version=engine.pipeline.scorer.version)
+    return HealthResponse(status="ok", model_version=engine.model_version)
 
 
 @router.get("/metrics", response_class=Response)

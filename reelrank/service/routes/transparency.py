@@ -43,7 +43,7 @@ def transparency(engine: EngineDep, runtime: RuntimeDep) -> dict[str, Any]:
     wb = pipeline.wellbeing
     rr = pipeline.reranker
     return {
-        "model_version": pipeline.scorer.version,
+        "model_version": engine.model_version,
         "summary": (
             "Your personalized feed is ordered by two predictions from neural networks trained "
             "on viewers' behaviour: how likely you are to pick each video next given what you "
