@@ -6,16 +6,17 @@ event's fold (the in-memory backend's code) and the swap of a rebuilt state's ke
 
 from __future__ import annotations
 
+import itertools
 import json
 import operator
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import fields
 from typing import Callable, Iterable, Iterator
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
-from reelrank.store.live import HistoryEntry, ItemStats, UserState
+from reelrank.store.live import CatalogView, HistoryEntry, ItemStats, UserState
 from reelrank.store.memory import MemoryLiveState
 from reelrank.types import HOUR_MS, Event, Token
 
@@ -84,18 +85,22 @@ def parse_live_url(url: str) -> tuple[str, str]:
 
 
 class ReadCache:
-    """Values fetched from Redis, trusted until this process marks them dirty, ``invalidate``
-    reports another process changed them, or ``max_age`` seconds pass; a read that finds one
-    stale refetches it with every other dirty or expired value in one round trip."""
+    """Values fetched from Redis, trusted until this process marks them dirty (its own writes,
+    or ``mark`` when the fan-out says another process changed them) or ``max_age`` seconds
+    after they were fetched. A read that finds a value stale or missing fetches, in the same
+    call, every dirty value, the oldest expired ones and, while ``warm`` (keys to read ahead,
+    likeliest last) has more, keys never read: a feed that reads hundreds of values one at a
+    time (the heuristic scorer, the exploration pool) makes one call, not one per value."""
 
     def __init__(self, fetch: Callable[[list[str]], list], max_age: float,
-                 max_size: int = 200_000) -> None:
+                 max_size: int = 200_000, warm: Callable[[], list] | None = None) -> None:
         self._fetch = fetch
         self.max_age = max_age
         self.max_size = max_size
-        self._values: dict = {}
+        self._values: OrderedDict = OrderedDict()  # key -> (value, fetched at), oldest first
         self._dirty: set = set()
-        self._epoch = time.monotonic()
+        self._warm = warm
+        self._ahead: list | None = None
         self._lock = threading.Lock()
 
     def mark(self, keys: Iterable) -> None:
@@ -104,29 +109,51 @@ class ReadCache:
 
     def clear(self) -> None:
         with self._lock:
-            self._values, self._dirty = {}, set()
+            self._values, self._dirty, self._ahead = OrderedDict(), set(), None
 
     def get_many(self, keys: list) -> list:
-        values = self._values
+        now = time.monotonic()
         with self._lock:
-            expired = time.monotonic() - self._epoch >= self.max_age
-            missing = [k for k in keys if k not in values or k in self._dirty] if not expired else []
-            if not expired and not missing:
-                return [values[k] for k in keys]
-            wanted = dict.fromkeys(keys)
-            wanted.update(dict.fromkeys(self._dirty))
-            if expired:
-                wanted.update(dict.fromkeys(values))
+            values, dirty, max_age = self._values, self._dirty, self.max_age
+            stale = [k for k in keys
+                     if k not in values or k in dirty or now - values[k][1] >= max_age]
+            if not stale:
+                return [values[k][0] for k in keys]
+            wanted = dict.fromkeys(stale)
+            wanted.update(dict.fromkeys(itertools.islice(dirty, BATCH)))
+            for k, (_, at) in values.items():  # the oldest first
+                if len(wanted) >= 2 * BATCH or now - at < max_age:
+                    break
+                wanted[k] = None
+            if self._warm is not None and any(k not in values for k in stale):
+                if self._ahead is None:
+                    self._ahead = list(self._warm())
+                while self._ahead and len(wanted) < 3 * BATCH:
+                    k = self._ahead.pop()
+                    if k not in values:
+                        wanted[k] = None
             order = list(wanted)
-        fetched = self._fetch(order)
+            # Marked again while the fetch runs: still dirty afterwards.
+            dirty.difference_update(order)
+        try:
+            got = dict(zip(order, self._fetch(order)))
+        except BaseException:
+            with self._lock:
+                self._dirty.update(k for k in order if k in self._values)
+            raise
+        now = time.monotonic()
         with self._lock:
-            if len(values) + len(order) > self.max_size:
-                values.clear()
-            values.update(zip(order, fetched))
-            self._dirty.difference_update(order)
-            if expired:
-                self._epoch = time.monotonic()
-            return [values[k] for k in keys]
+            for k, v in got.items():
+                values[k] = (v, now)
+                values.move_to_end(k)
+            while len(values) > self.max_size:
+                values.popitem(last=False)
+        return [got[k] if k in got else values[k][0] for k in keys]
+
+
+def creators_of(catalog: CatalogView) -> list[str]:
+    """Every creator in the catalog, once each (what the creator cache reads ahead)."""
+    return list({it.creator_id: None for it in catalog.get_many(catalog.ids()) if it})
 
 
 def scan_keys(client, prefix: str) -> Iterator[str]:

@@ -40,14 +40,13 @@ from typing import Iterable
 
 import redis
 
-from reelrank.store import live as live_api
 from reelrank.store.fanout import Fanout
-from reelrank.store.live import ItemStats, UserState
+from reelrank.store.live import Catalog, ItemStats, UserState
 from reelrank.store.memory import MemoryLiveState
-from reelrank.store.redis_codec import (BATCH, DEFAULT_PREFIX, ReadCache, decode_user,
-                                        encode_user, fold_event, parse_live_url,
-                                        read_co_engaged, read_item_stats, read_top, scan_keys,
-                                        swap_keys, cached_top)
+from reelrank.store.redis_codec import (BATCH, DEFAULT_PREFIX, ReadCache, cached_top,
+                                        creators_of, decode_user, encode_user, fold_event,
+                                        parse_live_url, read_co_engaged, read_item_stats,
+                                        read_top, scan_keys, swap_keys)
 from reelrank.store.redis_lua import APPLY, FORGET_USER, ITEM_STATS, PUT_USER, RECORD_SERVED
 from reelrank.types import DAY_MS, Event
 
@@ -57,7 +56,7 @@ __all__ = ["DEFAULT_PREFIX", "RedisLiveState", "decode_user", "encode_user", "pa
 class RedisLiveState:
     """Per-viewer and per-item state in Redis (see the module's docstring)."""
 
-    def __init__(self, catalog: live_api.Catalog, client, *, prefix: str = DEFAULT_PREFIX,
+    def __init__(self, catalog: Catalog, client, *, prefix: str = DEFAULT_PREFIX,
                  trending_window_ms: int = DAY_MS, co_engagement_span: int = 10,
                  served_memory: int = 500, trending_refresh_events: int = 1000,
                  trending_refresh_seconds: float = 2.0, background_refresh: bool = False,
@@ -90,8 +89,9 @@ class RedisLiveState:
         # Redis whether the script exists before every pipeline, one more round trip each.
         self._load_scripts()
         self._meta = (0, 0, float("-inf"))  # version, clock, when read
-        self._stats = ReadCache(self._fetch_stats, stats_max_age_s)
-        self._creators = ReadCache(self._fetch_creators, stats_max_age_s)
+        self._stats = ReadCache(self._fetch_stats, stats_max_age_s, warm=catalog.ids)
+        self._creators = ReadCache(self._fetch_creators, stats_max_age_s,
+                                   warm=lambda: creators_of(catalog))
         self._co = ReadCache(self._fetch_co, stats_max_age_s)
         self._co_size = max(50, co_engagement_span * 3)
         self._tops: dict = {}
@@ -108,7 +108,7 @@ class RedisLiveState:
         pipe.evalsha(self._apply.sha, 0, *args)
 
     @classmethod
-    def from_url(cls, catalog: live_api.Catalog, url: str, **options) -> RedisLiveState:
+    def from_url(cls, catalog: Catalog, url: str, **options) -> RedisLiveState:
         """``fanout=True`` among the options: announce on the deployment's stream."""
         target, prefix = parse_live_url(url)
         client = redis.Redis.from_url(target)

@@ -152,6 +152,12 @@ def test_round_trips_of_one_event_and_one_feed(pair, monkeypatch):
     live.co_engaged("v1", 10)  # prefetched with the snapshot
     live.record_served("u", ["v3", "v4"])
     assert counter.n == 2
+    # A process that never read a counter reads the catalog's ahead: one call, not one each.
+    cold = live_on(url, live.catalog)
+    counter.n = 0
+    assert [cold.item_stats(f"v{i}").likes for i in range(6)] == [0, 1, 1, 0, 0, 0]
+    assert [cold.creator_impressions(f"c{i}") for i in range(2)] == [0, 0]
+    assert counter.n == 2
     # A change by another process reaches this one's cache when told (the fan-out) ...
     other = live_on(url, live.catalog, stats_max_age_s=float("inf"))
     other.item_stats("v3")
