@@ -25,7 +25,10 @@ import threading
 import time
 import uuid
 import zlib
+from collections import OrderedDict
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from reelrank.pipeline.context import FeedContext
 from reelrank.pipeline.filters import Filter, Removed
@@ -216,11 +219,75 @@ class RerankPrice:
                     "diversity_share": round((self.replaced - self.explored) / slots, 4)}
 
 
+class ViewerVectors:
+    """The retrieval model's vector of recent viewers, kept between their requests.
+
+    The user tower runs over the viewer's history tokens on every request (about a fifth of a
+    feed's CPU, benchmarks/results/throughput-profile.md), yet its answer depends only on the
+    model version and those tokens. A viewer's next page with neither changed (pages asked for
+    ahead of the swipes, a refresh, a page served by another source of traffic) reuses the
+    vector; any event that changes the tokens, a reset, an erasure (no tokens left) or a new
+    version changes the key, and the tower runs again, so the next page still reflects the
+    last swipe. Entries live at most ``ttl_s`` seconds and at most ``max_viewers`` of them:
+    an erased viewer's vector is not kept longer than that. A hit hands out a copy, so
+    nothing downstream can change the kept one."""
+
+    def __init__(self, max_viewers: int = 10_000, ttl_s: float = 60.0):
+        self.max_viewers = max_viewers
+        self.ttl_s = ttl_s
+        self._lock = threading.Lock()
+        # user id -> (models object, tokens, vector or None, kept at (monotonic s))
+        self._entries: OrderedDict[str, tuple] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def get(self, user_id: str, models: object, tokens: tuple) -> tuple[bool, object]:
+        """(True, vector) when a vector for this version and these tokens is kept."""
+        now = time.monotonic()
+        with self._lock:
+            entry = self._entries.get(user_id)
+            if (entry is None or entry[0] is not models or now - entry[3] > self.ttl_s
+                    or entry[1] != tokens):
+                self.misses += 1
+                return False, None
+            self.hits += 1
+            vector = entry[2]
+        return True, (None if vector is None else vector.copy())
+
+    def put(self, user_id: str, models: object, tokens: tuple, vector) -> None:
+        kept = None if vector is None else np.array(vector, copy=True)
+        now = time.monotonic()
+        with self._lock:
+            self._entries[user_id] = (models, tokens, kept, now)
+            self._entries.move_to_end(user_id)
+            while len(self._entries) > self.max_viewers:
+                self._entries.popitem(last=False)
+            # The oldest go first: whatever is past its time at the front is dropped.
+            while self._entries:
+                first = next(iter(self._entries.values()))
+                if now - first[3] <= self.ttl_s:
+                    break
+                self._entries.popitem(last=False)
+
+    def forget(self, user_id: str) -> None:
+        with self._lock:
+            self._entries.pop(user_id, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+# The key of ``ctx.cache`` where ``reelrank.pipeline.neural.user_vector`` keeps the viewer's
+# vector for the rest of the request.
+_USER_VECTOR_KEY = "retrieval_user"
+
+
 class FeedPipeline:
     def __init__(self, sources: dict[str, list[CandidateSource]], filters: list[Filter],
                  scorer: Scorer, reranker: SpacingReranker | None = None,
                  fallback: CandidateSource | None = None, overfetch: int = 5,
-                 plain_scorer: Scorer | None = None, wellbeing: WellbeingPolicy | None = None):
+                 plain_scorer: Scorer | None = None, wellbeing: WellbeingPolicy | None = None,
+                 viewer_vectors: ViewerVectors | None = None):
         self.sources = sources  # by mode
         self.filters = filters
         self.scorer = scorer
@@ -230,12 +297,15 @@ class FeedPipeline:
         self.overfetch = overfetch
         self.wellbeing = wellbeing or WellbeingPolicy()
         self.price = RerankPrice()
+        # None turns the cache off: every request runs the user tower (the reference path).
+        self.viewer_vectors = viewer_vectors if viewer_vectors is not None else ViewerVectors()
 
     def build(self, ctx: FeedContext) -> FeedResult:
         started = time.perf_counter()
         n = ctx.request.n
         trace = FeedTrace(uuid.uuid4().hex, ctx.request.user_id, ctx.mode, ctx.now)
         want = max(n * self.overfetch, 50)
+        kept_vector = self._viewer_vector(ctx)
 
         for source in self.sources.get(ctx.mode, []):
             self._collect(source, ctx, want, trace)
@@ -260,9 +330,30 @@ class FeedPipeline:
         items = [FeedItem(s.item_id, float(s.score), s.candidate.source, _dedupe(s.reasons))
                  for s in page.items]
         trace.served = [i.item_id for i in items]
+        if kept_vector is not None and _USER_VECTOR_KEY in ctx.cache:
+            cache, models, tokens = kept_vector
+            if models is not None:
+                cache.put(ctx.request.user_id, models, tokens, ctx.cache[_USER_VECTOR_KEY])
         trace.elapsed_ms = (time.perf_counter() - started) * 1000
         return FeedResult(trace.request_id, ctx.request.user_id, ctx.mode, scorer.version,
                           items, trace, notices=self.wellbeing.notices(ctx))
+
+    def _viewer_vector(self, ctx: FeedContext):
+        """Put the viewer's kept vector where the retrieval source and the scorer read it, when
+        one is kept for the model version serving now and the viewer's current tokens. Returns
+        what ``build`` needs to keep the vector afterwards (None: nothing to keep)."""
+        cache = self.viewer_vectors
+        # The neural scorer's ServingModels: the version whose user tower would run.
+        serving = getattr(self.scorer, "models", None)
+        if cache is None or serving is None or not ctx.personalized:
+            return None
+        models = serving.current
+        tokens = tuple(ctx.user.tokens) if ctx.user is not None else ()
+        hit, vector = cache.get(ctx.request.user_id, models, tokens)
+        if hit:
+            ctx.cache[_USER_VECTOR_KEY] = vector
+            return None
+        return cache, models, tokens
 
     def _collect(self, source: CandidateSource, ctx: FeedContext, n: int,
                  trace: FeedTrace) -> None:
@@ -280,8 +371,12 @@ class FeedPipeline:
     def _merge(trace: FeedTrace) -> list[Candidate]:
         """One candidate per item: the best-scoring source leads, every source's reasons stay."""
         merged = []
+        removed = trace.removed
         for item_id, cands in trace.proposals.items():
-            if item_id in trace.removed:
+            if item_id in removed:
+                continue
+            if len(cands) == 1:  # most items: one source proposed them, nothing to merge
+                merged.append(cands[0])
                 continue
             best = max(cands, key=lambda c: c.score)
             reasons = tuple(r for c in sorted(cands, key=lambda c: -c.score) for r in c.reasons)
