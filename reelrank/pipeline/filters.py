@@ -62,6 +62,17 @@ class VisibilityFilter(_PredicateFilter):
             return "unknown item"
         return None if item.visible else "invisible"
 
+    def apply(self, ctx: FeedContext, candidates: list[Candidate]) -> FilterResult:
+        # ``reason_for`` for all of them, the catalog read in one C-level pass.
+        kept, removed = [], []
+        for c, item in zip(candidates, ctx.catalog.get_many([c.item_id for c in candidates])):
+            if item is not None and item.visible:
+                kept.append(c)
+            else:
+                removed.append(Removed(c.item_id, self.name,
+                                       "unknown item" if item is None else "invisible"))
+        return FilterResult(kept, removed)
+
 
 class SeenFilter(_PredicateFilter):
     """Drops what the viewer was already shown (impressions) or sent in an earlier page."""
@@ -77,6 +88,22 @@ class SeenFilter(_PredicateFilter):
             return "already served"
         return None
 
+    def apply(self, ctx: FeedContext, candidates: list[Candidate]) -> FilterResult:
+        # ``reason_for`` inlined: two set lookups per candidate and no call.
+        if ctx.user is None:
+            return FilterResult(list(candidates))
+        seen, served = ctx.user.seen, ctx.user.served
+        kept, removed = [], []
+        for c in candidates:
+            i = c.item_id
+            if i in seen:
+                removed.append(Removed(i, self.name, "seen"))
+            elif i in served:
+                removed.append(Removed(i, self.name, "already served"))
+            else:
+                kept.append(c)
+        return FilterResult(kept, removed)
+
 
 class NotInterestedFilter(_PredicateFilter):
     """Drops items the viewer marked not interested (or reported)."""
@@ -88,11 +115,22 @@ class NotInterestedFilter(_PredicateFilter):
             return "not interested"
         return None
 
+    def apply(self, ctx: FeedContext, candidates: list[Candidate]) -> FilterResult:
+        if ctx.user is None or not ctx.user.not_interested:
+            return FilterResult(list(candidates))  # nothing to remove: no pass at all
+        return super().apply(ctx, candidates)
+
 
 class HiddenCreatorSoundFilter(_PredicateFilter):
     """Drops videos of creators and sounds the viewer said they are not interested in."""
 
     name = "not_interested_creator_sound"
+
+    def apply(self, ctx: FeedContext, candidates: list[Candidate]) -> FilterResult:
+        s = ctx.settings
+        if not (s.hidden_creators or s.hidden_sounds):
+            return FilterResult(list(candidates))  # nothing hidden: no pass at all
+        return super().apply(ctx, candidates)
 
     def reason_for(self, ctx, cand):
         s = ctx.settings
@@ -115,6 +153,11 @@ class MutedKeywordFilter(_PredicateFilter):
     several words matches that sequence of words."""
 
     name = "muted_keyword"
+
+    def apply(self, ctx: FeedContext, candidates: list[Candidate]) -> FilterResult:
+        if not any(_words(w) for w in ctx.settings.muted_keywords):
+            return FilterResult(list(candidates))  # nothing muted: no pass at all
+        return super().apply(ctx, candidates)
 
     def reason_for(self, ctx, cand):
         muted = [(w, _words(w)) for w in ctx.settings.muted_keywords]

@@ -6,6 +6,7 @@ cheap and independent; the feed asks each for more than it needs and a failing o
 
 from __future__ import annotations
 
+import operator
 from collections import Counter
 from typing import Protocol
 
@@ -14,10 +15,38 @@ from reelrank.store.memory import DAY_MS
 from reelrank.types import Candidate, Reason
 
 
+_NEWEST = operator.attrgetter("created_at", "item_id")  # the following feed's order
+
+
 class CandidateSource(Protocol):
     name: str
 
     def generate(self, ctx: FeedContext, n: int) -> list[Candidate]: ...
+
+
+class _Reuse:
+    """The candidates a source last made from a top list, handed out again while the list is
+    the same: trending and popular lists change when live state refreshes them (every
+    thousand events or seconds), not per request, and building a few hundred candidates per
+    page was a measurable share of a feed (benchmarks/results/throughput-profile.md).
+    Candidates are immutable, so pages may share them. Keyed by what the list depends on
+    (for regional popularity, the region and language), at most ``size`` keys."""
+
+    def __init__(self, size: int = 256):
+        self.size = size
+        self._made: dict = {}  # key -> (pairs, candidates)
+
+    def get(self, key, pairs: list) -> list[Candidate] | None:
+        made = self._made.get(key)
+        if made is not None and made[0] == pairs:
+            return list(made[1])
+        return None
+
+    def put(self, key, pairs: list, candidates: list[Candidate]) -> list[Candidate]:
+        if len(self._made) >= self.size and key not in self._made:
+            self._made.clear()  # many regions and languages asked for: start over
+        self._made[key] = (list(pairs), list(candidates))
+        return candidates
 
 
 def _normalise(pairs: list[tuple[str, float]]) -> list[tuple[str, float]]:
@@ -33,14 +62,21 @@ class TrendingSource:
 
     name = "trending"
 
+    def __init__(self) -> None:
+        self._reuse = _Reuse()
+
     def generate(self, ctx: FeedContext, n: int) -> list[Candidate]:
         pairs = ctx.live.trending(n)
-        reason = Reason("trending", "popular right now")
         if len(pairs) < n:
             known = {i for i, _ in pairs}
             pairs += [(i, s * 0.5) for i, s in ctx.live.popular(n + len(pairs)) if i not in known]
             pairs = pairs[:n]
-        return [Candidate(i, self.name, s, (reason,)) for i, s in _normalise(pairs)]
+        made = self._reuse.get(None, pairs)
+        if made is not None:
+            return made
+        reason = Reason("trending", "popular right now")
+        return self._reuse.put(None, pairs, [Candidate(i, self.name, s, (reason,))
+                                             for i, s in _normalise(pairs)])
 
 
 class PopularSource:
@@ -50,10 +86,17 @@ class PopularSource:
 
     name = "popular"
 
+    def __init__(self) -> None:
+        self._reuse = _Reuse()
+
     def generate(self, ctx: FeedContext, n: int) -> list[Candidate]:
+        pairs = ctx.live.popular(n)
+        made = self._reuse.get(None, pairs)
+        if made is not None:
+            return made
         reason = Reason("popular", "popular with viewers")
-        return [Candidate(i, self.name, s, (reason,))
-                for i, s in _normalise(ctx.live.popular(n))]
+        return self._reuse.put(None, pairs, [Candidate(i, self.name, s, (reason,))
+                                             for i, s in _normalise(pairs)])
 
 
 class RegionalPopularSource:
@@ -65,6 +108,7 @@ class RegionalPopularSource:
 
     def __init__(self, other_language_factor: float = 0.5):
         self.other_language_factor = other_language_factor
+        self._reuse = _Reuse()
 
     def generate(self, ctx: FeedContext, n: int) -> list[Candidate]:
         region = ctx.region
@@ -72,6 +116,15 @@ class RegionalPopularSource:
             return []
         pairs = ctx.live.popular_in_region(region, n * 2)
         language = ctx.request.language
+        # With a language, the weights read the items' languages too: an upload changes them.
+        key = (region, language, n, ctx.catalog.version if language else None)
+        made = self._reuse.get(key, pairs)
+        if made is not None:
+            return made
+        return self._reuse.put(key, pairs, self._make(ctx, pairs, region, language, n))
+
+    def _make(self, ctx: FeedContext, pairs: list, region: str, language: str | None,
+              n: int) -> list[Candidate]:
         if language:
             weighted = []
             for item_id, score in pairs:
@@ -144,11 +197,9 @@ class FollowingSource:
             return []
         items = []
         for creator in ctx.user.following:
-            for item_id in ctx.catalog.by_creator(creator):
-                item = ctx.catalog.get(item_id)
-                if item is not None:
-                    items.append(item)
-        items.sort(key=lambda it: (it.created_at, it.item_id), reverse=True)
+            items += ctx.catalog.get_many(ctx.catalog.by_creator(creator))  # one C-level pass
+        items = [it for it in items if it is not None]
+        items.sort(key=_NEWEST, reverse=True)
         reason = Reason("following", "you follow this creator")
         newest = items[0].created_at if items else 0
         span = max(1, newest - (items[min(len(items), n) - 1].created_at if items else 0))
