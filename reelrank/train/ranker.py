@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from reelrank.features import DENSE_FEATURES, RankingRow
+from reelrank.models.embeddings import PAD_ROW
 from reelrank.models.ranker import CONTEXT_FIELDS, TASKS, RankInputs, Ranker
 from reelrank.models.retrieval import (
     FLAGS, HistoryInputs, ItemInputs, N_DURATION_BUCKETS, duration_bucket, gap_bucket,
@@ -47,11 +48,19 @@ class RankerConfig:
     # 0.601), and it leaves the heads uncalibrated (AUC 0.69 -> 0.55), which the value formula,
     # a sum of probabilities, cannot afford.
     pairwise_weight: float = 0.0
+    # Share of training rows whose each context field (device, region, source) is hidden, as
+    # a request that does not send it: the network then knows what "unknown" looks like instead
+    # of meeting an all-zero context for the first time at serving (``POST /v1/rank`` with no
+    # traffic source, say).
+    context_dropout: float = 0.0
+    item_id: bool = True  # the video's own learned vector beside its content (else content only)
+    dropout: float = 0.0  # on the network's hidden layers
     seed: int = 0
     patience: int = 1  # epochs without a better validation GAUC before training stops
 
     def model(self) -> Ranker:
-        return Ranker(len(DENSE_FEATURES), self.dim, self.experts, self.expert_dim)
+        return Ranker(len(DENSE_FEATURES), self.dim, self.experts, self.expert_dim,
+                      use_item_id=self.item_id, dropout=self.dropout)
 
 
 class WatchQuantiles:
@@ -175,7 +184,11 @@ def train_ranker(model: Ranker, catalog: ItemInputs, table: RankingTable, cfg: R
     def loss(idx: torch.Tensor) -> torch.Tensor | None:
         if len(idx) < 2:  # batch norm needs two rows
             return None
-        logits = model(table.batch(idx, catalog, len(catalog)))  # (B, T)
+        inputs = table.batch(idx, catalog, len(catalog))
+        if cfg.context_dropout:
+            hide = torch.rand(inputs.context.shape, generator=gen) < cfg.context_dropout
+            inputs.context = inputs.context.masked_fill(hide, PAD_ROW)
+        logits = model(inputs)  # (B, T)
         labels = table.labels[idx]  # (B, T)
         per_task = F.binary_cross_entropy_with_logits(
             logits, labels, reduction="none").mean(0)  # (T,)
