@@ -82,9 +82,43 @@ class HeuristicScorer:
 
     def signals(self, ctx: FeedContext, item: Item) -> tuple[Reason, ...]:
         """The viewer's history signals that point at this item, as reasons."""
-        reasons = self._affinity(ctx, item)[1]
+        u = ctx.user
+        reasons = tuple(self._reasons(u, item, self._totals(ctx)[1])) if u is not None else ()
         if self.topics is not None:
             reasons = self.topics.reasons(ctx, item) + reasons
+        return reasons
+
+    def _totals(self, ctx: FeedContext) -> tuple[float, float]:
+        """The viewer's hashtag affinity total and top creator affinity, each with the prior
+        strength added (which shrinks affinities built on a handful of events towards zero);
+        computed once per request."""
+        totals = ctx.cache.get("affinity_totals")
+        if totals is None:
+            u = ctx.user
+            totals = ctx.cache["affinity_totals"] = (
+                sum(abs(v) for v in u.hashtag_affinity.values()) + self.affinity_prior,
+                max((abs(v) for v in u.creator_affinity.values()), default=0.0)
+                + self.affinity_prior)
+        return totals
+
+    @staticmethod
+    def _reasons(u, item: Item, top: float) -> list[Reason]:
+        """The reasons of ``_affinity``, without its value (the neural scorer asks for the
+        reasons of its top items only)."""
+        reasons: list[Reason] = []
+        long_views = u.hashtag_long_views
+        # With no long view on any hashtag, no hashtag can be the reason.
+        best = (max(item.hashtags, key=lambda t: long_views.get(t, 0), default=None)
+                if long_views else None)
+        if best is not None and long_views.get(best, 0) > 0:
+            k = long_views[best]
+            noun = "video" if k == 1 else "videos"
+            reasons.append(Reason("hashtag_affinity",
+                                  f"you watched {k} #{best} {noun} to the end"))
+        if item.creator_id in u.following:
+            reasons.append(Reason("following", "you follow this creator"))
+        elif u.creator_affinity.get(item.creator_id, 0.0) / top > 0.2:
+            reasons.append(Reason("creator_affinity", "you enjoyed videos by this creator"))
         return reasons
 
     def _affinity(self, ctx: FeedContext, item: Item) -> tuple[float, tuple[Reason, ...]]:
@@ -93,29 +127,11 @@ class HeuristicScorer:
         u = ctx.user
         if u is None:
             return 0.0, ()
-        reasons: list[Reason] = []
-        # The prior strength shrinks affinities built on a handful of events towards zero.
-        totals = ctx.cache.get("affinity_totals")
-        if totals is None:
-            totals = ctx.cache["affinity_totals"] = (
-                sum(abs(v) for v in u.hashtag_affinity.values()) + self.affinity_prior,
-                max((abs(v) for v in u.creator_affinity.values()), default=0.0)
-                + self.affinity_prior)
-        total, top = totals
+        total, top = self._totals(ctx)
         tag_score = sum(u.hashtag_affinity.get(t, 0.0) for t in item.hashtags) / total
-        best = max(item.hashtags, key=lambda t: u.hashtag_long_views.get(t, 0), default=None)
-        if best is not None and u.hashtag_long_views.get(best, 0) > 0:
-            k = u.hashtag_long_views[best]
-            noun = "video" if k == 1 else "videos"
-            reasons.append(Reason("hashtag_affinity",
-                                  f"you watched {k} #{best} {noun} to the end"))
-        creator_score = 0.0
         if item.creator_id in u.following:
             creator_score = 1.0
-            reasons.append(Reason("following", "you follow this creator"))
         else:
             creator_score = u.creator_affinity.get(item.creator_id, 0.0) / top
-            if creator_score > 0.2:
-                reasons.append(Reason("creator_affinity", "you enjoyed videos by this creator"))
         value = math.tanh(3.0 * tag_score) * 0.7 + creator_score * 0.3
-        return value, tuple(reasons)
+        return value, tuple(self._reasons(u, item, top))
