@@ -90,11 +90,14 @@ class ReadCache:
     after they were fetched. A read that finds a value stale or missing fetches, in the same
     call, every dirty value, the oldest expired ones and, while ``warm`` (keys to read ahead,
     likeliest last) has more, keys never read: a feed that reads hundreds of values one at a
-    time (the heuristic scorer, the exploration pool) makes one call, not one per value."""
+    time (the heuristic scorer, the exploration pool) makes one call, not one per value. With
+    ``along=False`` (large values) only the stale values asked for are fetched."""
 
     def __init__(self, fetch: Callable[[list[str]], list], max_age: float,
-                 max_size: int = 200_000, warm: Callable[[], list] | None = None) -> None:
+                 max_size: int = 200_000, warm: Callable[[], list] | None = None,
+                 along: bool = True) -> None:
         self._fetch = fetch
+        self._along = along  # False for large values: fetch only what is asked
         self.max_age = max_age
         self.max_size = max_size
         self._values: OrderedDict = OrderedDict()  # key -> (value, fetched at), oldest first
@@ -120,11 +123,12 @@ class ReadCache:
             if not stale:
                 return [values[k][0] for k in keys]
             wanted = dict.fromkeys(stale)
-            wanted.update(dict.fromkeys(itertools.islice(dirty, BATCH)))
-            for k, (_, at) in values.items():  # the oldest first
-                if len(wanted) >= 2 * BATCH or now - at < max_age:
-                    break
-                wanted[k] = None
+            if self._along:
+                wanted.update(dict.fromkeys(itertools.islice(dirty, BATCH)))
+                for k, (_, at) in values.items():  # the oldest first
+                    if len(wanted) >= 2 * BATCH or now - at < max_age:
+                        break
+                    wanted[k] = None
             if self._warm is not None and any(k not in values for k in stale):
                 if self._ahead is None:
                     self._ahead = list(self._warm())
@@ -164,23 +168,24 @@ def scan_keys(client, prefix: str) -> Iterator[str]:
 
 
 def read_item_stats(script, p: str, item_ids: list[str]) -> list[ItemStats]:
-    """Item counters through the ITEM_STATS script, one call per ``BATCH`` items (a single
-    round trip for a feed's reads: a pipeline of HMGETs costs more in the client than in
-    Redis)."""
+    """Item counters through the ITEM_STATS script, one call per ``BATCH`` items."""
     out: list[ItemStats] = []
     for k in range(0, len(item_ids), BATCH):
-        flat = script(args=[p, *item_ids[k:k + BATCH]])
+        flat = json.loads(script(args=[p, *item_ids[k:k + BATCH]]))
         out += [stats_from_row(flat[j:j + 7]) for j in range(0, len(flat), 7)]
     return out
 
 
-def read_co_engaged(client, p: str, item_ids: list[str],
+def read_co_engaged(script, p: str, item_ids: list[str],
                     size: int) -> list[list[tuple[str, int]]]:
-    """The top ``size`` co-engaged items of each, in one pipeline."""
-    pipe = client.pipeline(transaction=False)
-    for i in item_ids:
-        pipe.zrevrange(p + "co:" + i, 0, size - 1, withscores=True)
-    return [[(m.decode(), int(s)) for m, s in rows] for rows in pipe.execute()]
+    """The top ``size`` co-engaged items of each, through the CO_ENGAGED script."""
+    out: list[list[tuple[str, int]]] = []
+    for k in range(0, len(item_ids), BATCH):
+        lists = json.loads(script(args=[p, size, *item_ids[k:k + BATCH]]))
+        for flat in lists:
+            flat = flat or []  # Lua's JSON writes an empty list as {}
+            out.append([(flat[j], int(flat[j + 1])) for j in range(0, len(flat), 2)])
+    return out
 
 
 def read_top(client, p: str, key, size: int) -> list[tuple[str, float]]:

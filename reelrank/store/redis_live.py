@@ -47,7 +47,8 @@ from reelrank.store.redis_codec import (BATCH, DEFAULT_PREFIX, ReadCache, cached
                                         creators_of, decode_user, encode_user, fold_event,
                                         parse_live_url, read_co_engaged, read_item_stats,
                                         read_top, scan_keys, swap_keys)
-from reelrank.store.redis_lua import APPLY, FORGET_USER, ITEM_STATS, PUT_USER, RECORD_SERVED
+from reelrank.store.redis_lua import (APPLY, CO_ENGAGED, FORGET_USER, ITEM_STATS, PUT_USER,
+                                     RECORD_SERVED)
 from reelrank.types import DAY_MS, Event
 
 __all__ = ["DEFAULT_PREFIX", "RedisLiveState", "decode_user", "encode_user", "parse_live_url"]
@@ -85,6 +86,7 @@ class RedisLiveState:
         self._put = client.register_script(PUT_USER)
         self._forget = client.register_script(FORGET_USER)
         self._item_stats = client.register_script(ITEM_STATS)
+        self._co_script = client.register_script(CO_ENGAGED)
         # Pipelines call the apply script by its digest: redis-py's script objects would ask
         # Redis whether the script exists before every pipeline, one more round trip each.
         self._load_scripts()
@@ -92,7 +94,7 @@ class RedisLiveState:
         self._stats = ReadCache(self._fetch_stats, stats_max_age_s, warm=catalog.ids)
         self._creators = ReadCache(self._fetch_creators, stats_max_age_s,
                                    warm=lambda: creators_of(catalog))
-        self._co = ReadCache(self._fetch_co, stats_max_age_s)
+        self._co = ReadCache(self._fetch_co, stats_max_age_s, along=False)
         self._co_size = max(50, co_engagement_span * 3)
         self._tops: dict = {}
         self._lock = threading.Lock()
@@ -103,9 +105,6 @@ class RedisLiveState:
 
     def _load_scripts(self) -> None:
         self._apply.sha = self.client.script_load(APPLY)
-
-    def _queue_apply(self, pipe, args: list) -> None:
-        pipe.evalsha(self._apply.sha, 0, *args)
 
     @classmethod
     def from_url(cls, catalog: Catalog, url: str, **options) -> RedisLiveState:
@@ -200,9 +199,9 @@ class RedisLiveState:
                     touched += [e.item_id, *block[17:]]
                     creators.append(block[1])
                 assert state is not None
-                self._queue_apply(pipe, [self.prefix, uid, token.decode() if token else "",
-                                         os.urandom(8).hex(), encode_user(state),
-                                         *self._stream(), *blocks])
+                pipe.evalsha(self._apply.sha, 0, self.prefix, uid,
+                             token.decode() if token else "", os.urandom(8).hex(),
+                             encode_user(state), *self._stream(), *blocks)
                 folded.append((uid, touched, creators))
             try:
                 results = pipe.execute()
@@ -222,7 +221,8 @@ class RedisLiveState:
     def _apply_behind(self, event: Event, interests: bool) -> None:
         u, block = self._fold(self._pending.get(event.user_id), event, interests)
         self._pending[event.user_id] = u
-        self._queue_apply(self._pipe, [self.prefix, event.user_id, "-", "", "", "", 0, *block])
+        self._pipe.evalsha(self._apply.sha, 0, self.prefix, event.user_id, "-", "", "", "", 0,
+                           *block)
         self._queued += 1
         if self._queued >= BATCH:
             self._pipe.execute()
@@ -415,7 +415,7 @@ class RedisLiveState:
 
     def _fetch_co(self, item_ids: list[str]) -> list[list[tuple[str, int]]]:
         self.flush()
-        return read_co_engaged(self.client, self.prefix, item_ids, self._co_size)
+        return read_co_engaged(self._co_script, self.prefix, item_ids, self._co_size)
 
     def item_stats(self, item_id: str) -> ItemStats:
         return self._stats.get_many([item_id])[0]

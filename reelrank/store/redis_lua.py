@@ -176,8 +176,8 @@ redis.call('ZREM', p .. 'feedonly', uid)
 return redis.call('INCR', p .. 'version')
 """
 
-# ARGV: 1 prefix, 2.. items. Their counters, seven values per item (nil where none), in one
-# command: a pipeline of 500 HMGETs costs more in the client than in Redis.
+# ARGV: 1 prefix, 2.. items. Their counters, seven values per item ("" where none), as one JSON
+# string: a reply of thousands of small elements costs far more to parse in the client than one.
 ITEM_STATS = r"""
 local p = ARGV[1]
 local out = {}
@@ -185,5 +185,19 @@ for k = 2, #ARGV do
   local row = redis.call('HMGET', p .. 'i:' .. ARGV[k], 'im', 'vw', 'lv', 'lk', 'sh', 'ng', 'wr')
   for j = 1, 7 do out[#out + 1] = row[j] or '' end
 end
-return out
+if #out == 0 then return '[]' end
+return cjson.encode(out)
+"""
+
+# ARGV: 1 prefix, 2 how many per item, 3.. items. Each item's most co-engaged items with their
+# counts (member, count, member, count ...), as one JSON string of lists ({} for an empty one).
+CO_ENGAGED = r"""
+local p = ARGV[1]
+local n = tonumber(ARGV[2]) - 1
+local out = {}
+for k = 3, #ARGV do
+  out[#out + 1] = redis.call('ZREVRANGE', p .. 'co:' .. ARGV[k], 0, n, 'WITHSCORES')
+end
+if #out == 0 then return '[]' end
+return cjson.encode(out)
 """
