@@ -60,32 +60,25 @@ class FeedTrace:
     elapsed_ms: float = 0.0
 
     def record(self) -> "TraceRecord":
-        """What explanations need of this trace, for keeping after the request."""
-        pairs: dict[int, tuple[str, str]] = {}  # one (code, text) per Reason object
-
-        def plain(reasons) -> tuple[tuple[str, str], ...]:
-            out = []
-            for r in reasons:
-                pair = pairs.get(id(r))
-                if pair is None:
-                    pair = pairs[id(r)] = (r.code, r.text)
-                out.append(pair)
-            return tuple(out)
-
+        """What explanations need of this trace, for keeping after the request. Per candidate
+        only what the pipeline made anyway is referenced (its reasons, predictions, removal
+        and notes), and pickled at once: converting each to plain tuples here cost a fifth
+        more CPU per page (benchmarks/results/throughput-profile.md); ``TraceRecord.items``
+        converts when an explanation is asked for."""
+        proposals, scored_all = self.proposals, self.scored
+        removed_all, notes = self.removed, self.rerank_notes
         items: dict[str, tuple] = {}
-        for item_id in {**self.proposals, **self.removed, **self.scored, **self.rerank_notes}:
-            proposals = self.proposals.get(item_id, ())
-            scored = self.scored.get(item_id)
-            removed = self.removed.get(item_id)
-            items[item_id] = (
-                tuple((c.source, c.score) for c in proposals),
-                plain(scored.reasons if scored else (r for c in proposals for r in c.reasons)),
-                scored.candidate.source if scored else None,
-                scored.score if scored else None,
-                tuple(scored.predictions.items()) if scored else None,  # a dict stays tracked
-                (removed.filter, removed.reason) if removed else None,
-                tuple(self.rerank_notes.get(item_id, ())),
-            )
+        for item_id in {**proposals, **removed_all, **scored_all, **notes}:
+            cands = proposals.get(item_id, ())
+            scored = scored_all.get(item_id)
+            if scored is not None:
+                items[item_id] = ([(c.source, c.score) for c in cands], scored.reasons,
+                                  scored.candidate.source, scored.score, scored.predictions,
+                                  removed_all.get(item_id), notes.get(item_id))
+            else:
+                items[item_id] = ([(c.source, c.score) for c in cands],
+                                  [r for c in cands for r in c.reasons], None, None, None,
+                                  removed_all.get(item_id), notes.get(item_id))
         return TraceRecord.pack(self.request_id, self.user_id, self.mode, tuple(self.served),
                                 items)
 
@@ -93,7 +86,9 @@ class FeedTrace:
 @dataclass(frozen=True, slots=True)
 class TraceRecord:
     """A served page's trace as kept for explanations: a few ids and one compressed byte
-    string holding, per candidate, only strings and numbers. Kept as ``FeedTrace`` objects
+    string holding, per candidate, its sources' names and scores, its reasons, predictions,
+    removal and re-rank notes (``items`` gives them as strings and numbers). Kept as
+    ``FeedTrace`` objects
     (five per candidate), 1,600 pages made every full collection a 200 ms pause of the whole
     server (benchmarks/results/realtime.md); kept as tuples, a page of 150-500 candidates still
     held about 96 KB. Packed, it is one untracked ``bytes`` of about 6 KB (zlib level 1 over
@@ -106,8 +101,8 @@ class TraceRecord:
     user_id: str
     mode: str
     served: tuple[str, ...]
-    # zlib(pickle(item -> (sources' (name, score), reasons' (code, text), scored source,
-    #                      score, predictions, removal's (filter, reason), re-rank notes)))
+    # zlib(pickle(item -> ([sources' (name, score)], reasons (Reason), scored source, score,
+    #                      predictions (dict), removal (Removed), re-rank notes (list))))
     packed: bytes
     nbytes: int  # memory held by this record, its strings and its bytes included
 
@@ -121,8 +116,9 @@ class TraceRecord:
 
     @property
     def items(self) -> dict[str, tuple]:
-        """The candidates' entries, unpacked (a new dict on each call)."""
-        return pickle.loads(zlib.decompress(self.packed))
+        """The candidates' entries, unpacked into plain values (a new dict on each call)."""
+        return {item_id: _plain_entry(*entry)
+                for item_id, entry in pickle.loads(zlib.decompress(self.packed)).items()}
 
     def considered(self, item_id: str) -> bool:
         """Whether a source proposed the item or a filter removed it in this request."""
@@ -147,6 +143,14 @@ class TraceRecord:
             "rerank": list(rerank),
             "position": self.served.index(item_id) + 1 if shown else None,
         }
+
+
+def _plain_entry(sources, reasons, scored_source, score, predictions, removed, notes) -> tuple:
+    """One candidate's kept entry as ``TraceRecord.items`` gives it: strings and numbers."""
+    return (tuple(sources), tuple((r.code, r.text) for r in reasons), scored_source, score,
+            tuple(predictions.items()) if predictions is not None else None,
+            (removed.filter, removed.reason) if removed is not None else None,
+            tuple(notes) if notes else ())
 
 
 @dataclass
