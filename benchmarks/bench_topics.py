@@ -198,6 +198,53 @@ def run_coldstart(args) -> dict:
     return out
 
 
+def markdown(r: dict) -> str:
+    """The result as the page committed beside its JSON."""
+    lines = [f"# Learned topics: {r['world']}", "", f"Command: `{r['command']}`", "",
+             f"Machine: {r.get('cpus')} CPUs, shared with other work (wall time "
+             f"{r.get('wall_s')} s).", ""]
+    if r["world"] == "coldstart":
+        lines += ["New viewers on the synthetic world (`reelrank.eval.coldstart`), the served "
+                  "engine with online updates, run twice on the same world and seed: as served, "
+                  "and with viewer communities and their cold-start source added "
+                  "(`reelrank.communities`).", "",
+                  "| arm | communities | top-2 topics: swipes to 80% of final | final | "
+                  "to 80% of gain | watch ratio final | like rate final | hidden fit final |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for side in ("off", "on"):
+            for arm, e in r[side]["arms"].items():
+                t = e["top_topics"]
+                lines.append(f"| {arm} | {side} | {t['swipes_to_80']} | {t['final']:.3f} | "
+                             f"{t['swipes_to_80_of_gain']} | {e['watch_ratio']['final']:.3f} | "
+                             f"{e['like']['final']:.3f} | {e['affinity']['final']:.3f} |")
+        lines += ["", f"Communities at the start of the `on` run: {r['communities']}"]
+        return "\n".join(lines) + "\n"
+    train = r.get("train") or r.get("train_seconds")
+    lines += [f"{r['items']:,} videos, {r['events']:,} events; reference labels: "
+              f"{r['reference_labels']} ({'hidden topics of the world; hashtags and the topic attribute removed from the catalog, hashtags from the captions' if r['world'] == 'synthetic' else 'first tag id of each video'}).",
+              "", f"Training runs (seed 0, then seed 1 as a retrain of it): {train}.", "",
+              f"Topics chosen: {r['k'][0]} (retrain {r['k'][1]}); mean silhouette by k tried: "
+              f"{r['silhouette']}.", "",
+              "| labelling | NMI against the reference |", "|---|---|"]
+    text = {"learned": "learned topics, first run", "learned_retrain": "learned topics, retrain",
+            "kmeans_random_vectors": "k-means (same k) on random vectors",
+            "kmeans_tag_onehots": "k-means (same k) on the videos' tag one-hots"}
+    for k, v in r["nmi"].items():
+        lines.append(f"| {text.get(k, k)} | {v} |")
+    st = r["stability"]
+    changes = {k: (len(v) if isinstance(v, list) else v) for k, v in (st.get("changes") or {}).items()}
+    lines += ["", "Stability, retrain against first run (share of videos whose topic id is "
+              "unchanged after matching):", "",
+              f"- as the system does it (k-means started from the first run's topics, matched): "
+              f"**{st['unchanged_share']}**",
+              f"- k-means started cold (k-means++), matched only: {st['cold_kmeans_matched_share']}",
+              f"- changes recorded: {changes}", "",
+              "Largest topics of the first run and their names:", ""]
+    for tid, name in r["names"].items():
+        lines.append(f"- {tid}: {name} ({r['sizes'][tid]} videos)")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("world", choices=("synthetic", "kuairand", "coldstart"))
@@ -234,6 +281,7 @@ def main() -> None:
     out = args.out or ROOT / "benchmarks" / "results" / f"topics-{args.world}"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    out.with_suffix(".md").write_text(markdown(report))
     print(json.dumps(report, indent=2, ensure_ascii=False))
 
 
