@@ -63,7 +63,7 @@ def test_dense_matrix_equals_dense_features_row_by_row():
     import numpy as np
 
     from reelrank.features import DENSE_FEATURES, dense_features, dense_matrix, user_aggregates
-    from reelrank.store.memory import Catalog, LiveState
+    from reelrank.store import new_catalog, new_live_state
     from reelrank.types import Item
 
     rng = random.Random(4)
@@ -71,9 +71,9 @@ def test_dense_matrix_equals_dense_features_row_by_row():
     items = [Item(f"v{i}", f"c{i % 5}", rng.choice(lengths), i * 1000,
                   hashtags=tuple(f"t{(i + k) % 4}" for k in range(i % 4)),
                   region=(None, "BR", "US")[i % 3]) for i in range(40)]
-    catalog = Catalog()
+    catalog = new_catalog()
     catalog.upsert(items)
-    live = LiveState(catalog)
+    live = new_live_state(catalog)
     types = ["impression", "play", "skip", "like", "share", "follow", "not_interested"]
     for n in range(600):
         it = rng.choice(items)
@@ -105,7 +105,8 @@ def test_topic_lift_follows_a_viewers_first_views():
     """One long view of a cooking video and one skip of a dance video: cooking's other videos
     are lifted, dance's lowered, a topic never watched and a video without one read 0."""
     from reelrank.features import DENSE_FEATURES, TOPIC_PRIOR, dense_matrix, user_aggregates
-    from reelrank.store.memory import Catalog, ItemStats, LiveState
+    from reelrank.store import new_catalog, new_live_state
+    from reelrank.store.live import ItemStats
     from reelrank.types import Item
 
     items = [Item("a", "c1", 10_000, 0, hashtags=("fyp", "cooking")),
@@ -114,9 +115,9 @@ def test_topic_lift_follows_a_viewers_first_views():
              Item("b2", "c4", 10_000, 0, hashtags=("dance", "cooking")),
              Item("x", "c5", 10_000, 0, hashtags=("cats",)),
              Item("y", "c6", 10_000, 0)]
-    catalog = Catalog()
+    catalog = new_catalog()
     catalog.upsert(items)
-    live = LiveState(catalog)
+    live = new_live_state(catalog)
     live.apply(Event("1", "u", "a", 1, "play", watch_ms=10_000))  # watched to the end
     live.apply(Event("2", "u", "b", 2, "skip", watch_ms=500))
     user = live.user("u")

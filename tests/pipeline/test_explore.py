@@ -10,8 +10,7 @@ from reelrank.engine import Engine, default_pipeline
 from reelrank.pipeline.context import FeedRequest
 from reelrank.pipeline.explore import ExploreSource
 from reelrank.pipeline.rerank import DiversityReranker
-from reelrank.store.memory import DAY_MS
-from reelrank.types import Event, Item
+from reelrank.types import DAY_MS, Event, Item
 
 T0 = 1_700_000_000_000
 

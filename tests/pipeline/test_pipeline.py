@@ -13,8 +13,8 @@ from reelrank.pipeline.rank import HeuristicScorer
 from reelrank.pipeline.rerank import SpacingReranker
 from reelrank.pipeline.feed import FeedPipeline
 from reelrank.pipeline.sources import TrendingSource
-from reelrank.store.memory import HOUR_MS, Catalog, LiveState
-from reelrank.types import Candidate, Event, Item
+from reelrank.store import new_catalog, new_live_state
+from reelrank.types import HOUR_MS, Candidate, Event, Item
 
 T0 = 1_700_000_000_000
 
@@ -134,9 +134,9 @@ def test_following_mode_is_time_ordered(engine):
 
 
 def test_trending_window_expires_old_engagement():
-    cat = Catalog()
+    cat = new_catalog()
     cat.upsert(items(3))
-    live = LiveState(cat, trending_window_ms=2 * HOUR_MS, trending_refresh_events=1)
+    live = new_live_state(cat, trending_window_ms=2 * HOUR_MS, trending_refresh_events=1)
     live.apply(Event("a", "u", "v0", T0, "like"))
     assert [i for i, _ in live.trending(5)] == ["v0"]
     live.apply(Event("b", "u", "v1", T0 + 5 * HOUR_MS, "like"))
@@ -150,9 +150,9 @@ def test_top_lists_equal_most_common_and_refresh_beside_requests():
     import time as _time
     from collections import Counter
 
-    cat = Catalog()
+    cat = new_catalog()
     cat.upsert(items(40))
-    live = LiveState(cat, trending_refresh_events=10**9, trending_refresh_seconds=0.05,
+    live = new_live_state(cat, trending_refresh_events=10**9, trending_refresh_seconds=0.05,
                      background_refresh=True)
     rng = random.Random(3)
     for k in range(300):  # many ties: the order among equal counts must be most_common's

@@ -10,8 +10,7 @@ from fastapi.testclient import TestClient
 
 from reelrank.engine import Engine
 from reelrank.service import Authenticator, create_app
-from reelrank.store.memory import DAY_MS
-from reelrank.types import Item
+from reelrank.types import DAY_MS, Item
 
 T0 = 1_700_000_000_000
 

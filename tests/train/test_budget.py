@@ -9,7 +9,8 @@ import pytest
 
 from reelrank.features import RowStream
 from reelrank.store import open_store
-from reelrank.store.memory import Catalog, LiveState
+from reelrank.store import new_catalog, new_live_state
+from reelrank.store.live import Catalog
 from reelrank.train.budget import (ViewerBudget, join_memory, trainer_live_state,
                                    release_free_memory, trim_join_memory)
 from reelrank.types import Event, Item
@@ -18,7 +19,7 @@ H = 3_600_000
 
 
 def _catalog(n=30) -> Catalog:
-    catalog = Catalog()
+    catalog = new_catalog()
     catalog.upsert([Item(f"v{k}", f"c{k % 4}", 10_000 + 1_000 * (k % 7), 0,
                          hashtags=(f"t{k % 5}", f"t{k % 3}")) for k in range(n)])
     return catalog
@@ -54,7 +55,7 @@ def test_evicted_viewers_come_back_rebuilt_and_every_row_is_as_without_a_bound(t
     floors = {"u3": logged[300][0]}  # u3 refreshed their feed part way through
 
     def run(bound: int | None):
-        live = trainer_live_state(catalog) if bound else LiveState(catalog)
+        live = trainer_live_state(catalog) if bound else new_live_state(catalog)
         rows = RowStream(live, history_len=30, window_ms=H, settle_ms=0)
         budget = ViewerBudget(live, store, bound) if bound else None
         out, sizes = [], []
@@ -131,7 +132,7 @@ def test_late_memory_keeps_the_newest_examples_and_a_dropped_one_is_harmless():
 
 def test_a_budget_needs_room_for_one_viewer(tmp_path):
     with pytest.raises(ValueError):
-        ViewerBudget(LiveState(Catalog()), None, 0)
+        ViewerBudget(new_live_state(new_catalog()), None, 0)
 
 
 def test_release_free_memory_never_raises():

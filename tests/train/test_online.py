@@ -21,7 +21,7 @@ from reelrank.pipeline.context import FeedRequest
 from reelrank.registry import ModelRegistry
 from reelrank.service.app import create_app
 from reelrank.store import open_store
-from reelrank.store.memory import LiveState
+from reelrank.store import new_live_state
 from reelrank.train.job import train_from_store
 from reelrank.train.online import OnlineConfig, OnlineLearner
 from reelrank.service.runtime import Runtime
@@ -92,7 +92,7 @@ def test_a_step_changes_the_ranker_and_admits_a_new_video(engine, world):
                hashtags=("brandnew",))
     engine.ingest_items([new])
     assert "fresh-upload" not in learner.bundle.ranker.items.item
-    rows = RowStream(LiveState(engine.catalog), window_ms=3_600_000, settle_ms=0)
+    rows = RowStream(new_live_state(engine.catalog), window_ms=3_600_000, settle_ms=0)
     sim, viewer = Simulator(world), world.users[1]
     state, ts = sim.new_session(viewer, "t"), world.start_ts
     u = viewer.user_id

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from reelrank.features import Joiner, RowStream
-from reelrank.store.memory import Catalog, LiveState
+from reelrank.store import new_catalog, new_live_state
 from reelrank.types import Event, Item
 
 H = 3_600_000
@@ -59,10 +59,10 @@ def test_duplicates_and_erasure_while_settling():
 
 
 def test_row_stream_captures_features_before_the_impression_and_reuses_them_for_corrections():
-    catalog = Catalog()
+    catalog = new_catalog()
     catalog.upsert([Item("a", "c1", 10_000, 0, hashtags=("cats",)),
                     Item("b", "c1", 10_000, 0, hashtags=("cats",))])
-    rows = RowStream(LiveState(catalog), history_len=5, window_ms=H, settle_ms=0)
+    rows = RowStream(new_live_state(catalog), history_len=5, window_ms=H, settle_ms=0)
     out = []
     for e in [ev(1, "u", "a", 0, "impression"), ev(2, "u", "a", 10_000, "play", 10_000),
               ev(3, "u", "b", 11_000, "impression"), ev(4, "u", "b", 20_000, "play", 9_000)]:
