@@ -19,6 +19,7 @@ from reelrank.engine import Engine
 from reelrank.pipeline.side_effects import Calls, SideEffect
 from reelrank.train.job import TrainConfig, train_from_store
 from reelrank.train.jobs import JobRunner
+from reelrank.types import DAY_MS
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class Runtime:
         def loop() -> None:
             while True:
                 try:
-                    n = self.engine.purge_events_older_than(days * 86_400_000)
+                    n = self.engine.purge_events_older_than(days * DAY_MS)
                     if n:
                         log.info("retention: purged %d events older than %d days", n, days)
                 except Exception:
