@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-dev
 DEMO_DIR ?= demo-data
 PORT ?= 8000
 
-.PHONY: demo test venv clean bench browser
+.PHONY: demo test lint venv clean bench browser
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -23,6 +23,11 @@ demo: $(STAMP)
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The lint and type checks alone (make test runs them too, in tests/test_lint.py).
+lint: $(STAMP)
+	$(BIN)/ruff check reelrank tests benchmarks
+	$(BIN)/mypy
 
 # The web app's end-to-end tests run in Debian's chromium (Playwright drives it; its own browser
 # download is never used). Installed here when missing and we may; otherwise those tests skip.
