@@ -219,3 +219,15 @@ def test_watch_time_by_day(make):
     live.apply(ev(1, "u", "v1", "play", T0, watch_ms=5_000))
     live.apply(ev(2, "u", "v2", "play", T0 + 1, watch_ms=3_000))
     assert live.user("u").watch_ms_on(T0 // DAY_MS) == 8_000
+
+
+def test_a_rebuild_keeps_viewers_known_only_from_feeds(make):
+    live = make()
+    live.apply(ev(1, "u", "v1", "like"))
+    live.record_served("feed-only", ["v2", "v3"])
+    fresh = live.empty_like()
+    fresh.apply(ev(1, "u", "v1", "like"))
+    live.replace_with(fresh)
+    assert list(live.user("feed-only").served) == ["v2", "v3"]
+    assert live.feed_only_viewers() == 1
+    assert live.item_stats("nope").views == 0  # an item never seen has empty counters
