@@ -11,6 +11,7 @@ import json
 import operator
 import threading
 import time
+import uuid
 from collections import Counter, OrderedDict, deque
 from dataclasses import fields
 from typing import Callable, Iterable, Iterator
@@ -229,11 +230,37 @@ def fold_event(scratch: MemoryLiveState, state: UserState | None, event: Event,
                HOUR_MS], co
 
 
+# A rebuild's scratch prefix left by a process that died this long ago is deleted by the next.
+SCRATCH_TTL_S = 3600.0
+
+
+def open_scratch(client, p: str) -> str:
+    """A new scratch prefix for a rebuild of ``p`` (it does not start with ``p``, so scans of
+    ``p`` never see it), registered in ``{p}scratch`` so that, should the rebuilding process
+    die before its swap, a later rebuild deletes what it wrote (copies of viewers' states)."""
+    drop_stale_scratch(client, p)
+    q = f"~{uuid.uuid4().hex[:12]}:{p}"
+    client.zadd(p + "scratch", {q: time.time()})
+    return q
+
+
+def drop_stale_scratch(client, p: str, older_than_s: float = SCRATCH_TTL_S) -> int:
+    """Delete the scratch prefixes of ``p`` opened more than ``older_than_s`` ago; how many."""
+    stale = [q.decode() for q in client.zrangebyscore(p + "scratch", "-inf",
+                                                       time.time() - older_than_s)]
+    for q in stale:
+        keys = list(scan_keys(client, q))
+        for k in range(0, len(keys), BATCH):
+            client.delete(*keys[k:k + BATCH])
+        client.zrem(p + "scratch", q)
+    return len(stale)
+
+
 def swap_keys(client, p: str, q: str) -> None:
     """Rename the keys under ``q`` (a rebuilt state) over those under ``p``, keeping what the
     log does not hold: what feeds sent to viewers still present, the feed-only viewers, and the
-    fan-out stream with its consumer groups."""
-    keep = (p + "s:", p + "feedonly", p + "fo:", p + "stream")
+    fan-out stream with its consumer groups, and the registry of scratch prefixes."""
+    keep = (p + "s:", p + "feedonly", p + "fo:", p + "stream", p + "scratch")
     mine = [k for k in scan_keys(client, p) if not k.startswith(keep)]
     theirs = list(scan_keys(client, q))
     new_users = {m.decode() for m in client.smembers(q + "users")}
@@ -254,6 +281,7 @@ def swap_keys(client, p: str, q: str) -> None:
         if uid not in new_users and uid not in feed_only:
             pipe.delete(k)
     pipe.incr(p + "version")
+    pipe.zrem(p + "scratch", q)
     pipe.execute()
 
 

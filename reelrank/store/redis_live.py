@@ -34,7 +34,6 @@ import json
 import os
 import threading
 import time
-import uuid
 from collections import OrderedDict
 from typing import Iterable
 
@@ -45,8 +44,8 @@ from reelrank.store.live import Catalog, ItemStats, UserState
 from reelrank.store.memory import MemoryLiveState
 from reelrank.store.redis_codec import (BATCH, DEFAULT_PREFIX, ReadCache, cached_top,
                                         creators_of, decode_user, encode_user, fold_event,
-                                        parse_live_url, read_co_engaged, read_item_stats,
-                                        read_top, scan_keys, swap_keys)
+                                        open_scratch, parse_live_url, read_co_engaged,
+                                        read_item_stats, read_top, scan_keys, swap_keys)
 from reelrank.store.redis_lua import (APPLY, CO_ENGAGED, FORGET_USER, ITEM_STATS, PUT_USER,
                                      RECORD_SERVED)
 from reelrank.types import DAY_MS, Event
@@ -128,7 +127,7 @@ class RedisLiveState:
     def empty_like(self) -> RedisLiveState:
         """A new, empty, write-behind state in a scratch namespace of the same server (its
         prefix does not start with this one's, so scans of this state never see it)."""
-        scratch = f"~{uuid.uuid4().hex[:12]}:{self.prefix}"
+        scratch = open_scratch(self.client, self.prefix)
         return RedisLiveState(self.catalog, self.client, prefix=scratch, write_behind=True,
                               **self._options())
 

@@ -194,3 +194,21 @@ def test_batches_from_two_writers_on_the_same_viewers_lose_no_event(pair):
         u = a.user(uid)
         assert u.counts["like"] == 2 * 20 * 3 and len(u.history) == 120
     assert sum(a.item_stats(f"v{i}").likes for i in range(6)) == 2 * 20 * 9
+
+
+def test_a_rebuild_that_died_before_its_swap_leaves_nothing_for_long(pair):
+    from reelrank.store.redis_codec import drop_stale_scratch
+
+    url, prefix, client = pair
+    live = live_on(url)
+    done = live.empty_like()  # a rebuild that swaps: its scratch prefix goes with the swap
+    done.apply(Event("e1", "u", "v1", T0, "like"))
+    live.replace_with(done)
+    assert client.zcard(prefix + "scratch") == 0 and live.user("u") is not None
+    dead = live.empty_like()  # one whose process dies before the swap
+    dead.apply(Event("e2", "someone", "v2", T0, "like"))
+    dead.flush()
+    assert keys_under(client, dead.prefix) and not dead.prefix.startswith(prefix)
+    assert drop_stale_scratch(client, prefix) == 0  # not an hour old: perhaps still running
+    assert drop_stale_scratch(client, prefix, older_than_s=0) == 1
+    assert keys_under(client, dead.prefix) == [] and client.zcard(prefix + "scratch") == 0
