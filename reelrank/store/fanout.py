@@ -13,6 +13,8 @@ Messages are JSON objects with a ``kind`` and the sending process's ``origin``:
 - ``event``: an accepted event (and the items whose co-engagement it changed), added by
   ``RedisLiveState.apply`` when the state was built with ``stream=``;
 - ``items``: catalog upserts (``SharedCatalog``), which every process's in-memory catalog takes;
+- ``rebuilt``: the shared state was replaced by one rebuilt from the log (after an erasure):
+  every process drops what it cached of it;
 - ``erase`` / ``reset``: a viewer erased, or their interests reset, by one process, for what the
   others hold in memory (recent traces, pending training examples). An erase message carries a
   keyed digest of the id, never the id (``digest``), and ``forget`` removes the viewer's event
@@ -264,6 +266,8 @@ def live_handler(live, catalog: SharedCatalog | None = None,
             item = live.catalog.get(event.item_id)
             live.invalidate(items=[event.item_id, *body.get("co", ())],
                             creators=[item.creator_id] if item is not None else ())
+        elif kind == "rebuilt":
+            live.invalidate(everything=True)
         elif kind == "items" and catalog is not None:
             catalog.take([item_from(row) for row in body["items"]])
         elif kind == "erase" and on_erase is not None:

@@ -51,6 +51,9 @@ from reelrank.store.redis_lua import (APPLY, CO_ENGAGED, FORGET_USER, ITEM_STATS
 from reelrank.types import DAY_MS, Event
 
 __all__ = ["DEFAULT_PREFIX", "RedisLiveState", "decode_user", "encode_user", "parse_live_url"]
+_OPTIONS = ("trending_window_ms", "co_engagement_span", "served_memory", "trending_refresh_events",
+            "trending_refresh_seconds", "background_refresh", "max_feed_only_viewers",
+            "co_engagement", "stats_max_age_s", "meta_max_age_s")  # what empty_like carries over
 
 
 class RedisLiveState:
@@ -115,14 +118,7 @@ class RedisLiveState:
         return cls(catalog, client, prefix=prefix, **options)
 
     def _options(self) -> dict:
-        return dict(trending_window_ms=self.trending_window_ms,
-                    co_engagement_span=self.co_engagement_span, served_memory=self.served_memory,
-                    trending_refresh_events=self.trending_refresh_events,
-                    trending_refresh_seconds=self.trending_refresh_seconds,
-                    background_refresh=self.background_refresh,
-                    max_feed_only_viewers=self.max_feed_only_viewers,
-                    co_engagement=self.co_engagement, stats_max_age_s=self.stats_max_age_s,
-                    meta_max_age_s=self.meta_max_age_s)
+        return {k: getattr(self, k) for k in _OPTIONS}
 
     def empty_like(self) -> RedisLiveState:
         """A new, empty, write-behind state in a scratch namespace of the same server (its
@@ -249,8 +245,11 @@ class RedisLiveState:
             if version > self._meta[0]:
                 self._meta = (version, max(clock, self._meta[1]), time.monotonic())
 
-    def invalidate(self, items: Iterable[str] = (), creators: Iterable[str] = ()) -> None:
-        """Another process changed these items' counters (called by the fan-out)."""
+    def invalidate(self, items: Iterable[str] = (), creators: Iterable[str] = (),
+                   everything: bool = False) -> None:
+        """Another process changed these items' counters, or the whole state (the fan-out)."""
+        if everything:
+            return self._forget_caches()
         items = list(items)
         self._stats.mark(items)
         self._co.mark(items)
@@ -305,6 +304,8 @@ class RedisLiveState:
         other.flush()
         swap_keys(self.client, self.prefix, other.prefix)
         self._forget_caches()
+        if self.fanout is not None:  # the others' caches hold what was swapped out
+            self.fanout.publish("rebuilt")
 
     def _scan(self, prefix: str) -> Iterable[str]:
         return scan_keys(self.client, prefix)

@@ -89,8 +89,10 @@ def test_each_process_sees_the_others_events_items_and_erasures(two):
     # The rebuild an erasure starts replaces the state's keys, not the stream under them
     # (nor the trainers' consumer group on it).
     GroupReader(a.client, a.fanout, "trainers")
-    a.live.replace_with(a.live.empty_like())
+    assert b.live.item_stats("v2").shares == 1  # cached in B
+    a.live.replace_with(a.live.empty_like())  # the log now holds nothing: neither does Redis
     assert [g["name"] for g in a.client.xinfo_groups(a.fanout.key)] == [b"trainers"]
+    assert wait_for(lambda: b.live.item_stats("v2").shares == 0)  # B was told
     a.live.apply(Event("e5", "w", "v3", T0 + 4, "like"))
     assert wait_for(lambda: b.live.item_stats("v3").likes == 1)
     for key in keys_under(a.client, a.fanout.prefix):
