@@ -42,7 +42,7 @@ from __future__ import annotations
 import heapq
 import math
 import numbers
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -164,6 +164,13 @@ class DynamicEmbedding(nn.Module):
     def id_to_row(self) -> dict[Id, int]:
         """A copy of the admitted vocabulary."""
         return dict(self._row_of)
+
+    @property
+    def rows(self) -> Mapping[Id, int]:
+        """The admitted vocabulary itself (id -> row), read-only by contract and without a
+        copy: two tables that share one vocabulary return the same object, which is how a
+        serving swap tells that nothing was admitted."""
+        return self._row_of
 
     def lookup_rows(self, ids: Sequence[Id | None]) -> torch.Tensor:
         """Rows for ``ids`` without changing anything; flat ``(N,)``, reshape for ``(B, L)``."""

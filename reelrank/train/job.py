@@ -33,7 +33,7 @@ from reelrank.models.bundle import ModelBundle
 from reelrank.models.ranker import DEFAULT_VALUE_WEIGHTS, TASKS
 from reelrank.registry import ModelRegistry
 from reelrank.store.base import CatalogReader, EventReader
-from reelrank.store.memory import Catalog, LiveState
+from reelrank.store import new_catalog, new_live_state
 from reelrank.train.ranker import (
     RankerConfig, WatchQuantiles, build_table, encode_ranker_catalog, observe_context, predict,
     train_ranker,
@@ -86,9 +86,9 @@ def train_from_store(store: CatalogReader | EventReader, registry: ModelRegistry
     events = sorted((e for s, e in store.iter_events() if s <= last_seq), key=lambda e: e.ts)
     if not events:
         raise ValueError("the event log is empty: nothing to train on")
-    catalog = Catalog()
+    catalog = new_catalog()
     catalog.upsert(items)
-    live = LiveState(catalog)
+    live = new_live_state(catalog)
     rows = sorted(ranking_rows(events, live, history_len=cfg.ranker.history_len, implied=True),
                   key=lambda r: r.example.ts)
     ranked = [r for r in rows if r.dense is not None]  # impressions with their inputs

@@ -8,7 +8,7 @@ import copy
 import torch
 
 from reelrank.models.retrieval import ItemTower
-from reelrank.pipeline.neural import _admitted_only
+from reelrank.pipeline.serving_models import _admitted_only
 from reelrank.types import Item
 
 
