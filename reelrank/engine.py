@@ -21,6 +21,7 @@ from typing import cast
 
 from reelrank.errors import FieldProblem, NotFoundError, ValidationError
 from reelrank.pipeline.context import FeedContext
+from reelrank.pipeline.explain import explain_item
 from reelrank.pipeline.feed import FeedPipeline, FeedResult
 from reelrank.pipeline.neural import ServingModels
 from reelrank.pipeline.rank import Scored
@@ -170,37 +171,12 @@ class Engine:
         return RankResult(self.pipeline.scorer.version, scored)
 
     def explain(self, user_id: str, item_id: str) -> dict:
-        """Why this item was (or would be) shown to this user, from the pipeline's own trace."""
+        """Why this item was (or would be) shown to this user (``pipeline/explain.py``)."""
         item = self.catalog.get(item_id)
         if item is None:
             raise NotFoundError(f"unknown item_id {item_id!r}")
-        traces = self.traces.records(user_id)
-        # The feed that showed it tells the story; later feeds only filtered it as served.
-        for trace in reversed(traces):
-            if item_id in trace.served:
-                return trace.explain(item_id)
-        for trace in reversed(traces):
-            if trace.considered(item_id):
-                return trace.explain(item_id)
-        # Not in a recent feed: run the filters and the scorer on this one item.
-        ctx = self.context(FeedRequest(user_id=user_id, n=1))
-        cand = Candidate(item_id, "explain")
-        removed = []
-        kept = [cand]
-        for f in self.pipeline.filters:
-            res = f.apply(ctx, kept)
-            removed += [{"filter": r.filter, "reason": r.reason} for r in res.removed]
-            if res.kept:
-                kept = res.kept
-        scored = self.pipeline.scorer.score(ctx, [cand])
-        s = scored[0] if scored else None
-        return {
-            "user_id": user_id, "item_id": item_id, "shown": False, "request_id": None,
-            "source": None, "sources": [],
-            "reasons": [{"code": r.code, "text": r.text} for r in (s.reasons if s else ())],
-            "score": s.score if s else None, "predictions": s.predictions if s else {},
-            "filters": removed, "rerank": [], "model_version": self.pipeline.scorer.version,
-        }
+        return explain_item(user_id, item_id, self.traces.records(user_id), self.pipeline,
+                            lambda: self.context(FeedRequest(user_id=user_id, n=1)))
 
     @property
     def model_version(self) -> str:

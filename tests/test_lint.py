@@ -23,6 +23,7 @@ FORMATTED = [
     "reelrank/__init__.py",
     "reelrank/logs.py",
     "reelrank/pipeline/context.py",
+    "reelrank/pipeline/explain.py",
     "reelrank/pipeline/served.py",
     "reelrank/pipeline/side_effects.py",
     "reelrank/pipeline/traces.py",
