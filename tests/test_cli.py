@@ -70,3 +70,14 @@ def test_simulate_takes_no_progress(tmp_path):
     assert result.exit_code == 0, result.output
     assert "synthetic world: 30 items" in result.output
     assert "it/s" not in result.output and "events/s" not in result.output  # no bars
+
+
+def test_the_server_module_runs_the_one_serve_command(monkeypatch):
+    """``python -m reelrank.service.server ARGS`` is ``reelrank serve ARGS``: no second parser."""
+    import reelrank.cli
+    from reelrank.service import server
+
+    seen = []
+    monkeypatch.setattr(reelrank.cli, "app", lambda args, prog_name: seen.append(args))
+    server.main(["--data-dir", "d", "--port", "9"])
+    assert seen == [["serve", "--data-dir", "d", "--port", "9"]]
