@@ -38,7 +38,7 @@ def _problem(url: str) -> str | None:
         client.close()
         why = None
     except redis.RedisError as exc:
-        why = str(exc).strip() or type(exc).__name__
+        why = str(exc).strip().rstrip(".") or type(exc).__name__
     _checked[url] = why
     return why
 
