@@ -212,3 +212,39 @@ def test_a_rebuild_that_died_before_its_swap_leaves_nothing_for_long(pair):
     assert drop_stale_scratch(client, prefix) == 0  # not an hour old: perhaps still running
     assert drop_stale_scratch(client, prefix, older_than_s=0) == 1
     assert keys_under(client, dead.prefix) == [] and client.zcard(prefix + "scratch") == 0
+
+
+def test_one_state_shared_by_request_threads(pair):
+    """Feeds and ingestion on one process's state at once, as a server's threads use it."""
+    url, _, _ = pair
+    live = live_on(url, stats_max_age_s=0.01, meta_max_age_s=0.0)
+    errors: list = []
+
+    def ingest(tag: str) -> None:
+        try:
+            for k in range(40):
+                live.apply_many([Event(f"{tag}{k}-{j}", f"u{j}", f"v{(k + j) % 6}", T0 + k,
+                                       "like") for j in range(3)])
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    def serve() -> None:
+        try:
+            for k in range(60):
+                live.user_snapshot(f"u{k % 3}")
+                live.item_stats_many([f"v{i}" for i in range(6)])
+                live.popular(3), live.trending(3), live.co_engaged("v1", 5)
+                live.record_served(f"u{k % 3}", [f"v{k % 6}"])
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=f, args=a) for f, a in
+               ((ingest, ("a",)), (ingest, ("b",)), (serve, ()), (serve, ()))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert [live.user(f"u{j}").counts["like"] for j in range(3)] == [80, 80, 80]
+    assert sum(s.likes for s in live.item_stats_many([f"v{i}" for i in range(6)])) == 240
+    assert sum(score for _, score in live.popular(6)) == 240 * 2.0  # a like weighs 2
