@@ -217,7 +217,8 @@ def test_a_rebuild_that_died_before_its_swap_leaves_nothing_for_long(pair):
 def test_one_state_shared_by_request_threads(pair):
     """Feeds and ingestion on one process's state at once, as a server's threads use it."""
     url, _, _ = pair
-    live = live_on(url, stats_max_age_s=0.01, meta_max_age_s=0.0)
+    # Top lists follow every event (they may lag by trending_refresh_events otherwise).
+    live = live_on(url, stats_max_age_s=0.01, meta_max_age_s=0.0, trending_refresh_events=1)
     errors: list = []
 
     def ingest(tag: str) -> None:
