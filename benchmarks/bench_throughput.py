@@ -31,6 +31,7 @@ import json
 import os
 import platform
 import random
+import shlex
 import shutil
 import signal
 import socket
@@ -102,15 +103,21 @@ def world_facts(world: Path) -> dict:
 
 # -- the server -----------------------------------------------------------------------------------
 class Server:
-    def __init__(self, world: Path, trainer: str, extra: list[str]):
+    def __init__(self, world: Path, trainer: str, extra: list[str], env: dict[str, str],
+                 shared: "Server | None" = None):
+        """``shared``: serve the data directory of that server (another process on the same
+        store) instead of a fresh copy of the world."""
         self.dir = Path(tempfile.mkdtemp(prefix=f"rr-throughput-{trainer}-"))
-        shutil.copytree(world, self.dir / "data")
+        data = shared.dir / "data" if shared is not None else self.dir / "data"
+        if shared is None:
+            shutil.copytree(world, data)
         self.port = free_port()
-        cmd = REELRANK + ["serve", "--data-dir", str(self.dir / "data"), "--port", str(self.port),
+        cmd = REELRANK + ["serve", "--data-dir", str(data), "--port", str(self.port),
                           "--insecure-no-auth", "--trainer", trainer, *extra]
         self.log = open(self.dir / "server.log", "w")
         started = time.perf_counter()
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **env})
         self.startup_s = self._wait_ready(300.0, started)
 
     def _wait_ready(self, timeout_s: float, started: float) -> float:
@@ -185,9 +192,10 @@ class Server:
 
 
 # -- the load -------------------------------------------------------------------------------------
-def closed_loop(port: int, clients: int, duration_s: float, paths) -> dict:
+def closed_loop(ports: list[int], clients: int, duration_s: float, paths) -> dict:
     """``clients`` threads, each with one keep-alive connection, each sending its next request
-    as soon as the last one is answered, for ``duration_s``. ``paths(rng)`` names each request."""
+    as soon as the last one is answered, for ``duration_s``. ``paths(rng)`` names each request.
+    Client ``k`` talks to ``ports[k % len(ports)]`` (several server processes)."""
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors = [0] * clients
     error_kinds: dict[str, int] = {}
@@ -196,6 +204,7 @@ def closed_loop(port: int, clients: int, duration_s: float, paths) -> dict:
 
     def client(k: int) -> None:
         rng = random.Random(k)
+        port = ports[k % len(ports)]
         con = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         mine = latencies[k]
         go.wait()
@@ -238,26 +247,33 @@ def closed_loop(port: int, clients: int, duration_s: float, paths) -> dict:
 
 
 def run_server(world: Path, trainer: str, viewers: list[str], levels: list[int],
-               duration_s: float, warmup_s: float, n: int, extra: list[str]) -> dict:
-    server = Server(world, trainer, extra)
-    print(f"[{trainer}] server ready in {server.startup_s:.1f} s on port {server.port}",
-          flush=True)
+               duration_s: float, warmup_s: float, n: int, extra: list[str],
+               env: dict[str, str], processes: int = 1) -> dict:
+    servers = [Server(world, trainer, extra, env)]
+    # More processes serve the same store, without a trainer of their own.
+    servers += [Server(world, "off", extra, env, shared=servers[0]) for _ in range(processes - 1)]
+    ports = [s.port for s in servers]
+    print(f"[{trainer}] {processes} server process(es) ready in "
+          f"{max(s.startup_s for s in servers):.1f} s on ports {ports}", flush=True)
+
+    def cpu_s() -> float:
+        return sum(s.cpu_s() for s in servers)
 
     def feed_path(rng: random.Random) -> str:
         return f"/v1/feed?user_id={rng.choice(viewers)}&n={n}"
 
     try:
         # Warm-up: the first feeds fill caches (ranker item vectors, the exploration pool).
-        warm = closed_loop(server.port, 4, warmup_s, feed_path)
+        warm = closed_loop(ports, 4, warmup_s, feed_path)
         print(f"[{trainer}] warm-up: {warm['requests']} feeds, {warm['errors']} errors",
               flush=True)
         rows = []
         for clients in levels:
             row = {"clients": clients}
             for name, paths in (("feed", feed_path), ("healthz", lambda _r: "/healthz")):
-                cpu0 = server.cpu_s()
-                got = closed_loop(server.port, clients, duration_s, paths)
-                cpu = server.cpu_s() - cpu0
+                cpu0 = cpu_s()
+                got = closed_loop(ports, clients, duration_s, paths)
+                cpu = cpu_s() - cpu0
                 got["server_cpu_ms_per_request"] = (
                     round(cpu * 1000 / got["requests"], 2) if got["requests"] else None)
                 got["server_cpu_cores"] = round(cpu / got["seconds"], 2)
@@ -267,10 +283,12 @@ def run_server(world: Path, trainer: str, viewers: list[str], levels: list[int],
                       f"server {got['server_cpu_cores']} cores", flush=True)
             row["ratio"] = round(row["feed"]["rps"] / row["healthz"]["rps"], 3)
             rows.append(row)
-        return {"trainer": trainer, "startup_s": round(server.startup_s, 1), "warmup": warm,
+        return {"trainer": trainer, "processes": processes, "server_env": env,
+                "startup_s": round(max(s.startup_s for s in servers), 1), "warmup": warm,
                 "levels": rows}
     finally:
-        server.stop()
+        for server in reversed(servers):
+            server.stop()
 
 
 # -- the report -----------------------------------------------------------------------------------
@@ -281,7 +299,7 @@ def markdown(result: dict) -> str:
         f"Command: `{result['command']}`", "",
         f"Machine: {m['cpus']} CPUs, Python {m['python']}; load average before the run "
         f"{m['loadavg_before']}, after {m['loadavg_after']}. {result['note']}", "",
-        f"World: `reelrank simulate` {w['items']:,} videos, {result['args']['users']:,} viewers, "
+        f"World: `reelrank simulate` {w['items']:,} videos, {w['viewers_with_events']:,} viewers, "
         f"{w['events']:,} events, then `reelrank train`. Each server ran `reelrank serve "
         f"--insecure-no-auth` on a fresh copy of it; {result['args']['warmup']} s of feeds "
         f"(4 clients) warmed it up, then each level ran {result['args']['duration']} s of "
@@ -291,7 +309,9 @@ def markdown(result: dict) -> str:
         "server CPU is the server process and its trainer child, from /proc.", "",
     ]
     for run in result["runs"]:
-        out += [f"## `--trainer {run['trainer']}`", "",
+        extra = "".join([f", {run['processes']} processes" if run.get("processes", 1) > 1 else "",
+                         "".join(f", {k}={v}" for k, v in run.get("server_env", {}).items())])
+        out += [f"## `--trainer {run['trainer']}`{extra}", "",
                 "| clients | feed req/s | feed p50 ms | feed p99 ms | feed errors "
                 "| server CPU ms / feed | /healthz req/s | /healthz p50 / p99 ms "
                 "| feed / healthz |",
@@ -322,6 +342,13 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=10, help="items per feed page")
     ap.add_argument("--server-arg", action="append", default=[],
                     help="an extra argument for `reelrank serve` (repeatable)")
+    ap.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="an environment variable for the server processes (repeatable)")
+    ap.add_argument("--processes", type=int, default=1,
+                    help="server processes on the same store, clients spread over them; the "
+                         "first runs the --trainer, the others none. Each holds its own live "
+                         "state: a measure of what a second core gives, not a correct "
+                         "deployment (a swipe reaches only the process it was posted to)")
     ap.add_argument("--note", default="", help="a sentence for the report (e.g. the box's load)")
     ap.add_argument("--out", default="benchmarks/results/throughput")
     args = ap.parse_args()
@@ -332,10 +359,11 @@ def main() -> None:
     took = build_world(world, args.items, args.users, args.seed)
     viewers = known_viewers(world)
     levels = [int(x) for x in args.clients.split(",")]
+    env = dict(kv.split("=", 1) for kv in args.server_env)
     runs = [run_server(world, t, viewers, levels, args.duration, args.warmup, args.n,
-                       args.server_arg) for t in trainers]
+                       args.server_arg, env, args.processes) for t in trainers]
     result = {
-        "command": "python benchmarks/bench_throughput.py " + " ".join(sys.argv[1:]),
+        "command": shlex.join(["python", "benchmarks/bench_throughput.py", *sys.argv[1:]]),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "loadavg_before": [round(x, 2) for x in load_before],
                     "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
