@@ -13,7 +13,8 @@ Redis one by `rebuild_live` (what `reelrank rebuild-live` does). Then, on each b
   scorer, every candidate source), for random viewers, after a warm-up; feeds/s, p50/p99, and
   the round trips to Redis each feed made (counted on the client);
 - Redis's size: keys and bytes (``MEMORY USAGE``) per viewer, per video and in all (``INFO
-  memory``'s used_memory before and after the load);
+  memory``'s used_memory before and after the load); Redis's own CPU per event and per feed
+  (``INFO cpu``: the server is on the same machine, nothing else uses it meanwhile);
 - fan-out latency: one state applies an event, another (its own connection, as another process
   would have) gets the stream message; p50/p99 over --fanout-events.
 
@@ -80,6 +81,14 @@ def rate(fn, n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def redis_cpu_s(live) -> float:
+    """CPU seconds the Redis server has used (user and system); 0 for the in-memory state."""
+    if not isinstance(live, RedisLiveState):
+        return 0.0
+    cpu = live.client.info("cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
 def ops(live, users: list[str], item_ids: list[str], n: int, seed: int) -> dict:
     rng = random.Random(seed)
     ts0 = live.clock + 1
@@ -94,7 +103,7 @@ def ops(live, users: list[str], item_ids: list[str], n: int, seed: int) -> dict:
     batch = 500
     more = [Event(f"bench-{seed}-b{k}", picks[k][0], picks[k][1], ts0 + n + k, kinds[k % 4],
                   watch_ms=5_000 if k % 4 in (1, 2) else None) for k in range(n)]
-    t0 = time.perf_counter()
+    cpu0, t0 = redis_cpu_s(live), time.perf_counter()
     for k in range(0, n, batch):
         if isinstance(live, RedisLiveState):
             live.apply_many(more[k:k + batch])
@@ -102,7 +111,9 @@ def ops(live, users: list[str], item_ids: list[str], n: int, seed: int) -> dict:
             for e in more[k:k + batch]:
                 live.apply(e)
     many = n / (time.perf_counter() - t0)
+    cpu_per_event = (redis_cpu_s(live) - cpu0) / n * 1e6
     out = {"apply": rate(apply, n), "apply_batches_of_500": many,
+           "redis_cpu_us_per_event": cpu_per_event,
            "user_snapshot": rate(lambda k: live.user_snapshot(picks[k][0]), n),
            "record_served": rate(lambda k: live.record_served(
                picks[k][0], [rng.choice(item_ids) for _ in range(10)]), n)}
@@ -124,6 +135,7 @@ def feeds(engine: Engine, users: list[str], n: int, seed: int,
     for _ in range(20):  # warm-up: top lists, caches, the exploration pool
         engine.feed(FeedRequest(user_id=rng.choice(users), n=10))
     times, trips = [], []
+    cpu0 = redis_cpu_s(engine.live)
     for _ in range(n):
         before = counter.n if counter else 0
         t0 = time.perf_counter()
@@ -132,7 +144,8 @@ def feeds(engine: Engine, users: list[str], n: int, seed: int,
         if counter:
             trips.append(counter.n - before)
     out = {"feeds_per_s": n / (sum(times) / 1000), "p50_ms": pct(times, 0.5),
-           "p99_ms": pct(times, 0.99)}
+           "p99_ms": pct(times, 0.99),
+           "redis_cpu_us_per_feed": (redis_cpu_s(engine.live) - cpu0) / n * 1e6}
     if counter:
         out.update(round_trips_mean=statistics.mean(trips), round_trips_p50=pct(trips, 0.5),
                    round_trips_max=max(trips))
@@ -285,6 +298,11 @@ def report_md(r: dict) -> str:
         f"| load the world | {L['memory_replay_events_per_s']:,.0f} events/s (replay) | "
         f"{L['redis_rebuild_events_per_s']:,.0f} events/s (rebuild-live) | pipelines of 2,000 |",
         "",
+        f"Redis server CPU per event applied in batches (INFO cpu, user + system): "
+        f"{o['redis']['redis_cpu_us_per_event']:,.0f} µs, about "
+        f"{1e6 / max(o['redis']['redis_cpu_us_per_event'], 1e-9):,.0f} events/s for one Redis "
+        "core (Redis runs commands on one thread).",
+        "",
         "## One feed (Engine.feed, served pipeline without trained models, n=10)",
         "",
         "| backend | feeds/s | p50 ms | p99 ms | Redis round trips per feed |",
@@ -294,6 +312,8 @@ def report_md(r: dict) -> str:
         f"| Redis | {f['redis']['feeds_per_s']:,.0f} | {f['redis']['p50_ms']:.2f} | "
         f"{f['redis']['p99_ms']:.2f} | mean {f['redis']['round_trips_mean']:.1f}, median "
         f"{f['redis']['round_trips_p50']}, max {f['redis']['round_trips_max']} |",
+        "",
+        f"Redis server CPU per feed: {f['redis']['redis_cpu_us_per_feed']:,.0f} µs.",
         "",
         "## Redis size",
         "",
