@@ -169,7 +169,7 @@ def run_coldstart(args) -> dict:
     cfg = ColdStartConfig(items=args.items, new_viewers=args.viewers, swipes=args.cold_swipes,
                           seed=args.seed)
     arms = tuple(args.arms.split(","))
-    out: dict = {"world": "synthetic", "arms": list(arms)}
+    out: dict = {"world": "coldstart", "arms": list(arms)}
     out["off"] = run(cfg, arms=arms)
     original = Engine.for_offline
     made: list = []
@@ -200,10 +200,12 @@ def run_coldstart(args) -> dict:
 
 def markdown(r: dict) -> str:
     """The result as the page committed beside its JSON."""
-    lines = [f"# Learned topics: {r['world']}", "", f"Command: `{r['command']}`", "",
+    cold = "off" in r and "on" in r
+    title = "Viewer communities: cold start" if cold else f"Learned topics: {r['world']}"
+    lines = [f"# {title}", "", f"Command: `{r['command']}`", "",
              f"Machine: {r.get('cpus')} CPUs, shared with other work (wall time "
              f"{r.get('wall_s')} s).", ""]
-    if r["world"] == "coldstart":
+    if cold:
         lines += ["New viewers on the synthetic world (`reelrank.eval.coldstart`), the served "
                   "engine with online updates, run twice on the same world and seed: as served, "
                   "and with viewer communities and their cold-start source added "
@@ -217,7 +219,11 @@ def markdown(r: dict) -> str:
                 lines.append(f"| {arm} | {side} | {t['swipes_to_80']} | {t['final']:.3f} | "
                              f"{t['swipes_to_80_of_gain']} | {e['watch_ratio']['final']:.3f} | "
                              f"{e['like']['final']:.3f} | {e['affinity']['final']:.3f} |")
-        lines += ["", f"Communities at the start of the `on` run: {r['communities']}"]
+        lines += ["", "Share of swipes by source: " + "; ".join(
+            f"{side}: {r[side]['arms'][arm].get('sources')}" for side in ("off", "on")
+            for arm in r[side]["arms"]), "",
+            "Communities at the start of the `on` run (from the background viewers' live "
+            f"state): {r['communities']}"]
         return "\n".join(lines) + "\n"
     train = r.get("train") or r.get("train_seconds")
     lines += [f"{r['items']:,} videos, {r['events']:,} events; reference labels: "

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from reelrank.learned_topics import _kmeans, _unit, choose_k, TopicConfig
+from reelrank.pipeline.side_effects import Calls
 from reelrank.topics import ATTRIBUTE_TOPICS, NO_TOPIC
 from reelrank.types import Candidate, Reason, is_long_view
 
@@ -75,6 +76,7 @@ class Communities:
         self._next_id = 0
         self.refreshed_at: float | None = None
         self._lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
         self._refreshing = False
 
     # -- the viewers' topic mix ----------------------------------------------------------------
@@ -98,7 +100,12 @@ class Communities:
 
     # -- clustering -----------------------------------------------------------------------------
     def refresh(self) -> list[Community]:
-        """Recompute the communities from live state now."""
+        """Recompute the communities from live state now (one refresh at a time: a second
+        waits, so ids are always matched against the set before)."""
+        with self._refresh_lock:
+            return self._refresh()
+
+    def _refresh(self) -> list[Community]:
         cfg = self.cfg
         viewers, mixes = [], []
         for uid in self.live.user_ids()[-cfg.max_viewers:]:
@@ -299,7 +306,7 @@ def install(engine, topics=None, cfg: CommunityConfig | None = None,
     reach them. ``source=True`` also adds ``CommunitySource`` to the personalized feed's
     sources (for viewers with at most 10 long views: the cold start)."""
     communities = Communities(engine.catalog, engine.live, topics, cfg)
-    engine.erase_listeners.append(communities.forget_user)
+    engine.effects.add(Calls("communities", erase=communities.forget_user))
     if source:
         personal = engine.pipeline.sources.get("personalized")
         if personal is not None:
