@@ -26,7 +26,7 @@ from reelrank.pipeline.feed import FeedPipeline, FeedResult
 from reelrank.pipeline.neural import ServingModels
 from reelrank.pipeline.rank import Scored
 from reelrank.pipeline.served import default_pipeline, offline_pipeline
-from reelrank.pipeline.side_effects import Calls, SideEffects
+from reelrank.pipeline.side_effects import SideEffects
 from reelrank.pipeline.traces import DEFAULT_TRACE_BUDGET_BYTES, TraceKeeper
 from reelrank.registry import ModelMeta, ModelRegistry
 from reelrank.store import new_live_state
@@ -234,30 +234,3 @@ class Engine:
         if removed:
             self.rebuild_live()
         return removed
-
-    # -- the listener lists this class had before ``effects`` (kept for modules not moved yet;
-    # each append adds a step) -----------------------------------------------------------------
-    @property
-    def erase_listeners(self) -> _Appender:
-        return _Appender(self.effects, "erase")
-
-    @property
-    def reset_listeners(self) -> _Appender:
-        return _Appender(self.effects, "reset")
-
-    @property
-    def feed_listeners(self) -> _Appender:
-        return _Appender(self.effects, "feed")
-
-    @property
-    def event_listeners(self) -> _Appender:
-        return _Appender(self.effects, "events")
-
-
-class _Appender:
-    def __init__(self, effects: SideEffects, moment: str) -> None:
-        self._effects, self._moment = effects, moment
-
-    def append(self, fn) -> None:
-        name = getattr(fn, "__qualname__", repr(fn))
-        self._effects.add(Calls(name, **{self._moment: fn}))

@@ -32,10 +32,10 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
-from reelrank.pipeline.rerank import EXPLORATION_CODES, NEW_CREATOR
 from reelrank.store.live import CatalogView
 from reelrank.topics import NO_TOPIC, topic_of
-from reelrank.types import HOUR_MS, VIEW_TYPES, Event, FeedItem, is_long_view
+from reelrank.types import (EXPLORATION_CODES, HOUR_MS, NEW_CREATOR, VIEW_TYPES, Event, FeedItem,
+                            is_long_view)
 
 
 def gini(counts: Iterable[float]) -> float:

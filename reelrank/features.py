@@ -31,11 +31,11 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from reelrank.store.memory import length_class
+from reelrank.store.live import length_class
 from reelrank.topics import topic_of
-from reelrank.types import Event, Token, is_long_view
+from reelrank.types import LABEL_TASKS, Event, Token, is_long_view
 
-TASKS = ("long_view", "like", "follow", "comment", "share", "negative")
+TASKS = LABEL_TASKS  # the labels of an example, in order (types.py)
 # Outcomes that show the video was on screen: with ``Joiner.imply`` they open an example.
 IMPLYING = frozenset({"play", "skip", "rewatch", "like", "share", "comment", "follow"})
 

@@ -31,9 +31,10 @@ from typing import Callable
 
 from reelrank.errors import NotFoundError
 from reelrank.pipeline.explore import ExploreSource
-from reelrank.store.memory import DAY_MS, HOUR_MS, Catalog, LiveState, length_class
+from reelrank.pipeline.side_effects import Calls
+from reelrank.store.live import Catalog, LiveState, length_class
 from reelrank.topics import ATTRIBUTE_TOPICS
-from reelrank.types import Item, UserSettings, is_long_view
+from reelrank.types import DAY_MS, HOUR_MS, Item, UserSettings, is_long_view
 
 LENGTH_LABELS = ("under 10 s", "10-20 s", "20-40 s", "40-80 s", "80-160 s", "over 160 s")
 _AUDIENCE_TYPES = frozenset({"like", "share", "comment", "follow"})
@@ -348,5 +349,5 @@ def insights_for(engine, min_viewers: int = 20, topics=None, communities=None) -
     insights = CreatorInsights(engine.catalog, engine.live, engine.store.get_settings,
                                explore=explore, min_viewers=min_viewers, topics=topics,
                                communities=communities)
-    engine.erase_listeners.append(insights.forget_user)
+    engine.effects.add(Calls("insights", erase=insights.forget_user))
     return insights

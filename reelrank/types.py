@@ -29,6 +29,12 @@ RANKER_TASKS = ("long_view", "watch_time", "like", "share", "comment", "follow",
 LABEL_TASKS = ("long_view", "like", "follow", "comment", "share", "negative")
 HEURISTIC_TASKS = ("long_view", "like", "share", "negative")
 
+# Reason codes of the slots that find new videos and new creators their first audiences
+# (pipeline/explore.py proposes them, the re-ranker reserves them, exposure figures count them).
+NEW_CREATOR = "new_creator"
+NEW_VIDEO = "new_video"
+EXPLORATION_CODES = frozenset({NEW_CREATOR, NEW_VIDEO})
+
 # Time, in the milliseconds every event time and window is counted in.
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS

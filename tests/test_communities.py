@@ -9,6 +9,7 @@ from reelrank.communities import Communities, CommunityConfig, CommunitySource
 from reelrank.engine import Engine
 from reelrank.insights import CreatorInsights
 from reelrank.pipeline.context import FeedRequest
+from reelrank.pipeline.side_effects import Calls
 from reelrank.types import Event, Item
 
 T0 = 1_700_000_000_000
@@ -119,7 +120,7 @@ def test_the_k_anonymity_floor_holds_for_stats_and_creator_insights(engine):
 def test_an_erased_viewer_leaves_the_assignment(engine):
     populate(engine, {("cats",): 8, ("music",): 8})
     c = Communities(engine.catalog, engine.live, cfg=CFG)
-    engine.erase_listeners.append(c.forget_user)
+    engine.effects.add(Calls("communities", erase=c.forget_user))
     c.refresh()
     assert "g0-0" in c._assignment
     engine.erase_user("g0-0", rebuild=False)

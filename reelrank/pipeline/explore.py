@@ -34,9 +34,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from reelrank.pipeline.context import FeedContext
-from reelrank.pipeline.rerank import NEW_CREATOR, NEW_VIDEO
 from reelrank.store.live import CatalogView, ItemStats, LiveState
-from reelrank.types import DAY_MS, Candidate, Item, Reason
+from reelrank.types import DAY_MS, NEW_CREATOR, NEW_VIDEO, Candidate, Item, Reason
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from reelrank.pipeline.context import FeedContext
-from reelrank.types import Candidate, Item, Reason
+from reelrank.types import HEURISTIC_TASKS, Candidate, Item, Reason
 
-TASKS = ("long_view", "like", "share", "negative")
+TASKS = HEURISTIC_TASKS  # what it estimates, in order (types.py)
 
 
 @dataclass

@@ -28,11 +28,8 @@ from dataclasses import dataclass
 from reelrank.pipeline.context import FeedContext
 from reelrank.pipeline.rank import Scored
 from reelrank.topics import ATTRIBUTE_TOPICS
-
-# Reason codes of exploration candidates (``reelrank.pipeline.explore``).
-NEW_CREATOR = "new_creator"
-NEW_VIDEO = "new_video"
-EXPLORATION_CODES = frozenset({NEW_CREATOR, NEW_VIDEO})
+# Reason codes of exploration candidates (``reelrank.pipeline.explore``): types.py's vocabulary.
+from reelrank.types import EXPLORATION_CODES, NEW_CREATOR, NEW_VIDEO  # noqa: F401
 
 
 @dataclass

@@ -11,8 +11,7 @@ from collections import Counter
 from typing import Protocol
 
 from reelrank.pipeline.context import FeedContext
-from reelrank.store.memory import DAY_MS
-from reelrank.types import Candidate, Reason
+from reelrank.types import DAY_MS, Candidate, Reason
 
 
 _NEWEST = operator.attrgetter("created_at", "item_id")  # the following feed's order

@@ -33,8 +33,7 @@ from reelrank.topics import topic_of
 from reelrank.types import (DAY_MS, HOUR_MS, NEGATIVE_TYPES, POSITIVE_TYPES, Event, Item, Token,
                             is_long_view)
 
-__all__ = ["DAY_MS", "ENGAGEMENT_WEIGHTS", "HOUR_MS", "Catalog", "HistoryEntry", "ItemStats",
-           "LiveState", "MemoryCatalog", "MemoryLiveState", "UserState", "length_class"]
+__all__ = ["ENGAGEMENT_WEIGHTS", "MemoryCatalog", "MemoryLiveState"]
 
 log = logging.getLogger(__name__)
 
@@ -442,8 +441,3 @@ class MemoryLiveState:
     def co_engaged(self, item_id: str, n: int) -> list[tuple[str, int]]:
         counts = self._co.get(item_id)
         return counts.most_common(n) if counts else []
-
-
-# The names this module had before ``store/live.py`` (kept for the modules not moved yet).
-Catalog = MemoryCatalog
-LiveState = MemoryLiveState
