@@ -18,6 +18,9 @@ versions change the ranker every second and the retrieval model every few minute
 link to that version's file, not a new copy: publishing writes a third of the bytes, and
 pruning the earlier version leaves the linked file in place. Versions written before parts had
 files of their own (everything in ``model.pt``) still load.
+
+Processes on several hosts share no directory: ``open_registry("postgresql://...")`` gives the
+same interface over tables in that database (``registry_pg.py``).
 """
 
 from __future__ import annotations
@@ -46,9 +49,9 @@ def _part_file(part: str) -> str:
     return f"{part}.safetensors"
 
 
-def _save_part(state: dict[str, Any], path: Path) -> None:
-    """A nested state (a state dict; extra states are dicts of tensors and numbers) as one
-    safetensors file: tensors by their path, every other value in the JSON header."""
+def flatten_part(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
+    """A nested state (a state dict; extra states are dicts of tensors and numbers) as
+    safetensors' flat tensors by name plus a JSON header: each tensor's path, every other value."""
     tensors: dict[str, torch.Tensor] = {}
     paths: dict[str, list[str]] = {}
     values: list[list] = []
@@ -74,14 +77,12 @@ def _save_part(state: dict[str, Any], path: Path) -> None:
             values.append([path, value])
 
     walk([], state)
-    header = json.dumps({"paths": paths, "values": values})
-    safetensors.torch.save_file(tensors, str(path), metadata={"reelrank": header})
+    return tensors, json.dumps({"paths": paths, "values": values})
 
 
-def _load_part(path: Path) -> dict[str, Any]:
-    with safetensors.safe_open(str(path), "pt") as f:
-        header = json.loads(f.metadata()["reelrank"])
-        tensors = {name: f.get_tensor(name) for name in f.keys()}
+def unflatten_part(tensors: dict[str, torch.Tensor], header_text: str) -> dict[str, Any]:
+    """The nested state ``flatten_part`` took apart."""
+    header = json.loads(header_text)
     out: dict[str, Any] = {}
 
     def put(path: list[str], value: Any) -> None:
@@ -95,6 +96,19 @@ def _load_part(path: Path) -> dict[str, Any]:
     for name, path_ in header["paths"].items():
         put(path_, tensors[name])
     return out
+
+
+def _save_part(state: dict[str, Any], path: Path) -> None:
+    """One part as one safetensors file, its header in the file's metadata."""
+    tensors, header = flatten_part(state)
+    safetensors.torch.save_file(tensors, str(path), metadata={"reelrank": header})
+
+
+def _load_part(path: Path) -> dict[str, Any]:
+    with safetensors.safe_open(str(path), "pt") as f:
+        header = f.metadata()["reelrank"]
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
+    return unflatten_part(tensors, header)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -218,6 +232,9 @@ class ModelRegistry:
     def meta(self, version: str) -> ModelMeta:
         return json.loads((self.root / version / "meta.json").read_text())
 
+    def close(self) -> None:
+        """Release what the registry holds open (nothing, for a directory)."""
+
     def prune(self, keep: int = 5) -> list[str]:
         """Delete all but the newest ``keep`` versions (never the latest)."""
         latest = self.latest()
@@ -226,3 +243,21 @@ class ModelRegistry:
         for v in old:
             shutil.rmtree(self.root / v, ignore_errors=True)
         return old
+
+
+def open_registry(where: str | Path, root: Path | str | None = None) -> ModelRegistry:
+    """The registry at ``where``: a directory, or ``postgresql://user:password@host/db`` (or
+    ``postgres://``) for versions in that database, which every host reaches. ``root``: with
+    a database (and required then), this host's directory for its own files beside the
+    models, such as the topic settings."""
+    text = str(where)
+    if text.startswith(("postgresql://", "postgres://")):
+        if root is None:
+            raise ValueError("a PostgreSQL registry needs a local root directory too")
+        # Imported here: psycopg is needed only by those who use this backend.
+        from reelrank.registry_pg import PostgresRegistry
+
+        return PostgresRegistry(text, root)
+    if "://" in text:
+        raise ModelError(f"no model registry for scheme {text.split('://', 1)[0]!r}")
+    return ModelRegistry(where)

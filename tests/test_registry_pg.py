@@ -1,0 +1,152 @@
+"""The model registry in PostgreSQL: two registry objects on one database stand for two hosts
+that share no directory. What one publishes the other lists, reads and loads, tensor for
+tensor; a version is visible whole or not at all."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+import pytest
+
+from reelrank.errors import ModelError
+from reelrank.registry import ModelRegistry, open_registry
+from tests.pg import throwaway_database
+from tests.test_registry import _same, _state
+
+
+@pytest.fixture
+def url():
+    with throwaway_database() as u:
+        yield u
+
+
+@pytest.fixture
+def hosts(url, tmp_path):
+    """Two registries on the same database, each with a local root of its own."""
+    made = [open_registry(url, tmp_path / name) for name in ("a", "b")]
+    yield made
+    for r in made:
+        r.close()
+
+
+def _count(url: str, table: str) -> int:
+    with psycopg.connect(url) as conn:
+        return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def test_a_version_published_on_one_host_loads_on_another(hosts, tmp_path):
+    a, b = hosts
+    assert b.latest() is None and b.versions() == []
+    with pytest.raises(ModelError):
+        b.load()
+    state = _state(0)
+    first = a.publish(state, {"metrics": {"gauc": 0.61}, "through_seq": 42})
+    assert b.latest() == first and b.versions() == [first]
+    artifact = b.load()
+    assert artifact.version == first and _same(state, artifact.state)
+    assert artifact.meta == a.meta(first) == b.meta(first)
+    assert artifact.meta["metrics"] == {"gauc": 0.61} and artifact.meta["through_seq"] == 42
+    assert artifact.meta["version"] == first and artifact.meta["published_at"] > 0
+    assert b.has_part(first, "ranker") and not b.has_part(first, "nothing")
+    assert b.load(first, skip=("retrieval",)).state["retrieval"] is None
+    assert not any((tmp_path / "b").iterdir())  # nothing of the model in b's directory
+
+    second = a.publish(_state(1), {"base_version": first})
+    assert second != first and b.latest() == second and b.versions() == [first, second]
+    assert _same(b.load().state["ranker"], _state(1)["ranker"])
+    assert _same(b.load(first).state, state)  # the earlier version is still there
+
+
+def test_a_reused_part_is_one_blob_and_outlives_its_version(url, hosts):
+    a, b = hosts
+    first = a.publish(_state(0), {})
+    assert _count(url, "model_blobs") == 2
+    light = _state(1)
+    light["retrieval"] = None  # the publisher does not even serialise it
+    second = a.publish(light, {}, reuse={"retrieval": first})
+    assert _count(url, "model_blobs") == 3  # only the new ranker's bytes
+    assert b.has_part(second, "retrieval")
+    assert b.prune(keep=0) == [first]
+    assert a.versions() == [second] and _count(url, "model_blobs") == 2
+    loaded = a.load(second).state
+    assert _same(loaded["retrieval"], _state(0)["retrieval"])
+    assert _same(loaded["ranker"], _state(1)["ranker"])
+    with pytest.raises(ModelError):
+        b.load(first)
+
+
+def test_a_publish_that_fails_half_way_leaves_nothing(url, hosts):
+    a, b = hosts
+    state = _state(0)
+    state["ranker"] = None
+    first = a.publish(state, {})
+    blobs = _count(url, "model_blobs")
+    # The retrieval part and the version row are written before the ranker's reuse fails.
+    with pytest.raises(ModelError):
+        a.publish(_state(1), {}, reuse={"ranker": first})
+    assert b.versions() == [first] and b.latest() == first
+    assert _count(url, "model_blobs") == blobs and _count(url, "model_parts") == 1
+
+
+def test_a_version_being_written_is_invisible_until_it_commits(url, hosts):
+    a, b = hosts
+    first = a.publish(_state(0), {})
+    done: list[str] = []
+    with psycopg.connect(url) as blocker, psycopg.connect(url, autocommit=True) as watcher:
+        # Hold the latest row: the publisher writes its blobs, parts and version, then waits.
+        blocker.execute("SELECT version FROM model_latest FOR UPDATE")
+        thread = threading.Thread(target=lambda: done.append(a.publish(_state(1), {})))
+        thread.start()
+        deadline = time.monotonic() + 30
+        while True:
+            waiting = watcher.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query LIKE 'INSERT INTO model_latest%'").fetchone()[0]
+            if waiting or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert waiting == 1, "the publisher never reached its last statement"
+        assert _count(url, "model_blobs") == 2  # its new blob is not visible either
+        assert b.versions() == [first] and b.latest() == first
+        assert _same(b.load().state, _state(0))
+        blocker.rollback()
+    thread.join(30)
+    assert done and b.latest() == done[0] and b.versions() == [first, done[0]]
+    assert _same(b.load().state, _state(1))
+
+
+def test_two_hosts_publishing_at_once_get_distinct_versions(hosts):
+    a, b = hosts
+    names: list[str] = []
+    errors: list[BaseException] = []
+
+    def publish(r, seed):
+        try:
+            for _ in range(3):
+                names.append(r.publish(_state(seed), {"seed": seed}))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=publish, args=(r, i)) for i, r in enumerate(hosts)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and len(set(names)) == 6
+    assert sorted(a.versions()) == sorted(names) and a.latest() in names
+
+
+def test_open_registry_picks_the_backend(url, tmp_path):
+    assert type(open_registry(tmp_path / "models")) is ModelRegistry
+    with pytest.raises(ValueError):
+        open_registry(url)  # a database registry needs a local root as well
+    with pytest.raises(ModelError):
+        open_registry("s3://bucket/models", tmp_path)
+    r = open_registry(url, tmp_path / "local")
+    try:
+        assert type(r).__name__ == "PostgresRegistry" and isinstance(r, ModelRegistry)
+        assert r.root == tmp_path / "local" and r.latest() is None
+    finally:
+        r.close()
