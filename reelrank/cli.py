@@ -24,6 +24,9 @@ DATA_DIR_HELP = "Directory of the embedded store (SQLite file, keys, models)."
 STORE_HELP = ("A store other than DATA_DIR's SQLite file: postgresql://user:password@host/db. "
               "Keys and models stay in DATA_DIR.")
 PROGRESS_HELP = "Show progress bars (on stderr)."
+MODELS_HELP = ("Where model versions go: a directory (default DATA_DIR/models) or "
+               "postgresql://user:password@host/db, which trainers and servers on other hosts "
+               "reach (docs/operations.md).")
 
 
 def _logging(level: str) -> None:
@@ -211,6 +214,7 @@ def train(
     seed: int = typer.Option(0, help="Random seed: the same seed and data train the same model."),
     progress: bool = typer.Option(True, help="Show progress bars."),
     store_url: Optional[str] = typer.Option(None, "--store", help=STORE_HELP),
+    models: Optional[str] = typer.Option(None, help=MODELS_HELP),
 ) -> None:
     """Train the retrieval model and the ranker on everything in the store and publish them to
     DATA_DIR/models, with the same defaults as POST /v1/admin/train. The ranker's epochs are
@@ -222,7 +226,7 @@ def train(
 
     from dataclasses import replace
 
-    from reelrank.registry import ModelRegistry
+    from reelrank.registry import open_registry
     from reelrank.store import open_store
     from reelrank.train.job import TrainConfig, train_from_store
 
@@ -236,10 +240,11 @@ def train(
             {} if ranker_epochs is None else {"epochs": ranker_epochs})),
         holdout=holdout, seed=seed)
     store = open_store(store_url or data_dir)
+    registry = open_registry(models or Path(data_dir) / "models", Path(data_dir) / "models")
     try:
-        result = train_from_store(store, ModelRegistry(Path(data_dir) / "models"), cfg,
-                                  progress=progress)
+        result = train_from_store(store, registry, cfg, progress=progress)
     finally:
+        registry.close()
         store.close()
     typer.echo(json.dumps(result.metrics, indent=2))
     typer.echo(f"published model version {result.version} in {result.seconds:.0f} s")
@@ -265,13 +270,14 @@ def trainer_(
              "({\"command\": \"erase\"|\"reset\", \"user_id\": ...}), acknowledge each on "
              "standard output, and exit when standard input closes: how `reelrank serve` "
              "runs its trainer."),
+    models: Optional[str] = typer.Option(None, help=MODELS_HELP),
 ) -> None:
     """Run the online trainer as its own process: tail the event log in DATA_DIR, learn from
     each closed impression in small steps, and publish versions to DATA_DIR/models, which every
     API process (`reelrank serve --trainer off`) swaps in. Starts from the latest published
     version (train one first with `reelrank train`). Stop it with Ctrl-C; killing it at any
     point leaves the registry consistent and serving untouched."""
-    from reelrank.registry import ModelRegistry
+    from reelrank.registry import open_registry
     from reelrank.store import open_store
     from reelrank.train.supervisor import run_trainer
     from reelrank.train.trainer import OnlineTrainer, TrainerConfig
@@ -280,10 +286,12 @@ def trainer_(
     store = open_store(store_url or data_dir)
     cfg = TrainerConfig(publish_every_s=publish_every, retrieval_every_s=retrieval_every,
                         verify_users=True, max_viewers=max_viewers, late_memory=late_examples)
-    runner = OnlineTrainer(store, ModelRegistry(Path(data_dir) / "models"), cfg)
+    registry = open_registry(models or Path(data_dir) / "models", Path(data_dir) / "models")
+    runner = OnlineTrainer(store, registry, cfg)
     try:
         run_trainer(runner, Path(data_dir), commands_from_stdin, say=typer.echo)
     finally:
+        registry.close()
         store.close()
 
 

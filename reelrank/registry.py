@@ -181,7 +181,8 @@ class ModelRegistry:
                     parts.append(part)
                 rest["parts"] = parts
                 torch.save(rest, tmp / "model.pt")
-                full_meta = {"version": version, "published_at": int(time.time() * 1000), **meta}
+                # Last: a meta copied from an earlier version names this one.
+                full_meta = {**meta, "version": version, "published_at": int(time.time() * 1000)}
                 (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, default=str))
                 os.replace(tmp, self.root / version)
             except BaseException:

@@ -141,7 +141,8 @@ class PostgresRegistry(ModelRegistry):
             n = 1 + _one(conn.execute(
                 "SELECT count(*) FROM model_versions WHERE version LIKE %s", (stamp + "-%",)))
             version = f"{stamp}-{n:04d}"
-            full_meta = {"version": version, "published_at": int(time.time() * 1000), **meta}
+            # Last: a meta copied from an earlier version names this one.
+            full_meta = {**meta, "version": version, "published_at": int(time.time() * 1000)}
             conn.execute(
                 "INSERT INTO model_versions (version, published_at, meta, state) "
                 "VALUES (%s, %s, %s, %s)",

@@ -87,3 +87,13 @@ def test_a_version_saved_as_one_file_still_loads(tmp_path):
     (tmp_path / version / "meta.json").write_text("{}")
     assert _same(registry.load(version).state, state)
     assert registry.load(version, skip=("retrieval",)).state["retrieval"] is not None
+
+
+def test_a_meta_copied_from_an_earlier_version_names_the_new_one(tmp_path):
+    registry = ModelRegistry(tmp_path)
+    first = registry.publish(_state(0), {"note": "x"})
+    old = registry.meta(first)
+    second = registry.publish(_state(0), {**old, "base_version": first})
+    meta = registry.meta(second)
+    assert second != first and meta["version"] == second and meta["base_version"] == first
+    assert meta["published_at"] >= old["published_at"] and meta["note"] == "x"

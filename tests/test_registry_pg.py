@@ -150,3 +150,47 @@ def test_open_registry_picks_the_backend(url, tmp_path):
         assert r.root == tmp_path / "local" and r.latest() is None
     finally:
         r.close()
+
+
+def test_reelrank_train_publishes_to_the_database_and_another_host_serves_it(url, tmp_path):
+    """``reelrank train --models postgresql://...`` on one host; an engine on another host
+    (another local directory) loads that version, serves a feed with it and swaps in the
+    next one published."""
+    from typer.testing import CliRunner
+
+    from reelrank.cli import app
+    from reelrank.engine import Engine
+    from reelrank.store import open_store
+    from reelrank.types import FeedRequest
+
+    data = tmp_path / "trainer-host"
+    runner = CliRunner()
+    done = runner.invoke(app, ["simulate", "--data-dir", str(data), "--users", "20",
+                               "--items", "120", "--creators", "6", "--sessions", "2",
+                               "--swipes", "8", "--seed", "3", "--no-progress"])
+    assert done.exit_code == 0, done.output
+    done = runner.invoke(app, ["train", "--data-dir", str(data), "--models", url,
+                               "--retrieval-epochs", "1", "--ranker-epochs", "1",
+                               "--no-progress"])
+    assert done.exit_code == 0, done.output
+    assert not any(p.is_dir() for p in (data / "models").iterdir())  # no version on disk
+
+    serving = open_registry(url, tmp_path / "serving-host" / "models")
+    publisher = open_registry(url, tmp_path / "publisher-host" / "models")
+    store = open_store(data)
+    try:
+        first = serving.latest()
+        assert first is not None and f"published model version {first}" in done.output
+        engine = Engine(store, registry=serving).load()
+        assert engine.models.version == first
+        page = engine.feed(FeedRequest(user_id="u1", n=5))
+        assert page.model_version == first and len(page.items) == 5
+        artifact = publisher.load(first)
+        second = publisher.publish(artifact.state, {**artifact.meta, "note": "again"})
+        assert engine.models.refresh() and engine.models.version == second
+        assert serving.meta(second)["version"] == second and serving.meta(second)["note"]
+        assert engine.feed(FeedRequest(user_id="u1", n=5)).model_version == second
+    finally:
+        store.close()
+        serving.close()
+        publisher.close()
