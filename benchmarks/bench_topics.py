@@ -118,27 +118,34 @@ def run(args) -> dict:
         import_into(store, items, events, progress=False)
         registry = ModelRegistry(Path(tmp) / "models")
         v1, s1 = train(store, registry, args.seeds[0], args, topics_cfg)
-        v2, s2 = train(store, registry, args.seeds[1], args, topics_cfg)  # a retrain
+        v2 = s2 = None
+        if not args.single:
+            v2, s2 = train(store, registry, args.seeds[1], args, topics_cfg)  # a retrain
         store.close()
         m1, l1, x1 = labels_of(registry, v1, items)
-        m2, l2, x2 = labels_of(registry, v2, items)
-        meta2 = registry.meta(v2)["topics"]
+        m2, l2, x2 = labels_of(registry, v2 or v1, items)
+        meta2 = registry.meta(v2)["topics"] if v2 else None
     k = len(m1)
     ref = np.array(reference)
     rng = np.random.default_rng(args.seed)
-    out["train"] = [s1, s2]
+    out["train"] = [s1, s2] if s2 else [s1]
     if args.save_vectors:
         np.savez_compressed(args.save_vectors, x1=x1, x2=x2, l1=l1, l2=l2, ref=ref)
-    out["k"] = [k, len(m2)]
+    out["k"] = [k, len(m2)] if v2 else [k]
     out["silhouette"] = {str(kk): round(v, 4) for kk, v in m1.silhouette.items()}
     out["nmi"] = {
         "learned": round(nmi(ref, l1), 4),
-        "learned_retrain": round(nmi(ref, l2), 4),
+        **({"learned_retrain": round(nmi(ref, l2), 4)} if v2 else {}),
         "kmeans_random_vectors": round(nmi(ref, baseline(
             rng.normal(size=x1.shape).astype(np.float32), k, args.seed)), 4),
     }
     if tag_onehot is not None:
         out["nmi"]["kmeans_tag_onehots"] = round(nmi(ref, baseline(tag_onehot, k, args.seed)), 4)
+    if v2 is None:  # --single: one training run, no stability figure
+        out["stability"] = None
+        out["names"] = {str(t.id): t.name for t in sorted(m1.topics, key=lambda t: -t.size)[:12]}
+        out["sizes"] = {str(t.id): t.size for t in sorted(m1.topics, key=lambda t: -t.size)[:12]}
+        return out
     out["stability"] = {"unchanged_share": meta2.get("unchanged_share"),
                         "check_unchanged_share": round(float(np.mean(l1 == l2)), 4),
                         "changes": meta2.get("changes")}
@@ -228,8 +235,8 @@ def markdown(r: dict) -> str:
     train = r.get("train") or r.get("train_seconds")
     lines += [f"{r['items']:,} videos, {r['events']:,} events; reference labels: "
               f"{r['reference_labels']} ({'hidden topics of the world; hashtags and the topic attribute removed from the catalog, hashtags from the captions' if r['world'] == 'synthetic' else 'first tag id of each video'}).",
-              "", f"Training runs (seed 0, then seed 1 as a retrain of it): {train}.", "",
-              f"Topics chosen: {r['k'][0]} (retrain {r['k'][1]}); mean silhouette by k tried: "
+              "", f"Training runs (seed 0; with a second, seed 1, as a retrain of it): {train}.", "",
+              f"Topics chosen: {r['k']}; mean silhouette by k tried: "
               f"{r['silhouette']}.", "",
               "| labelling | NMI against the reference |", "|---|---|"]
     text = {"learned": "learned topics, first run", "learned_retrain": "learned topics, retrain",
@@ -238,6 +245,12 @@ def markdown(r: dict) -> str:
     for k, v in r["nmi"].items():
         lines.append(f"| {text.get(k, k)} | {v} |")
     st = r["stability"]
+    if st is None:
+        lines += ["", "One training run (`--single`): no stability figure.", "",
+                  "Largest topics and their names:", ""]
+        for tid, name in r["names"].items():
+            lines.append(f"- {tid}: {name} ({r['sizes'][tid]} videos)")
+        return "\n".join(lines) + "\n"
     changes = {k: (len(v) if isinstance(v, list) else v) for k, v in (st.get("changes") or {}).items()}
     lines += ["", "Stability, retrain against first run (share of videos whose topic id is "
               "unchanged after matching):", "",
@@ -272,6 +285,8 @@ def main() -> None:
     ap.add_argument("--min-topics", type=int, default=TopicConfig.min_topics)
     ap.add_argument("--max-topics", type=int, default=TopicConfig.max_topics)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--single", action="store_true",
+                    help="one training run only: agreement figures, no stability")
     ap.add_argument("--save-vectors", type=Path, default=None,
                     help="write both runs' item vectors and labels here (.npz)")
     args = ap.parse_args()
