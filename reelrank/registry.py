@@ -149,6 +149,19 @@ class Artifact:
     meta: ModelMeta
 
 
+def topics_of(meta: ModelMeta, registry: ModelRegistry | None = None) -> dict[str, Any] | None:
+    """The learned topics a version's meta carries, or its base version's (online versions)."""
+    if meta.get("topics"):
+        return meta["topics"]
+    base = meta.get("base_version")
+    if registry is not None and base and base != meta.get("version"):
+        try:
+            return registry.meta(base).get("topics") or None
+        except (OSError, ValueError):
+            return None
+    return None
+
+
 class ModelRegistry:
     def __init__(self, root: Path | str):
         self.root = Path(root)

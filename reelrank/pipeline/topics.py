@@ -131,7 +131,7 @@ class LearnedTopics:
             return cur
 
     def _load(self, m) -> _Current:
-        from reelrank.train.topics import topics_of
+        from reelrank.registry import topics_of
 
         own = m.meta.get("topics")
         carried_by = m.version if own else m.meta.get("base_version")

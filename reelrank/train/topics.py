@@ -5,7 +5,7 @@ The previous version's topic of every current video is what viewers were shown: 
 retrieval model's vector of the video, nearest to its own centroids. That labelling is what the
 new clusters are matched against, so an id means the same videos before and after a retrain.
 A version without topics of its own (the online trainer's) carries its base version's
-(``topics_of``).
+(``registry.topics_of``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 from reelrank.learned_topics import TopicConfig, TopicModel, fit_topics
 from reelrank.models.bundle import ModelBundle
 from reelrank.models.retrieval import TwoTower
+from reelrank.registry import topics_of
 from reelrank.types import Item
 
 log = logging.getLogger(__name__)
@@ -37,19 +38,6 @@ def item_vectors(retrieval: TwoTower, items: Sequence[Item], chunk: int = 65_536
                 retrieval.items.encode_items(items[s:s + chunk])).numpy())
     retrieval.train(was_training)
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
-
-
-def topics_of(meta: dict, registry=None) -> dict | None:
-    """The learned topics a version's meta carries, or its base version's (online versions)."""
-    if meta.get("topics"):
-        return meta["topics"]
-    base = meta.get("base_version")
-    if registry is not None and base and base != meta.get("version"):
-        try:
-            return registry.meta(base).get("topics") or None
-        except (OSError, ValueError):
-            return None
-    return None
 
 
 def previous_labels(registry, items: Sequence[Item]) -> tuple[str, TopicModel, np.ndarray] | None:
