@@ -184,13 +184,15 @@ class PostgresRegistry(ModelRegistry):
             version = version or _one(conn.execute("SELECT version FROM model_latest"))
             if version is None:
                 raise ModelError("no model has been published yet")
+            # Binary results: bytea in text form would be hex, twice the bytes and a decode.
             row = conn.execute("SELECT state, meta FROM model_versions WHERE version = %s",
-                               (version,)).fetchone()
+                               (version,), binary=True).fetchone()
             if row is None:
                 raise ModelError(f"model version {version!r} is missing")
             blobs: dict[str, bytes] = dict(conn.execute(
                 "SELECT p.part, b.data FROM model_parts p JOIN model_blobs b ON b.id = p.blob_id "
-                "WHERE p.version = %s AND NOT (p.part = ANY(%s))", (version, list(skip))))
+                "WHERE p.version = %s AND NOT (p.part = ANY(%s))", (version, list(skip)),
+                binary=True))
         state = torch.load(io.BytesIO(row[0]), weights_only=True)
         for part in state.pop("parts", []):
             state[part] = None if part in skip else part_from_bytes(blobs[part])
