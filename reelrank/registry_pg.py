@@ -15,6 +15,10 @@ so the online trainer's versions write only their ranker's bytes; ``prune`` drop
 version refers to. Publishers and pruners take one advisory lock per transaction, so two of
 them never pick the same version name or drop a blob being reused.
 
+With a ``fence`` (a trainer's leader lease, ``store/lease.py``), a publish commits only while
+that lease's epoch is the newest: a trainer that lost its lease without noticing (paused, cut
+off) cannot publish after the one that took over.
+
 The blobs are stored without TOAST compression (``STORAGE EXTERNAL``): float weights barely
 compress, and compressing them would cost the publisher CPU for nothing.
 """
@@ -25,7 +29,7 @@ import io
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import safetensors.torch
 import torch
@@ -35,6 +39,9 @@ from reelrank.errors import ModelError, StoreError
 from reelrank.registry import PARTS, Artifact, ModelMeta, ModelRegistry, flatten_part, \
     unflatten_part
 from reelrank.store.pg_base import Transaction, redact
+
+if TYPE_CHECKING:
+    from reelrank.store.lease import Lease
 
 REGISTRY_LOCK = 0x5265_656C_0003  # the store's keys are ..0001 and ..0002 (pg_base.py)
 
@@ -87,9 +94,12 @@ class PostgresRegistry(ModelRegistry):
     for its own files beside the models (the topic settings), not for the versions."""
 
     def __init__(self, url: str, root: Path | str, *, max_size: int = 4,
-                 timeout_s: float = 30.0):
+                 timeout_s: float = 30.0, fence: Lease | None = None):
+        """``fence``: a lease (``store/lease.py``) on the same database that every publish
+        must hold: one whose holder has changed since is refused (``ModelError``)."""
         super().__init__(root)
         self.url = redact(url)
+        self.fence = fence
         self._closed = False
         self._pool = ConnectionPool(url, min_size=1, max_size=max_size, timeout=timeout_s,
                                     open=False, kwargs={"autocommit": True},
@@ -137,6 +147,8 @@ class PostgresRegistry(ModelRegistry):
         with self._tx() as conn:
             # Publishers queue here: each sees the versions the one before it committed.
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (REGISTRY_LOCK,))
+            if self.fence is not None:
+                self._check_fence(conn, self.fence)
             stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
             n = 1 + _one(conn.execute(
                 "SELECT count(*) FROM model_versions WHERE version LIKE %s", (stamp + "-%",)))
@@ -166,6 +178,18 @@ class PostgresRegistry(ModelRegistry):
                 "INSERT INTO model_latest (one, version) VALUES (TRUE, %s) "
                 "ON CONFLICT (one) DO UPDATE SET version = EXCLUDED.version", (version,))
         return version
+
+    @staticmethod
+    def _check_fence(conn, lease: Lease) -> None:
+        """The lease's epoch is still the newest. FOR SHARE: a new holder's acquisition
+        (which raises the epoch) waits for this publish to commit, so none lands after it."""
+        if lease.epoch is None:
+            raise ModelError(f"not publishing: the {lease.name!r} lease is not held")
+        row = conn.execute("SELECT epoch FROM leases WHERE name = %s FOR SHARE",
+                           (lease.name,)).fetchone()
+        if row is None or row[0] != lease.epoch:
+            raise ModelError(f"not publishing: the {lease.name!r} lease has passed to a "
+                             f"newer holder (epoch {lease.epoch} < {row and row[0]})")
 
     def latest(self) -> str | None:
         with self._read() as conn:

@@ -194,3 +194,41 @@ def test_reelrank_train_publishes_to_the_database_and_another_host_serves_it(url
         store.close()
         serving.close()
         publisher.close()
+
+
+def test_a_fenced_publisher_that_lost_its_lease_cannot_publish(url, tmp_path):
+    from reelrank.registry_pg import PostgresRegistry
+    from reelrank.store.lease import Lease
+
+    with Lease(url, "trainer", "old") as old_lease, Lease(url, "trainer", "new") as new_lease:
+        old = PostgresRegistry(url, tmp_path / "old", fence=old_lease)
+        new = PostgresRegistry(url, tmp_path / "new", fence=new_lease)
+        try:
+            with pytest.raises(ModelError):
+                old.publish(_state(0), {})  # not acquired yet
+            assert old_lease.try_acquire()
+            first = old.publish(_state(0), {})
+            # The old holder's session is cut; it does not look, and a standby takes over.
+            with psycopg.connect(url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE application_name = 'reelrank-lease-trainer'")
+            assert new_lease.acquire(timeout_s=10, poll_s=0.05)
+            with pytest.raises(ModelError, match="newer holder"):
+                old.publish(_state(1), {})
+            assert new.versions() == [first]
+            second = new.publish(_state(1), {})
+            assert old.latest() == second  # reading needs no lease
+        finally:
+            old.close()
+            new.close()
+
+
+def test_a_registry_reconnects_after_its_connections_are_cut(url, hosts):
+    a, b = hosts
+    first = a.publish(_state(0), {})
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE pid <> pg_backend_pid() AND datname = current_database()")
+    # The pool checks a connection before lending it: no failed read after a server blip.
+    assert b.latest() == first and _same(b.load().state, _state(0))
+    assert a.publish(_state(1), {}) != first
