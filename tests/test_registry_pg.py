@@ -9,6 +9,7 @@ import time
 
 import psycopg
 import pytest
+import torch
 
 from reelrank.errors import ModelError
 from reelrank.registry import ModelRegistry, open_registry
@@ -232,3 +233,88 @@ def test_a_registry_reconnects_after_its_connections_are_cut(url, hosts):
     # The pool checks a connection before lending it: no failed read after a server blip.
     assert b.latest() == first and _same(b.load().state, _state(0))
     assert a.publish(_state(1), {}) != first
+
+
+def test_the_online_trainer_publishes_through_the_database_to_another_hosts_engine(url, tmp_path):
+    """The trainer on "host A" publishes ranker-only versions that share the base version's
+    retrieval blob; the engine on "host B" swaps each in while feeds run, none failing, and
+    serves what a fresh load of the latest version holds."""
+    from reelrank.engine import Engine
+    from reelrank.eval.simulator import Simulator, build_world, generate_history
+    from reelrank.importers import import_into
+    from reelrank.store import open_store
+    from reelrank.train.job import train_from_store
+    from reelrank.train.online import OnlineConfig
+    from reelrank.train.trainer import OnlineTrainer, TrainerConfig
+    from reelrank.types import FeedRequest
+    from tests.train.test_training import TINY
+
+    world = build_world(n_users=30, n_items=120, n_creators=10, seed=5)
+    store = open_store(tmp_path / "data")
+    import_into(store, world.items, generate_history(world, 2, 10, seed=5), progress=False)
+    trainer_side = open_registry(url, tmp_path / "a" / "models")
+    serving_side = open_registry(url, tmp_path / "b" / "models")
+    train_from_store(store, trainer_side, TINY, progress=False)
+    base = serving_side.latest()
+    engine = Engine(store, registry=serving_side, index_kind="exact").load()
+    assert engine.models.version == base
+    cfg = TrainerConfig(poll_s=0.01, publish_every_s=0.05, retrieval_every_s=3600, settle_ms=0,
+                        online=OnlineConfig(batch_size=16, max_wait_ms=0))
+    trainer = OnlineTrainer(store, trainer_side, cfg).start()
+    failures: list[BaseException] = []
+    swapped: set[str] = set()
+    stop = threading.Event()
+
+    def serve() -> None:  # another request thread of host B, swapping in versions as it goes
+        n = 0
+        while not stop.is_set():
+            n += 1
+            try:
+                engine.models.refresh()
+                page = engine.feed(FeedRequest(f"visitor-{n}", n=5))  # never runs out
+                assert len(page.items) == 5
+                swapped.add(page.model_version)
+            except BaseException as exc:  # noqa: BLE001 - asserted below
+                failures.append(exc)
+                return
+
+    server = threading.Thread(target=serve)
+    server.start()
+    try:
+        deadline = time.monotonic() + 120
+        while trainer.state != "running":
+            assert time.monotonic() < deadline, "the trainer did not start"
+            time.sleep(0.05)
+        sim, viewer = Simulator(world), world.users[4]
+        state, ts = sim.new_session(viewer, "pg"), int(time.time() * 1000) - 600_000
+        while len(trainer._published) < 2 or trainer.status()["rows_waiting"]:
+            assert time.monotonic() < deadline, "the trainer published too little"
+            for item in engine.feed(FeedRequest(viewer.user_id, n=1)).items:
+                events = sim.respond(viewer, item.item_id, ts, state)
+                engine.ingest_events(events)
+                ts = events[-1].ts + 300
+            time.sleep(0.05)
+    finally:
+        trainer.stop()
+        stop.set()
+        server.join(60)
+    try:
+        assert not failures, failures[:1]
+        assert len(swapped) >= 2  # host B served more than one version while it ran
+        with psycopg.connect(url) as conn:
+            blobs = {v: conn.execute(
+                "SELECT blob_id FROM model_parts WHERE version = %s AND part = 'retrieval'",
+                (v,)).fetchone()[0] for v in [base, *trainer._published]}
+        assert len(set(blobs.values())) == 1  # the base's retrieval bytes, stored once
+        engine.models.refresh()
+        latest = serving_side.latest()
+        assert engine.models.version == latest == trainer._published[-1]
+        fresh = serving_side.load(latest).state["ranker"]
+        served = engine.models.current.bundle.ranker.state_dict()
+        for key, value in fresh.items():
+            if torch.is_tensor(value):
+                assert torch.equal(served[key], value), key
+    finally:
+        store.close()
+        trainer_side.close()
+        serving_side.close()
