@@ -26,7 +26,7 @@ from reelrank.pipeline.feed import FeedPipeline, FeedResult
 from reelrank.pipeline.neural import ServingModels
 from reelrank.pipeline.rank import Scored
 from reelrank.pipeline.served import default_pipeline, offline_pipeline
-from reelrank.pipeline.side_effects import SideEffects
+from reelrank.pipeline.side_effects import Calls, SideEffects
 from reelrank.pipeline.traces import DEFAULT_TRACE_BUDGET_BYTES, TraceKeeper
 from reelrank.registry import ModelMeta, ModelRegistry
 from reelrank.store import new_live_state
@@ -63,6 +63,9 @@ class Engine:
         # Traces are kept for explanations only (GET /v1/explain): the first step after a page.
         self.traces = TraceKeeper(traces_per_user, max_traced_users, trace_budget_bytes)
         self.effects = SideEffects([self.traces])
+        # The retrieval vectors the pipeline keeps between a viewer's pages go with them.
+        self.effects.add(Calls("viewer vectors", erase=lambda user_id: _forget_vector(
+            self.pipeline, user_id)))
         self._user_locks = [threading.Lock() for _ in range(64)]
         self._catalog_lock = threading.Lock()
         self._ingest_lock = threading.Lock()  # store append + live apply, as one step
@@ -234,3 +237,9 @@ class Engine:
         if removed:
             self.rebuild_live()
         return removed
+
+
+def _forget_vector(pipeline, user_id: str) -> None:
+    vectors = getattr(pipeline, "viewer_vectors", None)
+    if vectors is not None:
+        vectors.forget(user_id)

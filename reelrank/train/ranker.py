@@ -137,7 +137,8 @@ def build_table(rows: Sequence[RankingRow], model: Ranker, item_index: dict[str,
         labels[n] = [_label(ex, task, quantiles) for task in TASKS]
     context = torch.stack([
         model.context[j].lookup_rows([getattr(r.example, f) for r in rows])
-        for j, f in enumerate(CONTEXT_FIELDS)], dim=1) if N else torch.zeros((0, len(CONTEXT_FIELDS)), dtype=torch.long)
+        for j, f in enumerate(CONTEXT_FIELDS)], dim=1) if N else torch.zeros(
+            (0, len(CONTEXT_FIELDS)), dtype=torch.long)
     return RankingTable(
         item=torch.tensor([item_index[r.example.item_id] for r in rows], dtype=torch.long),
         hist_item=torch.from_numpy(hist_item), hist_view=torch.from_numpy(hist_view),

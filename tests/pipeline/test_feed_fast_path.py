@@ -100,3 +100,12 @@ def test_kept_vectors_expire_and_are_bounded():
     assert cache.get("c", model, ())[0] is False
     cache.ttl_s = -1.0
     assert cache.get("b", model, ())[0] is False  # past its time
+
+
+def test_erasing_a_viewer_drops_their_kept_vector(twins):
+    fast, _slow, _registry, _store = twins
+    fast.feed(FeedRequest(user_id="u1", n=5))
+    kept = fast.pipeline.viewer_vectors
+    assert "u1" in kept._entries
+    fast.erase_user("u1")
+    assert "u1" not in kept._entries
