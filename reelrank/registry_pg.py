@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from reelrank.store.lease import Lease
 
 REGISTRY_LOCK = 0x5265_656C_0003  # the store's keys are ..0001 and ..0002 (pg_base.py)
+SCHEMA_LOCK = 0x5265_656C_0005  # the lease's is ..0004 (store/lease.py)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS model_blobs (
@@ -110,9 +111,15 @@ class PostgresRegistry(ModelRegistry):
         except PoolTimeout as exc:
             self._pool.close()
             raise StoreError(f"cannot reach PostgreSQL at {self.url}: {exc}") from exc
-        with self._tx() as conn:
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (REGISTRY_LOCK,))
-            conn.execute(SCHEMA)
+        # Only when missing: ALTER TABLE (and CREATE INDEX, even IF NOT EXISTS) lock the table,
+        # which would make a process that starts wait for, and stall, every load in flight.
+        # The tables are made in one transaction, the last one last: it stands for them all.
+        with self._read() as conn:
+            ready = _one(conn.execute("SELECT to_regclass('model_latest')")) is not None
+        if not ready:
+            with self._tx() as conn:
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+                conn.execute(SCHEMA)
 
     def _tx(self) -> Transaction:
         if self._closed:

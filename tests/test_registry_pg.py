@@ -318,3 +318,23 @@ def test_the_online_trainer_publishes_through_the_database_to_another_hosts_engi
         store.close()
         trainer_side.close()
         serving_side.close()
+
+
+def test_a_process_that_starts_does_not_wait_for_a_publish_in_flight(url, hosts, tmp_path):
+    """Opening a registry on a database that has its tables takes no table lock: it neither
+    waits for a publish or load in flight nor makes the ones after it wait."""
+    a, _ = hosts
+    a.publish(_state(0), {})
+    opened: list = []
+    with psycopg.connect(url) as busy:
+        busy.execute("LOCK TABLE model_blobs, model_parts, model_versions, model_latest "
+                     "IN ROW EXCLUSIVE MODE")  # what a publish holds until it commits
+        thread = threading.Thread(target=lambda: opened.append(
+            open_registry(url, tmp_path / "starting")))
+        thread.start()
+        thread.join(15)
+        assert opened, "opening the registry waited for the transaction in flight"
+        busy.rollback()
+    thread.join(30)
+    assert opened[0].versions() == a.versions()
+    opened[0].close()
