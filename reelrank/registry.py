@@ -176,7 +176,10 @@ class ModelRegistry:
         reuse = reuse or {}
         with self._lock:
             stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-            n = 1 + sum(1 for p in self.root.glob(f"{stamp}-*") if p.is_dir())
+            # After the highest number of this second, not the count: a prune may have freed
+            # a lower one, and the count would then name a version that exists.
+            n = 1 + max((int(p.name.rsplit("-", 1)[1]) for p in self.root.glob(f"{stamp}-*")
+                         if p.is_dir() and p.name.rsplit("-", 1)[1].isdigit()), default=0)
             version = f"{stamp}-{n:04d}"
             tmp = Path(tempfile.mkdtemp(prefix=".publishing-", dir=self.root))
             try:

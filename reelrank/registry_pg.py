@@ -157,8 +157,10 @@ class PostgresRegistry(ModelRegistry):
             if self.fence is not None:
                 self._check_fence(conn, self.fence)
             stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+            # After the highest number of this second (a prune may have freed lower ones).
             n = 1 + _one(conn.execute(
-                "SELECT count(*) FROM model_versions WHERE version LIKE %s", (stamp + "-%",)))
+                "SELECT coalesce(max(split_part(version, '-', 3)::int), 0) FROM model_versions "
+                "WHERE version LIKE %s", (stamp + "-%",)))
             version = f"{stamp}-{n:04d}"
             # Last: a meta copied from an earlier version names this one.
             full_meta = {**meta, "version": version, "published_at": int(time.time() * 1000)}

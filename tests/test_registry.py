@@ -97,3 +97,18 @@ def test_a_meta_copied_from_an_earlier_version_names_the_new_one(tmp_path):
     meta = registry.meta(second)
     assert second != first and meta["version"] == second and meta["base_version"] == first
     assert meta["published_at"] >= old["published_at"] and meta["note"] == "x"
+
+
+def test_a_name_freed_by_pruning_in_the_same_second_is_not_given_twice(tmp_path, monkeypatch):
+    """Versions are numbered within their second: after a prune in that second, the next
+    number follows the highest left, not the count left (which names a version that exists)."""
+    import time
+
+    monkeypatch.setattr(time, "strftime", lambda fmt, t=None: "20261206-120000")
+    registry = ModelRegistry(tmp_path)
+    first = registry.publish(_state(0), {})
+    second = registry.publish(_state(1), {})
+    assert registry.prune(keep=0) == [first]
+    third = registry.publish(_state(2), {})
+    assert len({first, second, third}) == 3 and registry.versions() == [second, third]
+    assert registry.latest() == third and _same(registry.load().state, _state(2))

@@ -338,3 +338,14 @@ def test_a_process_that_starts_does_not_wait_for_a_publish_in_flight(url, hosts,
     thread.join(30)
     assert opened[0].versions() == a.versions()
     opened[0].close()
+
+
+def test_a_name_freed_by_pruning_in_the_same_second_is_not_given_twice(hosts, monkeypatch):
+    monkeypatch.setattr(time, "strftime", lambda fmt, t=None: "20261206-120000")
+    a, b = hosts
+    first = a.publish(_state(0), {})
+    second = a.publish(_state(1), {})
+    assert b.prune(keep=0) == [first]
+    third = a.publish(_state(2), {})
+    assert len({first, second, third}) == 3 and b.versions() == [second, third]
+    assert b.latest() == third and _same(b.load().state, _state(2))
