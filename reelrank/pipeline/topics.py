@@ -13,7 +13,9 @@ reasons, creator insights, the wellbeing rules and ``/v1/stats`` read it.
   topic, ``reelrank.topics.topic_of``.
 
 Where a video has an explicit ``topic`` attribute, the operator's ``precedence`` setting says
-which wins: ``"attribute"`` (the default: the app's own labelling is kept) or ``"learned"``.
+which wins: ``"attribute"`` (the default: the app's own labelling is kept) or ``"learned"``;
+``"declared"`` also keeps a video's first hashtag over its learned topic (for an app whose tags
+are its taxonomy: learned topics then cover only the videos that declare nothing).
 An operator can also mark learned topics sensitive; the wellbeing rules then treat their
 videos as they treat ``#gambling``. Both settings are kept in a small JSON file beside the
 models (``TopicSettings.load`` / ``save``), so they survive restarts.
@@ -42,7 +44,7 @@ from reelrank.types import Item
 
 log = logging.getLogger(__name__)
 
-PRECEDENCES = ("attribute", "learned")
+PRECEDENCES = ("attribute", "learned", "declared")
 SETTINGS_FILE = "topic-settings.json"
 
 
@@ -198,8 +200,11 @@ class LearnedTopics:
         if item is None:
             return None
         explicit = item.attributes.get("topic") if item.attributes else None
-        if explicit and self.settings.precedence == "attribute":
+        precedence = self.settings.precedence
+        if explicit and precedence == "attribute":
             return str(explicit)
+        if precedence == "declared" and (declared := topic_of(item)) is not None:
+            return declared
         learned = self.learned_id(item)
         if learned is not None:
             return f"{LEARNED_PREFIX}{learned}"

@@ -80,6 +80,14 @@ def test_precedence_of_an_explicit_topic_attribute(engine, tmp_path):
     assert topics.of(item) == "cooking"  # default: the app's own labelling wins
     topics.set_settings(precedence="learned")
     assert topics.of(item).startswith(LEARNED_PREFIX)
+    # "declared": a first hashtag also wins over the learned topic.
+    tagged = dataclasses.replace(item, attributes={}, hashtags=("fyp", "pasta"))
+    assert topics.of(tagged).startswith(LEARNED_PREFIX)
+    topics.set_settings(precedence="declared")
+    assert topics.of(tagged) == "pasta" and topics.of(item) == "cooking"
+    untagged = dataclasses.replace(item, attributes={}, hashtags=())
+    assert topics.of(untagged).startswith(LEARNED_PREFIX)
+    topics.set_settings(precedence="learned")
     # Saved beside the models: a restart reads it back.
     again = LearnedTopics(engine.models, engine.registry, settings_path=tmp_path / "s.json")
     assert again.settings.precedence == "learned"

@@ -19,8 +19,9 @@ router = APIRouter(prefix="/v1/admin", tags=["operations"], responses=ERROR_RESP
 class TopicSettingsIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    precedence: Literal["attribute", "learned"] | None = Field(
-        None, description="which wins where a video has an explicit `topic` attribute")
+    precedence: Literal["attribute", "learned", "declared"] | None = Field(
+        None, description="which wins where a video has an explicit `topic` attribute "
+                          "(`declared`: its topic attribute or first hashtag wins)")
     sensitive: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] | None = Field(
         None, max_length=10_000,
         description="learned topic ids whose videos the wellbeing rules treat as sensitive "
