@@ -73,6 +73,7 @@ def serve(
         None, min=0, help="The online trainer's --late-examples (default 10,000)."),
     store: Optional[str] = typer.Option(
         None, "--store", help=STORE_HELP),
+    models: Optional[str] = typer.Option(None, help=MODELS_HELP),
 ) -> None:
     """Serve the HTTP API (docs/api.md; /docs on the server) on the store in DATA_DIR.
 
@@ -109,7 +110,7 @@ def serve(
                               max_feed_only_viewers=max_feed_only_viewers,
                               trainer_budgets={"max_viewers": trainer_max_viewers,
                                                "late_examples": trainer_late_examples},
-                              store_url=store)
+                              store_url=store, models_url=models)
     if keys_path is not None:
         typer.echo(f"API tokens (ingest, serve, admin): {keys_path}")
     else:

@@ -349,3 +349,27 @@ def test_a_name_freed_by_pruning_in_the_same_second_is_not_given_twice(hosts, mo
     third = a.publish(_state(2), {})
     assert len({first, second, third}) == 3 and b.versions() == [second, third]
     assert b.latest() == third and _same(b.load().state, _state(2))
+
+
+def test_serve_reads_versions_from_the_database_given_by_models(url, tmp_path):
+    """``reelrank serve --models URL``: the server's engine reads the registry in the database
+    (a version another host published there is the one it serves), and a child trainer, which
+    would publish to the data directory, is refused."""
+    from reelrank.service.server import prepare
+
+    app, _keys = prepare(tmp_path / "serve", insecure_no_auth=True, trainer="off",
+                         models_url=url)
+    publisher = open_registry(url, tmp_path / "trainer-host")
+    try:
+        registry = app.state.engine.registry
+        assert type(registry).__name__ == "PostgresRegistry"
+        assert registry.latest() is None
+        version = publisher.publish(_state(3), {"note": "from another host"})
+        assert registry.latest() == version
+    finally:
+        app.state.runtime.stop()
+        app.state.engine.store.close()
+        registry.close()
+        publisher.close()
+    with pytest.raises(ValueError, match="--models"):
+        prepare(tmp_path / "serve2", insecure_no_auth=True, trainer="process", models_url=url)

@@ -20,7 +20,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from reelrank.engine import DEFAULT_TRACE_BUDGET_BYTES, Engine
-from reelrank.registry import ModelRegistry
+from reelrank.registry import open_registry
 from reelrank.service.app import create_app
 from reelrank.service.deps import Authenticator, ensure_service_keys
 from reelrank.service.guard import RequestLimits
@@ -43,6 +43,7 @@ def prepare(data_dir: Path, insecure_no_auth: bool = False,
             store_url: str | None = None,
             max_feed_only_viewers: int = 10_000,
             trainer_budgets: dict | None = None,
+            models_url: str | None = None,
             ) -> tuple[FastAPI, Path | None]:
     """The app on the store in ``data_dir`` (created if missing), and the keys file (None
     when auth is off). The caller owns the store and the runtime's trainer:
@@ -68,6 +69,9 @@ def prepare(data_dir: Path, insecure_no_auth: bool = False,
         raise ValueError("the trainer child process opens the store in the data directory; "
                          "with another store use --trainer thread, or --trainer off and "
                          "`reelrank trainer --store URL` beside the server")
+    if models_url is not None and trainer == "process":
+        raise ValueError("the trainer child process publishes to the data directory; with "
+                         "--models URL run `reelrank trainer --models URL` beside the server")
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -79,7 +83,10 @@ def prepare(data_dir: Path, insecure_no_auth: bool = False,
         # Ids a feed was served to that sent no event are bounded (see ``MemoryLiveState``).
         live = new_live_state(background_refresh=True,
                               max_feed_only_viewers=max_feed_only_viewers)
-        engine = Engine(store, live=live, registry=ModelRegistry(data_dir / "models"),
+        # ``models_url``: versions in a database every host reaches (registry_pg.py), else
+        # the directory beside the store.
+        registry = open_registry(models_url or data_dir / "models", data_dir / "models")
+        engine = Engine(store, live=live, registry=registry,
                         trace_budget_bytes=trace_budget_bytes).load()
         # The catalog, live state and models loaded above (and, once ``run`` starts the
         # keeper, what the server keeps from then on) are frozen out of the cyclic
