@@ -14,7 +14,8 @@ import os
 import uuid
 from typing import Iterator
 
-import pytest
+
+from tests.pg import skip_or_fail
 
 DEFAULT_URL = "redis://127.0.0.1:6379/15"
 _checked: dict[str, str | None] = {}
@@ -48,11 +49,8 @@ def require_server() -> str:
     url = server_url()
     why = _problem(url)
     if why is not None:
-        message = (f"Redis is not reachable at {url}: {why}. Set REELRANK_TEST_REDIS_URL to a "
-                   "server (and database number) to run these tests")
-        if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
-            pytest.fail(f"CI is set and {message}", pytrace=False)
-        pytest.skip(message)
+        skip_or_fail(f"Redis is not reachable at {url}: {why}. Set REELRANK_TEST_REDIS_URL to "
+                     "a server (and database number) to run these tests")
     return url
 
 
