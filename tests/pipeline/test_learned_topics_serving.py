@@ -34,11 +34,11 @@ CFG = TrainConfig(
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A store whose catalog has no topic attribute (hashtags only), and a published version
-    with learned topics."""
+    """A store whose catalog declares no topic (no topic attribute, no hashtags: an app that
+    sends neither), and a published version with learned topics."""
     root = tmp_path_factory.mktemp("learned")
     world = build_world(n_users=50, n_items=160, n_creators=16, n_topics=4, seed=9)
-    items = [dataclasses.replace(it, attributes={}) for it in world.items]
+    items = [dataclasses.replace(it, attributes={}, hashtags=()) for it in world.items]
     store = open_store(root / "data")
     import_into(store, items, generate_history(world, 2, 10, seed=9), progress=False)
     registry = ModelRegistry(root / "models")
@@ -77,7 +77,7 @@ def test_the_reader_gives_learned_topics_and_names(engine):
 def test_precedence_of_an_explicit_topic_attribute(engine, tmp_path):
     topics = LearnedTopics(engine.models, engine.registry, settings_path=tmp_path / "s.json")
     item = dataclasses.replace(engine.catalog.get("v1"), attributes={"topic": "cooking"})
-    assert topics.of(item) == "cooking"  # default: the app's own labelling wins
+    assert topics.of(item) == "cooking"  # default ("declared"): the app's own labelling wins
     topics.set_settings(precedence="learned")
     assert topics.of(item).startswith(LEARNED_PREFIX)
     # "declared": a first hashtag also wins over the learned topic.
@@ -152,12 +152,12 @@ def test_an_operator_can_mark_a_learned_topic_sensitive(engine):
 def test_operators_routes_and_stats(engine):
     with TestClient(create_app(engine, None)) as client:
         view = client.get("/v1/admin/topics").json()
-        assert len(view["topics"]) == 4 and view["settings"]["precedence"] == "attribute"
+        assert len(view["topics"]) == 4 and view["settings"]["precedence"] == "declared"
         assert sum(t["videos"] for t in view["topics"]) == len(engine.models.current.item_ids)
         assert view["changes"]["appeared"] == sorted(t["id"] for t in view["topics"])
         tid = view["topics"][0]["id"]
         r = client.put("/v1/admin/topics/settings", json={"sensitive": [tid]})
-        assert r.status_code == 200 and r.json() == {"precedence": "attribute",
+        assert r.status_code == 200 and r.json() == {"precedence": "declared",
                                                      "sensitive": [tid]}
         assert client.get("/v1/admin/topics").json()["topics"][0]["sensitive"] is True
         bad = client.put("/v1/admin/topics/settings", json={"precedence": "newest"})

@@ -20,8 +20,9 @@ class TopicSettingsIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     precedence: Literal["attribute", "learned", "declared"] | None = Field(
-        None, description="which wins where a video has an explicit `topic` attribute "
-                          "(`declared`: its topic attribute or first hashtag wins)")
+        None, description="which wins over a video's learned topic: `declared` (the default: "
+                          "its topic attribute or first hashtag), `attribute` (its topic "
+                          "attribute only) or `learned` (nothing)")
     sensitive: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] | None = Field(
         None, max_length=10_000,
         description="learned topic ids whose videos the wellbeing rules treat as sensitive "
