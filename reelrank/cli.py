@@ -317,6 +317,9 @@ def eval_(
     progress: bool = typer.Option(True, help="Progress bars on stderr."),
     replay: bool = typer.Option(True, help="Also replay the test days through the engine with "
                                            "live updates on and off (kuairand only)."),
+    ranking_users: int = typer.Option(
+        3000, min=0, help="Viewers the engine and the served views build pages for (a seeded "
+                          "sample; 0: every test viewer)."),
 ) -> None:
     """Evaluate models on a real dataset with its standard protocol, print a table, and write
     report.json, report.md and plots. Every model runs on the same split in the same run:
@@ -328,7 +331,7 @@ def eval_(
     _logging("warning")
     try:
         run_eval_command(dataset, cutoff, models, out, test_days, max_users, seed, progress,
-                         replay)
+                         replay, ranking_users=ranking_users or None)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
 

@@ -22,7 +22,8 @@ DEFAULT_MODELS = {
 
 def command_line(dataset: str, cutoff: str | None, models: list[str], out: Path,
                  test_days: int | None, max_users: int | None, seed: int,
-                 replay: bool = True) -> str:
+                 replay: bool = True,
+                 ranking_users: int | None = harness.ENGINE_RANKING_USERS) -> str:
     """The ``reelrank eval`` invocation that reproduces a run."""
     parts = ["reelrank", "eval", "--dataset", dataset]
     if cutoff:
@@ -35,6 +36,8 @@ def command_line(dataset: str, cutoff: str | None, models: list[str], out: Path,
     parts += ["--seed", str(seed)]
     if not replay:
         parts.append("--no-replay")
+    if ranking_users != harness.ENGINE_RANKING_USERS:
+        parts += ["--ranking-users", str(ranking_users or 0)]
     return shlex.join(parts)
 
 
@@ -45,7 +48,8 @@ def _model_names(models: list[str]) -> list[str]:
 
 def run_eval_command(dataset: str, cutoff: str | None, models: list[str], out: Path,
                      test_days: int | None, max_users: int | None, seed: int, progress: bool,
-                     replay: bool = True) -> dict:
+                     replay: bool = True,
+                     ranking_users: int | None = harness.ENGINE_RANKING_USERS) -> dict:
     """Evaluate models on a real dataset with its standard protocol; write a report.
 
     Arguments (CLI help texts):
@@ -68,6 +72,8 @@ def run_eval_command(dataset: str, cutoff: str | None, models: list[str], out: P
     --progress / --no-progress   Progress bars on stderr.
     --replay / --no-replay       Also replay the test days through the engine with live
                  updates on and off (kuairand only; about a minute).
+    --ranking-users  How many test viewers (a seeded sample) the engine and the served views
+                 build pages for; 0 or None: every one. Default 3,000.
 
     Returns the report (as written to report.json) and prints its tables to stdout.
     """
@@ -77,9 +83,11 @@ def run_eval_command(dataset: str, cutoff: str | None, models: list[str], out: P
         raise ValueError(f"--cutoff and --test-days apply to kuairand; {kind} is evaluated "
                          f"leave-one-out")
     names = _model_names(models) or DEFAULT_MODELS[protocol]
-    builtin = harness.available_models(seed=seed, progress=progress, peers=False)
+    builtin = harness.available_models(seed=seed, progress=progress, peers=False,
+                                       ranking_users=ranking_users)
     registry = (builtin if all(n in builtin for n in names)
-                else harness.available_models(seed=seed, progress=progress))
+                else harness.available_models(seed=seed, progress=progress,
+                                              ranking_users=ranking_users))
     unknown = [n for n in names if n not in registry]
     if unknown:
         raise ValueError(f"unknown model(s) {', '.join(unknown)}; available: "
@@ -90,11 +98,13 @@ def run_eval_command(dataset: str, cutoff: str | None, models: list[str], out: P
         split = temporal_split(ds, cutoff, test_days, max_users, seed)
     else:
         split = leave_one_out_split(ds, max_users, seed)
-    command = command_line(dataset, cutoff, names, out, test_days, max_users, seed, replay)
+    command = command_line(dataset, cutoff, names, out, test_days, max_users, seed, replay,
+                           ranking_users)
     report, lorenz = harness.run(
         split, {n: registry[n] for n in names}, replay=replay and protocol == "temporal",
         seed=seed, progress=progress, command=command,
-        settings={"cutoff": cutoff, "test_days": test_days, "max_users": max_users})
+        settings={"cutoff": cutoff, "test_days": test_days, "max_users": max_users,
+                  "ranking_users": ranking_users})
     report["wall_seconds"] = round(time.perf_counter() - started, 2)
     written = harness.write_report(report, Path(out), lorenz)
     _print(report, written)

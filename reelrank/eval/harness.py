@@ -64,14 +64,16 @@ ModelFactory = Callable[[], Recommender]
 ENGINE_RANKING_USERS = 3000
 
 
-def available_models(*, seed: int = 0, progress: bool = False,
-                     peers: bool = True) -> dict[str, ModelFactory]:
+def available_models(*, seed: int = 0, progress: bool = False, peers: bool = True,
+                     ranking_users: int | None = ENGINE_RANKING_USERS
+                     ) -> dict[str, ModelFactory]:
     """Model name -> factory of a fresh, unfitted model: the baselines, the engine and, with
     ``peers`` (importing their libraries takes seconds), the peer libraries of
-    ``reelrank.eval.peers`` whose library imports here."""
+    ``reelrank.eval.peers`` whose library imports here. ``ranking_users``: the sample of
+    viewers the engine and the served views build pages for (None: every one)."""
     def engine() -> EngineRecommender:
         model = EngineRecommender(progress=progress)
-        model.max_ranking_users = ENGINE_RANKING_USERS
+        model.max_ranking_users = ranking_users
         return model
 
     models: dict[str, ModelFactory] = {
@@ -80,10 +82,10 @@ def available_models(*, seed: int = 0, progress: bool = False,
         "pop_recent": RecentPopularityRecommender,
         "itemknn": ItemKNNRecommender,
         "engine": engine,
-        "reelrank": lambda: _neural(progress, "retrieval"),
-        "reelrank_ranker": lambda: _neural(progress, "ranker"),
-        "reelrank_served": lambda: _neural(progress, "served"),
-        "reelrank_served_plain": lambda: _neural(progress, "served_plain"),
+        "reelrank": lambda: _neural(progress, "retrieval", ranking_users),
+        "reelrank_ranker": lambda: _neural(progress, "ranker", ranking_users),
+        "reelrank_served": lambda: _neural(progress, "served", ranking_users),
+        "reelrank_served_plain": lambda: _neural(progress, "served_plain", ranking_users),
         "pop_3d": lambda: RecentPopularityRecommender(days=3.0),
     }
     if not peers:
@@ -106,14 +108,14 @@ def available_models(*, seed: int = 0, progress: bool = False,
     return models
 
 
-def _neural(progress: bool, view: str):
+def _neural(progress: bool, view: str, ranking_users: int | None = ENGINE_RANKING_USERS):
     """ReelRank trained as the server trains, read as one of ``eval.neural.VIEWS``; the views
     share one training run. The views that build a feed or rank per viewer are measured on
     the engine's seeded sample of viewers."""
     from reelrank.eval.neural import NeuralRecommender
 
     model = NeuralRecommender(progress=progress, view=view)
-    model.max_ranking_users = None if view == "retrieval" else ENGINE_RANKING_USERS
+    model.max_ranking_users = None if view == "retrieval" else ranking_users
     return model
 
 

@@ -202,3 +202,20 @@ def test_a_failing_model_is_reported_and_the_others_still_run(tmp_path):
     assert report["models"]["pop"]["metrics"]["next_item"]["users"] == 4
     md = harness.markdown(report)
     assert "broken: failed: RuntimeError: no luck" in md and "| pop |" in md
+
+
+def test_the_served_views_sample_of_viewers_is_an_option():
+    from pathlib import Path
+
+    from reelrank.eval.command import command_line
+
+    every = harness.available_models(peers=False, ranking_users=None)
+    assert every["reelrank_served"]().max_ranking_users is None
+    assert every["engine"]().max_ranking_users is None
+    default = harness.available_models(peers=False)
+    assert default["reelrank_served"]().max_ranking_users == harness.ENGINE_RANKING_USERS
+    assert default["reelrank"]().max_ranking_users is None  # retrieval ranks every viewer
+    args = dict(dataset="beauty:x", cutoff=None, models=["pop"], out=Path("o"), test_days=None,
+                max_users=None, seed=0)
+    assert "--ranking-users" not in command_line(**args)
+    assert command_line(**args, ranking_users=None).endswith("--ranking-users 0")
