@@ -23,7 +23,7 @@ DEFAULT_MODELS = {
 def command_line(dataset: str, cutoff: str | None, models: list[str], out: Path,
                  test_days: int | None, max_users: int | None, seed: int,
                  replay: bool = True,
-                 ranking_users: int | None = harness.ENGINE_RANKING_USERS) -> str:
+                 ranking_users: int | None = harness.DEFAULT_SAMPLE) -> str:
     """The ``reelrank eval`` invocation that reproduces a run."""
     parts = ["reelrank", "eval", "--dataset", dataset]
     if cutoff:
@@ -36,7 +36,7 @@ def command_line(dataset: str, cutoff: str | None, models: list[str], out: Path,
     parts += ["--seed", str(seed)]
     if not replay:
         parts.append("--no-replay")
-    if ranking_users != harness.ENGINE_RANKING_USERS:
+    if ranking_users not in (harness.DEFAULT_SAMPLE, harness.ENGINE_RANKING_USERS):
         parts += ["--ranking-users", str(ranking_users or 0)]
     return shlex.join(parts)
 
@@ -49,7 +49,7 @@ def _model_names(models: list[str]) -> list[str]:
 def run_eval_command(dataset: str, cutoff: str | None, models: list[str], out: Path,
                      test_days: int | None, max_users: int | None, seed: int, progress: bool,
                      replay: bool = True,
-                     ranking_users: int | None = harness.ENGINE_RANKING_USERS) -> dict:
+                     ranking_users: int | None = harness.DEFAULT_SAMPLE) -> dict:
     """Evaluate models on a real dataset with its standard protocol; write a report.
 
     Arguments (CLI help texts):
@@ -77,6 +77,8 @@ def run_eval_command(dataset: str, cutoff: str | None, models: list[str], out: P
 
     Returns the report (as written to report.json) and prints its tables to stdout.
     """
+    if ranking_users == harness.DEFAULT_SAMPLE:
+        ranking_users = harness.ENGINE_RANKING_USERS
     kind, _ = parse_spec(dataset)
     protocol = DATASET_KINDS[kind][1]
     if protocol != "temporal" and (cutoff is not None or test_days is not None):

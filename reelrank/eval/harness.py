@@ -62,15 +62,18 @@ logger = logging.getLogger(__name__)
 
 ModelFactory = Callable[[], Recommender]
 ENGINE_RANKING_USERS = 3000
+DEFAULT_SAMPLE = -1  # ``ranking_users``: ENGINE_RANKING_USERS as it is when the models are made
 
 
 def available_models(*, seed: int = 0, progress: bool = False, peers: bool = True,
-                     ranking_users: int | None = ENGINE_RANKING_USERS
+                     ranking_users: int | None = DEFAULT_SAMPLE
                      ) -> dict[str, ModelFactory]:
     """Model name -> factory of a fresh, unfitted model: the baselines, the engine and, with
     ``peers`` (importing their libraries takes seconds), the peer libraries of
     ``reelrank.eval.peers`` whose library imports here. ``ranking_users``: the sample of
     viewers the engine and the served views build pages for (None: every one)."""
+    if ranking_users == DEFAULT_SAMPLE:
+        ranking_users = ENGINE_RANKING_USERS
     def engine() -> EngineRecommender:
         model = EngineRecommender(progress=progress)
         model.max_ranking_users = ranking_users
