@@ -33,12 +33,11 @@ from typing import TYPE_CHECKING, Any
 
 import safetensors.torch
 import torch
-from psycopg_pool import ConnectionPool, PoolTimeout
 
 from reelrank.errors import ModelError, StoreError
 from reelrank.registry import PARTS, Artifact, ModelMeta, ModelRegistry, flatten_part, \
     unflatten_part
-from reelrank.store.pg_base import Transaction, redact
+from reelrank.store.pg_base import Transaction, open_pool, redact
 
 if TYPE_CHECKING:
     from reelrank.store.lease import Lease
@@ -102,15 +101,7 @@ class PostgresRegistry(ModelRegistry):
         self.url = redact(url)
         self.fence = fence
         self._closed = False
-        self._pool = ConnectionPool(url, min_size=1, max_size=max_size, timeout=timeout_s,
-                                    open=False, kwargs={"autocommit": True},
-                                    check=ConnectionPool.check_connection,
-                                    name="reelrank-registry")
-        try:
-            self._pool.open(wait=True, timeout=timeout_s)
-        except PoolTimeout as exc:
-            self._pool.close()
-            raise StoreError(f"cannot reach PostgreSQL at {self.url}: {exc}") from exc
+        self._pool = open_pool(url, "reelrank-registry", max_size=max_size, timeout_s=timeout_s)
         # Only when missing: ALTER TABLE (and CREATE INDEX, even IF NOT EXISTS) lock the table,
         # which would make a process that starts wait for, and stall, every load in flight.
         # The tables are made in one transaction, the last one last: it stands for them all.

@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 import psycopg
-from psycopg_pool import ConnectionPool, PoolClosed
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from reelrank.errors import StoreError, ValidationError
 from reelrank.types import Event, Item, UserSettings
@@ -186,3 +186,20 @@ class Transaction:
             # integer past 64 bits): the caller's data is at fault, not the store (HTTP 422).
             raise ValidationError(f"a value cannot be stored: {exc}") from exc
         return False
+
+
+def open_pool(url: str, name: str, *, min_size: int = 1, max_size: int = 8,
+              timeout_s: float = 30.0, configure=None) -> ConnectionPool:
+    """An opened pool of autocommit sessions (writes open their transaction explicitly). A
+    pooled connection is checked before it is handed out, so a database restart costs a
+    reconnect rather than one failed request per idle connection. ``StoreError`` when no
+    connection opens within ``timeout_s``."""
+    pool = ConnectionPool(url, min_size=min_size, max_size=max_size, timeout=timeout_s,
+                          configure=configure, open=False, kwargs={"autocommit": True},
+                          check=ConnectionPool.check_connection, name=name)
+    try:
+        pool.open(wait=True, timeout=timeout_s)
+    except PoolTimeout as exc:
+        pool.close()
+        raise StoreError(f"cannot open a pool on PostgreSQL at {redact(url)}: {exc}") from exc
+    return pool

@@ -29,13 +29,12 @@ import time
 from typing import Any, Iterable, Iterator
 
 import psycopg
-from psycopg_pool import ConnectionPool, PoolTimeout
 
 from reelrank.errors import StoreError
 from reelrank.store.base import AppendResult
 from reelrank.store.pg_base import (
     APPEND_LOCK, EVENT_COLUMNS, ITEM_COLUMNS, SCHEMA, SCHEMA_LOCK, Transaction, configure,
-    event_row, item_from_row, item_row, redact, settings_from_row,
+    event_row, item_from_row, item_row, open_pool, redact, settings_from_row,
 )
 from reelrank.types import AccessRecord, ApiKey, Event, Item, UserSettings
 
@@ -71,19 +70,9 @@ class PostgresStore:
                 self._salt = self._prepare_schema(conn)
         except psycopg.Error as exc:
             raise StoreError(f"cannot open PostgreSQL at {self.url}: {exc}") from exc
-        # Autocommit sessions: writes open their transaction explicitly (``_tx``). A pooled
-        # connection is checked before it is handed out, so a database restart costs a
-        # reconnect rather than one failed request per idle connection.
-        self._pool = ConnectionPool(url, min_size=min_size, max_size=max_size,
-                                    timeout=timeout_s, configure=configure, open=False,
-                                    kwargs={"autocommit": True},
-                                    check=ConnectionPool.check_connection,
-                                    name="reelrank-store")
-        try:
-            self._pool.open(wait=True, timeout=timeout_s)
-        except PoolTimeout as exc:
-            self._pool.close()
-            raise StoreError(f"cannot open a pool on PostgreSQL at {self.url}: {exc}") from exc
+        # Writes open their transaction explicitly (``_tx``).
+        self._pool = open_pool(url, "reelrank-store", min_size=min_size, max_size=max_size,
+                               timeout_s=timeout_s, configure=configure)
 
     def _prepare_schema(self, conn: psycopg.Connection) -> str:
         """Create what is missing (two processes starting at once queue on a lock) and return
