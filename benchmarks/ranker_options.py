@@ -2,7 +2,8 @@
 trains with the server's default training, but one retrieval epoch (the ranker does not read
 the retrieval model) and the given RankerConfig overrides, then reports the GAUC of the
 long-view and like heads of ``engine.rank`` (what ``POST /v1/rank`` answers, state frozen at
-the cut-off, no request context) on the test days' impressions.
+the cut-off) on the test days' impressions, without a request context and with each
+impression's logged one.
 
     python benchmarks/ranker_options.py KUAIRAND_DIR '{"context_dropout": 0.2}'
 """
@@ -28,9 +29,14 @@ harness.fit(rec, split)
 tm = rec.settings["train_metrics"]
 scores, probs = harness._pair_outputs(rec, split.test.user, split.test.item, 256, False, "rank")
 m = harness.impression_metrics(split, scores, probs)
+# The same impressions with each one's logged context (its traffic source) in the rank request.
+scores, probs = harness._pair_outputs(rec, split.test.user, split.test.item, 256, False, "rank",
+                                      split.test.context)
+mc = harness.impression_metrics(split, scores, probs)
 print(json.dumps({
     "over": over, "epochs": tm.get("ranker_epochs"),
     "holdout_gauc": {k: v.get("gauc") for k, v in tm.get("ranker_holdout", {}).items()},
     "test_head": {t: m[t].get("head") for t in ("long_view", "like")},
+    "test_head_context": {t: mc[t].get("head") for t in ("long_view", "like")},
     "logloss_long_view": m["long_view"]["logloss"], "seconds": round(time.time() - t)}))
 drop_shared()

@@ -162,13 +162,13 @@ class Engine:
         return result
 
     def rank(self, user_id: str, item_ids: list[str], region: str | None = None,
-             device: str | None = None) -> RankResult:
+             device: str | None = None, source: str | None = None) -> RankResult:
         unknown = [FieldProblem(f"item_ids[{i}]", f"unknown item_id {x!r}", index=i)
                    for i, x in enumerate(item_ids) if x not in self.catalog]
         if unknown:
             raise ValidationError("unknown item ids", unknown)
         ctx = self.context(FeedRequest(user_id=user_id, n=len(item_ids), region=region,
-                                       device=device))
+                                       device=device, source=source))
         scored = self.pipeline.scorer.score(ctx, [Candidate(i, "request") for i in item_ids])
         scored.sort(key=lambda s: (-s.score, s.item_id))
         return RankResult(self.pipeline.scorer.version, scored)

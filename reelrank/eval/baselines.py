@@ -250,20 +250,29 @@ class EngineRecommender:
             self._tmp.cleanup()
             self._tmp = None
 
-    def _rank(self, users: np.ndarray, items: np.ndarray):
-        """Per pair (score, predictions), with one ``engine.rank`` call per user. The harness
+    # The harness may pass each impression's logged (device, region, source) as the rank
+    # request's context, as a client replaying it through ``POST /v1/rank`` would.
+    takes_context = True
+
+    def _rank(self, users: np.ndarray, items: np.ndarray, contexts: np.ndarray | None = None):
+        """Per pair (score, predictions), with one ``engine.rank`` call per user (per user and
+        context when ``contexts``, (N, 3) device / region / source, is given). The harness
         asks for scores and predictions of the same pairs in turn: the last answer is kept."""
-        key = (np.asarray(users).tobytes(), np.asarray(items).tobytes())
+        key = (np.asarray(users).tobytes(), np.asarray(items).tobytes(),
+               None if contexts is None else id(contexts))
         if self._last is not None and self._last[0] == key:
             return self._last[1]
-        by_user: dict[int, list[int]] = defaultdict(list)
+        groups: dict[tuple, list[int]] = defaultdict(list)
         for k, u in enumerate(users):
-            by_user[int(u)].append(k)
+            groups[(int(u),) if contexts is None else (int(u), *contexts[k])].append(k)
         scores = np.zeros(len(users), dtype=np.float64)
         preds: dict[str, np.ndarray] = {}
-        for u, rows in by_user.items():
+        for group, rows in groups.items():
+            u = group[0]
+            device, region, source = group[1:] if contexts is not None else (None, None, None)
             ids = [self.item_ids[items[k]] for k in rows]
-            ranked = self.engine.rank(self.user_ids[u], list(dict.fromkeys(ids)))
+            ranked = self.engine.rank(self.user_ids[u], list(dict.fromkeys(ids)), region=region,
+                                      device=device, source=source)
             result = {s.item_id: s for s in ranked.items}
             for k, item_id in zip(rows, ids):
                 s = result[item_id]
@@ -273,11 +282,13 @@ class EngineRecommender:
         self._last = (key, (scores, preds))
         return scores, preds
 
-    def score_pairs(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        return self._rank(users, items)[0]
+    def score_pairs(self, users: np.ndarray, items: np.ndarray,
+                    contexts: np.ndarray | None = None) -> np.ndarray:
+        return self._rank(users, items, contexts)[0]
 
-    def predict_tasks(self, users: np.ndarray, items: np.ndarray) -> dict[str, np.ndarray]:
-        return self._rank(users, items)[1]
+    def predict_tasks(self, users: np.ndarray, items: np.ndarray,
+                      contexts: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        return self._rank(users, items, contexts)[1]
 
     def score_users(self, users: np.ndarray) -> np.ndarray:
         from reelrank.pipeline.context import FeedRequest

@@ -192,8 +192,10 @@ def _chunks(values: np.ndarray, size: int, progress: bool, desc: str):
 
 
 def _pair_outputs(model, users: np.ndarray, items: np.ndarray, chunk: int, progress: bool,
-                  name: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Scores (and task probabilities, if the model gives them) of (user, item) pairs."""
+                  name: str, contexts: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Scores (and task probabilities, if the model gives them) of (user, item) pairs;
+    ``contexts`` (N, 3): each pair's request context, for a model that ``takes_context``."""
     scores = np.zeros(len(users), dtype=np.float64)
     probs: dict[str, np.ndarray] = {}
     order = np.argsort(users, kind="stable")
@@ -202,13 +204,14 @@ def _pair_outputs(model, users: np.ndarray, items: np.ndarray, chunk: int, progr
     for k in _chunks(np.arange(len(uniq)), chunk, progress, f"{name}: impressions"):
         rows = order[bounds[k[0]]:bounds[k[-1] + 1]]
         u, i = users[rows], items[rows]
+        extra = {} if contexts is None else {"contexts": contexts[rows]}
         if hasattr(model, "score_pairs"):
-            scores[rows] = model.score_pairs(u, i)
+            scores[rows] = model.score_pairs(u, i, **extra)
         else:
             matrix = np.asarray(model.score_users(uniq[k]), dtype=np.float64)
             scores[rows] = matrix[np.searchsorted(uniq[k], u), i]
         if hasattr(model, "predict_tasks"):
-            for task, p in model.predict_tasks(u, i).items():
+            for task, p in model.predict_tasks(u, i, **extra).items():
                 probs.setdefault(task, np.full(len(users), np.nan))[rows] = p
     return scores, probs
 
@@ -250,6 +253,14 @@ def _evaluate_temporal(model, split: TemporalSplit, run: ModelRun, seed: int, pr
     scores, probs = _pair_outputs(model, split.test.user, split.test.item, chunk, progress,
                                   run.name)
     run.metrics["impressions"] = impression_metrics(split, scores, probs)
+    context = split.test.context
+    if (getattr(model, "takes_context", False) and context is not None
+            and any(v is not None for v in context.ravel())):
+        # The same impressions ranked with the context each was logged in (KuaiRand: its
+        # traffic source), as a client replaying them through ``POST /v1/rank`` sends it.
+        scores, probs = _pair_outputs(model, split.test.user, split.test.item, chunk, progress,
+                                      run.name + " (with context)", context)
+        run.metrics["impressions_context"] = impression_metrics(split, scores, probs)
     users = _ranking_users(model, split.retrieval_users, seed, run)
     targets = dict(zip(split.retrieval_users.tolist(), split.retrieval_targets))
     if getattr(model, "serves_pages", False):

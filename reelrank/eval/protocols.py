@@ -179,6 +179,9 @@ class ImpressionSet:
     labels: dict[str, np.ndarray]  # task -> (n,) int8, for every task of features.TASKS
     watch_ms: np.ndarray  # (n,) int64
     watch_ratio: np.ndarray  # (n,) float64
+    # (n, 3) object: the impression's (device, region, source) as logged, None where absent;
+    # what a client replaying the impression would send as ``POST /v1/rank``'s context.
+    context: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.user)
@@ -186,7 +189,8 @@ class ImpressionSet:
     def subset(self, mask: np.ndarray) -> "ImpressionSet":
         return ImpressionSet(self.user[mask], self.item[mask], self.ts[mask], self.day[mask],
                              self.position[mask], {k: v[mask] for k, v in self.labels.items()},
-                             self.watch_ms[mask], self.watch_ratio[mask])
+                             self.watch_ms[mask], self.watch_ratio[mask],
+                             None if self.context is None else self.context[mask])
 
 
 def is_positive(ex: Example) -> bool:
@@ -322,9 +326,12 @@ def _impressions(examples: list[Example], index: Index, tz_hours: int) -> Impres
     idx = np.arange(len(ts))
     position[order] = idx - np.maximum.accumulate(np.where(starts, idx, 0)) + 1
     labels = {t: np.array([x.label(t) for x in examples], dtype=np.int8) for t in TASKS}
+    context = np.empty((len(examples), 3), dtype=object)
+    for k, x in enumerate(examples):
+        context[k] = (x.device, x.region, x.source)
     return ImpressionSet(user, item, ts, day, position, labels,
                          np.array([x.watch_ms for x in examples], dtype=np.int64),
-                         np.array([x.watch_ratio for x in examples], dtype=np.float64))
+                         np.array([x.watch_ratio for x in examples], dtype=np.float64), context)
 
 
 def _retrieval_targets(test: ImpressionSet, train_seen: list[np.ndarray]

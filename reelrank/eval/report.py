@@ -122,6 +122,18 @@ def tables(report: dict) -> list[tuple[str, list[str], list[list[str]]]]:
             header = [f"{t} (-score)" if t in REVERSED_TASKS and metric != "logloss" else t
                       for t in TASKS]
             out.append((title, ["model", *header], rows))
+        rows = []
+        for name, r in models.items():
+            for key, how in (("impressions", "no context"),
+                             ("impressions_context", "each impression's logged context")):
+                m = r["metrics"].get(key)
+                heads = {t: m[t]["head"] for t in TASKS if m and "head" in m[t]}
+                if heads:
+                    rows.append([name, how] + [_fmt(heads[t]["gauc"]) if t in heads else DASH
+                                               for t in TASKS])
+        if rows:
+            out.append(("Heads' GAUC (each task's own probability, as POST /v1/rank answers)",
+                        ["model", "rank request", *TASKS], rows))
         rows = [[name] + [_fmt(r["metrics"]["retrieval"][f"recall@{k}"]) for k in RECALL_KS]
                 + [_fmt(r["metrics"]["retrieval"]["users"])] for name, r in models.items()]
         out.append(("Retrieval (whole catalog minus seen)",

@@ -28,7 +28,9 @@ def test_kuairand_report_has_every_model_and_the_replay(tmp_path, monkeypatch):
     assert list(saved["models"]) == TEMPORAL_MODELS == list(report["models"])
     for name, r in saved["models"].items():
         m = r["metrics"]
-        assert set(m) == {"impressions", "retrieval", "beyond"}
+        # The engine is also asked with each impression's logged context (the fixture's tab).
+        assert set(m) == {"impressions", "retrieval", "beyond"} | (
+            {"impressions_context"} if name == "engine" else set())
         assert set(m["retrieval"]) == {"recall@50", "recall@100", "recall@200", "users",
                                        "common_users"}
         assert m["retrieval"]["users"] == (2 if name == "engine" else 3)
@@ -46,6 +48,7 @@ def test_kuairand_report_has_every_model_and_the_replay(tmp_path, monkeypatch):
         assert f"| {name} |" in md
     assert "| — |" in md  # LogLoss of the baselines
     assert "Same, on the users every model was ranked for" in md
+    assert "| engine | each impression's logged context |" in md
     assert "sample of 2 of 3 users" in md
     pytest.importorskip("matplotlib")
     assert (out / "replay_gauc_by_position.png").stat().st_size > 0

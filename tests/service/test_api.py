@@ -346,6 +346,23 @@ def test_rank_scores_best_first_and_rejects_unknown_ids(api):
     assert [(d["field"], d["index"]) for d in err["details"]] == [("item_ids[1]", 1)]
 
 
+def test_rank_passes_the_whole_context_to_the_scorer(api, engine, monkeypatch):
+    # The ranker reads the traffic source as well as the device and region: a rank request's
+    # context reaches the scorer whole, as a feed request's does.
+    seen = []
+    score = engine.pipeline.scorer.score
+
+    def spy(ctx, candidates):
+        seen.append((ctx.request.device, ctx.request.region, ctx.request.source))
+        return score(ctx, candidates)
+
+    monkeypatch.setattr(engine.pipeline.scorer, "score", spy)
+    r = api.post("/v1/rank", json={"user_id": "u1", "item_ids": ["v1", "v2"], "context": {
+        "device": "android", "region": "BR", "source": "following"}})
+    assert r.status_code == 200, r.text
+    assert seen == [("android", "BR", "following")]
+
+
 def test_explain(api):
     first = feed_ids(api, "u5", n=5)[0]
     r = api.get("/v1/explain", params={"user_id": "u5", "item_id": first})

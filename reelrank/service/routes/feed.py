@@ -58,7 +58,7 @@ def post_rank(body: RankRequest, engine: EngineDep) -> RankResponse:
     # Asking twice for the same item gets it scored once.
     item_ids = list(dict.fromkeys(body.item_ids))
     result = engine.rank(body.user_id, item_ids, region=ctx.region if ctx else None,
-                         device=ctx.device if ctx else None)
+                         device=ctx.device if ctx else None, source=ctx.source if ctx else None)
     return RankResponse(
         model_version=result.model_version,
         items=[RankedItem(item_id=s.item_id, score=float(s.score),
