@@ -62,6 +62,11 @@ class RetrievalConfig:
     full_softmax_items: int = 20_000
     validation_users: int = 0  # viewers whose last positive is held out for early stopping
     patience: int = 2
+    # With > 0, each validation viewer's last ``validation_tail`` of tokens (at least their last
+    # positive) is held out, not only the last positive: early stopping still watches the
+    # first held-out positive; the held-out positives as a set measure what a feed built at
+    # the cut must hold over the viewer's coming sessions (``tail_recall@50``).
+    validation_tail: float = 0.0
 
     def model(self) -> TwoTower:
         return TwoTower(self.dim, self.max_len, self.layers, self.heads, self.dropout,
@@ -197,7 +202,7 @@ def train_retrieval(model: TwoTower, catalog: ItemInputs, table: SequenceTable,
     ends = np.diff(table.offsets).copy()  # per user: tokens used for training
     monitor = None
     if evaluate is None and cfg.validation_users > 0:
-        held = hold_out_last_positives(table, cfg.validation_users, rng)
+        held = hold_out_last_positives(table, cfg.validation_users, rng, cfg.validation_tail)
         if len(held[0]):
             ends[held[0]] = held[1]
             evaluate = lambda m, _epoch: validation_metrics(m, catalog, table, held, cfg.max_len)
@@ -232,7 +237,7 @@ def train_retrieval(model: TwoTower, catalog: ItemInputs, table: SequenceTable,
                         patience=cfg.patience)
     if monitor is not None:
         # Popularity as the training part knew it: without the held-out positives.
-        known = counts - np.bincount(held[2], minlength=n_items)
+        known = counts - np.bincount(held_positives(table, held), minlength=n_items)
         report.popularity = popularity_weight(model, catalog, table, held, cfg.max_len,
                                               np.log1p(known))
     return report
@@ -270,36 +275,70 @@ def _windows(ends: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
     return users_arr, np.asarray(stops, dtype=np.int64)
 
 
-def hold_out_last_positives(table: SequenceTable, n_users: int, rng: np.random.Generator
-                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def hold_out_last_positives(table: SequenceTable, n_users: int, rng: np.random.Generator,
+                            tail: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                        list[np.ndarray]]:
     """A seeded sample of at most ``n_users`` viewers with a positive after at least one other
-    token: (users, tokens kept before the held-out positive, the held-out item)."""
-    users, keep, target = [], [], []
+    token: (users, tokens kept before the held-out part, the first held-out positive, and the
+    held-out positives as a set). With ``tail`` 0 only the last positive is held out; with
+    ``tail`` > 0 every token from the last ``tail`` of the history on (and at least from the
+    last positive on) is, and the set holds its distinct positives not seen before the cut.
+    The positives of a held-out viewer after the cut feed no training: they are the future."""
+    users, keep, target, later = [], [], [], []
     for u in range(len(table)):
         start, stop = table.offsets[u], table.offsets[u + 1]
         pos = np.flatnonzero(table.positive[start:stop])
-        if len(pos) and pos[-1] >= 1:
-            users.append(u)
-            keep.append(int(pos[-1]))
-            target.append(int(table.item[start + pos[-1]]))
+        if not len(pos) or pos[-1] < 1:
+            continue
+        cut = int(pos[-1])
+        if tail > 0:
+            cut = min(cut, max(1, int(math.floor((stop - start) * (1.0 - tail)))))
+            after = pos[pos >= cut]
+            seen = set(table.item[start:start + cut].tolist())
+            items = [i for i in dict.fromkeys(table.item[start + after].tolist()) if i not in seen]
+            if not items:
+                continue
+        else:
+            items = [int(table.item[start + cut])]
+        first = int(pos[pos >= cut][0])
+        users.append(u)
+        keep.append(cut)
+        target.append(int(table.item[start + first]))
+        later.append(np.asarray(items, dtype=np.int64))
     users_a, keep_a, target_a = (np.asarray(x, dtype=np.int64) for x in (users, keep, target))
     if len(users_a) > n_users:
         pick = np.sort(rng.choice(len(users_a), n_users, replace=False))
         users_a, keep_a, target_a = users_a[pick], keep_a[pick], target_a[pick]
-    return users_a, keep_a, target_a
+        later = [later[i] for i in pick]
+    return users_a, keep_a, target_a, later
+
+
+def held_positives(table: SequenceTable, held) -> np.ndarray:
+    """Every positive token of the held-out viewers from their cut on (repeats included): what
+    the training part of the histories did not see."""
+    parts = [np.zeros(0, dtype=np.int64)]
+    for u, k in zip(held[0].tolist(), held[1].tolist()):
+        start, stop = table.offsets[u], table.offsets[u + 1]
+        part = slice(start + k, stop)
+        parts.append(table.item[part][table.positive[part]])
+    return np.concatenate(parts)
 
 
 def validation_metrics(model: TwoTower, catalog: ItemInputs, table: SequenceTable,
                        held: tuple[np.ndarray, np.ndarray, np.ndarray], max_len: int,
                        chunk: int = 512, prior: np.ndarray | None = None) -> dict:
     """Recall@100 and NDCG@10 of each held-out positive, ranked over the whole catalog minus
-    the items the viewer had before it; ``prior`` (I,) is added to every viewer's scores."""
-    users, keep, target = held
+    the items the viewer had before it; ``prior`` (I,) is added to every viewer's scores. With
+    the held-out sets (``hold_out_last_positives``' fourth part), also ``tail_recall@50`` (the
+    share of each viewer's set in their top 50, averaged over viewers) and ``tail_ndcg@10``."""
+    users, keep, target = held[:3]
+    later = held[3] if len(held) > 3 else None
     vectors = item_matrix(model, catalog)
     bias = torch.from_numpy(prior).float() if prior is not None else None
     was_training = model.training
     model.eval()
-    ranks = []
+    ranks, tail_recall, tail_ndcg = [], [], []
+    discount = 1.0 / np.log2(np.arange(10) + 2)
     with torch.no_grad():
         for s in range(0, len(users), chunk):
             part = slice(s, s + chunk)
@@ -316,11 +355,25 @@ def validation_metrics(model: TwoTower, catalog: ItemInputs, table: SequenceTabl
                 mask[t] = False
                 sc = scores[row].numpy()
                 ranks.append(int((sc[~mask] > sc[t]).sum()))
+                if later is not None:
+                    want = later[s + row]
+                    masked = np.where(mask, -np.inf, sc)
+                    masked[seen] = -np.inf
+                    top = np.argpartition(-masked, 50)[:50] if len(masked) > 50 else np.arange(len(masked))
+                    top = top[np.argsort(-masked[top], kind="stable")]
+                    hit = np.isin(top, want)
+                    tail_recall.append(hit.sum() / len(want))
+                    ideal = discount[:min(10, len(want))].sum()
+                    tail_ndcg.append(float((hit[:10] * discount[:len(hit[:10])]).sum() / ideal))
     model.train(was_training)
     r = np.asarray(ranks)
-    return {"recall@100": float(np.mean(r < 100)) if len(r) else float("nan"),
-            "ndcg@10": float(np.mean(np.where(r < 10, 1.0 / np.log2(r + 2), 0.0)))
-            if len(r) else float("nan"), "users": int(len(r))}
+    out = {"recall@100": float(np.mean(r < 100)) if len(r) else float("nan"),
+           "ndcg@10": float(np.mean(np.where(r < 10, 1.0 / np.log2(r + 2), 0.0)))
+           if len(r) else float("nan"), "users": int(len(r))}
+    if later is not None and tail_recall:
+        out["tail_recall@50"] = float(np.mean(tail_recall))
+        out["tail_ndcg@10"] = float(np.mean(tail_ndcg))
+    return out
 
 
 def _full_loss(model: TwoTower, catalog: ItemInputs, h: HistoryInputs, targets: torch.Tensor,

@@ -60,5 +60,22 @@ def test_validation_holds_out_each_viewers_last_positive():
         {"a": [tok(0, True), tok(1, False), tok(2, True), tok(3, False)],
          "b": [tok(0, True)], "c": [tok(1, False), tok(4, True)]},
         {str(i): i for i in range(5)})
-    users, keep, target = hold_out_last_positives(table, 10, np.random.default_rng(0))
+    users, keep, target, later = hold_out_last_positives(table, 10, np.random.default_rng(0))
     assert users.tolist() == [0, 2] and keep.tolist() == [2, 1] and target.tolist() == [2, 4]
+    assert [x.tolist() for x in later] == [[2], [4]]
+
+
+def test_validation_tail_holds_out_the_last_part_of_each_history():
+    def tok(i, positive):
+        return Token(str(i), i, "long_view" if positive else "play", 1.0 if positive else 0.1,
+                     0, 0, 0, 0, 0)
+
+    # a: 10 tokens, the last 30% (positions 7..9) held out: positives 7 (seen before: 1) and 9;
+    # b: its only positive after the cut is one it had already watched: nothing new to find.
+    a = [tok(i, i in (1, 4, 9)) for i in range(7)] + [tok(1, True), tok(8, False), tok(9, True)]
+    b = [tok(3, True), tok(5, False), tok(3, True)]
+    table = SequenceTable.from_tokens({"a": a, "b": b}, {str(i): i for i in range(10)})
+    users, keep, target, later = hold_out_last_positives(table, 10, np.random.default_rng(0),
+                                                         tail=0.3)
+    assert users.tolist() == [0] and keep.tolist() == [7] and target.tolist() == [1]
+    assert [x.tolist() for x in later] == [[9]]
