@@ -98,7 +98,7 @@ class LiveStats(SideEffect):
                 "age_s": (round(time.time() - published / 1000.0, 1)
                           if isinstance(published, (int, float)) else None),
             },
-            "catalog": {"items": len(catalog), "viewers_live": len(engine.live.user_ids())},
+            "catalog": {"items": len(catalog), "viewers_live": engine.live.viewer_count()},
             "engagement": _engagement(engine),
             "online": _latest(over_time),
             "fairness": {k: _clean(v) for k, v in exposure.items()},
@@ -146,7 +146,7 @@ def memory_view(engine: Engine, trainer=None) -> dict:
             "budgets": trainer_status.get("memory"),
         }
     live = engine.live
-    viewers = len(live.user_ids())
+    viewers = live.viewer_count()
     feed_only = live.feed_only_viewers()
     return {
         "rss_bytes": rss_bytes(),
