@@ -74,6 +74,13 @@ def serve(
     store: Optional[str] = typer.Option(
         None, "--store", help=STORE_HELP),
     models: Optional[str] = typer.Option(None, help=MODELS_HELP),
+    live: Optional[str] = typer.Option(
+        None, help="A live state shared by every API process: redis://host:port/db?prefix=name: "
+                   "(docs/operations.md). Not replayed at start; rebuilt from the log only "
+                   "when empty."),
+    workers: int = typer.Option(
+        1, min=1, help="API processes on the port (needs --store postgresql://... and --live "
+                       "redis://...; the trainer runs apart: `reelrank trainer`)."),
 ) -> None:
     """Serve the HTTP API (docs/api.md; /docs on the server) on the store in DATA_DIR.
 
@@ -98,19 +105,37 @@ def serve(
                                  param_hint="--trainer")
     if trainer not in TRAINER_MODES:
         raise typer.BadParameter(f"one of {', '.join(TRAINER_MODES)}", param_hint="--trainer")
+    if workers > 1:
+        from reelrank.service.workers import needs_shared_backends
+
+        why = needs_shared_backends(store, live)
+        if why is not None:
+            raise typer.BadParameter(why, param_hint="--workers")
+        if trainer != "off" and not no_trainer:
+            raise typer.BadParameter("with several API processes the online trainer runs "
+                                     "apart: --trainer off, and `reelrank trainer --store URL "
+                                     "--models URL` beside them", param_hint="--trainer")
     from reelrank.service.guard import RequestLimits
 
     limits = RequestLimits(max_body_bytes=int(max_body_mb * 1024 * 1024),
                            max_in_flight=max_in_flight,
                            max_in_flight_per_token=max_in_flight_per_token)
-    app_, keys_path = prepare(data_dir, insecure_no_auth=insecure_no_auth,
-                              trainer="off" if no_trainer else trainer,
-                              retention_days=retention_days, limits=limits,
-                              trace_budget_bytes=int(trace_budget_mb * 1024 * 1024),
-                              max_feed_only_viewers=max_feed_only_viewers,
-                              trainer_budgets={"max_viewers": trainer_max_viewers,
-                                               "late_examples": trainer_late_examples},
-                              store_url=store, models_url=models)
+    options = dict(trainer="off" if no_trainer else trainer,
+                   retention_days=retention_days,
+                   trace_budget_bytes=int(trace_budget_mb * 1024 * 1024),
+                   max_feed_only_viewers=max_feed_only_viewers,
+                   trainer_budgets={"max_viewers": trainer_max_viewers,
+                                    "late_examples": trainer_late_examples},
+                   store_url=store, models_url=models, live_url=live)
+    if workers > 1:
+        from reelrank.service.workers import run_workers
+
+        _say_auth(insecure_no_auth, host, data_dir / "keys.json")
+        run_workers(workers, host, port, log_level, data_dir=data_dir,
+                    insecure_no_auth=insecure_no_auth, limits=limits, **options)
+        return
+    app_, keys_path = prepare(data_dir, insecure_no_auth=insecure_no_auth, limits=limits,
+                              **options)
     if keys_path is not None:
         typer.echo(f"API tokens (ingest, serve, admin): {keys_path}")
     else:
@@ -119,6 +144,18 @@ def serve(
             typer.echo(f"WARNING: and the service listens on {host}, beyond this machine: "
                        "anyone who can reach it acts as admin.")
     run(app_, host=host, port=port, log_level=log_level)
+
+
+def _say_auth(insecure_no_auth: bool, host: str, keys_path: Path) -> None:
+    from reelrank.service.server import LOOPBACK
+
+    if not insecure_no_auth:
+        typer.echo(f"API tokens (ingest, serve, admin): {keys_path}")
+        return
+    typer.echo("WARNING: authentication is off (--insecure-no-auth). Local trials only.")
+    if host not in LOOPBACK:
+        typer.echo(f"WARNING: and the service listens on {host}, beyond this machine: "
+                   "anyone who can reach it acts as admin.")
 
 
 @app.command("import")

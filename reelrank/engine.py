@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import cast
+from typing import Callable, cast
 
 from reelrank.errors import FieldProblem, NotFoundError, ValidationError
 from reelrank.pipeline.context import FeedContext
@@ -65,25 +65,35 @@ class Engine:
         self.effects = SideEffects([self.traces])
         # The retrieval vectors the pipeline keeps between a viewer's pages go with them.
         self.effects.add(Calls("viewer vectors", erase=lambda user_id: _forget_vector(
-            self.pipeline, user_id)))
+            self.pipeline, user_id), held=lambda: _vector_viewers(self.pipeline)))
         self._user_locks = [threading.Lock() for _ in range(64)]
         self._catalog_lock = threading.Lock()
         self._ingest_lock = threading.Lock()  # store append + live apply, as one step
 
     # -- start-up -------------------------------------------------------------------------------
-    def load(self) -> "Engine":
-        """Fill the catalog and live state from the store (start-up, or after an import)."""
+    def load(self, replay: bool = True) -> "Engine":
+        """Fill the catalog and live state from the store (start-up, or after an import).
+        ``replay=False``: the live state is shared with other processes and holds the log
+        already (they, or ``reelrank rebuild-live``, built it): replaying it again would count
+        every event twice, so only the catalog is loaded."""
+        # A shared catalog takes the store's items without announcing them to the other
+        # processes (``take``): each loads them from the store itself.
+        upsert = getattr(self.catalog, "take", self.catalog.upsert)
         batch: list[Item] = []
         for item in self.store.iter_items():
             batch.append(item)
             if len(batch) >= 10_000:
-                self.catalog.upsert(batch)
+                upsert(batch)
                 batch = []
-        self.catalog.upsert(batch)
-        started = time.perf_counter()
-        n, _ = self._replay(self.live)
-        log.info("loaded %d items; live state rebuilt from %d events in %.1f s",
-                 len(self.catalog), n, time.perf_counter() - started)
+        upsert(batch)
+        if replay:
+            started = time.perf_counter()
+            n, _ = self._replay(self.live)
+            log.info("loaded %d items; live state rebuilt from %d events in %.1f s",
+                     len(self.catalog), n, time.perf_counter() - started)
+        else:
+            log.info("loaded %d items; the live state is shared: not replayed",
+                     len(self.catalog))
         self.models.refresh()
         return self
 
@@ -127,10 +137,16 @@ class Engine:
         ]
         if problems:
             raise ValidationError("the batch refers to unknown items; nothing was stored", problems)
+        # A shared live state folds a batch in a few round trips (``apply_many``), not a few
+        # per event.
+        apply_many = getattr(self.live, "apply_many", None)
         with self._ingest_lock:
             result = self.store.append_events(events)
-            for e in result.accepted:
-                self.live.apply(e)
+            if apply_many is not None:
+                apply_many(result.accepted)
+            else:
+                for e in result.accepted:
+                    self.live.apply(e)
         self.effects.events(result.accepted)
         return result
 
@@ -229,14 +245,34 @@ class Engine:
             self.rebuild_live()
         return removed
 
-    def purge_events_older_than(self, max_age_ms: int, now_ms: int | None = None) -> int:
+    def forget_held(self, matches: Callable[[str], bool], reset: bool = False) -> list[str]:
+        """Another process erased a viewer (or reset their interests) and said so by a digest
+        of the id: whatever this process's steps hold of a viewer whose id ``matches`` (traces,
+        viewer vectors, an in-process trainer's pending examples) is dropped, as if the erasure
+        (reset) had been made here. The store and the shared live state are done already.
+        Returns the ids found."""
+        found = self.effects.held_users(matches)
+        for user_id in found:
+            if reset:
+                self.effects.reset(user_id)
+            else:
+                self.effects.erase(user_id)
+        return found
+
+    def purge_events_older_than(self, max_age_ms: int, now_ms: int | None = None,
+                                rebuild: bool = True) -> int:
         """Retention: delete events older than ``max_age_ms`` (by wall clock unless ``now_ms``
-        is given) and rebuild live state without them."""
+        is given) and rebuild live state without them (``rebuild=False``: the caller does)."""
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         removed = self.store.delete_events_before(now_ms - max_age_ms)
-        if removed:
+        if removed and rebuild:
             self.rebuild_live()
         return removed
+
+
+def _vector_viewers(pipeline) -> list[str]:
+    vectors = getattr(pipeline, "viewer_vectors", None)
+    return vectors.user_ids() if vectors is not None else []
 
 
 def _forget_vector(pipeline, user_id: str) -> None:
