@@ -309,6 +309,15 @@ def trainer_(
              "standard output, and exit when standard input closes: how `reelrank serve` "
              "runs its trainer."),
     models: Optional[str] = typer.Option(None, help=MODELS_HELP),
+    lease: Optional[bool] = typer.Option(
+        None, "--lease/--no-lease",
+        help="Learn and publish only while holding the trainers' lease in PostgreSQL, "
+             "standing by otherwise, so that of several trainers exactly one publishes and "
+             "another takes over when it dies (default: on with a postgresql:// --store or "
+             "--models)."),
+    live: Optional[str] = typer.Option(
+        None, help="The API processes' shared live state (redis://...): erasures and resets "
+                   "they announce there reach this trainer at once."),
 ) -> None:
     """Run the online trainer as its own process: tail the event log in DATA_DIR, learn from
     each closed impression in small steps, and publish versions to DATA_DIR/models, which every
@@ -325,12 +334,56 @@ def trainer_(
     cfg = TrainerConfig(publish_every_s=publish_every, retrieval_every_s=retrieval_every,
                         verify_users=True, max_viewers=max_viewers, late_memory=late_examples)
     registry = open_registry(models or Path(data_dir) / "models", Path(data_dir) / "models")
-    runner = OnlineTrainer(store, registry, cfg)
+    held, shared = _trainer_lease(lease, store_url, models, registry), None
+    runner = OnlineTrainer(store, registry, cfg, lease=held)
     try:
+        if live:
+            shared = _trainer_hears_erasures(live, runner)
         run_trainer(runner, Path(data_dir), commands_from_stdin, say=typer.echo)
     finally:
+        if shared is not None:
+            shared.stop()
+        if held is not None:
+            held.close()
         registry.close()
         store.close()
+
+
+def _trainer_lease(wanted: Optional[bool], store_url: Optional[str], models: Optional[str],
+                   registry):
+    """The trainers' lease on the deployment's PostgreSQL (the models' database first), or None;
+    a registry in PostgreSQL also refuses a publish from a holder that lost it (its fence)."""
+    urls = [u for u in (models, store_url) if u and u.startswith(("postgresql://",
+                                                                 "postgres://"))]
+    if wanted is None:
+        wanted = bool(urls)
+    if not wanted:
+        return None
+    if not urls:
+        raise typer.BadParameter("the lease lives in PostgreSQL: give --store or --models "
+                                 "postgresql://...", param_hint="--lease")
+    from reelrank.store.lease import Lease
+
+    held = Lease(urls[0], "trainer")
+    if hasattr(registry, "fence"):
+        registry.fence = held
+    return held
+
+
+def _trainer_hears_erasures(live_url: str, runner):
+    """Erasures and resets announced on the shared live state's stream (a digest of the id)
+    reach ``runner``'s viewers: their pending examples go before the next step."""
+    from reelrank.store import new_catalog
+    from reelrank.store.shared import SharedLive
+
+    shared = SharedLive(live_url, new_catalog())
+
+    def matching(digest: str) -> list[str]:
+        return [u for u in runner.held_users() if shared.digest(u) == digest]
+
+    shared.on_erase(lambda digest: [runner.forget_user(u) for u in matching(digest)])
+    shared.on_reset(lambda digest: [runner.reset_user(u) for u in matching(digest)])
+    return shared.start()
 
 
 @app.command("eval")
