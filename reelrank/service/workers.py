@@ -20,10 +20,12 @@ import dataclasses
 import json
 import logging
 import os
+import socket
 from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.supervisors import Multiprocess
 
 from reelrank.service.deps import ensure_service_keys
 from reelrank.service.guard import RequestLimits
@@ -68,10 +70,27 @@ def run_workers(workers: int, host: str, port: int, log_level: str, *, data_dir:
     log.info("starting %d API processes on http://%s:%d", workers, host, port)
     # No access log (viewers' IP addresses). uvicorn's own INFO lines say which worker
     # started, died and was replaced.
-    uvicorn.run("reelrank.service.workers:worker_app", factory=True, host=host, port=port,
-                workers=workers, access_log=False, log_config=None,
-                log_level="debug" if log_level == "debug" else "info")
+    config = uvicorn.Config("reelrank.service.workers:worker_app", factory=True, host=host,
+                            port=port, workers=workers, access_log=False, log_config=None,
+                            log_level="debug" if log_level == "debug" else "info")
+    try:
+        Multiprocess(config, sockets=[listening_socket(host, port)]).run()
+    except KeyboardInterrupt:
+        pass
     return keys
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The port the workers share, made as ``uvicorn.run`` would make it but with its protocol
+    named (IPPROTO_TCP): asyncio sets TCP_NODELAY only on connections accepted from such a
+    socket, and without it every response waits out Nagle's algorithm against the client's
+    delayed ACK (measured: 44 ms per /healthz with two workers, against 0.8 ms)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
 
 
 def worker_app() -> FastAPI:

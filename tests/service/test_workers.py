@@ -173,6 +173,15 @@ def test_workers_on_one_port_survive_a_killed_worker(backends, tmp_path):
         assert r.status_code == 200, r.text
         for _ in range(6):  # whichever worker answers, it sees the event
             assert "v1" not in s.feed("u")
+        # Answers are not held back by Nagle's algorithm (40 ms a request against the client's
+        # delayed ACK when the shared socket's connections lack TCP_NODELAY).
+        with httpx.Client(base_url=s.base, timeout=30) as keep_alive:
+            took = []
+            for _ in range(21):
+                t0 = time.perf_counter()
+                assert keep_alive.get("/healthz").status_code == 200
+                took.append(time.perf_counter() - t0)
+        assert sorted(took)[10] < 0.03, took
         victim = max(children(s.proc.pid))
         os.kill(victim, signal.SIGKILL)
         for _ in range(10):  # the other worker keeps serving meanwhile
