@@ -535,21 +535,27 @@ def rebuild_live_(
     """Rebuild what the shared live state holds (viewers' histories, seen sets, counters, item
     counters, top lists, co-engagement) from the store's event log, so that losing Redis loses
     nothing durable. The rebuilt state is written beside the old one and swapped in, so feeds
-    keep being served meanwhile; run it while no API process accepts events (after a Redis
-    restart, before they start): an event accepted during the swap would reach the old keys
-    only."""
-    from reelrank.store import new_catalog, new_live_state, open_store
+    keep being served meanwhile; events the API processes accept while it runs are caught up
+    before the swap, which holds their writes back for its moment. After a Redis restart
+    without persistence, run it before the API processes accept events again: until then
+    they serve from an empty state."""
+    from reelrank.store import new_catalog, open_store
     from reelrank.store.rebuild import load_catalog, rebuild_live
+    from reelrank.store.shared import SharedLive
 
     _logging(log_level)
     store = open_store(store_url or data_dir)
+    # As the API processes see it: the swap waits for their writes in flight and holds new
+    # ones back (its gate), and tells them to drop what they cached (the fan-out).
+    shared = SharedLive(live_url, new_catalog())
     try:
-        live = new_live_state(new_catalog(), url=live_url)
+        live = shared.live
         if flush:
-            live.clear()  # type: ignore[attr-defined]
+            live.clear()
         items = load_catalog(store, live)
-        events, last = rebuild_live(store, live)
+        events, last = rebuild_live(store, live, gate=shared.gate())
     finally:
+        shared.stop()
         store.close()
     typer.echo(f"rebuilt the live state from {events} events (through seq {last}) over "
                f"{items} items")

@@ -12,12 +12,13 @@ when a page is served or data changes is a list of declared steps, ``Engine.effe
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, cast
+from typing import Callable, ContextManager, Iterator, Protocol, cast
 
 from reelrank.errors import FieldProblem, NotFoundError, ValidationError
 from reelrank.pipeline.context import FeedContext
@@ -38,6 +39,13 @@ __all__ = ["DEFAULT_TRACE_BUDGET_BYTES", "Engine", "RankResult", "default_pipeli
            "offline_pipeline"]
 
 log = logging.getLogger(__name__)
+
+
+class WriteGate(Protocol):
+    """Writes to a live state shared by several processes, against a rebuild's swap."""
+
+    def writing(self) -> ContextManager[None]: ...
+    def swapping(self) -> ContextManager[None]: ...
 
 
 @dataclass
@@ -69,6 +77,10 @@ class Engine:
         self._user_locks = [threading.Lock() for _ in range(64)]
         self._catalog_lock = threading.Lock()
         self._ingest_lock = threading.Lock()  # store append + live apply, as one step
+        # With a live state shared by several processes, the same step across them: writes
+        # hold ``gate.writing()``, a rebuild's catch-up and swap ``gate.swapping()``
+        # (``store/shared.py``'s ``WriteGate``); None: this process's lock is enough.
+        self.gate: WriteGate | None = None
 
     # -- start-up -------------------------------------------------------------------------------
     def load(self, replay: bool = True) -> "Engine":
@@ -114,11 +126,22 @@ class Engine:
         beside serving; ingestion pauses only for the catch-up at the end."""
         fresh = self.live.empty_like()
         _, last = self._replay(fresh)
-        with self._ingest_lock:
+        with self._writes(swap=True):
             self._replay(fresh, after_seq=last)
             self.live.replace_with(fresh)
 
     # -- writes ---------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _writes(self, swap: bool = False) -> Iterator[None]:
+        """A store write and the live state's matching change, as one step: under this
+        process's lock and, with a shared live state, its gate across processes."""
+        with self._ingest_lock:
+            if self.gate is None:
+                yield
+            else:
+                with self.gate.swapping() if swap else self.gate.writing():
+                    yield
+
     def ingest_items(self, items: list[Item]) -> int:
         # One lock over both writes: concurrent upserts of an item leave store and memory agreeing.
         with self._catalog_lock:
@@ -140,7 +163,7 @@ class Engine:
         # A shared live state folds a batch in a few round trips (``apply_many``), not a few
         # per event.
         apply_many = getattr(self.live, "apply_many", None)
-        with self._ingest_lock:
+        with self._writes():
             result = self.store.append_events(events)
             if apply_many is not None:
                 apply_many(result.accepted)
@@ -222,7 +245,7 @@ class Engine:
     def reset_interests(self, user_id: str) -> None:
         """"Refresh my feed": forget the interests inferred so far, durably (a restart replays
         the log without them), and keep the account, settings, follows and what was seen."""
-        with self._ingest_lock:
+        with self._writes():
             current = self.store.get_settings(user_id)
             self.store.put_settings(dataclasses.replace(
                 current, interests_reset_seq=self.store.last_seq()))
@@ -237,7 +260,7 @@ class Engine:
         Aggregates their events fed (item counters, trending) are recomputed from the remaining
         log, now with ``rebuild`` (a runtime passes False and rebuilds in the background).
         Returns how many events were removed."""
-        with self._ingest_lock:
+        with self._writes():
             removed = self.store.erase_user(user_id)
             self.live.forget_user(user_id)
         self.effects.erase(user_id)

@@ -111,6 +111,7 @@ def prepare(data_dir: Path, insecure_no_auth: bool = False,
             shared.start()
             engine.load(replay=False)
             shared.ensure_built(store)
+            engine.gate = shared.gate()
             _forget_what_others_erase(shared, engine)
         # The catalog, live state and models loaded above (and, once ``run`` starts the
         # keeper, what the server keeps from then on) are frozen out of the cyclic

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
+import uuid
 from typing import Callable, Iterator
 
 import redis
@@ -107,6 +109,10 @@ class SharedLive:
             except redis.exceptions.LockError:  # expired: someone else may hold it now
                 log.warning("the %r lock expired before it was released", name)
 
+    def gate(self) -> "WriteGate":
+        """The gate between writes to the shared state and a rebuild's swap (``WriteGate``)."""
+        return WriteGate(self.client, self.prefix)
+
     def is_empty(self) -> bool:
         """Nothing was ever applied under this prefix (every write raises its version)."""
         return not self.client.exists(self.prefix + "version")
@@ -125,5 +131,77 @@ class SharedLive:
                 return 0
             log.info("the shared live state under %r is empty: rebuilding it from the log",
                      self.prefix)
-            events, _ = rebuild_live(store, self.live)
+            events, _ = rebuild_live(store, self.live, gate=self.gate())
             return events
+
+
+# Enter a write section unless a swap is under way: the section's token is kept, with the time
+# past which it counts as abandoned (its process died), in a sorted set. Keys (both under the
+# prefix's "lock:", which a swap keeps): the swap flag, the sorted set. Args: token, ttl ms.
+_ENTER = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
+return 1
+"""
+
+# Count the write sections still in flight, dropping the abandoned ones.
+_IN_FLIGHT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZCARD', KEYS[1])
+"""
+
+
+class WriteGate:
+    """Many writers or one swap, across every process of a deployment.
+
+    A rebuild (after an erasure or a retention purge) replays the log into a scratch namespace
+    and swaps it in; an event another process applied during the final catch-up and the swap
+    would reach the old keys only, and be lost with them. So ingestion (and every other write
+    to the shared state) runs in a ``writing`` section, and the rebuild's catch-up and swap in
+    ``swapping``: a swap waits for the sections in flight to end and new ones wait for the swap
+    (polling every few ms), so an event is either in the log before the catch-up reads it or
+    applied after the swap, never in between. Two round trips per section; a section whose
+    process died stops counting after ``ttl_s``."""
+
+    def __init__(self, client, prefix: str, ttl_s: float = 30.0, poll_s: float = 0.005,
+                 wait_s: float = 60.0) -> None:
+        self.client = client
+        self.flag = prefix + "lock:swapping"
+        self.sections = prefix + "lock:writing"
+        self.ttl_ms = int(ttl_s * 1000)
+        self.poll_s = poll_s
+        self.wait_s = wait_s
+        self._enter = client.register_script(_ENTER)
+        self._count = client.register_script(_IN_FLIGHT)
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        token = uuid.uuid4().hex
+        deadline = time.monotonic() + self.wait_s
+        while not self._enter(keys=[self.flag, self.sections], args=[token, self.ttl_ms]):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the shared live state has been swapping for "
+                                   f"{self.wait_s:.0f} s")
+            time.sleep(self.poll_s)
+        try:
+            yield
+        finally:
+            self.client.zrem(self.sections, token)
+
+    @contextlib.contextmanager
+    def swapping(self) -> Iterator[None]:
+        self.client.set(self.flag, "1", px=self.ttl_ms * 2)
+        try:
+            deadline = time.monotonic() + self.ttl_ms / 1000
+            while self._count(keys=[self.sections]):
+                if time.monotonic() > deadline:  # cannot happen unless sections hang
+                    log.warning("swapping with write sections still in flight")
+                    break
+                time.sleep(self.poll_s)
+            yield
+        finally:
+            self.client.delete(self.flag)

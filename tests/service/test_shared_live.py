@@ -6,6 +6,7 @@ the other's memory, in Redis or in the database."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -150,3 +151,38 @@ def test_an_erasure_on_one_process_leaves_nothing_of_the_viewer_on_the_other(two
         assert store.count_events(who) == 0
     finally:
         store.close()
+
+
+def test_an_event_taken_while_another_process_swaps_a_rebuild_in_is_not_lost(two):
+    """A's rebuild (after an erasure) catches up with the log and swaps its keys in; an event
+    B takes meanwhile waits for the swap (the write gate) instead of reaching the old keys,
+    which the swap would drop."""
+    a, b, _, cb, _ = two
+    ea, eb = a.state.engine, b.state.engine
+    at_swap, go_on = threading.Event(), threading.Event()
+    swap = ea.live.replace_with
+
+    def held_swap(fresh) -> None:  # the moment between A's catch-up and its swap
+        at_swap.set()
+        go_on.wait(30)
+        swap(fresh)
+
+    ea.live.replace_with = held_swap
+    rebuild = threading.Thread(target=ea.rebuild_live)
+    rebuild.start()
+    answered: list[int] = []
+    try:
+        assert at_swap.wait(30)
+        ingest = threading.Thread(target=lambda: answered.append(cb.post("/v1/events", json={
+            "events": [ev("during", "racer", "v7", "play", ts=T0 + 999, watch_ms=15_000)]
+        }).status_code))
+        ingest.start()
+        time.sleep(0.5)
+        assert answered == []  # B's write waits for the swap
+    finally:
+        go_on.set()
+        rebuild.join(30)
+    ingest.join(30)
+    assert answered == [200]
+    assert [h.item_id for h in eb.live.user("racer").history] == ["v7"]
+    assert ea.live.user("racer") is not None
