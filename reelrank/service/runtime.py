@@ -32,8 +32,12 @@ class Runtime:
     ``reelrank train``). Nothing starts until asked: ``watch_models``, ``start_retention``,
     ``start_trainer`` or ``start_trainer_process``; ``stop`` ends the trainer and the watcher."""
 
-    def __init__(self, engine: Engine, train_config: TrainConfig | None = None,
-                 rebuild_lock: Callable[[], ContextManager] | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        train_config: TrainConfig | None = None,
+        rebuild_lock: Callable[[], ContextManager] | None = None,
+    ) -> None:
         """``rebuild_lock``: a lock across processes that every live-state rebuild takes (a
         shared live state: one process rebuilds at a time)."""
         self.engine = engine
@@ -177,8 +181,12 @@ class Runtime:
             self.engine.effects.remove(self._trainer_step)
         self.trainer = trainer
         self._trainer_step = self.engine.effects.add(
-            Calls("online trainer", erase=trainer.forget_user, reset=trainer.reset_user,
-                  held=getattr(trainer, "held_users", None))
+            Calls(
+                "online trainer",
+                erase=trainer.forget_user,
+                reset=trainer.reset_user,
+                held=getattr(trainer, "held_users", None),
+            )
         )
 
     def forget_trainer(self) -> None:
