@@ -163,3 +163,69 @@ def test_erasures_announced_on_the_stream_reach_a_separate_trainer():
         finally:
             shared.stop()
             api.close()
+
+
+def test_killing_the_publishing_trainer_process_hands_publishing_to_the_standby(deployment):
+    """Two ``reelrank trainer`` processes on one deployment, as an operator runs them: the
+    first takes the lease and publishes; ``kill -9`` of it, and the standby takes the lease
+    over and publishes the next versions. Serving never stops meanwhile."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    url, world, engine, root = deployment
+    repo = Path(__file__).resolve().parents[2]
+
+    def start(name: str):
+        log = root / f"{name}.log"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "reelrank.cli", "trainer", "--data-dir", str(root / name),
+             "--store", url, "--models", url, "--publish-every", "0.2"],
+            cwd=repo, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(repo)})
+        return proc, log
+
+    sim, viewer = Simulator(world), world.users[5]
+    session, ts = sim.new_session(viewer, "kill"), int(time.time() * 1000) - 600_000
+
+    def swipe_until_published(after: str | None) -> bool:
+        nonlocal ts
+        for item in engine.feed(FeedRequest(viewer.user_id, n=1)).items:  # serving goes on
+            events = sim.respond(viewer, item.item_id, ts, session)
+            engine.ingest_events(events)
+            ts = events[-1].ts + 300
+        return engine.registry.latest() != after
+
+    observer = Lease(url, "trainer", holder="observer")
+    a, a_log = start("a")
+    b = None
+    try:
+        wait_for(lambda: "trainer: holds the 'trainer' lease" in a_log.read_text(),
+                 "the first trainer never took the lease")
+        assert observer.current_holder()[0].endswith(f":{a.pid}")
+        b, b_log = start("b")
+        wait_for(lambda: "online trainer on" in b_log.read_text(), "the standby never started")
+        base = engine.registry.latest()
+        wait_for(lambda: swipe_until_published(base), "the first trainer never published")
+        assert "trainer: holds the 'trainer' lease" not in b_log.read_text()
+
+        a.send_signal(signal.SIGKILL)
+        a.wait(30)
+        wait_for(lambda: "trainer: holds the 'trainer' lease" in b_log.read_text(),
+                 "the standby never took the lease over")
+        holder, epoch = observer.current_holder()
+        assert holder.endswith(f":{b.pid}") and epoch == 2
+        last = engine.registry.latest()
+        wait_for(lambda: swipe_until_published(last), "the standby never published")
+    finally:
+        observer.close()
+        for proc in (a, b):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
