@@ -186,3 +186,17 @@ def test_an_event_taken_while_another_process_swaps_a_rebuild_in_is_not_lost(two
     assert answered == [200]
     assert [h.item_id for h in eb.live.user("racer").history] == ["v7"]
     assert ea.live.user("racer") is not None
+
+
+def test_an_erased_viewer_another_process_only_counted_in_insights_leaves_them(two):
+    """B never served the viewer, but its creator insights (a cached table of audiences over
+    every viewer in Redis) name them: A's erasure reaches that table too."""
+    a, b, ca, _, _ = two
+    who = "only-on-a-x9"
+    r = ca.post("/v1/events", json={"events": [
+        ev(f"o{k}", who, f"v{k}", "play", ts=T0 + 400 + k, watch_ms=15_000) for k in range(3)]})
+    assert r.status_code == 200, r.text
+    b.state.insights._current_table()  # as a creator's insights page builds it
+    assert who in b.state.insights.viewers()
+    assert ca.delete(f"/v1/users/{who}").status_code == 204
+    assert wait_for(lambda: who not in b.state.insights.viewers())
