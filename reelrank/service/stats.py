@@ -65,6 +65,9 @@ class LiveStats(SideEffect):
     def on_erase(self, user_id: str) -> None:
         self.ledger.forget_user(user_id)
 
+    def held_users(self) -> set[str]:
+        return self.ledger.viewers()
+
     def events_per_second(self) -> float:
         now = time.monotonic()
         with self._lock:

@@ -200,3 +200,17 @@ def test_an_erased_viewer_another_process_only_counted_in_insights_leaves_them(t
     assert who in b.state.insights.viewers()
     assert ca.delete(f"/v1/users/{who}").status_code == 204
     assert wait_for(lambda: who not in b.state.insights.viewers())
+
+
+def test_an_erasure_reaches_a_viewer_only_the_exposure_ledger_still_counts(two):
+    """B served the viewer, and its traces of them were evicted since (their budget), but its
+    exposure ledger (``/v1/stats``'s topic diversity) still counts their topics by id."""
+    a, b, ca, cb, _ = two
+    who = "ledger-only-v4"
+    assert feed(cb, who)
+    engine = b.state.engine
+    engine.traces.drop(who)
+    engine.pipeline.viewer_vectors.forget(who)
+    assert who in b.state.stats.ledger.viewers()
+    assert ca.delete(f"/v1/users/{who}").status_code in (204, 404)
+    assert wait_for(lambda: who not in b.state.stats.ledger.viewers())
