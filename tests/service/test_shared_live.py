@@ -214,3 +214,21 @@ def test_an_erasure_reaches_a_viewer_only_the_exposure_ledger_still_counts(two):
     assert who in b.state.stats.ledger.viewers()
     assert ca.delete(f"/v1/users/{who}").status_code in (204, 404)
     assert wait_for(lambda: who not in b.state.stats.ledger.viewers())
+
+
+def test_refresh_my_feed_on_one_process_acts_on_the_others_next_page(two):
+    """"Refresh my feed" posted to A: the interests in Redis are cleared for B's next page,
+    and B drops its traces of the viewer (they explain pages built on the old interests)."""
+    _, b, ca, cb, _ = two
+    who = "refresher-r2"
+    r = ca.post("/v1/events", json={"events": [
+        ev(f"r{k}", who, f"v{4 * k}", "play", ts=T0 + 500 + k, watch_ms=15_000)
+        for k in range(5)]})  # all "cats"
+    assert r.status_code == 200, r.text
+    assert b.state.engine.live.user(who).hashtag_affinity
+    assert feed(cb, who) and b.state.engine.traces.records(who)
+    assert ca.post(f"/v1/users/{who}/reset").status_code == 200
+    state = b.state.engine.live.user(who)  # the next page from B reads this
+    assert not state.hashtag_affinity and not state.history
+    assert {f"v{4 * k}" for k in range(5)} <= set(state.seen)  # what was seen stays seen
+    assert wait_for(lambda: not b.state.engine.traces.records(who))
