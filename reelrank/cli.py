@@ -74,6 +74,13 @@ def serve(
     store: Optional[str] = typer.Option(
         None, "--store", help=STORE_HELP),
     models: Optional[str] = typer.Option(None, help=MODELS_HELP),
+    live: Optional[str] = typer.Option(
+        None, help="A live state shared by every API process: redis://host:port/db?prefix=name: "
+                   "(docs/operations.md). Not replayed at start; rebuilt from the log only "
+                   "when empty."),
+    workers: int = typer.Option(
+        1, min=1, help="API processes on the port (needs --store postgresql://... and --live "
+                       "redis://...; the trainer runs apart: `reelrank trainer`)."),
 ) -> None:
     """Serve the HTTP API (docs/api.md; /docs on the server) on the store in DATA_DIR.
 
@@ -98,19 +105,37 @@ def serve(
                                  param_hint="--trainer")
     if trainer not in TRAINER_MODES:
         raise typer.BadParameter(f"one of {', '.join(TRAINER_MODES)}", param_hint="--trainer")
+    if workers > 1:
+        from reelrank.service.workers import needs_shared_backends
+
+        why = needs_shared_backends(store, live)
+        if why is not None:
+            raise typer.BadParameter(why, param_hint="--workers")
+        if trainer != "off" and not no_trainer:
+            raise typer.BadParameter("with several API processes the online trainer runs "
+                                     "apart: --trainer off, and `reelrank trainer --store URL "
+                                     "--models URL` beside them", param_hint="--trainer")
     from reelrank.service.guard import RequestLimits
 
     limits = RequestLimits(max_body_bytes=int(max_body_mb * 1024 * 1024),
                            max_in_flight=max_in_flight,
                            max_in_flight_per_token=max_in_flight_per_token)
-    app_, keys_path = prepare(data_dir, insecure_no_auth=insecure_no_auth,
-                              trainer="off" if no_trainer else trainer,
-                              retention_days=retention_days, limits=limits,
-                              trace_budget_bytes=int(trace_budget_mb * 1024 * 1024),
-                              max_feed_only_viewers=max_feed_only_viewers,
-                              trainer_budgets={"max_viewers": trainer_max_viewers,
-                                               "late_examples": trainer_late_examples},
-                              store_url=store, models_url=models)
+    options = dict(trainer="off" if no_trainer else trainer,
+                   retention_days=retention_days,
+                   trace_budget_bytes=int(trace_budget_mb * 1024 * 1024),
+                   max_feed_only_viewers=max_feed_only_viewers,
+                   trainer_budgets={"max_viewers": trainer_max_viewers,
+                                    "late_examples": trainer_late_examples},
+                   store_url=store, models_url=models, live_url=live)
+    if workers > 1:
+        from reelrank.service.workers import run_workers
+
+        _say_auth(insecure_no_auth, host, data_dir / "keys.json")
+        run_workers(workers, host, port, log_level, data_dir=data_dir,
+                    insecure_no_auth=insecure_no_auth, limits=limits, **options)
+        return
+    app_, keys_path = prepare(data_dir, insecure_no_auth=insecure_no_auth, limits=limits,
+                              **options)
     if keys_path is not None:
         typer.echo(f"API tokens (ingest, serve, admin): {keys_path}")
     else:
@@ -119,6 +144,18 @@ def serve(
             typer.echo(f"WARNING: and the service listens on {host}, beyond this machine: "
                        "anyone who can reach it acts as admin.")
     run(app_, host=host, port=port, log_level=log_level)
+
+
+def _say_auth(insecure_no_auth: bool, host: str, keys_path: Path) -> None:
+    from reelrank.service.server import LOOPBACK
+
+    if not insecure_no_auth:
+        typer.echo(f"API tokens (ingest, serve, admin): {keys_path}")
+        return
+    typer.echo("WARNING: authentication is off (--insecure-no-auth). Local trials only.")
+    if host not in LOOPBACK:
+        typer.echo(f"WARNING: and the service listens on {host}, beyond this machine: "
+                   "anyone who can reach it acts as admin.")
 
 
 @app.command("import")
@@ -272,6 +309,15 @@ def trainer_(
              "standard output, and exit when standard input closes: how `reelrank serve` "
              "runs its trainer."),
     models: Optional[str] = typer.Option(None, help=MODELS_HELP),
+    lease: Optional[bool] = typer.Option(
+        None, "--lease/--no-lease",
+        help="Learn and publish only while holding the trainers' lease in PostgreSQL, "
+             "standing by otherwise, so that of several trainers exactly one publishes and "
+             "another takes over when it dies (default: on with a postgresql:// --store or "
+             "--models)."),
+    live: Optional[str] = typer.Option(
+        None, help="The API processes' shared live state (redis://...): erasures and resets "
+                   "they announce there reach this trainer at once."),
 ) -> None:
     """Run the online trainer as its own process: tail the event log in DATA_DIR, learn from
     each closed impression in small steps, and publish versions to DATA_DIR/models, which every
@@ -288,12 +334,56 @@ def trainer_(
     cfg = TrainerConfig(publish_every_s=publish_every, retrieval_every_s=retrieval_every,
                         verify_users=True, max_viewers=max_viewers, late_memory=late_examples)
     registry = open_registry(models or Path(data_dir) / "models", Path(data_dir) / "models")
-    runner = OnlineTrainer(store, registry, cfg)
+    held, shared = _trainer_lease(lease, store_url, models, registry), None
+    runner = OnlineTrainer(store, registry, cfg, lease=held)
     try:
+        if live:
+            shared = _trainer_hears_erasures(live, runner)
         run_trainer(runner, Path(data_dir), commands_from_stdin, say=typer.echo)
     finally:
+        if shared is not None:
+            shared.stop()
+        if held is not None:
+            held.close()
         registry.close()
         store.close()
+
+
+def _trainer_lease(wanted: Optional[bool], store_url: Optional[str], models: Optional[str],
+                   registry):
+    """The trainers' lease on the deployment's PostgreSQL (the models' database first), or None;
+    a registry in PostgreSQL also refuses a publish from a holder that lost it (its fence)."""
+    urls = [u for u in (models, store_url) if u and u.startswith(("postgresql://",
+                                                                 "postgres://"))]
+    if wanted is None:
+        wanted = bool(urls)
+    if not wanted:
+        return None
+    if not urls:
+        raise typer.BadParameter("the lease lives in PostgreSQL: give --store or --models "
+                                 "postgresql://...", param_hint="--lease")
+    from reelrank.store.lease import Lease
+
+    held = Lease(urls[0], "trainer")
+    if hasattr(registry, "fence"):
+        registry.fence = held
+    return held
+
+
+def _trainer_hears_erasures(live_url: str, runner):
+    """Erasures and resets announced on the shared live state's stream (a digest of the id)
+    reach ``runner``'s viewers: their pending examples go before the next step."""
+    from reelrank.store import new_catalog
+    from reelrank.store.shared import SharedLive
+
+    shared = SharedLive(live_url, new_catalog())
+
+    def matching(digest: str) -> list[str]:
+        return [u for u in runner.held_users() if shared.digest(u) == digest]
+
+    shared.on_erase(lambda digest: [runner.forget_user(u) for u in matching(digest)])
+    shared.on_reset(lambda digest: [runner.reset_user(u) for u in matching(digest)])
+    return shared.start()
 
 
 @app.command("eval")
@@ -445,21 +535,27 @@ def rebuild_live_(
     """Rebuild what the shared live state holds (viewers' histories, seen sets, counters, item
     counters, top lists, co-engagement) from the store's event log, so that losing Redis loses
     nothing durable. The rebuilt state is written beside the old one and swapped in, so feeds
-    keep being served meanwhile; run it while no API process accepts events (after a Redis
-    restart, before they start): an event accepted during the swap would reach the old keys
-    only."""
-    from reelrank.store import new_catalog, new_live_state, open_store
+    keep being served meanwhile; events the API processes accept while it runs are caught up
+    before the swap, which holds their writes back for its moment. After a Redis restart
+    without persistence, run it before the API processes accept events again: until then
+    they serve from an empty state."""
+    from reelrank.store import new_catalog, open_store
     from reelrank.store.rebuild import load_catalog, rebuild_live
+    from reelrank.store.shared import SharedLive
 
     _logging(log_level)
     store = open_store(store_url or data_dir)
+    # As the API processes see it: the swap waits for their writes in flight and holds new
+    # ones back (its gate), and tells them to drop what they cached (the fan-out).
+    shared = SharedLive(live_url, new_catalog())
     try:
-        live = new_live_state(new_catalog(), url=live_url)
+        live = shared.live
         if flush:
-            live.clear()  # type: ignore[attr-defined]
+            live.clear()
         items = load_catalog(store, live)
-        events, last = rebuild_live(store, live)
+        events, last = rebuild_live(store, live, gate=shared.gate())
     finally:
+        shared.stop()
         store.close()
     typer.echo(f"rebuilt the live state from {events} events (through seq {last}) over "
                f"{items} items")

@@ -230,6 +230,10 @@ class Communities:
         communities = self.communities
         return communities[r] if r < len(communities) else None
 
+    def viewers(self) -> list[str]:
+        with self._lock:
+            return list(self._assignment)
+
     def forget_user(self, user_id: str) -> None:
         with self._lock:
             cid = self._assignment.pop(user_id, None)
@@ -306,7 +310,8 @@ def install(engine, topics=None, cfg: CommunityConfig | None = None,
     reach them. ``source=True`` also adds ``CommunitySource`` to the personalized feed's
     sources (for viewers with at most 10 long views: the cold start)."""
     communities = Communities(engine.catalog, engine.live, topics, cfg)
-    engine.effects.add(Calls("communities", erase=communities.forget_user))
+    engine.effects.add(Calls("communities", erase=communities.forget_user,
+                             held=communities.viewers))
     if source:
         personal = engine.pipeline.sources.get("personalized")
         if personal is not None:

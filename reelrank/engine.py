@@ -12,12 +12,13 @@ when a page is served or data changes is a list of declared steps, ``Engine.effe
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import cast
+from typing import Callable, ContextManager, Iterator, Protocol, cast
 
 from reelrank.errors import FieldProblem, NotFoundError, ValidationError
 from reelrank.pipeline.context import FeedContext
@@ -38,6 +39,13 @@ __all__ = ["DEFAULT_TRACE_BUDGET_BYTES", "Engine", "RankResult", "default_pipeli
            "offline_pipeline"]
 
 log = logging.getLogger(__name__)
+
+
+class WriteGate(Protocol):
+    """Writes to a live state shared by several processes, against a rebuild's swap."""
+
+    def writing(self) -> ContextManager[None]: ...
+    def swapping(self) -> ContextManager[None]: ...
 
 
 @dataclass
@@ -65,25 +73,39 @@ class Engine:
         self.effects = SideEffects([self.traces])
         # The retrieval vectors the pipeline keeps between a viewer's pages go with them.
         self.effects.add(Calls("viewer vectors", erase=lambda user_id: _forget_vector(
-            self.pipeline, user_id)))
+            self.pipeline, user_id), held=lambda: _vector_viewers(self.pipeline)))
         self._user_locks = [threading.Lock() for _ in range(64)]
         self._catalog_lock = threading.Lock()
         self._ingest_lock = threading.Lock()  # store append + live apply, as one step
+        # With a live state shared by several processes, the same step across them: writes
+        # hold ``gate.writing()``, a rebuild's catch-up and swap ``gate.swapping()``
+        # (``store/shared.py``'s ``WriteGate``); None: this process's lock is enough.
+        self.gate: WriteGate | None = None
 
     # -- start-up -------------------------------------------------------------------------------
-    def load(self) -> "Engine":
-        """Fill the catalog and live state from the store (start-up, or after an import)."""
+    def load(self, replay: bool = True) -> "Engine":
+        """Fill the catalog and live state from the store (start-up, or after an import).
+        ``replay=False``: the live state is shared with other processes and holds the log
+        already (they, or ``reelrank rebuild-live``, built it): replaying it again would count
+        every event twice, so only the catalog is loaded."""
+        # A shared catalog takes the store's items without announcing them to the other
+        # processes (``take``): each loads them from the store itself.
+        upsert = getattr(self.catalog, "take", self.catalog.upsert)
         batch: list[Item] = []
         for item in self.store.iter_items():
             batch.append(item)
             if len(batch) >= 10_000:
-                self.catalog.upsert(batch)
+                upsert(batch)
                 batch = []
-        self.catalog.upsert(batch)
-        started = time.perf_counter()
-        n, _ = self._replay(self.live)
-        log.info("loaded %d items; live state rebuilt from %d events in %.1f s",
-                 len(self.catalog), n, time.perf_counter() - started)
+        upsert(batch)
+        if replay:
+            started = time.perf_counter()
+            n, _ = self._replay(self.live)
+            log.info("loaded %d items; live state rebuilt from %d events in %.1f s",
+                     len(self.catalog), n, time.perf_counter() - started)
+        else:
+            log.info("loaded %d items; the live state is shared: not replayed",
+                     len(self.catalog))
         self.models.refresh()
         return self
 
@@ -104,11 +126,22 @@ class Engine:
         beside serving; ingestion pauses only for the catch-up at the end."""
         fresh = self.live.empty_like()
         _, last = self._replay(fresh)
-        with self._ingest_lock:
+        with self._writes(swap=True):
             self._replay(fresh, after_seq=last)
             self.live.replace_with(fresh)
 
     # -- writes ---------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _writes(self, swap: bool = False) -> Iterator[None]:
+        """A store write and the live state's matching change, as one step: under this
+        process's lock and, with a shared live state, its gate across processes."""
+        with self._ingest_lock:
+            if self.gate is None:
+                yield
+            else:
+                with self.gate.swapping() if swap else self.gate.writing():
+                    yield
+
     def ingest_items(self, items: list[Item]) -> int:
         # One lock over both writes: concurrent upserts of an item leave store and memory agreeing.
         with self._catalog_lock:
@@ -127,10 +160,16 @@ class Engine:
         ]
         if problems:
             raise ValidationError("the batch refers to unknown items; nothing was stored", problems)
-        with self._ingest_lock:
+        # A shared live state folds a batch in a few round trips (``apply_many``), not a few
+        # per event.
+        apply_many = getattr(self.live, "apply_many", None)
+        with self._writes():
             result = self.store.append_events(events)
-            for e in result.accepted:
-                self.live.apply(e)
+            if apply_many is not None:
+                apply_many(result.accepted)
+            else:
+                for e in result.accepted:
+                    self.live.apply(e)
         self.effects.events(result.accepted)
         return result
 
@@ -206,7 +245,7 @@ class Engine:
     def reset_interests(self, user_id: str) -> None:
         """"Refresh my feed": forget the interests inferred so far, durably (a restart replays
         the log without them), and keep the account, settings, follows and what was seen."""
-        with self._ingest_lock:
+        with self._writes():
             current = self.store.get_settings(user_id)
             self.store.put_settings(dataclasses.replace(
                 current, interests_reset_seq=self.store.last_seq()))
@@ -221,7 +260,7 @@ class Engine:
         Aggregates their events fed (item counters, trending) are recomputed from the remaining
         log, now with ``rebuild`` (a runtime passes False and rebuilds in the background).
         Returns how many events were removed."""
-        with self._ingest_lock:
+        with self._writes():
             removed = self.store.erase_user(user_id)
             self.live.forget_user(user_id)
         self.effects.erase(user_id)
@@ -229,14 +268,34 @@ class Engine:
             self.rebuild_live()
         return removed
 
-    def purge_events_older_than(self, max_age_ms: int, now_ms: int | None = None) -> int:
+    def forget_held(self, matches: Callable[[str], bool], reset: bool = False) -> list[str]:
+        """Another process erased a viewer (or reset their interests) and said so by a digest
+        of the id: whatever this process's steps hold of a viewer whose id ``matches`` (traces,
+        viewer vectors, an in-process trainer's pending examples) is dropped, as if the erasure
+        (reset) had been made here. The store and the shared live state are done already.
+        Returns the ids found."""
+        found = self.effects.held_users(matches)
+        for user_id in found:
+            if reset:
+                self.effects.reset(user_id)
+            else:
+                self.effects.erase(user_id)
+        return found
+
+    def purge_events_older_than(self, max_age_ms: int, now_ms: int | None = None,
+                                rebuild: bool = True) -> int:
         """Retention: delete events older than ``max_age_ms`` (by wall clock unless ``now_ms``
-        is given) and rebuild live state without them."""
+        is given) and rebuild live state without them (``rebuild=False``: the caller does)."""
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         removed = self.store.delete_events_before(now_ms - max_age_ms)
-        if removed:
+        if removed and rebuild:
             self.rebuild_live()
         return removed
+
+
+def _vector_viewers(pipeline) -> list[str]:
+    vectors = getattr(pipeline, "viewer_vectors", None)
+    return vectors.user_ids() if vectors is not None else []
 
 
 def _forget_vector(pipeline, user_id: str) -> None:

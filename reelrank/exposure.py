@@ -149,6 +149,11 @@ class ExposureLedger:
                     b.long_views += e.type == "play" and is_long_view(e.watch_ms, item.duration_ms)
                     b.watch_ratio_sum += min((e.watch_ms or 0) / item.duration_ms, 2.0)
 
+    def viewers(self) -> set[str]:
+        """The viewers whose topic counts some bucket keeps."""
+        with self._lock:
+            return {u for b in self._buckets.values() for u in b.topics}
+
     def forget_user(self, user_id: str) -> None:
         with self._lock:
             for b in self._buckets.values():

@@ -93,6 +93,12 @@ class CreatorInsights:
         self._table: _Table | None = None
         self._lock = threading.Lock()
 
+    def viewers(self) -> set[str]:
+        """The viewers the cached table names (in creators' audiences)."""
+        with self._lock:
+            t = self._table
+        return set().union(*t.audience.values()) if t is not None else set()
+
     def forget_user(self, user_id: str) -> None:
         """An erasure: the cached table may hold the viewer's contribution; drop it."""
         with self._lock:
@@ -349,5 +355,5 @@ def insights_for(engine, min_viewers: int = 20, topics=None, communities=None) -
     insights = CreatorInsights(engine.catalog, engine.live, engine.store.get_settings,
                                explore=explore, min_viewers=min_viewers, topics=topics,
                                communities=communities)
-    engine.effects.add(Calls("insights", erase=insights.forget_user))
+    engine.effects.add(Calls("insights", erase=insights.forget_user, held=insights.viewers))
     return insights

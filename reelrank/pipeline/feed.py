@@ -272,6 +272,10 @@ class ViewerVectors:
                     break
                 self._entries.popitem(last=False)
 
+    def user_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._entries)
+
     def forget(self, user_id: str) -> None:
         with self._lock:
             self._entries.pop(user_id, None)

@@ -12,7 +12,7 @@ A step overrides the moments it cares about; ``SideEffect`` does nothing at each
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 if TYPE_CHECKING:
     from reelrank.pipeline.feed import FeedResult
@@ -37,6 +37,11 @@ class SideEffect:
     def on_reset(self, user_id: str) -> None:
         """The viewer asked to refresh their feed: forget their inferred interests."""
 
+    def held_users(self) -> Iterable[str]:
+        """The viewers this step holds something of: where an erasure or reset announced by
+        another process (by a digest of the id, never the id) is looked for."""
+        return ()
+
 
 class Calls(SideEffect):
     """A step made of plain functions, one per moment (None: nothing then)."""
@@ -49,9 +54,11 @@ class Calls(SideEffect):
         events: Callable[[Sequence[Event]], object] | None = None,
         erase: Callable[[str], object] | None = None,
         reset: Callable[[str], object] | None = None,
+        held: Callable[[], Iterable[str]] | None = None,
     ) -> None:
         self.name = name
         self._feed, self._events, self._erase, self._reset = feed, events, erase, reset
+        self._held = held
 
     def __repr__(self) -> str:
         return f"Calls({self.name!r})"
@@ -71,6 +78,9 @@ class Calls(SideEffect):
     def on_reset(self, user_id: str) -> None:
         if self._reset is not None:
             self._reset(user_id)
+
+    def held_users(self) -> Iterable[str]:
+        return self._held() if self._held is not None else ()
 
 
 class SideEffects:
@@ -108,6 +118,16 @@ class SideEffects:
     def reset(self, user_id: str) -> None:
         for step in list(self._steps):
             _run(step.on_reset, user_id, step, "a reset")
+
+    def held_users(self, matches: Callable[[str], bool]) -> list[str]:
+        """The viewers some step holds whose id ``matches`` (a digest's preimage)."""
+        found: set[str] = set()
+        for step in list(self._steps):
+            try:
+                found.update(u for u in list(step.held_users()) if matches(u))
+            except Exception:  # one step's failure must not hide the others' viewers
+                log.exception("listing the viewers held by %r failed", step)
+        return sorted(found)
 
 
 def _run(method: Callable, value: object, step: SideEffect, moment: str) -> None:

@@ -65,6 +65,10 @@ class TraceKeeper(SideEffect):
     def on_reset(self, user_id: str) -> None:
         self.drop(user_id)
 
+    def held_users(self) -> list[str]:
+        with self._lock:
+            return list(self._traces)
+
     def records(self, user_id: str) -> list[TraceRecord]:
         """The viewer's kept traces, oldest first."""
         with self._lock:

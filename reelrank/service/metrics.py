@@ -43,7 +43,7 @@ class ServiceMetrics:
         catalog = Gauge("reelrank_catalog_items", "Items in the in-memory catalog.", registry=r)
         catalog.set_function(lambda: len(engine.catalog))
         users = Gauge("reelrank_live_users", "Viewers with live state in memory.", registry=r)
-        users.set_function(lambda: len(engine.live.user_ids()))
+        users.set_function(lambda: engine.live.viewer_count())
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

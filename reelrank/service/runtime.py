@@ -9,11 +9,12 @@ here, and in ``reelrank trainer``, are trainers started.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, ContextManager
 
 from reelrank.engine import Engine
 from reelrank.pipeline.side_effects import Calls, SideEffect
@@ -31,8 +32,16 @@ class Runtime:
     ``reelrank train``). Nothing starts until asked: ``watch_models``, ``start_retention``,
     ``start_trainer`` or ``start_trainer_process``; ``stop`` ends the trainer and the watcher."""
 
-    def __init__(self, engine: Engine, train_config: TrainConfig | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        train_config: TrainConfig | None = None,
+        rebuild_lock: Callable[[], ContextManager] | None = None,
+    ) -> None:
+        """``rebuild_lock``: a lock across processes that every live-state rebuild takes (a
+        shared live state: one process rebuilds at a time)."""
         self.engine = engine
+        self._rebuild_guard = rebuild_lock or contextlib.nullcontext
         self.train_config = train_config or TrainConfig()
         self.training = (
             JobRunner(self._train, on_done=self._swap_in) if engine.registry is not None else None
@@ -73,7 +82,8 @@ class Runtime:
                     return
                 self._rebuild_wanted = False
             try:
-                self.engine.rebuild_live()
+                with self._rebuild_guard():
+                    self.engine.rebuild_live()
             except Exception:  # the live state stays as it was; the next erasure retries
                 log.exception("rebuilding live state failed")
 
@@ -87,9 +97,10 @@ class Runtime:
         def loop() -> None:
             while True:
                 try:
-                    n = self.engine.purge_events_older_than(days * DAY_MS)
+                    n = self.engine.purge_events_older_than(days * DAY_MS, rebuild=False)
                     if n:
                         log.info("retention: purged %d events older than %d days", n, days)
+                        self.schedule_rebuild().join()
                 except Exception:
                     log.exception("retention purge failed")
                 time.sleep(every_s)
@@ -170,7 +181,12 @@ class Runtime:
             self.engine.effects.remove(self._trainer_step)
         self.trainer = trainer
         self._trainer_step = self.engine.effects.add(
-            Calls("online trainer", erase=trainer.forget_user, reset=trainer.reset_user)
+            Calls(
+                "online trainer",
+                erase=trainer.forget_user,
+                reset=trainer.reset_user,
+                held=getattr(trainer, "held_users", None),
+            )
         )
 
     def forget_trainer(self) -> None:

@@ -6,7 +6,9 @@ module runs it too, for tools that start the server by module name::
 
     python -m reelrank.service.server --data-dir DIR [--host H] [--port P] [--insecure-no-auth]
 
-One uvicorn worker only: the engine's live state lives in this process.
+One uvicorn worker here: with the default in-memory live state, the engine's state lives in
+this process. Several API processes on one port (``--workers N``, over PostgreSQL and a Redis
+live state) are ``service/workers.py``'s.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -26,7 +29,7 @@ from reelrank.service.deps import Authenticator, ensure_service_keys
 from reelrank.service.guard import RequestLimits
 from reelrank.service.heap import HeapKeeper
 from reelrank.service.runtime import Runtime
-from reelrank.store import new_live_state, open_store
+from reelrank.store import new_catalog, new_live_state, open_store
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,7 @@ def prepare(data_dir: Path, insecure_no_auth: bool = False,
             max_feed_only_viewers: int = 10_000,
             trainer_budgets: dict | None = None,
             models_url: str | None = None,
+            live_url: str | None = None,
             ) -> tuple[FastAPI, Path | None]:
     """The app on the store in ``data_dir`` (created if missing), and the keys file (None
     when auth is off). The caller owns the store and the runtime's trainer:
@@ -58,7 +62,10 @@ def prepare(data_dir: Path, insecure_no_auth: bool = False,
     the memory the feed traces kept for explanations may hold. ``store_url``: a store other
     than the SQLite file in ``data_dir`` (``postgresql://...``); ``data_dir`` still holds the
     keys and the models. The child trainer opens ``data_dir``'s store, so it is refused with
-    another store (run ``reelrank trainer --store URL`` beside it, or a thread)."""
+    another store (run ``reelrank trainer --store URL`` beside it, or a thread).
+    ``live_url``: a live state shared with other API processes (``redis://...``,
+    ``store/shared.py``): not replayed at start (rebuilt from the log only when empty), and
+    erasures, resets and catalog upserts reach the other processes through its stream."""
     if trainer is True:
         trainer = "process"
     elif trainer is False:
@@ -77,23 +84,42 @@ def prepare(data_dir: Path, insecure_no_auth: bool = False,
     started = time.monotonic()
     store = open_store(store_url or data_dir)
     log.info("store opened in %s", data_dir if store_url is None else store.url)
+    shared = None
     try:
         # Stale trending and popular lists are served while a thread ranks them again, rather
         # than ranked inside the request that found them stale (tens of ms at 100k videos).
         # Ids a feed was served to that sent no event are bounded (see ``MemoryLiveState``).
-        live = new_live_state(background_refresh=True,
-                              max_feed_only_viewers=max_feed_only_viewers)
+        options: dict[str, Any] = dict(background_refresh=True,
+                                       max_feed_only_viewers=max_feed_only_viewers)
+        if live_url is None:
+            live = new_live_state(None, **options)
+        else:
+            from reelrank.store.shared import SharedLive
+
+            shared = SharedLive(live_url, new_catalog(), **options)
+            live = shared.live
         # ``models_url``: versions in a database every host reaches (registry_pg.py), else
         # the directory beside the store.
         registry = open_registry(models_url or data_dir / "models", data_dir / "models")
         engine = Engine(store, live=live, registry=registry,
-                        trace_budget_bytes=trace_budget_bytes).load()
+                        trace_budget_bytes=trace_budget_bytes)
+        if shared is None:
+            engine.load()
+        else:
+            # Reading the others' messages first: an item posted while the catalog loads is
+            # taken from the stream if the store read missed it.
+            shared.start()
+            engine.load(replay=False)
+            shared.ensure_built(store)
+            engine.gate = shared.gate()
+            _forget_what_others_erase(shared, engine)
         # The catalog, live state and models loaded above (and, once ``run`` starts the
         # keeper, what the server keeps from then on) are frozen out of the cyclic
         # collector's full passes: each one stalls every request in flight while it scans.
         heap = HeapKeeper()
         heap.full()
-        runtime = Runtime(engine)
+        runtime = Runtime(engine, rebuild_lock=None if shared is None else
+                          lambda: shared.lock("rebuild"))
         runtime.watch_models()
         # The trainer's memory budgets: {"max_viewers": n, "late_examples": n}, either or none.
         budgets = {k: v for k, v in (trainer_budgets or {}).items() if v is not None}
@@ -115,10 +141,23 @@ def prepare(data_dir: Path, insecure_no_auth: bool = False,
                              runtime=runtime)
         app.state.heap = heap
         app.state.started = started
+        app.state.shared = shared
         return app, keys
     except BaseException:
+        if shared is not None:
+            shared.stop()
         store.close()
         raise
+
+
+def _forget_what_others_erase(shared, engine: Engine) -> None:
+    """An erasure or reset made by another process arrives as a digest of the viewer's id:
+    the viewers this process holds something of are matched against it."""
+    def matching(digest: str):
+        return lambda user_id: shared.digest(user_id) == digest
+
+    shared.on_erase(lambda digest: engine.forget_held(matching(digest)))
+    shared.on_reset(lambda digest: engine.forget_held(matching(digest), reset=True))
 
 
 def run(app: FastAPI, host: str, port: int, log_level: str = "info") -> None:
@@ -138,8 +177,16 @@ def run(app: FastAPI, host: str, port: int, log_level: str = "info") -> None:
     finally:
         if heap is not None:
             heap.stop()
-        app.state.runtime.stop()
-        app.state.engine.store.close()
+        shutdown(app)
+
+
+def shutdown(app: FastAPI) -> None:
+    """Stop what ``prepare`` started and close the store."""
+    app.state.runtime.stop()
+    shared = getattr(app.state, "shared", None)
+    if shared is not None:
+        shared.stop()
+    app.state.engine.store.close()
 
 
 class _Server(uvicorn.Server):

@@ -65,6 +65,9 @@ class LiveStats(SideEffect):
     def on_erase(self, user_id: str) -> None:
         self.ledger.forget_user(user_id)
 
+    def held_users(self) -> set[str]:
+        return self.ledger.viewers()
+
     def events_per_second(self) -> float:
         now = time.monotonic()
         with self._lock:
@@ -98,7 +101,7 @@ class LiveStats(SideEffect):
                 "age_s": (round(time.time() - published / 1000.0, 1)
                           if isinstance(published, (int, float)) else None),
             },
-            "catalog": {"items": len(catalog), "viewers_live": len(engine.live.user_ids())},
+            "catalog": {"items": len(catalog), "viewers_live": engine.live.viewer_count()},
             "engagement": _engagement(engine),
             "online": _latest(over_time),
             "fairness": {k: _clean(v) for k, v in exposure.items()},
@@ -146,7 +149,7 @@ def memory_view(engine: Engine, trainer=None) -> dict:
             "budgets": trainer_status.get("memory"),
         }
     live = engine.live
-    viewers = len(live.user_ids())
+    viewers = live.viewer_count()
     feed_only = live.feed_only_viewers()
     return {
         "rss_bytes": rss_bytes(),

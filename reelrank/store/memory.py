@@ -405,6 +405,9 @@ class MemoryLiveState:
     def user_ids(self) -> list[str]:
         return list(self._users)
 
+    def viewer_count(self) -> int:
+        return len(self._users)
+
     def item_stats(self, item_id: str) -> ItemStats:
         return self._items.get(item_id) or ItemStats()
 

@@ -10,6 +10,7 @@ start-up replay does.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
@@ -42,15 +43,18 @@ def replay(store: Store, live: LiveState, after_seq: int = 0) -> tuple[int, int]
     return n, last
 
 
-def rebuild_live(store: Store, live: LiveState) -> tuple[int, int]:
+def rebuild_live(store: Store, live: LiveState, gate=None) -> tuple[int, int]:
     """Replace ``live``'s contents with the log's (into ``live.empty_like()``, which on Redis
     writes in large pipelines, then ``replace_with``); the catalog must be loaded. Events
-    appended meanwhile are caught up before the swap. Returns (events, last seq)."""
+    appended meanwhile are caught up before the swap. ``gate``: a shared state's
+    ``WriteGate`` (``store/shared.py``), held for the catch-up and the swap so that no API
+    process applies an event in between. Returns (events, last seq)."""
     started = time.perf_counter()
     fresh = live.empty_like()
     n, last = replay(store, fresh)
-    more, last = replay(store, fresh, after_seq=last)
-    live.replace_with(fresh)
+    with gate.swapping() if gate is not None else contextlib.nullcontext():
+        more, last = replay(store, fresh, after_seq=last)
+        live.replace_with(fresh)
     log.info("live state rebuilt from %d events (through seq %d) in %.1f s", n + more, last,
              time.perf_counter() - started)
     return n + more, last

@@ -259,8 +259,9 @@ def drop_stale_scratch(client, p: str, older_than_s: float = SCRATCH_TTL_S) -> i
 def swap_keys(client, p: str, q: str) -> None:
     """Rename the keys under ``q`` (a rebuilt state) over those under ``p``, keeping what the
     log does not hold: what feeds sent to viewers still present, the feed-only viewers, and the
-    fan-out stream with its consumer groups, and the registry of scratch prefixes."""
-    keep = (p + "s:", p + "feedonly", p + "fo:", p + "stream", p + "scratch")
+    fan-out stream with its consumer groups, the registry of scratch prefixes, and the locks
+    across processes (the rebuild's own among them)."""
+    keep = (p + "s:", p + "feedonly", p + "fo:", p + "stream", p + "scratch", p + "lock:")
     mine = [k for k in scan_keys(client, p) if not k.startswith(keep)]
     theirs = list(scan_keys(client, q))
     new_users = {m.decode() for m in client.smembers(q + "users")}

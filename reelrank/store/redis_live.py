@@ -53,7 +53,7 @@ from reelrank.types import DAY_MS, Event
 __all__ = ["DEFAULT_PREFIX", "RedisLiveState", "decode_user", "encode_user", "parse_live_url"]
 _OPTIONS = ("trending_window_ms", "co_engagement_span", "served_memory", "trending_refresh_events",
             "trending_refresh_seconds", "background_refresh", "max_feed_only_viewers",
-            "co_engagement", "stats_max_age_s", "meta_max_age_s")  # what empty_like carries over
+            "co_engagement", "stats_max_age_s", "meta_max_age_s")
 
 
 class RedisLiveState:
@@ -117,7 +117,7 @@ class RedisLiveState:
             options["fanout"] = Fanout(client, prefix)
         return cls(catalog, client, prefix=prefix, **options)
 
-    def _options(self) -> dict:
+    def _options(self) -> dict:  # what empty_like carries over
         return {k: getattr(self, k) for k in _OPTIONS}
 
     def empty_like(self) -> RedisLiveState:
@@ -307,12 +307,9 @@ class RedisLiveState:
         if self.fanout is not None:  # the others' caches hold what was swapped out
             self.fanout.publish("rebuilt")
 
-    def _scan(self, prefix: str) -> Iterable[str]:
-        return scan_keys(self.client, prefix)
-
     def clear(self) -> None:
         """Delete every key of this state's prefix (tests, and ``rebuild-live --flush``)."""
-        keys = list(self._scan(self.prefix))
+        keys = list(scan_keys(self.client, self.prefix))
         for k in range(0, len(keys), BATCH):
             self.client.delete(*keys[k:k + BATCH])
         self._forget_caches()
@@ -340,9 +337,7 @@ class RedisLiveState:
             return self._meta[0], self._meta[1]
 
     @property
-    def version(self) -> int:
-        """Redis's change counter (read at most every ``meta_max_age_s``; this process's own
-        writes update it at once)."""
+    def version(self) -> int:  # read at most every meta_max_age_s; own writes update it at once
         return self._read_meta()[0]
 
     @property
@@ -350,8 +345,7 @@ class RedisLiveState:
         return self._read_meta()[1]
 
     @clock.setter
-    def clock(self, value: int) -> None:
-        """Moves the shared clock forward only (it is the newest event time any process saw)."""
+    def clock(self, value: int) -> None:  # forward only: the newest event time any process saw
         if value > self.clock:
             self.client.set(self.prefix + "clock", int(value))
             self._meta = (self._meta[0], int(value), float("-inf"))
@@ -387,8 +381,7 @@ class RedisLiveState:
             self._co.get_many(list(u.positives)[-self.co_engagement_span:])
         return u
 
-    def user(self, user_id: str) -> UserState | None:
-        """The viewer as Redis holds them now (a copy: changes come from events, not edits)."""
+    def user(self, user_id: str) -> UserState | None:  # a copy: events change it, not edits
         return self._read_user(user_id, prefetch=False)
 
     def user_snapshot(self, user_id: str) -> UserState | None:
@@ -401,6 +394,13 @@ class RedisLiveState:
         pipe.zrange(self.prefix + "feedonly", 0, -1)
         users, feed_only = pipe.execute()
         return sorted(m.decode() for m in users) + [m.decode() for m in feed_only]
+
+    def viewer_count(self) -> int:
+        self.flush()  # two counters in one round trip, never the members
+        pipe = self.client.pipeline(transaction=False)
+        pipe.scard(self.prefix + "users")
+        pipe.zcard(self.prefix + "feedonly")
+        return sum(int(n) for n in pipe.execute())
 
     def feed_only_viewers(self) -> int:
         return int(self.client.zcard(self.prefix + "feedonly"))

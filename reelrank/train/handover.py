@@ -51,7 +51,10 @@ class VersionHandover:
 
     def publish(self) -> str | None:
         """Hand the current weights to serving (and to the registry when due); None when a
-        newer version from elsewhere is in the registry (the trainer starts over from it)."""
+        newer version from elsewhere is in the registry (the trainer starts over from it), or
+        when this trainer lost its lease (it stands by)."""
+        if not self.still_leading():
+            return None
         learner = self.learner
         now = self.clock()
         # "<base>+<steps>"; new retrieval weights with no ranker step since the last version

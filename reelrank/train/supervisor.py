@@ -303,7 +303,11 @@ def run_trainer(runner, data_dir: Path, commands_from_stdin: bool,
             done.set()  # the server is gone (or stopping us): so are we
 
         threading.Thread(target=read_commands, name="trainer-commands", daemon=True).start()
-    say(f"online trainer on {data_dir}: publishing to {data_dir / 'models'}",
+    # A registry in a database names its (redacted) URL; a directory registry, its directory.
+    target = getattr(runner.registry, "url", None) or data_dir / "models"
+    lease = getattr(runner, "lease", None)
+    standby = f", while it holds the {lease.name!r} lease" if lease is not None else ""
+    say(f"online trainer on {data_dir}: publishing to {target}{standby}",
         err=commands_from_stdin)  # stdout is then the server's channel
     status_file = data_dir / STATUS_FILE
     try:

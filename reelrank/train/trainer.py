@@ -33,7 +33,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -42,11 +42,15 @@ from reelrank.features import RowStream
 from reelrank.models.bundle import ModelBundle
 from reelrank.registry import ModelRegistry
 from reelrank.store import new_catalog
+from reelrank.errors import StoreError
 from reelrank.store.live import Catalog
 from reelrank.train.budget import (ViewerBudget, join_memory, release_free_memory,
                                    trainer_live_state, trim_join_memory)
 from reelrank.train.handover import Install, VersionHandover, _Handover, lower_priority
 from reelrank.train.online import OnlineConfig, OnlineLearner
+
+if TYPE_CHECKING:
+    from reelrank.store.lease import Lease
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +75,7 @@ class TrainerConfig:
     # (and none of an erased viewer's stays behind in memory).
     dedupe_memory: int = 0
     trim_every_s: float = 10.0  # hand freed heap memory back to the system this often
+    lease_poll_s: float = 1.0  # a standby trainer asks for the lease this often
     online: OnlineConfig = field(default_factory=OnlineConfig)
 
 
@@ -80,11 +85,16 @@ class OnlineTrainer(VersionHandover):
 
     def __init__(self, store, registry: ModelRegistry, cfg: TrainerConfig | None = None, *,
                  catalog: Catalog | None = None, install: Install | None = None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, lease: Lease | None = None):
         """``store`` is read only (events, items, and ``count_events`` with ``verify_users``).
         ``catalog``: the serving process' catalog, shared read-only (a separate process loads
-        its own). ``install``: hands a version to serving in memory (None: registry only)."""
+        its own). ``install``: hands a version to serving in memory (None: registry only).
+        ``lease``: the trainers' leader lease (``store/lease.py``): this trainer learns and
+        publishes only while it holds it, and stands by (polling) otherwise, so that of
+        several trainers on one deployment exactly one publishes and another takes over when
+        it dies."""
         self.store = store
+        self.lease = lease
         self.registry = registry
         self.cfg = cfg or TrainerConfig()
         self.install = install
@@ -161,6 +171,17 @@ class OnlineTrainer(VersionHandover):
         step (a request never waits on the trainer)."""
         self._erase.append(user_id)
 
+    def held_users(self) -> set[str]:
+        """The viewers this trainer holds state or pending examples of (where an erasure
+        announced by a digest of the id is looked for)."""
+        rows, learner = self.rows, self.learner
+        held = set(self._reset_floors)
+        if rows is not None:
+            held.update(rows.live.user_ids())
+        if learner is not None:
+            held.update(r[1].example.user_id for r in list(learner.queue))
+        return held
+
     def reset_user(self, user_id: str) -> None:
         """Reset step ("refresh my feed"): the trainer's own live state forgets the
         viewer's inferred interests before its next step, as serving's did."""
@@ -172,6 +193,8 @@ class OnlineTrainer(VersionHandover):
         lower_priority(self.cfg.nice)
         while not self._stop.is_set():
             try:
+                if self.learner is None and not self._lead():
+                    continue
                 if self.learner is None and not self._bootstrap():
                     self._stop.wait(1.0)
                     continue
@@ -185,6 +208,35 @@ class OnlineTrainer(VersionHandover):
                 self.learner = self.rows = self.viewers = None
                 delays = self.cfg.backoff_s
                 self._stop.wait(delays[min(self.failures, len(delays)) - 1])
+
+    # -- the lease --------------------------------------------------------------------------------
+    def _lead(self) -> bool:
+        """Take the lease (or hold it still) before learning; False (after a wait) while
+        another trainer holds it. Without a lease, always True."""
+        if self.lease is None:
+            return True
+        try:
+            got = self.lease.try_acquire()
+        except StoreError as exc:  # the database is away: stand by until it is back
+            self.last_error = str(exc)
+            got = False
+        if got:
+            log.info("online trainer: holds the %r lease (epoch %s)", self.lease.name,
+                     self.lease.epoch)
+            return True
+        self.state = "standby"
+        self._stop.wait(self.cfg.lease_poll_s)
+        return False
+
+    def still_leading(self) -> bool:
+        """Asked before each publish: a trainer that lost its lease (its database session
+        ended) drops what it learned and stands by; the one that took over publishes."""
+        if self.lease is None or self.lease.held():
+            return True
+        log.warning("online trainer: lost the %r lease; standing by", self.lease.name)
+        self.learner = self.rows = self.viewers = None
+        self.state = "standby"
+        return False
 
     # -- one pass ---------------------------------------------------------------------------------
     def _bootstrap(self) -> bool:

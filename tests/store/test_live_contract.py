@@ -97,7 +97,7 @@ def test_events_update_the_viewer_the_item_and_the_clock(make):
     assert (s.impressions, s.views, s.long_views, s.likes) == (1, 1, 1, 1)
     assert live.creator_impressions("c1") == 1 and live.creator_impressions("c0") == 0
     assert [x.likes for x in live.item_stats_many(["v1", "v2"])] == [1, 0]
-    assert live.user_ids() == ["u"]
+    assert live.user_ids() == ["u"] and live.viewer_count() == 1
     live.apply(ev(5, "u", "v1", "unlike", T0 + 7))
     assert live.item_stats("v1").likes == 0
 
@@ -160,6 +160,7 @@ def test_forget_and_put_user(make):
     state = live.user_snapshot("u")
     live.forget_user("u")
     assert live.user("u") is None and "u" not in live.user_ids()
+    assert live.viewer_count() == 0
     live.put_user(state)
     assert [h.item_id for h in live.user("u").history] == ["v1"]
 
