@@ -16,19 +16,13 @@ from reelrank.service.server import prepare, shutdown
 from reelrank.store import open_store
 from reelrank.types import Event
 from tests.pg import throwaway_database
+from tests.polling import wait_for
 from tests.rd import keys_under, throwaway_prefix
 from tests.service.test_api import T0, TOPICS, ev, make_item
 
 redis = pytest.importorskip("redis")
 
 
-def wait_for(check, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.02)
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from reelrank.cli import app as cli
 from reelrank.store import open_store
 from tests.pg import throwaway_database
+from tests.polling import wait_for
 from tests.rd import keys_under, throwaway_prefix
 from tests.service.test_api import T0, ev, make_item
 
@@ -33,13 +34,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for(check, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
 
 
 class Server:

@@ -12,6 +12,7 @@ from reelrank.store import new_catalog
 from reelrank.store.fanout import Fanout, GroupReader, SharedCatalog, Subscriber, live_handler
 from reelrank.store.redis_live import RedisLiveState
 from reelrank.types import Event, Item
+from tests.polling import wait_for
 from tests.rd import keys_under, throwaway_prefix
 
 redis = pytest.importorskip("redis")
@@ -22,13 +23,6 @@ def items(ids) -> list[Item]:
     return [Item(f"v{i}", f"c{i % 2}", 20_000, T0 - 10_000 + i, hashtags=(f"t{i}",)) for i in ids]
 
 
-def wait_for(check, timeout: float = 5.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.01)
 
 
 class Process:
