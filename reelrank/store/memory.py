@@ -28,7 +28,7 @@ from typing import Iterable
 
 from reelrank.store import live
 from reelrank.store.live import HistoryEntry, ItemStats, UserState, length_class
-from reelrank.store.toplists import TopLists
+from reelrank.store.toplists import TopLists, version_reader
 from reelrank.topics import topic_of
 from reelrank.types import (DAY_MS, HOUR_MS, NEGATIVE_TYPES, POSITIVE_TYPES, Event, Item, Token,
                             is_long_view)
@@ -170,7 +170,8 @@ class MemoryLiveState:
         self._regional: dict[str, Counter] = {}  # viewer region -> all-time engagement
         self._version = 0
         self._lock = threading.RLock()
-        self._tops = TopLists(self._lock, lambda: self._version)
+        # The version read without a reference back to this state (see ``version_reader``).
+        self._tops = TopLists(self._lock, version_reader(self))
 
     def empty_like(self) -> MemoryLiveState:
         """A new, empty state over the same catalog with the same settings."""
