@@ -3,7 +3,8 @@ current in this process.
 
 Two parts, both derived from the event log and rebuilt from it at start-up:
 
-- ``MemoryCatalog``: the items by id, the newest first, and each creator's items;
+- ``MemoryCatalog`` (``store/memory_catalog.py``): the items by id, the newest first, and each
+  creator's items;
 - ``MemoryLiveState``: per viewer the recent history, what they were shown, counters and
   affinities; per item the windowed engagement that drives "trending"; and item-to-item
   co-engagement from viewers' recent positive events. Its top lists are ``store/toplists.py``.
@@ -18,7 +19,6 @@ Outside ``store/`` nothing imports this module but entry points: the rest types 
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import logging
 import threading
@@ -28,9 +28,10 @@ from typing import Iterable
 
 from reelrank.store import live
 from reelrank.store.live import HistoryEntry, ItemStats, UserState, length_class
+from reelrank.store.memory_catalog import MemoryCatalog
 from reelrank.store.toplists import TopLists, version_reader
 from reelrank.topics import topic_of
-from reelrank.types import (DAY_MS, HOUR_MS, NEGATIVE_TYPES, POSITIVE_TYPES, Event, Item, Token,
+from reelrank.types import (DAY_MS, HOUR_MS, NEGATIVE_TYPES, POSITIVE_TYPES, Event, Token,
                             is_long_view)
 
 __all__ = ["ENGAGEMENT_WEIGHTS", "MemoryCatalog", "MemoryLiveState"]
@@ -42,63 +43,6 @@ ENGAGEMENT_WEIGHTS: dict[str, float] = {
     "long_view": 1.0, "like": 2.0, "share": 3.0, "comment": 2.0, "follow": 3.0, "rewatch": 1.0,
     "profile_visit": 0.5, "skip": -0.3, "not_interested": -3.0, "report": -5.0,
 }
-
-
-class MemoryCatalog:
-    """Items in memory, for the feed path (the store stays the durable copy)."""
-
-    def __init__(self) -> None:
-        self._items: dict[str, Item] = {}
-        self._by_created: list[tuple[int, str]] = []  # sorted ascending by created_at
-        self._by_creator: dict[str, set[str]] = {}
-        self._lock = threading.Lock()
-        self.version = 0  # bumped by every upsert: lets readers tell the catalog is unchanged
-
-    def upsert(self, items: list[Item]) -> None:
-        with self._lock:
-            for it in items:
-                old = self._items.get(it.item_id)
-                if old is not None:
-                    pos = bisect.bisect_left(self._by_created, (old.created_at, old.item_id))
-                    if pos < len(self._by_created) and self._by_created[pos] == (old.created_at, old.item_id):
-                        del self._by_created[pos]
-                    self._by_creator.get(old.creator_id, set()).discard(old.item_id)
-                self._items[it.item_id] = it
-                bisect.insort(self._by_created, (it.created_at, it.item_id))
-                self._by_creator.setdefault(it.creator_id, set()).add(it.item_id)
-            # After the changes: a reader that read the old number and then saw part of this
-            # upsert reads again next time.
-            self.version += 1
-
-    def get(self, item_id: str) -> Item | None:
-        return self._items.get(item_id)
-
-    def get_many(self, item_ids: Iterable[str]) -> list[Item | None]:
-        """``get`` for many ids in one C-level pass (ranking reads 500 per request)."""
-        return list(map(self._items.get, item_ids))
-
-    def __contains__(self, item_id: object) -> bool:
-        return item_id in self._items
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def ids(self) -> list[str]:
-        return list(self._items)
-
-    def newest(self, n: int, created_after: int | None = None) -> list[Item]:
-        """Up to ``n`` items, newest first, optionally only those created after a time."""
-        out: list[Item] = []
-        for created, item_id in reversed(self._by_created):
-            if created_after is not None and created <= created_after:
-                break
-            out.append(self._items[item_id])
-            if len(out) >= n:
-                break
-        return out
-
-    def by_creator(self, creator_id: str) -> set[str]:
-        return set(self._by_creator.get(creator_id, ()))
 
 
 _NO_STATS = ItemStats()  # what ``item_stats_many`` gives for a video nobody has seen yet
@@ -142,7 +86,7 @@ class MemoryLiveState:
                  trending_refresh_seconds: float = 2.0,
                  background_refresh: bool = False,
                  max_feed_only_viewers: int = 10_000,
-                 co_engagement: bool = True) -> None:
+                 co_engagement: bool = True, max_viewers: int | None = None) -> None:
         self.catalog = catalog
         self.co_engagement = co_engagement
         self.trending_window_ms = trending_window_ms
@@ -157,6 +101,15 @@ class MemoryLiveState:
         self.max_feed_only_viewers = max_feed_only_viewers
         self._feed_only: OrderedDict[str, None] = OrderedDict()
         self.feed_only_evicted = 0
+        # Viewers with events, least recently active (an event, or their state read for a
+        # request) first, kept only with ``max_viewers``: past it the least recently active
+        # leave memory. Whoever holds the log brings one back before their next request or
+        # event (``Engine``), so what is lost is only what feeds sent them.
+        if max_viewers is not None and max_viewers < 1:
+            raise ValueError("max_viewers must be at least 1")
+        self.max_viewers = max_viewers
+        self._active: OrderedDict[str, None] = OrderedDict()
+        self.viewers_evicted = 0
         self._items: dict[str, ItemStats] = {}
         self._creator_impressions: Counter = Counter()  # the sum over each creator's videos
         self._co: dict[str, Counter] = {}
@@ -182,7 +135,7 @@ class MemoryLiveState:
                          trending_refresh_seconds=self.trending_refresh_seconds,
                          background_refresh=self.background_refresh,
                          max_feed_only_viewers=self.max_feed_only_viewers,
-                         co_engagement=self.co_engagement)
+                         co_engagement=self.co_engagement, max_viewers=self.max_viewers)
 
     # -- writes ---------------------------------------------------------------------------------
     def apply(self, event: Event, interests: bool = True) -> None:
@@ -204,6 +157,7 @@ class MemoryLiveState:
                 u = self._users[event.user_id] = UserState(event.user_id)
             elif self._feed_only:
                 self._feed_only.pop(event.user_id, None)  # now rebuilt from the log too
+            self._touch(event.user_id)
             s = self._items.get(event.item_id)
             if s is None:
                 s = self._items[event.item_id] = ItemStats()
@@ -330,10 +284,25 @@ class MemoryLiveState:
                 self._users.pop(old, None)
                 self.feed_only_evicted += 1
 
+    def _touch(self, user_id: str) -> None:
+        """The viewer (with events) is the most recently active; past ``max_viewers`` the
+        least recently active leaves memory. Under the lock; nothing without a bound."""
+        limit = self.max_viewers
+        if limit is None:
+            return
+        active = self._active
+        active[user_id] = None
+        active.move_to_end(user_id)
+        while len(active) > limit:
+            old, _ = active.popitem(last=False)
+            self._users.pop(old, None)
+            self.viewers_evicted += 1
+
     def forget_user(self, user_id: str) -> None:
         with self._lock:
             self._users.pop(user_id, None)
             self._feed_only.pop(user_id, None)
+            self._active.pop(user_id, None)
 
     def put_user(self, state: UserState) -> None:
         """Install a viewer's state rebuilt from their events (a holder that bounds its
@@ -341,6 +310,7 @@ class MemoryLiveState:
         with self._lock:
             self._users[state.user_id] = state
             self._feed_only.pop(state.user_id, None)
+            self._touch(state.user_id)
             self._version += 1
 
     def feed_only_viewers(self) -> int:
@@ -379,6 +349,9 @@ class MemoryLiveState:
                     other._users[uid] = held
                     kept[uid] = None
             self._feed_only = kept
+            # The rebuild kept the most recently active by the log; those it let go count.
+            self._active = other._active
+            self.viewers_evicted += other.viewers_evicted
             self.clock = max(self.clock, other.clock)
             self._users, self._items, self._co = other._users, other._items, other._co
             self._creator_impressions = other._creator_impressions
@@ -401,6 +374,8 @@ class MemoryLiveState:
     def user_snapshot(self, user_id: str) -> UserState | None:
         with self._lock:
             u = self._users.get(user_id)
+            if u is not None and self.max_viewers is not None and user_id in self._active:
+                self._active.move_to_end(user_id)  # a request for them: active
             return u.snapshot() if u is not None else None
 
     def user_ids(self) -> list[str]:
