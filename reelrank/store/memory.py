@@ -48,12 +48,13 @@ ENGAGEMENT_WEIGHTS: dict[str, float] = {
 _NO_STATS = ItemStats()  # what ``item_stats_many`` gives for a video nobody has seen yet
 
 
-def _update_tokens(tokens: deque, event: Event, ratio: float | None, long: bool) -> None:
+def _update_tokens(tokens: deque, event: Event, iid: str, ratio: float | None,
+                   long: bool) -> None:
     """Fold an event into the viewer's token list: consecutive events on one video make one
     token (the longest view, and every flag), as the impression-outcome join does offline."""
     last = tokens[-1] if tokens else None
-    if last is None or last.item_id != event.item_id:
-        last = Token(event.item_id, event.ts, "impression", None)
+    if last is None or last.item_id != iid:
+        last = Token(iid, event.ts, "impression", None)
         tokens.append(last)
     t = event.type
     change: dict = {}
@@ -148,6 +149,9 @@ class MemoryLiveState:
         item = self.catalog.get(event.item_id)
         if item is None:
             return
+        # The catalog's own string for the id: what the state keeps (seen sets, histories,
+        # counters' keys) then shares one object per video instead of one per event parsed.
+        iid = item.item_id
         with self._lock:
             self._version += 1
             if event.ts > self.clock:
@@ -158,9 +162,9 @@ class MemoryLiveState:
             elif self._feed_only:
                 self._feed_only.pop(event.user_id, None)  # now rebuilt from the log too
             self._touch(event.user_id)
-            s = self._items.get(event.item_id)
+            s = self._items.get(iid)
             if s is None:
-                s = self._items[event.item_id] = ItemStats()
+                s = self._items[iid] = ItemStats()
             ratio = None
             if event.watch_ms is not None and item.duration_ms > 0:
                 ratio = event.watch_ms / item.duration_ms
@@ -172,17 +176,17 @@ class MemoryLiveState:
             if event.device:
                 u.device = event.device
             if t == "impression":
-                u.seen.add(event.item_id)
+                u.seen.add(iid)
                 s.impressions += 1
                 self._creator_impressions[item.creator_id] += 1
                 return  # an impression says nothing about taste yet
             if interests:
-                u.history.append(HistoryEntry(event.item_id, t, event.ts, event.watch_ms, ratio))
-                _update_tokens(u.tokens, event, ratio,
+                u.history.append(HistoryEntry(iid, t, event.ts, event.watch_ms, ratio))
+                _update_tokens(u.tokens, event, iid, ratio,
                                is_long_view(event.watch_ms, item.duration_ms))
             signal = ENGAGEMENT_WEIGHTS.get(t, 0.0)
             if t in ("play", "skip", "rewatch"):
-                u.seen.add(event.item_id)
+                u.seen.add(iid)
                 s.views += 1
                 if event.watch_ms:
                     day = event.ts // DAY_MS
@@ -220,17 +224,17 @@ class MemoryLiveState:
                 u.following.discard(item.creator_id)
             if t in NEGATIVE_TYPES:
                 s.negatives += 1
-                u.not_interested.add(event.item_id)
+                u.not_interested.add(iid)
             if signal:
                 if interests:
                     u.creator_affinity[item.creator_id] += signal  # type: ignore[assignment]
                     for tag in item.hashtags:
                         u.hashtag_affinity[tag] += signal  # type: ignore[assignment]
-                self._add_trending(event.item_id, event.ts, max(signal, 0.0))
+                self._add_trending(iid, event.ts, max(signal, 0.0))
                 if signal > 0 and u.region:
-                    self._regional.setdefault(u.region, Counter())[event.item_id] += signal  # type: ignore[assignment]
+                    self._regional.setdefault(u.region, Counter())[iid] += signal  # type: ignore[assignment]
             if signal > 0 and (t in POSITIVE_TYPES or t == "play") and interests:
-                self._add_co_engagement(u, event.item_id)
+                self._add_co_engagement(u, iid)
 
     def _add_co_engagement(self, u: UserState, item_id: str) -> None:
         if item_id in u.positives:
