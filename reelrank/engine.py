@@ -31,7 +31,7 @@ from reelrank.pipeline.traces import DEFAULT_TRACE_BUDGET_BYTES, TraceKeeper
 from reelrank.registry import ModelMeta, ModelRegistry
 from reelrank.store import new_live_state
 from reelrank.store.base import AppendResult, Store
-from reelrank.store.live import LiveState
+from reelrank.store.live import LiveState, UserState
 from reelrank.types import MODES, Candidate, Event, FeedRequest, Item, UserSettings
 
 __all__ = ["DEFAULT_TRACE_BUDGET_BYTES", "Engine", "RankResult", "default_pipeline",
@@ -176,13 +176,19 @@ class Engine:
             raise ValidationError("unknown mode", [FieldProblem("mode", f"must be one of {MODES}")])
         settings = self.store.get_settings(request.user_id)
         mode = request.mode if settings.personalization else "non_personalized"
-        user = self.live.user_snapshot(request.user_id)
+        return FeedContext(request=request, settings=settings, catalog=self.catalog,
+                           live=self.live, user=self.viewer(request.user_id), mode=mode,
+                           now=self.live.clock)
+
+    def viewer(self, user_id: str) -> UserState | None:
+        """A snapshot of the viewer's live state, brought back from the log first if live
+        state let them go (None for a viewer with no event and no page served)."""
+        user = self.live.user_snapshot(user_id)
         if user is None and self.live.viewers_evicted:
             with self._ingest_lock:
-                self._restore(request.user_id)
-            user = self.live.user_snapshot(request.user_id)
-        return FeedContext(request=request, settings=settings, catalog=self.catalog,
-                           live=self.live, user=user, mode=mode, now=self.live.clock)
+                self._restore(user_id)
+            user = self.live.user_snapshot(user_id)
+        return user
 
     def feed(self, request: FeedRequest) -> FeedResult:
         # Two concurrent pages for one viewer must not both serve the same items.

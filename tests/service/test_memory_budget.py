@@ -188,6 +188,7 @@ def test_viewers_with_events_are_bounded_and_brought_back_from_the_log(store, tm
 
 
 def test_an_evicted_viewer_can_be_erased(store):
+    from reelrank.privacy import export_user
     from reelrank.store import new_live_state
     from reelrank.types import Event
 
@@ -199,6 +200,12 @@ def test_an_evicted_viewer_can_be_erased(store):
     # Nothing of theirs is left to bring back: they come back as a viewer never seen.
     assert engine.context(FeedRequest("gone", n=5)).user is None
     assert engine.live.item_stats("v1").views == 0 and engine.live.user("other") is not None
+    # What reads a viewer outside a request (their data export) brings them back too.
+    engine.ingest_events([Event("e3", "third", "v3", T0 + 2, "play", watch_ms=9_000)])
+    assert engine.live.user("other") is None
+    export = export_user(engine, "other")
+    assert [e["event_id"] for e in export["events"]] == ["e2"]
+    assert [i["item_id"] for i in export["inferred_interests"]["recent_items"]] == ["v2"]
     with TestClient(create_app(engine, None)) as client:
         state = client.get("/v1/stats").json()["memory"]["live_state"]
     assert state["max_viewers_with_events"] == 1 and state["viewers_with_events_evicted"] >= 1
