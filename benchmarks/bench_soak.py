@@ -181,6 +181,13 @@ def _blank(value) -> str:
     return "" if value is None else str(value)
 
 
+def _viewers(sample: dict) -> str:
+    if sample.get("live_viewers") is None:
+        return ""
+    feed_only = sample.get("feed_only_viewers")
+    return f"{sample['live_viewers']}" + ("" if feed_only is None else f" ({feed_only})")
+
+
 def markdown(report: dict) -> str:
     s, t = report["server_rss"], report.get("trainer_rss") or {}
     lines = [
@@ -216,13 +223,13 @@ def markdown(report: dict) -> str:
         lines.append(f"| {kind} | {row['n']:,} | {row['per_s']:.1f} | {row['mean_ms']:.1f} | "
                      f"{row['statuses']} |")
     lines += ["", "RSS over time (MB):", "",
-              "| t s | server | trainer | traces MB | live viewers | trainer viewers | "
+              "| t s | server | trainer | traces MB | live viewers (feed only) | trainer viewers | "
               "trainer late examples |", "|---|---|---|---|---|---|---|"]
     for sample in report["samples"][::max(1, len(report["samples"]) // 40)]:
         trainer = sample["trainer_mb"]
         lines.append(f"| {sample['t_s']:.0f} | {sample['server_mb']:.1f} | "
                      f"{'' if trainer is None else round(trainer, 1)} | "
-                     f"{sample.get('traces_mb', '')} | {sample.get('live_viewers', '')} | "
+                     f"{sample.get('traces_mb', '')} | {_viewers(sample)} | "
                      f"{_blank(sample.get('trainer_viewers'))} | "
                      f"{_blank(sample.get('trainer_late_examples'))} |")
     lines.append("")
@@ -264,6 +271,7 @@ def main() -> int:
                                        timeout=60).json()["memory"]
                     sample["traces_mb"] = round(memory["traces"]["bytes"] / 2**20, 1)
                     sample["live_viewers"] = memory["live_state"]["viewers"]
+                    sample["feed_only_viewers"] = memory["live_state"].get("viewers_feed_only")
                     # The trainer's own budgets, from its status file (None until written).
                     budgets = (memory.get("trainer") or {}).get("budgets") or {}
                     sample["trainer_viewers"] = budgets.get("viewers")

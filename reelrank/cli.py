@@ -67,6 +67,10 @@ def serve(
     max_feed_only_viewers: int = typer.Option(
         10_000, min=1, help="Viewers held in live state who were served a feed but sent no "
                             "event (about 5 KB each); past it the least recently served go."),
+    max_viewers: int = typer.Option(
+        100_000, min=1, help="Viewers with events held in live state; past it the least "
+                             "recently active go, rebuilt from their events in the log when "
+                             "they return."),
     trainer_max_viewers: Optional[int] = typer.Option(
         None, min=1, help="The online trainer's --max-viewers (default 100,000)."),
     trainer_late_examples: Optional[int] = typer.Option(
@@ -123,7 +127,7 @@ def serve(
     options = dict(trainer="off" if no_trainer else trainer,
                    retention_days=retention_days,
                    trace_budget_bytes=int(trace_budget_mb * 1024 * 1024),
-                   max_feed_only_viewers=max_feed_only_viewers,
+                   max_feed_only_viewers=max_feed_only_viewers, max_viewers=max_viewers,
                    trainer_budgets={"max_viewers": trainer_max_viewers,
                                     "late_examples": trainer_late_examples},
                    store_url=store, models_url=models, live_url=live)

@@ -32,7 +32,7 @@ from reelrank.pipeline.traces import DEFAULT_TRACE_BUDGET_BYTES, TraceKeeper
 from reelrank.registry import ModelMeta, ModelRegistry
 from reelrank.store import new_live_state
 from reelrank.store.base import AppendResult, Store
-from reelrank.store.live import LiveState
+from reelrank.store.live import LiveState, UserState
 from reelrank.types import MODES, Candidate, Event, FeedRequest, Item, UserSettings
 
 __all__ = ["DEFAULT_TRACE_BUDGET_BYTES", "Engine", "RankResult", "default_pipeline",
@@ -165,13 +165,40 @@ class Engine:
         apply_many = getattr(self.live, "apply_many", None)
         with self._writes():
             result = self.store.append_events(events)
-            if apply_many is not None:
+            if apply_many is not None and not self.live.viewers_evicted:
                 apply_many(result.accepted)
             else:
+                unapplied = {e.event_id for e in result.accepted}
                 for e in result.accepted:
+                    if self.live.viewers_evicted:
+                        held = self.live.user(e.user_id)
+                        if held is None or not held.counts:  # not held, or from feeds only
+                            self._restore(e.user_id, unapplied)
+                    unapplied.discard(e.event_id)
                     self.live.apply(e)
         self.effects.events(result.accepted)
         return result
+
+    def _restore(self, user_id: str, unapplied: set[str] | None = None) -> None:
+        """Bring back a viewer that live state let go (its ``max_viewers`` bound) from their
+        events in the log, before their next request or event. Under ``_ingest_lock``, which
+        makes a store append and its live apply one step, so the log holds exactly the events
+        applied so far, less ``unapplied`` (those of the batch being applied). What feeds sent
+        them is memory only and is not brought back: a video sent but never reported as an
+        impression may come again."""
+        held = self.live.user(user_id)
+        if held is not None and held.counts:
+            return  # back already: another request restored them
+        floor = self.store.get_settings(user_id).interests_reset_seq or 0
+        scratch = self.live.empty_like()
+        for seq, event in self.store.iter_events(user_id=user_id):
+            if not unapplied or event.event_id not in unapplied:
+                scratch.apply(event, interests=seq > floor)
+        state = scratch.user(user_id)
+        if state is not None:
+            if held is not None:
+                state.served = held.served
+            self.live.put_user(state)
 
     # -- reads ----------------------------------------------------------------------------------
     def for_offline(self) -> "Engine":
@@ -189,8 +216,18 @@ class Engine:
         settings = self.store.get_settings(request.user_id)
         mode = request.mode if settings.personalization else "non_personalized"
         return FeedContext(request=request, settings=settings, catalog=self.catalog,
-                           live=self.live, user=self.live.user_snapshot(request.user_id), mode=mode,
+                           live=self.live, user=self.viewer(request.user_id), mode=mode,
                            now=self.live.clock)
+
+    def viewer(self, user_id: str) -> UserState | None:
+        """A snapshot of the viewer's live state, brought back from the log first if live
+        state let them go (None for a viewer with no event and no page served)."""
+        user = self.live.user_snapshot(user_id)
+        if user is None and self.live.viewers_evicted:
+            with self._ingest_lock:
+                self._restore(user_id)
+            user = self.live.user_snapshot(user_id)
+        return user
 
     def feed(self, request: FeedRequest) -> FeedResult:
         # Two concurrent pages for one viewer must not both serve the same items.

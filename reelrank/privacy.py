@@ -27,7 +27,7 @@ def export_user(engine, user_id: str, top: int = 20) -> dict:
     """Everything about ``user_id``, as JSON-ready values."""
     settings = engine.settings(user_id)
     events = [_event_dict(seq, e) for seq, e in engine.store.iter_events(user_id=user_id)]
-    user = engine.live.user_snapshot(user_id)
+    user = engine.viewer(user_id)
     return {
         "user_id": user_id,
         "exported_at": int(time.time() * 1000),

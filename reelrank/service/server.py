@@ -45,6 +45,7 @@ def prepare(data_dir: Path, insecure_no_auth: bool = False,
             trace_budget_bytes: int = DEFAULT_TRACE_BUDGET_BYTES,
             store_url: str | None = None,
             max_feed_only_viewers: int = 10_000,
+            max_viewers: int | None = 100_000,
             trainer_budgets: dict | None = None,
             models_url: str | None = None,
             live_url: str | None = None,
@@ -59,7 +60,9 @@ def prepare(data_dir: Path, insecure_no_auth: bool = False,
     a longer feed p99 while it learns); ``"off"``: none here (a ``reelrank trainer`` process
     runs elsewhere). Either way the engine swaps in each version published to the registry.
     ``limits``: the request guard's caps (body size, requests in flight); ``trace_budget_bytes``:
-    the memory the feed traces kept for explanations may hold. ``store_url``: a store other
+    the memory the feed traces kept for explanations may hold; ``max_viewers``: viewers with
+    events held in live state (None: every one), the least recently active let go and
+    rebuilt from the log when they return. ``store_url``: a store other
     than the SQLite file in ``data_dir`` (``postgresql://...``); ``data_dir`` still holds the
     keys and the models. The child trainer opens ``data_dir``'s store, so it is refused with
     another store (run ``reelrank trainer --store URL`` beside it, or a thread).
@@ -92,7 +95,7 @@ def prepare(data_dir: Path, insecure_no_auth: bool = False,
         options: dict[str, Any] = dict(background_refresh=True,
                                        max_feed_only_viewers=max_feed_only_viewers)
         if live_url is None:
-            live = new_live_state(None, **options)
+            live = new_live_state(None, max_viewers=max_viewers, **options)
         else:
             from reelrank.store.shared import SharedLive
 

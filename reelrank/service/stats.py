@@ -131,11 +131,11 @@ class LiveStats(SideEffect):
 def memory_view(engine: Engine, trainer=None) -> dict:
     """What holds memory, each part with its bound: the feed traces (a byte budget); the live
     state's viewers known only from feeds (a count, the least recently served out first) and
-    those with events (no bound yet: one evicted would have to be rebuilt from the log before
-    their next request or event, and ingestion applies an event to live state after the store
-    holds it, so a rebuild could count it twice); the online trainer's budgets (viewers,
-    examples kept for late corrections, event ids, rows waiting, from its configuration); and
-    the resident memory of this process and of the trainer's (``trainer``: the runtime's)."""
+    those with events (a count, the least recently active out first, rebuilt from the log by
+    the engine when they return; None where every one is held); the online trainer's budgets
+    (viewers, examples kept for late corrections, event ids, rows waiting, from its
+    configuration); and the resident memory of this process and of the trainer's
+    (``trainer``: the runtime's)."""
     trainer_status = trainer.status() if trainer is not None else None
     trainer_view = None
     if trainer_status is not None:
@@ -155,7 +155,8 @@ def memory_view(engine: Engine, trainer=None) -> dict:
         "rss_bytes": rss_bytes(),
         "traces": engine.trace_usage(),
         "live_state": {"viewers": viewers, "viewers_with_events": viewers - feed_only,
-                       "max_viewers_with_events": None,
+                       "max_viewers_with_events": getattr(live, "max_viewers", None),
+                       "viewers_with_events_evicted": live.viewers_evicted,
                        "viewers_feed_only": feed_only,
                        "max_viewers_feed_only": live.max_feed_only_viewers,
                        "viewers_feed_only_evicted": live.feed_only_evicted},

@@ -140,6 +140,10 @@ class LiveState(Protocol):
     # go (their state is only what feeds sent them).
     max_feed_only_viewers: int
     feed_only_evicted: int
+    # Viewers with events let go from this process's memory so far (a backend that holds every
+    # viewer keeps 0). While it is 0 a viewer not held has no events; once it is not, whoever
+    # holds the log brings a missing viewer back from it (``Engine``).
+    viewers_evicted: int
 
     @property
     def version(self) -> int:

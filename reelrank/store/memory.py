@@ -3,7 +3,8 @@ current in this process.
 
 Two parts, both derived from the event log and rebuilt from it at start-up:
 
-- ``MemoryCatalog``: the items by id, the newest first, and each creator's items;
+- ``MemoryCatalog`` (``store/memory_catalog.py``): the items by id, the newest first, and each
+  creator's items;
 - ``MemoryLiveState``: per viewer the recent history, what they were shown, counters and
   affinities; per item the windowed engagement that drives "trending"; and item-to-item
   co-engagement from viewers' recent positive events. Its top lists are ``store/toplists.py``.
@@ -18,7 +19,6 @@ Outside ``store/`` nothing imports this module but entry points: the rest types 
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import logging
 import threading
@@ -28,9 +28,10 @@ from typing import Iterable
 
 from reelrank.store import live
 from reelrank.store.live import HistoryEntry, ItemStats, UserState, length_class
-from reelrank.store.toplists import TopLists
+from reelrank.store.memory_catalog import MemoryCatalog
+from reelrank.store.toplists import TopLists, version_reader
 from reelrank.topics import topic_of
-from reelrank.types import (DAY_MS, HOUR_MS, NEGATIVE_TYPES, POSITIVE_TYPES, Event, Item, Token,
+from reelrank.types import (DAY_MS, HOUR_MS, NEGATIVE_TYPES, POSITIVE_TYPES, Event, Token,
                             is_long_view)
 
 __all__ = ["ENGAGEMENT_WEIGHTS", "MemoryCatalog", "MemoryLiveState"]
@@ -44,72 +45,16 @@ ENGAGEMENT_WEIGHTS: dict[str, float] = {
 }
 
 
-class MemoryCatalog:
-    """Items in memory, for the feed path (the store stays the durable copy)."""
-
-    def __init__(self) -> None:
-        self._items: dict[str, Item] = {}
-        self._by_created: list[tuple[int, str]] = []  # sorted ascending by created_at
-        self._by_creator: dict[str, set[str]] = {}
-        self._lock = threading.Lock()
-        self.version = 0  # bumped by every upsert: lets readers tell the catalog is unchanged
-
-    def upsert(self, items: list[Item]) -> None:
-        with self._lock:
-            for it in items:
-                old = self._items.get(it.item_id)
-                if old is not None:
-                    pos = bisect.bisect_left(self._by_created, (old.created_at, old.item_id))
-                    if pos < len(self._by_created) and self._by_created[pos] == (old.created_at, old.item_id):
-                        del self._by_created[pos]
-                    self._by_creator.get(old.creator_id, set()).discard(old.item_id)
-                self._items[it.item_id] = it
-                bisect.insort(self._by_created, (it.created_at, it.item_id))
-                self._by_creator.setdefault(it.creator_id, set()).add(it.item_id)
-            # After the changes: a reader that read the old number and then saw part of this
-            # upsert reads again next time.
-            self.version += 1
-
-    def get(self, item_id: str) -> Item | None:
-        return self._items.get(item_id)
-
-    def get_many(self, item_ids: Iterable[str]) -> list[Item | None]:
-        """``get`` for many ids in one C-level pass (ranking reads 500 per request)."""
-        return list(map(self._items.get, item_ids))
-
-    def __contains__(self, item_id: object) -> bool:
-        return item_id in self._items
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def ids(self) -> list[str]:
-        return list(self._items)
-
-    def newest(self, n: int, created_after: int | None = None) -> list[Item]:
-        """Up to ``n`` items, newest first, optionally only those created after a time."""
-        out: list[Item] = []
-        for created, item_id in reversed(self._by_created):
-            if created_after is not None and created <= created_after:
-                break
-            out.append(self._items[item_id])
-            if len(out) >= n:
-                break
-        return out
-
-    def by_creator(self, creator_id: str) -> set[str]:
-        return set(self._by_creator.get(creator_id, ()))
-
-
 _NO_STATS = ItemStats()  # what ``item_stats_many`` gives for a video nobody has seen yet
 
 
-def _update_tokens(tokens: deque, event: Event, ratio: float | None, long: bool) -> None:
+def _update_tokens(tokens: deque, event: Event, iid: str, ratio: float | None,
+                   long: bool) -> None:
     """Fold an event into the viewer's token list: consecutive events on one video make one
     token (the longest view, and every flag), as the impression-outcome join does offline."""
     last = tokens[-1] if tokens else None
-    if last is None or last.item_id != event.item_id:
-        last = Token(event.item_id, event.ts, "impression", None)
+    if last is None or last.item_id != iid:
+        last = Token(iid, event.ts, "impression", None)
         tokens.append(last)
     t = event.type
     change: dict = {}
@@ -142,7 +87,7 @@ class MemoryLiveState:
                  trending_refresh_seconds: float = 2.0,
                  background_refresh: bool = False,
                  max_feed_only_viewers: int = 10_000,
-                 co_engagement: bool = True) -> None:
+                 co_engagement: bool = True, max_viewers: int | None = None) -> None:
         self.catalog = catalog
         self.co_engagement = co_engagement
         self.trending_window_ms = trending_window_ms
@@ -157,6 +102,15 @@ class MemoryLiveState:
         self.max_feed_only_viewers = max_feed_only_viewers
         self._feed_only: OrderedDict[str, None] = OrderedDict()
         self.feed_only_evicted = 0
+        # Viewers with events, least recently active (an event, or their state read for a
+        # request) first, kept only with ``max_viewers``: past it the least recently active
+        # leave memory. Whoever holds the log brings one back before their next request or
+        # event (``Engine``), so what is lost is only what feeds sent them.
+        if max_viewers is not None and max_viewers < 1:
+            raise ValueError("max_viewers must be at least 1")
+        self.max_viewers = max_viewers
+        self._active: OrderedDict[str, None] = OrderedDict()
+        self.viewers_evicted = 0
         self._items: dict[str, ItemStats] = {}
         self._creator_impressions: Counter = Counter()  # the sum over each creator's videos
         self._co: dict[str, Counter] = {}
@@ -170,7 +124,8 @@ class MemoryLiveState:
         self._regional: dict[str, Counter] = {}  # viewer region -> all-time engagement
         self._version = 0
         self._lock = threading.RLock()
-        self._tops = TopLists(self._lock, lambda: self._version)
+        # The version read without a reference back to this state (see ``version_reader``).
+        self._tops = TopLists(self._lock, version_reader(self))
 
     def empty_like(self) -> MemoryLiveState:
         """A new, empty state over the same catalog with the same settings."""
@@ -181,7 +136,7 @@ class MemoryLiveState:
                          trending_refresh_seconds=self.trending_refresh_seconds,
                          background_refresh=self.background_refresh,
                          max_feed_only_viewers=self.max_feed_only_viewers,
-                         co_engagement=self.co_engagement)
+                         co_engagement=self.co_engagement, max_viewers=self.max_viewers)
 
     # -- writes ---------------------------------------------------------------------------------
     def apply(self, event: Event, interests: bool = True) -> None:
@@ -194,6 +149,9 @@ class MemoryLiveState:
         item = self.catalog.get(event.item_id)
         if item is None:
             return
+        # The catalog's own string for the id: what the state keeps (seen sets, histories,
+        # counters' keys) then shares one object per video instead of one per event parsed.
+        iid = item.item_id
         with self._lock:
             self._version += 1
             if event.ts > self.clock:
@@ -203,9 +161,10 @@ class MemoryLiveState:
                 u = self._users[event.user_id] = UserState(event.user_id)
             elif self._feed_only:
                 self._feed_only.pop(event.user_id, None)  # now rebuilt from the log too
-            s = self._items.get(event.item_id)
+            self._touch(event.user_id)
+            s = self._items.get(iid)
             if s is None:
-                s = self._items[event.item_id] = ItemStats()
+                s = self._items[iid] = ItemStats()
             ratio = None
             if event.watch_ms is not None and item.duration_ms > 0:
                 ratio = event.watch_ms / item.duration_ms
@@ -217,17 +176,17 @@ class MemoryLiveState:
             if event.device:
                 u.device = event.device
             if t == "impression":
-                u.seen.add(event.item_id)
+                u.seen.add(iid)
                 s.impressions += 1
                 self._creator_impressions[item.creator_id] += 1
                 return  # an impression says nothing about taste yet
             if interests:
-                u.history.append(HistoryEntry(event.item_id, t, event.ts, event.watch_ms, ratio))
-                _update_tokens(u.tokens, event, ratio,
+                u.history.append(HistoryEntry(iid, t, event.ts, event.watch_ms, ratio))
+                _update_tokens(u.tokens, event, iid, ratio,
                                is_long_view(event.watch_ms, item.duration_ms))
             signal = ENGAGEMENT_WEIGHTS.get(t, 0.0)
             if t in ("play", "skip", "rewatch"):
-                u.seen.add(event.item_id)
+                u.seen.add(iid)
                 s.views += 1
                 if event.watch_ms:
                     day = event.ts // DAY_MS
@@ -265,17 +224,17 @@ class MemoryLiveState:
                 u.following.discard(item.creator_id)
             if t in NEGATIVE_TYPES:
                 s.negatives += 1
-                u.not_interested.add(event.item_id)
+                u.not_interested.add(iid)
             if signal:
                 if interests:
                     u.creator_affinity[item.creator_id] += signal  # type: ignore[assignment]
                     for tag in item.hashtags:
                         u.hashtag_affinity[tag] += signal  # type: ignore[assignment]
-                self._add_trending(event.item_id, event.ts, max(signal, 0.0))
+                self._add_trending(iid, event.ts, max(signal, 0.0))
                 if signal > 0 and u.region:
-                    self._regional.setdefault(u.region, Counter())[event.item_id] += signal  # type: ignore[assignment]
+                    self._regional.setdefault(u.region, Counter())[iid] += signal  # type: ignore[assignment]
             if signal > 0 and (t in POSITIVE_TYPES or t == "play") and interests:
-                self._add_co_engagement(u, event.item_id)
+                self._add_co_engagement(u, iid)
 
     def _add_co_engagement(self, u: UserState, item_id: str) -> None:
         if item_id in u.positives:
@@ -329,10 +288,25 @@ class MemoryLiveState:
                 self._users.pop(old, None)
                 self.feed_only_evicted += 1
 
+    def _touch(self, user_id: str) -> None:
+        """The viewer (with events) is the most recently active; past ``max_viewers`` the
+        least recently active leaves memory. Under the lock; nothing without a bound."""
+        limit = self.max_viewers
+        if limit is None:
+            return
+        active = self._active
+        active[user_id] = None
+        active.move_to_end(user_id)
+        while len(active) > limit:
+            old, _ = active.popitem(last=False)
+            self._users.pop(old, None)
+            self.viewers_evicted += 1
+
     def forget_user(self, user_id: str) -> None:
         with self._lock:
             self._users.pop(user_id, None)
             self._feed_only.pop(user_id, None)
+            self._active.pop(user_id, None)
 
     def put_user(self, state: UserState) -> None:
         """Install a viewer's state rebuilt from their events (a holder that bounds its
@@ -340,6 +314,7 @@ class MemoryLiveState:
         with self._lock:
             self._users[state.user_id] = state
             self._feed_only.pop(state.user_id, None)
+            self._touch(state.user_id)
             self._version += 1
 
     def feed_only_viewers(self) -> int:
@@ -378,6 +353,9 @@ class MemoryLiveState:
                     other._users[uid] = held
                     kept[uid] = None
             self._feed_only = kept
+            # The rebuild kept the most recently active by the log; those it let go count.
+            self._active = other._active
+            self.viewers_evicted += other.viewers_evicted
             self.clock = max(self.clock, other.clock)
             self._users, self._items, self._co = other._users, other._items, other._co
             self._creator_impressions = other._creator_impressions
@@ -400,6 +378,8 @@ class MemoryLiveState:
     def user_snapshot(self, user_id: str) -> UserState | None:
         with self._lock:
             u = self._users.get(user_id)
+            if u is not None and self.max_viewers is not None and user_id in self._active:
+                self._active.move_to_end(user_id)  # a request for them: active
             return u.snapshot() if u is not None else None
 
     def user_ids(self) -> list[str]:

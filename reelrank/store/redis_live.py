@@ -1,13 +1,12 @@
 """Live state in Redis: the ``LiveState`` of ``store/live.py`` shared by several API processes.
 
-Chosen by ``new_live_state(catalog, url="redis://host:6379/0?prefix=rr:")``. Every key starts
-with the deployment's prefix (``reelrank:`` by default). Per viewer: ``{p}u:{user}`` (a hash:
-the state as JSON, and a random token of its last write for optimistic concurrency) and
-``{p}s:{user}`` (what feeds sent, in order), and the id is a member of ``{p}users`` or
-``{p}feedonly``; ``forget_user`` removes all four, and with a fan-out the viewer's messages in
-the stream. Item-level keys (counters, top lists, co-engagement) hold item ids only; the
-aggregates an erased viewer fed are recomputed by the rebuild the engine runs after an erasure.
-docs/operations.md lists every key.
+Chosen by ``new_live_state(catalog, url="redis://host:6379/0?prefix=rr:")``. Every key starts with
+the deployment's prefix (``reelrank:`` by default). Per viewer: ``{p}u:{user}`` (a hash: the state
+as JSON, and a random token of its last write for optimistic concurrency) and ``{p}s:{user}`` (what
+feeds sent, in order), and the id is a member of ``{p}users`` or ``{p}feedonly``; ``forget_user``
+removes all four, and with a fan-out the viewer's messages in the stream. Item-level keys (counters,
+top lists, co-engagement) hold item ids only; the aggregates an erased viewer fed are recomputed by
+the rebuild the engine runs after an erasure. docs/operations.md lists every key.
 
 How an event is folded is the in-memory backend's own code: ``apply`` reads the viewer (one
 round trip), folds the event with ``MemoryLiveState`` over a one-viewer scratch state, and
@@ -58,6 +57,7 @@ _OPTIONS = ("trending_window_ms", "co_engagement_span", "served_memory", "trendi
 
 class RedisLiveState:
     """Per-viewer and per-item state in Redis (see the module's docstring)."""
+    viewers_evicted = 0  # every viewer stays in Redis: none is let go from memory here
 
     def __init__(self, catalog: Catalog, client, *, prefix: str = DEFAULT_PREFIX,
                  trending_window_ms: int = DAY_MS, co_engagement_span: int = 10,

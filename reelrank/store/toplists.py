@@ -12,12 +12,28 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections import Counter
-from typing import Callable, Hashable
+from typing import Any, Callable, Hashable
 
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+
+def version_reader(state: Any) -> Callable[[], int]:
+    """A reader of ``state._version`` that holds ``state`` weakly. ``lambda: self._version``
+    would make every state a reference cycle, which only the cyclic collector frees, and a
+    server keeps long-lived objects out of its sight (``service/heap.py``): each state rebuilt
+    after an erasure then outlived its ``replace_with``, with all it held, until the hourly
+    full collection (1.4 GB after 1,500 requests of the soak's mix, 75 of them erasures)."""
+    ref = weakref.ref(state)
+
+    def version() -> int:
+        held = ref()
+        return held._version if held is not None else -1
+
+    return version
 
 
 class TopLists:

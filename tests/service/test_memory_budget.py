@@ -129,11 +129,11 @@ def test_viewers_known_only_from_feeds_are_bounded_and_viewers_with_events_stay(
 def test_prepare_passes_the_memory_budgets_on(tmp_path):
     from reelrank.service.server import prepare
 
-    app, _ = prepare(tmp_path / "d", trainer="thread", max_feed_only_viewers=7,
+    app, _ = prepare(tmp_path / "d", trainer="thread", max_feed_only_viewers=7, max_viewers=5,
                      trainer_budgets={"max_viewers": 9, "late_examples": 11})
     engine, runtime = app.state.engine, app.state.runtime
     try:
-        assert engine.live.max_feed_only_viewers == 7
+        assert engine.live.max_feed_only_viewers == 7 and engine.live.max_viewers == 5
         assert (runtime.trainer.cfg.max_viewers, runtime.trainer.cfg.late_memory) == (9, 11)
     finally:
         runtime.stop()
@@ -145,3 +145,67 @@ def test_prepare_passes_the_memory_budgets_on(tmp_path):
     finally:
         runtime.stop()
         engine.store.close()
+
+
+def _viewer(state) -> dict:
+    """A viewer's state without what feeds sent (memory only, never rebuilt)."""
+    fields = {k: v for k, v in vars(state).items() if k != "served"}
+    return {k: list(v) if hasattr(v, "maxlen") else v for k, v in fields.items()}
+
+
+def test_viewers_with_events_are_bounded_and_brought_back_from_the_log(store, tmp_path):
+    from reelrank.store import new_live_state, open_store
+    from reelrank.types import Event
+
+    def events(user: str, start: int, n: int) -> list[Event]:
+        return [Event(f"{user}-{start + k}", user, f"v{(start + k) % 40}", T0 + start + k,
+                      "play" if k % 3 else "impression", watch_ms=4_000 * k) for k in range(n)]
+
+    bounded = _engine(store, live=new_live_state(max_viewers=2))
+    unbounded = _engine(open_store(tmp_path / "unbounded"))
+    for engine in (bounded, unbounded):
+        engine.ingest_events(events("a", 0, 12))
+        engine.reset_interests("a")  # events before this add no interests, also when replayed
+        engine.ingest_events(events("a", 12, 6) + events("b", 0, 5) + events("c", 0, 5))
+    live = bounded.live
+    assert live.user("a") is None and live.viewers_evicted == 1  # b and c came after a
+    # Their next request brings them back from the log, as an unbounded state holds them.
+    ctx = bounded.context(FeedRequest("a", n=5))
+    assert _viewer(ctx.user) == _viewer(unbounded.live.user("a"))
+    assert live.user("b") is None  # one of the other two made room
+    # ... and so does their next event, applied after the older ones (one batch, two viewers
+    # not held, the first pushing the second out of memory while the batch is applied).
+    batch = events("b", 5, 4) + events("c", 5, 4) + events("b", 9, 2)
+    for engine in (bounded, unbounded):
+        engine.ingest_events(batch)
+    for user in ("b", "c"):
+        held = live.user(user) or bounded.context(FeedRequest(user, n=5)).user
+        assert _viewer(held) == _viewer(unbounded.live.user(user))
+    # A viewer never seen stays new, and pages are served while viewers come and go.
+    assert bounded.context(FeedRequest("nobody", n=5)).user is None
+    assert bounded.feed(FeedRequest("a", n=5)).items
+    unbounded.store.close()
+
+
+def test_an_evicted_viewer_can_be_erased(store):
+    from reelrank.privacy import export_user
+    from reelrank.store import new_live_state
+    from reelrank.types import Event
+
+    engine = _engine(store, live=new_live_state(max_viewers=1))
+    engine.ingest_events([Event("e1", "gone", "v1", T0, "play", watch_ms=9_000)])
+    engine.ingest_events([Event("e2", "other", "v2", T0 + 1, "play", watch_ms=9_000)])
+    assert engine.live.user("gone") is None and engine.live.viewers_evicted == 1
+    assert engine.erase_user("gone") == 1
+    # Nothing of theirs is left to bring back: they come back as a viewer never seen.
+    assert engine.context(FeedRequest("gone", n=5)).user is None
+    assert engine.live.item_stats("v1").views == 0 and engine.live.user("other") is not None
+    # What reads a viewer outside a request (their data export) brings them back too.
+    engine.ingest_events([Event("e3", "third", "v3", T0 + 2, "play", watch_ms=9_000)])
+    assert engine.live.user("other") is None
+    export = export_user(engine, "other")
+    assert [e["event_id"] for e in export["events"]] == ["e2"]
+    assert [i["item_id"] for i in export["inferred_interests"]["recent_items"]] == ["v2"]
+    with TestClient(create_app(engine, None)) as client:
+        state = client.get("/v1/stats").json()["memory"]["live_state"]
+    assert state["max_viewers_with_events"] == 1 and state["viewers_with_events_evicted"] >= 1

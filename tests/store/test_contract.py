@@ -189,3 +189,36 @@ def test_close_waits_for_a_scan_in_another_thread(backend):
     assert len(seen) == 30
     with pytest.raises(Exception):
         list(scan)
+
+
+def test_sqlite_reuses_the_connection_of_a_thread_that_ended(tmp_path):
+    """A server's request threads come and go; a new one takes the connection (page cache,
+    file handles) of one that ended instead of opening one more for the store's lifetime."""
+    s = open_store(f"sqlite:///{tmp_path}/threads.db")
+    try:
+        s.append_events([event(0)])
+
+        def read() -> None:
+            assert s.count_events() == 1
+
+        for _ in range(20):
+            t = threading.Thread(target=read)
+            t.start()
+            t.join()
+        assert len(s._all) == 2  # this thread's, and the one each thread in turn took over
+        together = threading.Barrier(2)
+        held = []
+
+        def hold() -> None:  # threads alive at once each have their own
+            held.append(s._conn())
+            together.wait()
+
+        pair = [threading.Thread(target=hold) for _ in range(2)]
+        for t in pair:
+            t.start()
+        for t in pair:
+            t.join()
+        assert held[0] is not held[1] and len(s._all) <= 3
+        read()
+    finally:
+        s.close()
