@@ -253,11 +253,9 @@ def _evaluate_temporal(model, split: TemporalSplit, run: ModelRun, seed: int, pr
     scores, probs = _pair_outputs(model, split.test.user, split.test.item, chunk, progress,
                                   run.name)
     run.metrics["impressions"] = impression_metrics(split, scores, probs)
-    context = split.test.context
+    context = split.test.context  # each impression's, as a client replaying it would send it
     if (getattr(model, "takes_context", False) and context is not None
             and any(v is not None for v in context.ravel())):
-        # The same impressions ranked with the context each was logged in (KuaiRand: its
-        # traffic source), as a client replaying them through ``POST /v1/rank`` sends it.
         scores, probs = _pair_outputs(model, split.test.user, split.test.item, chunk, progress,
                                       run.name + " (with context)", context)
         run.metrics["impressions_context"] = impression_metrics(split, scores, probs)
