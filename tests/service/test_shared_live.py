@@ -23,8 +23,6 @@ from tests.service.test_api import T0, TOPICS, ev, make_item
 redis = pytest.importorskip("redis")
 
 
-
-
 @pytest.fixture
 def backends():
     with throwaway_database() as url, throwaway_prefix() as (redis_url, prefix):

@@ -34,8 +34,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-
-
 class Server:
     """``reelrank serve`` as a child process on its own port."""
 

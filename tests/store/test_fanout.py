@@ -23,8 +23,6 @@ def items(ids) -> list[Item]:
     return [Item(f"v{i}", f"c{i % 2}", 20_000, T0 - 10_000 + i, hashtags=(f"t{i}",)) for i in ids]
 
 
-
-
 class Process:
     """What one API process holds: its catalog, its view of the live state, a subscriber."""
 
