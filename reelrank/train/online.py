@@ -40,9 +40,7 @@ from reelrank.models.embeddings import DynamicEmbedding
 from reelrank.models.losses import sampled_softmax_loss
 from reelrank.models.retrieval import encode_histories
 from reelrank.store.live import CatalogView
-from reelrank.train.ranker import (
-    TASK_WEIGHTS, WatchQuantiles, build_table, observe_context, pairwise_loss,
-)
+from reelrank.train.ranker import WatchQuantiles, build_table, observe_context, pairwise_loss
 from reelrank.types import Item
 
 log = logging.getLogger(__name__)
@@ -228,9 +226,7 @@ class OnlineLearner:
         ranker.dense_norm.eval()  # keep the batch run's statistics (see the module docstring)
         logits = ranker(table.batch(idx, ranker.items.encode_items(items), len(items)))  # (B, T)
         labels = table.labels  # (B, T)
-        weights = torch.tensor([TASK_WEIGHTS.get(t, 1.0) for t in ranker.tasks])
-        loss = (F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(0)
-                * weights).sum()  # the batch run's task weights
+        loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(0).sum()
         if cfg.pairwise_weight:
             users = torch.from_numpy(np.unique(np.array(table.user_ids), return_inverse=True)[1])
             loss = loss + cfg.pairwise_weight * pairwise_loss(

@@ -29,16 +29,6 @@ from reelrank.types import Item
 log = logging.getLogger(__name__)
 
 
-# Each head's share of the loss. A like is rare (1.8% of KuaiRand's impressions against 31% long
-# viewed), so with equal weights the like head's gradient is a sliver of the long-view head's
-# and it under-uses counters it has: a logistic regression on the same inputs ranked likes
-# better (GAUC 0.667 against the head's 0.655). At 5 the like head reaches 0.661 on the test
-# days and 0.621 (from 0.603) on the training days' held-out rows, long view unchanged
-# (benchmarks/results/kuairand-ranker-options.md). A task's weight scales its gradient, not its
-# labels: its probabilities stay calibrated.
-TASK_WEIGHTS: dict[str, float] = {**{t: 1.0 for t in TASKS}, "like": 5.0}
-
-
 @dataclass
 class RankerConfig:
     dim: int = 32
@@ -50,7 +40,7 @@ class RankerConfig:
     weight_decay: float = 1e-6
     epochs: int = 1
     time_budget_s: float | None = None
-    task_weights: dict[str, float] = field(default_factory=lambda: dict(TASK_WEIGHTS))
+    task_weights: dict[str, float] = field(default_factory=lambda: {t: 1.0 for t in TASKS})
     # Weight of a pairwise loss between rows of the same viewer (the feed orders one viewer's
     # candidates). Off by default: on KuaiRand it raised the GAUC of held-out rows of the
     # training days (0.59 -> 0.67, features as fresh as at training) but lowered it on the
