@@ -357,8 +357,8 @@ def validation_metrics(model: TwoTower, catalog: ItemInputs, table: SequenceTabl
                 ranks.append(int((sc[~mask] > sc[t]).sum()))
                 if later is not None:
                     want = later[s + row]
-                    masked = np.where(mask, -np.inf, sc)
-                    masked[seen] = -np.inf
+                    masked = sc.copy()
+                    masked[seen] = -np.inf  # the held-out set holds nothing seen before
                     top = np.argpartition(-masked, 50)[:50] if len(masked) > 50 else np.arange(len(masked))
                     top = top[np.argsort(-masked[top], kind="stable")]
                     hit = np.isin(top, want)
