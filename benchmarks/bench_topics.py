@@ -39,9 +39,8 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from reelrank.importers import import_into  # noqa: E402
-from reelrank.learned_topics import (  # noqa: E402
-    TopicConfig, TopicModel, _kmeans, _unit, fit_topics, nmi,
-)
+from reelrank.clustering import kmeans, nmi, unit  # noqa: E402
+from reelrank.learned_topics import TopicConfig, TopicModel, fit_topics  # noqa: E402
 from reelrank.models.bundle import ModelBundle  # noqa: E402
 from reelrank.registry import ModelRegistry  # noqa: E402
 from reelrank.store import open_store  # noqa: E402
@@ -83,8 +82,8 @@ def labels_of(registry, version, items):
 
 
 def baseline(x: np.ndarray, k: int, seed: int) -> np.ndarray:
-    x = _unit(x)
-    return np.argmax(x @ _kmeans(x, k, seed, 25, nredo=3).T, axis=1)
+    x = unit(x)
+    return np.argmax(x @ kmeans(x, k, seed, 25, nredo=3).T, axis=1)
 
 
 def run(args) -> dict:

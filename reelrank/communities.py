@@ -4,7 +4,7 @@ Each live viewer with at least ``min_long_views`` long views in their recent his
 of the shares of those long views per topic (the topics the feed reads: learned where the
 serving model has them, ``reelrank.pipeline.topics``). The vectors are clustered by spherical
 k-means, the number of communities chosen by silhouette within configured bounds
-(``reelrank.learned_topics.choose_k``), and each community is named by its two heaviest topics
+(``reelrank.clustering.choose_k``), and each community is named by its two heaviest topics
 ("fitness · running + home cooking"). A refresh matches the new communities to the last ones
 by member overlap (Hungarian), so an id keeps its meaning and its growth can be reported.
 
@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from reelrank.learned_topics import _kmeans, _unit, choose_k, TopicConfig
+from reelrank.clustering import choose_k, kmeans, unit
+from reelrank.learned_topics import TopicConfig
 from reelrank.pipeline.side_effects import Calls
 from reelrank.topics import ATTRIBUTE_TOPICS, NO_TOPIC
 from reelrank.types import Candidate, Reason, is_long_view
@@ -127,10 +128,10 @@ class Communities:
                 self._assignment, self._members = {}, {}
                 self.refreshed_at = time.monotonic()
             return []
-        x = _unit(np.stack([self._vector(c, dims) for c in mixes]))
+        x = unit(np.stack([self._vector(c, dims) for c in mixes]))
         k, _ = choose_k(x, TopicConfig(min_topics=cfg.min_communities,
                                        max_topics=cfg.max_communities, seed=cfg.seed))
-        centroids = _kmeans(x, k, cfg.seed, 25, nredo=3) if k > 1 else _unit(x.mean(0, keepdims=True))
+        centroids = kmeans(x, k, cfg.seed, 25, nredo=3) if k > 1 else unit(x.mean(0, keepdims=True))
         rows = np.argmax(x @ centroids.T, axis=1)
         used = np.unique(rows)
         centroids, rows = centroids[used], np.searchsorted(used, rows)

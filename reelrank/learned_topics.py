@@ -40,6 +40,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from reelrank.clustering import choose_k, kmeans, unit
 from reelrank.topics import GENERIC_TAGS
 from reelrank.types import Item
 
@@ -110,7 +111,7 @@ class TopicModel:
         """(N, D) vectors (any norm) -> (N,) topic ids: the nearest centroid by cosine."""
         if not len(self.topics) or not len(vectors):
             return np.full(len(vectors), -1, dtype=np.int64)
-        return self._ids[np.argmax(_unit(vectors) @ self.centroids.T, axis=1)]
+        return self._ids[np.argmax(unit(vectors) @ self.centroids.T, axis=1)]
 
     def to_meta(self) -> dict:
         """Plain JSON for a version's meta.json (centroids rounded to 5 decimals)."""
@@ -126,7 +127,7 @@ class TopicModel:
         topics = [Topic(int(t["id"]), str(t["name"]), list(t["terms"]), int(t["size"]))
                   for t in meta["topics"]]
         centroids = np.asarray(meta["centroids"], dtype=np.float32).reshape(len(topics), -1)
-        return cls(topics, _unit(centroids), int(meta["next_id"]),
+        return cls(topics, unit(centroids), int(meta["next_id"]),
                    {int(k): float(v) for k, v in meta.get("silhouette", {}).items()},
                    dict(meta.get("changes", {})))
 
@@ -187,120 +188,6 @@ def _name(terms: list[str], topic_id: int) -> str:
     return " · ".join(terms) if terms else f"topic {topic_id}"
 
 
-# -- clustering -----------------------------------------------------------------------------------
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.ascontiguousarray(x / np.maximum(norms, 1e-12))
-
-
-def _kmeans(x: np.ndarray, k: int, seed: int, niter: int,
-            init: np.ndarray | None = None, nredo: int = 1) -> np.ndarray:
-    """(k, D) unit centroids of spherical k-means; ``init`` (k, D): where to start, else
-    k-means++ seeding; ``nredo``: seeded starts, the tightest result kept."""
-    import faiss
-
-    best, best_fit = None, -np.inf
-    # One thread: faiss' OpenMP threads spin against each other and against serving on a
-    # busy machine (a 3,000-vector run took 0.4 s with them, 0.05 s without).
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        for r in range(1 if init is not None else nredo):
-            start = init if init is not None else _kmeanspp(x, k, seed + r)
-            km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed + r, spherical=True,
-                              verbose=False, min_points_per_centroid=1,
-                              max_points_per_centroid=1_000_000)
-            km.train(x, init_centroids=np.ascontiguousarray(start, dtype=np.float32))
-            c = _unit(km.centroids)
-            fit = float((x @ c.T).max(axis=1).sum())
-            if fit > best_fit:
-                best, best_fit = c, fit
-    finally:
-        faiss.omp_set_num_threads(threads)
-    return best
-
-
-def _kmeanspp(x: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """Greedy k-means++ seeding under cosine distance (1 - cos: half the squared distance of
-    unit vectors): each next seed is the best of a few drawn in proportion to their distance
-    from the nearest seed so far (the one leaving the least total distance)."""
-    rng = np.random.default_rng(seed)
-    trials = 2 + int(math.log(max(k, 1)))
-    chosen = [int(rng.integers(len(x)))]
-    dist = np.clip(1.0 - x @ x[chosen[0]], 0.0, None)
-    for _ in range(1, k):
-        total = dist.sum()
-        if total <= 0:
-            picks = rng.integers(len(x), size=1)
-        else:
-            picks = rng.choice(len(x), size=trials, p=dist / total)
-        options = np.minimum(dist[None, :], np.clip(1.0 - x[picks] @ x.T, 0.0, None))
-        best = int(np.argmin(options.sum(axis=1)))
-        chosen.append(int(picks[best]))
-        dist = options[best]
-    return x[chosen]
-
-
-def silhouette(x: np.ndarray, labels: np.ndarray) -> float:
-    """Mean silhouette of unit vectors ``x`` under cosine distance (0 for a single cluster)."""
-    ks, inv = np.unique(labels, return_inverse=True)
-    if len(ks) < 2:
-        return 0.0
-    dist = 1.0 - x @ x.T  # (S, S)
-    onehot = np.zeros((len(x), len(ks)))
-    onehot[np.arange(len(x)), inv] = 1.0
-    sums = dist @ onehot  # (S, K): total distance to each cluster
-    counts = onehot.sum(axis=0)
-    own = counts[inv]
-    a = np.where(own > 1, sums[np.arange(len(x)), inv] / np.maximum(own - 1, 1), 0.0)
-    mean = sums / counts[None, :]
-    mean[np.arange(len(x)), inv] = np.inf
-    b = mean.min(axis=1)
-    s = np.where(own > 1, (b - a) / np.maximum(np.maximum(a, b), 1e-12), 0.0)
-    return float(s.mean())
-
-
-def choose_k(x: np.ndarray, cfg: TopicConfig, previous_k: int | None = None,
-             ) -> tuple[int, dict[int, float]]:
-    """The number of topics for unit vectors ``x`` within the configured bounds, by the mean
-    silhouette of a sample; the previous version's count wins ties within ``keep_k_margin``."""
-    n = len(x)
-    hi = max(1, min(cfg.max_topics, n // 2))
-    lo = max(1, min(cfg.min_topics, hi))
-    grid = sorted({int(round(v)) for v in np.geomspace(lo, hi, max(1, cfg.candidates))} | {lo, hi})
-    if previous_k is not None and lo <= previous_k <= hi:
-        grid = sorted(set(grid) | {previous_k})
-    if len(grid) == 1:
-        return grid[0], {}
-    rng = np.random.default_rng(cfg.seed)
-    sample = x[rng.choice(n, size=min(n, cfg.sample), replace=False)]
-    scores: dict[int, float] = {}
-
-    def score(k: int) -> float:
-        if k not in scores:
-            c = _kmeans(sample, k, cfg.seed, cfg.niter, nredo=3) if k > 1 else None
-            scores[k] = silhouette(sample, np.argmax(sample @ c.T, axis=1)) if k > 1 else 0.0
-        return scores[k]
-
-    for k in grid:
-        score(k)
-    # Then halve the gap around the best value until neighbours are one apart.
-    while True:
-        best = max(scores, key=lambda k: (scores[k], -k))
-        tried = sorted(scores)
-        at = tried.index(best)
-        mids = {(tried[j] + best) // 2 for j in (at - 1, at + 1) if 0 <= j < len(tried)
-                and abs(tried[j] - best) > 1}
-        if not mids:
-            break
-        for k in mids:
-            score(k)
-    if previous_k in scores and scores[best] - scores[previous_k] <= cfg.keep_k_margin:
-        best = previous_k
-    return best, scores
-
-
 def fit_topics(vectors: np.ndarray, items: Sequence[Item], cfg: TopicConfig | None = None,
                previous: TopicModel | None = None,
                previous_labels: np.ndarray | None = None) -> tuple[TopicModel, np.ndarray]:
@@ -309,7 +196,7 @@ def fit_topics(vectors: np.ndarray, items: Sequence[Item], cfg: TopicConfig | No
     previous version, -1 where it had none) make ids, names and the start of k-means follow
     that version."""
     cfg = cfg or TopicConfig()
-    x = _unit(vectors)
+    x = unit(vectors)
     n = len(x)
     if n == 0:
         return TopicModel([], np.zeros((0, x.shape[1] if x.ndim == 2 else 0), np.float32),
@@ -318,8 +205,8 @@ def fit_topics(vectors: np.ndarray, items: Sequence[Item], cfg: TopicConfig | No
     prev_k = len(previous) if has_prev else None
     k, scores = choose_k(x, cfg, prev_k)
     init = _warm_start(x, previous_labels, k, cfg.seed) if has_prev and cfg.warm_start else None
-    centroids = (_kmeans(x, k, cfg.seed, cfg.niter, init, nredo=3) if k > 1
-                 else _unit(x.mean(0, keepdims=True)))
+    centroids = (kmeans(x, k, cfg.seed, cfg.niter, init, nredo=3) if k > 1
+                 else unit(x.mean(0, keepdims=True)))
     rows = np.argmax(x @ centroids.T, axis=1)
     used = np.unique(rows)  # k-means may leave a centroid with no member: drop it
     centroids = centroids[used]
@@ -367,7 +254,7 @@ def _warm_start(x: np.ndarray, previous_labels: np.ndarray, k: int, seed: int) -
     extra = rng.choice(len(x), size=k - len(init), replace=len(x) < k - len(init)) \
         if len(init) < k else []
     init += [x[j] for j in extra]
-    return _unit(np.stack(init))
+    return unit(np.stack(init))
 
 
 def _match(x, rows, centroids, previous: TopicModel, previous_labels, fresh_terms,
@@ -392,7 +279,7 @@ def _match(x, rows, centroids, previous: TopicModel, previous_labels, fresh_term
         members = mask & (known == j)
         if members.any():
             carried[j] = x[members].mean(axis=0)
-    cosine = centroids @ _unit(carried).T
+    cosine = centroids @ unit(carried).T
     r_idx, c_idx = linear_sum_assignment(-(jaccard + 0.1 * np.clip(cosine, 0, 1)))
     ids: list[int | None] = [None] * k
     names: list[str | None] = [None] * k
@@ -445,24 +332,3 @@ def _unique_names(topics: list[Topic], fresh_terms: list[list[str]], n: int) -> 
             continue
         extra = [w for w in fresh_terms[by_id[t.id]] if w not in t.name.split(" · ")]
         t.name = f"{t.name} · {extra[0]}" if extra else f"{t.name} ({t.id})"
-
-
-def nmi(a: Sequence, b: Sequence) -> float:
-    """Normalised mutual information of two labellings (arithmetic mean of the entropies, as
-    scikit-learn's default); 1.0 when both are a single cluster."""
-    _, ia = np.unique(np.asarray(a), return_inverse=True)
-    _, ib = np.unique(np.asarray(b), return_inverse=True)
-    n = len(ia)
-    if n == 0:
-        return float("nan")
-    joint = np.zeros((ia.max() + 1, ib.max() + 1))
-    np.add.at(joint, (ia, ib), 1.0)
-    p = joint / n
-    pa, pb = p.sum(1), p.sum(0)
-    nz = p > 0
-    mi = float((p[nz] * np.log(p[nz] / (pa[:, None] * pb[None, :])[nz])).sum())
-    ha = -float((pa[pa > 0] * np.log(pa[pa > 0])).sum())
-    hb = -float((pb[pb > 0] * np.log(pb[pb > 0])).sum())
-    if ha == 0 and hb == 0:
-        return 1.0
-    return max(0.0, mi / ((ha + hb) / 2)) if (ha + hb) > 0 else 0.0

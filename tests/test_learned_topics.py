@@ -7,9 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from reelrank.learned_topics import (
-    TopicConfig, TopicModel, choose_k, ctfidf, fit_topics, item_terms, nmi, silhouette,
-)
+from reelrank.clustering import choose_k, nmi, silhouette
+from reelrank.learned_topics import TopicConfig, TopicModel, ctfidf, fit_topics, item_terms
 from reelrank.types import Item
 
 CFG = TopicConfig(min_topics=2, max_topics=16, sample=1000)
