@@ -16,7 +16,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from reelrank.eval import metrics
+from reelrank import metrics
 from reelrank.eval.protocols import load_dataset, temporal_split
 from reelrank.features import dense_features, ranking_rows
 from reelrank.store import new_catalog, new_live_state

@@ -21,7 +21,7 @@ counts behind the entropy) are dropped when the viewer is erased (``forget_user`
 remaining figures are counts over items and creators with no viewer in them.
 
 The service never imports ``eval/``: the two small formulas here (Gini, entropy) are tested
-against ``reelrank.eval.metrics``.
+against ``reelrank.metrics``.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from reelrank.eval import metrics
+from reelrank import metrics
 from reelrank.eval.baselines import build_engine, scratch_dir
 from reelrank.eval.protocols import load_dataset, local_day, temporal_split
 from reelrank.exposure import ExposureLedger, entropy_bits

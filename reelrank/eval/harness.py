@@ -2,7 +2,7 @@
 
 Every model is a ``Recommender`` (``reelrank.eval.data``) made by a zero-argument factory from
 ``available_models()``. The harness owns the split, the id mapping and the metrics
-(``reelrank.eval.metrics``), so every model is measured on the same data the same way.
+(``reelrank.metrics``), so every model is measured on the same data the same way.
 
 Temporal split (short video), per model:
 
@@ -44,7 +44,7 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from reelrank.eval import metrics
+from reelrank import metrics
 from reelrank.eval.baselines import (
     EngineRecommender, ItemKNNRecommender, PopularityRecommender, RandomRecommender,
     RecentPopularityRecommender,

@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from reelrank.eval import metrics
+from reelrank import metrics
 from reelrank.eval.baselines import build_engine, scratch_dir
 from reelrank.eval.protocols import TemporalSplit, day_name
 from reelrank.features import RowStream

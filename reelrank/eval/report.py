@@ -13,7 +13,7 @@ import logging
 
 import numpy as np
 
-from reelrank.eval.metrics import hit_rate_at_k, mrr, ndcg_at_k_single
+from reelrank.metrics import hit_rate_at_k, mrr, ndcg_at_k_single
 from reelrank.features import TASKS
 
 logger = logging.getLogger(__name__)

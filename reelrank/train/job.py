@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from reelrank.eval.metrics import auc, gauc_detail
+from reelrank.metrics import auc, gauc_detail
 from reelrank.features import DENSE_FEATURES, ranking_rows, token_from_example
 from reelrank.models.bundle import ModelBundle
 from reelrank.models.ranker import DEFAULT_VALUE_WEIGHTS, TASKS

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from reelrank.engine import Engine
-from reelrank.eval import metrics
+from reelrank import metrics
 from reelrank.exposure import ExposureLedger, entropy_bits, gini, popularity_percentiles
 from reelrank.service import Authenticator, create_app
 from reelrank.types import Item

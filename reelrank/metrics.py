@@ -383,7 +383,7 @@ def _jaccard_distance(a: frozenset, b: frozenset) -> float:
 
 
 def intra_list_diversity(
-    lists: Iterable[Sequence[Hashable]], item_tags: Mapping | Sequence
+    lists: Iterable[Sequence[Any]], item_tags: Mapping | Sequence
 ) -> float:
     """Mean pairwise Jaccard distance between items' tag sets within a list, averaged over lists.
 
@@ -400,7 +400,7 @@ def intra_list_diversity(
 
 
 def new_creator_share(
-    lists: Sequence[Iterable[Hashable]],
+    lists: Sequence[Iterable[Any]],
     item_creator: Mapping | Sequence,
     seen_creators_per_user: Sequence[Iterable[Hashable]],
 ) -> float:

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from reelrank.eval import metrics as m
+from reelrank import metrics as m
 
 # ------------------------------------------------------------------ classification
 
