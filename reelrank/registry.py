@@ -33,7 +33,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, Callable, TypedDict
 
 import safetensors
 import safetensors.torch
@@ -162,6 +162,25 @@ def topics_of(meta: ModelMeta, registry: ModelRegistry | None = None) -> dict[st
     return None
 
 
+def prunable(versions: list[str], latest: str | None, keep: int,
+             meta_of: Callable[[str], ModelMeta]) -> list[str]:
+    """What a prune keeping the newest ``keep`` versions (and the latest) may delete, oldest
+    first: every other version but the base version of one that stays, which holds the learned
+    topics its online descendants show (``topics_of``): deleting it would leave them, and a
+    server restarted on them, without topics."""
+    others = [v for v in versions if v != latest]
+    stay = set(others[len(others) - keep:] if keep else []) | ({latest} if latest else set())
+    bases = set()
+    for v in stay:
+        try:
+            base = meta_of(v).get("base_version")
+        except (OSError, ValueError, ModelError):
+            continue
+        if base:
+            bases.add(base)
+    return [v for v in others if v not in stay and v not in bases]
+
+
 class ModelRegistry:
     def __init__(self, root: Path | str):
         self.root = Path(root)
@@ -253,10 +272,9 @@ class ModelRegistry:
         """Release what the registry holds open (nothing, for a directory)."""
 
     def prune(self, keep: int = 5) -> list[str]:
-        """Delete all but the newest ``keep`` versions (never the latest)."""
-        latest = self.latest()
-        old = [v for v in self.versions() if v != latest][:-keep or None] if keep else \
-            [v for v in self.versions() if v != latest]
+        """Delete all but the newest ``keep`` versions, the latest and their base versions
+        (``prunable``)."""
+        old = prunable(self.versions(), self.latest(), keep, self.meta)
         for v in old:
             shutil.rmtree(self.root / v, ignore_errors=True)
         return old

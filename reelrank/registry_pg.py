@@ -35,7 +35,7 @@ import safetensors.torch
 import torch
 
 from reelrank.errors import ModelError, StoreError
-from reelrank.registry import PARTS, Artifact, ModelMeta, ModelRegistry, flatten_part, \
+from reelrank.registry import PARTS, Artifact, ModelMeta, ModelRegistry, flatten_part, prunable, \
     unflatten_part
 from reelrank.store.pg_base import Transaction, open_pool, redact
 
@@ -239,10 +239,9 @@ class PostgresRegistry(ModelRegistry):
         with self._tx() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (REGISTRY_LOCK,))
             latest = _one(conn.execute("SELECT version FROM model_latest"))
-            names = [r[0] for r in conn.execute(
-                "SELECT version FROM model_versions ORDER BY seq")]
-            others = [v for v in names if v != latest]
-            old = others[:-keep] if keep else others
+            metas = {r[0]: r[1] for r in conn.execute(
+                "SELECT version, meta FROM model_versions ORDER BY seq")}
+            old = prunable(list(metas), latest, keep, lambda v: json.loads(metas[v]))
             if old:
                 conn.execute("DELETE FROM model_versions WHERE version = ANY(%s)", (old,))
                 conn.execute("DELETE FROM model_blobs b WHERE NOT EXISTS "

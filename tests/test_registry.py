@@ -112,3 +112,20 @@ def test_a_name_freed_by_pruning_in_the_same_second_is_not_given_twice(tmp_path,
     third = registry.publish(_state(2), {})
     assert len({first, second, third}) == 3 and registry.versions() == [second, third]
     assert registry.latest() == third and _same(registry.load().state, _state(2))
+
+
+def test_a_prune_keeps_the_base_of_a_version_that_stays(tmp_path):
+    """Online versions carry their base version's learned topics (``topics_of``): pruning the
+    base would leave the latest version, and a server restarted on it, without topics."""
+    from reelrank.registry import topics_of
+
+    registry = ModelRegistry(tmp_path)
+    base = registry.publish(_state(0), {"topics": {"topics": [{"id": 1}]}})
+    online = [registry.publish(_state(k), {"base_version": base}) for k in (1, 2, 3)]
+    other = registry.publish(_state(4), {})  # a batch version with no base: its own
+    latest = registry.publish(_state(5), {"base_version": base})
+    assert registry.prune(keep=1) == online  # the base stays: the latest names it
+    assert registry.versions() == [base, other, latest]
+    assert topics_of(registry.meta(latest), registry) == {"topics": [{"id": 1}]}
+    assert registry.prune(keep=0) == [other]
+    assert registry.versions() == [base, latest]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from reelrank.errors import ModelError
-from reelrank.registry import ModelRegistry, open_registry
+from reelrank.registry import ModelRegistry, open_registry, topics_of
 from tests.pg import throwaway_database
 from tests.test_registry import _same, _state
 
@@ -373,3 +373,13 @@ def test_serve_reads_versions_from_the_database_given_by_models(url, tmp_path):
         publisher.close()
     with pytest.raises(ValueError, match="--models"):
         prepare(tmp_path / "serve2", insecure_no_auth=True, trainer="process", models_url=url)
+
+
+def test_a_prune_keeps_the_base_of_a_version_that_stays(hosts):
+    a, b = hosts
+    base = a.publish(_state(0), {"topics": {"topics": [{"id": 1}]}})
+    online = a.publish(_state(1), {"base_version": base})
+    latest = a.publish(_state(2), {"base_version": base})
+    assert b.prune(keep=0) == [online]
+    assert a.versions() == [base, latest]
+    assert topics_of(a.meta(latest), a) == {"topics": [{"id": 1}]}
