@@ -42,10 +42,7 @@ class RetrievalConfig:
     max_len: int = 50
     layers: int = 2
     heads: int = 2
-    # 0.5: on Amazon Beauty NDCG@10 0.0330 -> 0.0343 and HR@10 0.0533 -> 0.0565 against 0.3 (0.6
-    # gave 0.0338); KuaiRand's Recall@50 unchanged over three seeds
-    # (benchmarks/results/retrieval-options.md).
-    dropout: float = 0.5
+    dropout: float = 0.3
     use_content: bool = True
     content_fields: tuple[str, ...] = ("creator", "sound", "tags", "duration", "words")
     batch_size: int = 128
