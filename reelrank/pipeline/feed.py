@@ -32,6 +32,7 @@ import numpy as np
 
 from reelrank.pipeline.context import FeedContext
 from reelrank.pipeline.filters import Filter, Removed
+from reelrank.pipeline.plans import FeedPlan, FeedPlans, viewer_version
 from reelrank.pipeline.rank import Scored, Scorer
 from reelrank.pipeline.rerank import EXPLORATION_CODES, SpacingReranker
 from reelrank.pipeline.sources import CandidateSource
@@ -295,7 +296,7 @@ class FeedPipeline:
                  scorer: Scorer, reranker: SpacingReranker | None = None,
                  fallback: CandidateSource | None = None, overfetch: int = 5,
                  plain_scorer: Scorer | None = None, wellbeing: WellbeingPolicy | None = None,
-                 viewer_vectors: ViewerVectors | None = None):
+                 viewer_vectors: ViewerVectors | None = None, plans: FeedPlans | None = None):
         self.sources = sources  # by mode
         self.filters = filters
         self.scorer = scorer
@@ -307,12 +308,27 @@ class FeedPipeline:
         self.price = RerankPrice()
         # None turns the cache off: every request runs the user tower (the reference path).
         self.viewer_vectors = viewer_vectors if viewer_vectors is not None else ViewerVectors()
+        # The viewers' next pages cut from their last ranking (``pipeline/plans.py``); None:
+        # every page runs the whole pipeline (the reference path, and offline replays).
+        self.plans = plans
 
     def build(self, ctx: FeedContext) -> FeedResult:
         started = time.perf_counter()
         n = ctx.request.n
-        trace = FeedTrace(uuid.uuid4().hex, ctx.request.user_id, ctx.mode, ctx.now)
         want = max(n * self.overfetch, 50)
+        plans = self.plans
+        key = viewer = None
+        if plans is not None:
+            key, viewer = self._plan_key(ctx), viewer_version(ctx.user)
+            plan = plans.get(ctx.request.user_id, key, viewer, want, n)
+            if plan is not None:
+                result = self._from_plan(ctx, plan, started)
+                if result is not None:
+                    plans.hit()
+                    return result
+                plans.forget(ctx.request.user_id)
+                plans.miss("too_few_left")
+        trace = FeedTrace(uuid.uuid4().hex, ctx.request.user_id, ctx.mode, ctx.now)
         kept_vector = self._viewer_vector(ctx)
 
         for source in self.sources.get(ctx.mode, []):
@@ -327,10 +343,12 @@ class FeedPipeline:
         # what was learned about the viewer, so both keep the sources' own order.
         scorer = self.scorer if ctx.personalized else self.plain_scorer
         scored = scorer.score(ctx, kept)
-        for item_id, note in self.wellbeing.adjust(ctx, scored).items():
+        wellbeing_notes = self.wellbeing.adjust(ctx, scored)
+        for item_id, note in wellbeing_notes.items():
             trace.rerank_notes.setdefault(item_id, []).append(note)
         trace.scored = {s.item_id: s for s in scored}
-        page = self.reranker.rerank(ctx, scored, n)
+        rows: dict | None = {} if plans is not None else None
+        page = self.reranker.rerank(ctx, scored, n, rows=rows)
         if ctx.mode != "following":
             self.price.observe(scored, page.items, n)
         for item_id, notes in page.notes.items():
@@ -338,11 +356,76 @@ class FeedPipeline:
         items = [FeedItem(s.item_id, float(s.score), s.candidate.source, _dedupe(s.reasons))
                  for s in page.items]
         trace.served = [i.item_id for i in items]
+        if plans is not None and key is not None and viewer is not None:
+            plans.put(ctx.request.user_id, self._new_plan(
+                key, viewer, want, scored, trace, wellbeing_notes, rows or {}, plans.keep))
         if kept_vector is not None and _USER_VECTOR_KEY in ctx.cache:
             cache, models, tokens = kept_vector
             if models is not None:
                 cache.put(ctx.request.user_id, models, tokens, ctx.cache[_USER_VECTOR_KEY])
         trace.elapsed_ms = (time.perf_counter() - started) * 1000
+        return FeedResult(trace.request_id, ctx.request.user_id, ctx.mode, scorer.version,
+                          items, trace, notices=self.wellbeing.notices(ctx))
+
+    # -- plans: the next pages cut from this one's ranking (pipeline/plans.py) -----------------
+    def _plan_key(self, ctx: FeedContext) -> tuple:
+        """What a plan was built for besides the viewer's events: the request's context, the
+        viewer's settings (and so the mode served) and the version scoring it."""
+        r = ctx.request
+        return (r.mode, ctx.mode, r.region, r.device, r.source, r.language, r.session_id,
+                ctx.settings, self.scorer.version)
+
+    @staticmethod
+    def _new_plan(key: tuple, viewer: tuple, want: int, scored: list[Scored], trace: FeedTrace,
+                  wellbeing_notes: dict[str, str], rows: dict, keep: int) -> FeedPlan:
+        served = set(trace.served)
+        ordered = sorted(scored, key=lambda s: (-s.score, s.item_id))
+        # The best ``keep``, and every exploration candidate: its slots look for them.
+        pool = [s for k, s in enumerate(ordered) if s.item_id not in served and (
+            k < keep or any(r.code in EXPLORATION_CODES for r in s.candidate.reasons))]
+        ids = {s.item_id for s in pool}
+        return FeedPlan(
+            key=key, viewer=viewer, want=want, built=time.monotonic(), scored=pool,
+            proposals={i: trace.proposals[i] for i in ids if i in trace.proposals},
+            notes={i: [note] for i, note in wellbeing_notes.items() if i in ids},
+            rows={i: rows[i] for i in ids if i in rows}, served=served)
+
+    def _from_plan(self, ctx: FeedContext, plan: FeedPlan, started: float) -> FeedResult | None:
+        """The next page cut from the viewer's plan: what is left of it re-checked by the
+        filters against the viewer's live state now, and placed by the re-ranker as a page
+        built afresh from the same pool would be. None: too few left to fill the page."""
+        n = ctx.request.n
+        trace = FeedTrace(uuid.uuid4().hex, ctx.request.user_id, ctx.mode, ctx.now)
+        left = [s for s in plan.scored if s.item_id not in plan.served]
+        by_id = {s.item_id: s for s in left}
+        kept_ids = {c.item_id for c in self._filter(ctx, [s.candidate for s in left], trace)}
+        kept = [s for s in left if s.item_id in kept_ids]
+        if len(kept) < n:
+            return None
+        page = self.reranker.rerank(ctx, kept, n, rows=plan.rows)
+        if ctx.mode != "following":
+            self.price.observe(kept, page.items, n)
+        # The trace holds what explains this page: its items, those the re-ranker moved for
+        # them, and what the filters removed now; the plan's first page holds the rest.
+        for item_id, notes in plan.notes.items():
+            if item_id in page.notes or any(s.item_id == item_id for s in page.items):
+                trace.rerank_notes[item_id] = list(notes)
+        for item_id, notes in page.notes.items():
+            trace.rerank_notes.setdefault(item_id, []).extend(notes)
+        for item_id in [s.item_id for s in page.items] + list(page.notes):
+            trace.scored[item_id] = by_id[item_id]
+            trace.proposals[item_id] = plan.proposals.get(item_id, [by_id[item_id].candidate])
+        trace.source_counts = {"plan": len(left)}
+        items = [FeedItem(s.item_id, float(s.score), s.candidate.source, _dedupe(s.reasons))
+                 for s in page.items]
+        trace.served = [i.item_id for i in items]
+        plan.served.update(trace.served)
+        plan.pages += 1
+        # What the filters removed for good stays out of the next pages' checks.
+        if trace.removed:
+            plan.scored = [s for s in plan.scored if s.item_id not in trace.removed]
+        trace.elapsed_ms = (time.perf_counter() - started) * 1000
+        scorer = self.scorer if ctx.personalized else self.plain_scorer
         return FeedResult(trace.request_id, ctx.request.user_id, ctx.mode, scorer.version,
                           items, trace, notices=self.wellbeing.notices(ctx))
 

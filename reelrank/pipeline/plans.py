@@ -1,0 +1,161 @@
+"""Feed plans: a viewer's next pages served from the ranking that made their last one.
+
+A feed page runs the whole pipeline (sources, filters, the models, re-ranking, the trace):
+about 25 ms of interpreter-locked CPU (benchmarks/results/throughput-profile.md). Most of it
+goes into the scored pool, of which a page places 10. A plan keeps that pool, best first, after
+the page that built it, so that the viewer's next pages are cut from it: the filters re-check
+what is left against the viewer's live state (served, seen, not interested, hidden creators and
+sounds, muted words), and the re-ranker places the page exactly as it would have, its spacing
+and topic windows continuing from what was last served and its exploration slots counted per
+page. What a plan saves is the sources, the user tower, the ranker and the reasons.
+
+A plan is used only while nothing it was built from has changed (``FeedPlans.get`` says which
+thing did, for ``/v1/stats``):
+
+- **the viewer acted** (``viewer_version``: their event count and the lengths of what events
+  fill, read from the live state every request reads anyway, so an event posted to another
+  process of a shared deployment is seen too): the next page reflects the last swipe;
+- **their settings or controls**, the request's context (mode, region, device, source,
+  language, session), or **the model version**;
+- **its age** past ``ttl_s`` (trending lists, new uploads and other viewers' engagement move
+  on without the viewer), or **its budget** (``max_items`` served from one plan, the page that
+  built it included) or its pool running short;
+- **a reset or an erasure** drops it (a side effect of the engine, in every process: another
+  process's erasure arrives as a digest, ``Engine.forget_held``).
+
+At most ``max_viewers`` viewers hold a plan, the least recently served dropped first. Each
+plan holds the top ``keep`` scored candidates (and every exploration candidate, whatever its
+score: the re-ranker's exploration slots look for them), not the whole pool.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+
+from reelrank.pipeline.rank import Scored
+from reelrank.store.live import UserState
+from reelrank.types import Candidate
+
+DEFAULT_PLAN_TTL_S = 30.0
+DEFAULT_PLAN_VIEWERS = 2_000
+DEFAULT_PLAN_ITEMS = 50
+
+
+def viewer_version(user: UserState | None) -> tuple:
+    """What changes with every event the viewer posts, a reset of their interests, or their
+    erasure: their event count (every event folded in counts once, whatever its type) and the
+    sizes of what events fill. Not what feeds sent them: pages served from the plan move that."""
+    if user is None:  # never seen, or erased: as a viewer whom feeds only were sent
+        return (0, 0, 0, 0, 0, 0, 0)
+    return (sum(user.counts.values()), user.last_ts, len(user.history), len(user.tokens),
+            len(user.seen), len(user.not_interested), len(user.following))
+
+
+@dataclass
+class FeedPlan:
+    key: tuple  # the request's context, the viewer's settings, the model version
+    viewer: tuple  # viewer_version when built
+    want: int  # candidates asked of each source: a request that needs more is not served
+    built: float  # time.monotonic()
+    scored: list[Scored]  # the pool after filters and wellbeing, best first
+    proposals: dict[str, list[Candidate]]  # item -> its sources' proposals (explanations)
+    notes: dict[str, list[str]]  # item -> the wellbeing notes of the build
+    rows: dict = field(default_factory=dict)  # the re-ranker's per-item facts, kept
+    served: set[str] = field(default_factory=set)  # served from this plan so far
+    pages: int = 1
+
+
+class FeedPlans:
+    """The viewers' current plans, bounded (LRU) and timed; counts what it served."""
+
+    def __init__(self, ttl_s: float = DEFAULT_PLAN_TTL_S,
+                 max_viewers: int = DEFAULT_PLAN_VIEWERS,
+                 max_items: int = DEFAULT_PLAN_ITEMS, keep: int | None = None):
+        if ttl_s <= 0 or max_viewers < 1 or max_items < 1:
+            raise ValueError("ttl_s, max_viewers and max_items must be positive")
+        self.ttl_s = ttl_s
+        self.max_viewers = max_viewers
+        self.max_items = max_items
+        # Candidates kept per plan: three times what it may serve (the re-ranker rarely
+        # reaches deeper for a page), at least 100.
+        self.keep = keep if keep is not None else max(100, 3 * max_items)
+        self._lock = threading.Lock()
+        self._plans: OrderedDict[str, FeedPlan] = OrderedDict()
+        self.hits = 0
+        self.misses: Counter = Counter()  # by why: none, event, context, model, expired, ...
+        self.evicted = 0
+
+    def get(self, user_id: str, key: tuple, viewer: tuple, want: int,
+            n: int) -> FeedPlan | None:
+        """The viewer's plan when it may serve this request (a miss is counted, and a stale
+        plan dropped, otherwise: the caller builds a new one)."""
+        now = time.monotonic()
+        with self._lock:
+            plan = self._plans.get(user_id)
+            why = None
+            if plan is None:
+                why = "none"
+            elif plan.viewer != viewer:
+                why = "viewer_changed"  # an event, a reset (or an erasure elsewhere)
+            elif plan.key != key:
+                why = "context_changed"  # settings, request context or model version
+            elif now - plan.built > self.ttl_s:
+                why = "expired"
+            elif plan.want < want or len(plan.served) + n > self.max_items:
+                why = "used_up"
+            if why is not None:
+                self.misses[why] += 1
+                if plan is not None:
+                    del self._plans[user_id]
+                return None
+            self._plans.move_to_end(user_id)
+            return plan
+
+    def hit(self) -> None:
+        with self._lock:
+            self.hits += 1
+
+    def miss(self, why: str) -> None:
+        with self._lock:
+            self.misses[why] += 1
+
+    def put(self, user_id: str, plan: FeedPlan) -> None:
+        with self._lock:
+            self._plans[user_id] = plan
+            self._plans.move_to_end(user_id)
+            while len(self._plans) > self.max_viewers:
+                self._plans.popitem(last=False)
+                self.evicted += 1
+
+    def forget(self, user_id: str) -> None:
+        with self._lock:
+            self._plans.pop(user_id, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._plans.clear()
+
+    def user_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._plans)
+
+    def __len__(self) -> int:
+        return len(self._plans)
+
+    def usage(self) -> dict:
+        """``GET /v1/stats``: plans held against their bound, and pages served from one."""
+        with self._lock:
+            misses = sum(self.misses.values())
+            return {"enabled": True, "viewers": len(self._plans),
+                    "max_viewers": self.max_viewers, "ttl_s": self.ttl_s,
+                    "max_items": self.max_items, "hits": self.hits, "misses": misses,
+                    "misses_by_reason": dict(self.misses), "evicted": self.evicted,
+                    "hit_rate": round(self.hits / (self.hits + misses), 4)
+                    if self.hits + misses else None}
+
+
+def plans_off() -> dict:
+    return {"enabled": False}
