@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from reelrank.engine import Engine  # noqa: E402
 from reelrank.pipeline.context import FeedRequest  # noqa: E402
 from reelrank.pipeline.plans import FeedPlans  # noqa: E402
+from reelrank.pipeline.served import default_pipeline  # noqa: E402
 from reelrank.registry import ModelRegistry  # noqa: E402
 from reelrank.store import open_store  # noqa: E402
 
@@ -56,13 +57,17 @@ def deep_size(obj, seen: set | None = None) -> int:
     return size
 
 
-def serve(world: Path, plans: bool, sessions: list[str], pages: int, n: int) -> dict:
+def serve(world: Path, plans: bool, sessions: list[str], pages: int, n: int,
+          exploration: bool = True) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="rr-plan-pages-"))
     shutil.copytree(world, tmp / "data")
     store = open_store(tmp / "data")
     try:
         engine = Engine(store, registry=ModelRegistry(tmp / "data" / "models"),
                         feed_plans=FeedPlans(ttl_s=3600.0) if plans else None).load()
+        if not exploration:
+            engine.pipeline = default_pipeline(engine.models, exploration=False)
+            engine.pipeline.plans = FeedPlans(ttl_s=3600.0) if plans else None
         for user in sessions[:20]:  # warm-up: caches, the exploration pool
             engine.feed(FeedRequest(user_id=f"warm-{user}", n=n))
         got: list[list[list[tuple[str, float]]]] = []
@@ -79,9 +84,15 @@ def serve(world: Path, plans: bool, sessions: list[str], pages: int, n: int) -> 
                 mine.append([(i.item_id, i.score) for i in result.items])
             got.append(mine)
         held = engine.pipeline.plans
-        sizes = [deep_size(p) for p in list(held._plans.values())[:50]] if plans else []
+        kept = list(held._plans.values())[:50] if plans else []
+        parts = {}
+        if kept:
+            for name in ("scored", "proposals", "rows", "notes", "served"):
+                parts[name] = int(statistics.fmean(deep_size(getattr(p, name)) for p in kept))
+            parts["all"] = int(statistics.fmean(deep_size(p) for p in kept))
+            parts["candidates"] = int(statistics.fmean(len(p.scored) for p in kept))
         return {"pages": got, "cpu": cpu, "plans": engine.plan_usage(),
-                "plan_bytes_mean": int(statistics.fmean(sizes)) if sizes else None}
+                "plan_bytes_mean": parts or None}
     finally:
         store.close()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -94,6 +105,9 @@ def main() -> None:
     ap.add_argument("--pages", type=int, default=5)
     ap.add_argument("--n", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-exploration", action="store_true",
+                    help="serve without the exploration source, whose Thompson draws differ "
+                         "between two engines asked a different number of times")
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = ap.parse_args()
     db = next(args.world.glob("*.db"))
@@ -103,8 +117,8 @@ def main() -> None:
     finally:
         con.close()
     sessions = random.Random(args.seed).sample(viewers, args.viewers)
-    on = serve(args.world, True, sessions, args.pages, args.n)
-    off = serve(args.world, False, sessions, args.pages, args.n)
+    on = serve(args.world, True, sessions, args.pages, args.n, not args.no_exploration)
+    off = serve(args.world, False, sessions, args.pages, args.n, not args.no_exploration)
     same_pos = same_page = total = 0
     score_on, score_off = [], []
     first_same = 0

@@ -70,8 +70,8 @@ def serve(
                             "state; any event, settings change or new model version ends it "
                             "sooner); 0 turns feed plans off."),
     feed_plan_viewers: int = typer.Option(
-        2_000, min=1, help="Viewers holding a feed plan at once; past it the least recently "
-                           "served lose theirs."),
+        1_000, min=1, help="Viewers holding a feed plan at once (about 130 KB each at "
+                           "most); past it the least recently served lose theirs."),
     feed_plan_items: int = typer.Option(
         50, min=1, help="Items served from one feed plan, its first page included, before "
                         "the pipeline ranks afresh."),

@@ -40,7 +40,7 @@ from reelrank.store.live import UserState
 from reelrank.types import Candidate
 
 DEFAULT_PLAN_TTL_S = 30.0
-DEFAULT_PLAN_VIEWERS = 2_000
+DEFAULT_PLAN_VIEWERS = 1_000
 DEFAULT_PLAN_ITEMS = 50
 
 
@@ -79,9 +79,10 @@ class FeedPlans:
         self.ttl_s = ttl_s
         self.max_viewers = max_viewers
         self.max_items = max_items
-        # Candidates kept per plan: three times what it may serve (the re-ranker rarely
-        # reaches deeper for a page), at least 100.
-        self.keep = keep if keep is not None else max(100, 3 * max_items)
+        # Candidates kept per plan: twice what it may serve (the re-ranker rarely reaches
+        # deeper for a page), at least 60. About 1.3 KB each, a plan of 100 about 130 KB at
+        # most (benchmarks/results/throughput-plan.md).
+        self.keep = keep if keep is not None else max(60, 2 * max_items)
         self._lock = threading.Lock()
         self._plans: OrderedDict[str, FeedPlan] = OrderedDict()
         self.hits = 0
