@@ -80,8 +80,8 @@ class FeedPlans:
         self.max_viewers = max_viewers
         self.max_items = max_items
         # Candidates kept per plan: twice what it may serve (the re-ranker rarely reaches
-        # deeper for a page), at least 60. About 1.3 KB each, a plan of 100 about 130 KB at
-        # most (benchmarks/results/throughput-plan.md).
+        # deeper for a page), at least 60. About 1.3 KB each: a plan of 100 and the
+        # exploration candidates about 180 KB at most (benchmarks/results/throughput-plan.md).
         self.keep = keep if keep is not None else max(60, 2 * max_items)
         self._lock = threading.Lock()
         self._plans: OrderedDict[str, FeedPlan] = OrderedDict()
