@@ -36,6 +36,7 @@ from reelrank.pipeline.plans import FeedPlans  # noqa: E402
 from reelrank.pipeline.served import default_pipeline  # noqa: E402
 from reelrank.registry import ModelRegistry  # noqa: E402
 from reelrank.store import open_store  # noqa: E402
+from reelrank.types import EXPLORATION_CODES  # noqa: E402
 
 
 def deep_size(obj, seen: set | None = None) -> int:
@@ -70,7 +71,7 @@ def serve(world: Path, plans: bool, sessions: list[str], pages: int, n: int,
             engine.pipeline.plans = FeedPlans(ttl_s=3600.0) if plans else None
         for user in sessions[:20]:  # warm-up: caches, the exploration pool
             engine.feed(FeedRequest(user_id=f"warm-{user}", n=n))
-        got: list[list[list[tuple[str, float]]]] = []
+        got: list[list[list[tuple[str, float, bool]]]] = []
         cpu: dict[str, list[float]] = {"afresh": [], "plan": []}
         for user in sessions:
             mine = []
@@ -81,7 +82,9 @@ def serve(world: Path, plans: bool, sessions: list[str], pages: int, n: int,
                 took = (time.process_time() - t0) * 1000
                 hit = plans and engine.pipeline.plans.hits > hits
                 cpu["plan" if hit else "afresh"].append(took)
-                mine.append([(i.item_id, i.score) for i in result.items])
+                mine.append([(i.item_id, i.score,
+                              any(r.code in EXPLORATION_CODES for r in i.reasons))
+                             for i in result.items])
             got.append(mine)
         held = engine.pipeline.plans
         kept = list(held._plans.values())[:50] if plans else []
@@ -121,6 +124,10 @@ def main() -> None:
     off = serve(args.world, False, sessions, args.pages, args.n, not args.no_exploration)
     same_pos = same_page = total = 0
     score_on, score_off = [], []
+    explore_on: list[float] = []
+    explore_off: list[float] = []
+    other_on: list[float] = []
+    other_off: list[float] = []
     first_same = 0
     for a_pages, b_pages in zip(on["pages"], off["pages"]):
         first_same += a_pages[0] == b_pages[0]
@@ -128,8 +135,15 @@ def main() -> None:
             total += len(b)
             same_pos += sum(x[0] == y[0] for x, y in zip(a, b))
             same_page += len({x[0] for x in a} & {y[0] for y in b})
-            score_on += [s for _, s in a]
-            score_off += [s for _, s in b]
+            score_on += [s for _, s, _ in a]
+            score_off += [s for _, s, _ in b]
+            explore_on += [s for _, s, e in a if e]
+            explore_off += [s for _, s, e in b if e]
+            other_on += [s for _, s, e in a if not e]
+            other_off += [s for _, s, e in b if not e]
+
+    def mean(values: list[float]) -> float | None:
+        return round(statistics.fmean(values), 4) if values else None
 
     def ms(values: list[float]) -> dict:
         return {"pages": len(values),
@@ -146,7 +160,11 @@ def main() -> None:
                        "same_position_share": round(same_pos / max(1, total), 4),
                        "same_page_share": round(same_page / max(1, total), 4),
                        "mean_score_plans_on": round(statistics.fmean(score_on), 4),
-                       "mean_score_plans_off": round(statistics.fmean(score_off), 4)},
+                       "mean_score_plans_off": round(statistics.fmean(score_off), 4),
+                       # Items that came with an exploration reason, and the others.
+                       "exploration_items": [len(explore_on), len(explore_off)],
+                       "mean_score_exploration": [mean(explore_on), mean(explore_off)],
+                       "mean_score_others": [mean(other_on), mean(other_off)]},
         "plans": on["plans"],
         "plan_bytes_mean": on["plan_bytes_mean"],
     }

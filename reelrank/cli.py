@@ -70,7 +70,7 @@ def serve(
                             "state; any event, settings change or new model version ends it "
                             "sooner); 0 turns feed plans off."),
     feed_plan_viewers: int = typer.Option(
-        1_000, min=1, help="Viewers holding a feed plan at once (about 180 KB each at "
+        1_000, min=1, help="Viewers holding a feed plan at once (about 140 KB each at "
                            "most); past it the least recently served lose theirs."),
     feed_plan_items: int = typer.Option(
         50, min=1, help="Items served from one feed plan, its first page included, before "

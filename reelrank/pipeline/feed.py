@@ -358,7 +358,8 @@ class FeedPipeline:
         trace.served = [i.item_id for i in items]
         if plans is not None and key is not None and viewer is not None:
             plans.put(ctx.request.user_id, self._new_plan(
-                key, viewer, want, scored, trace, wellbeing_notes, rows or {}, plans.keep))
+                key, viewer, want, scored, trace, wellbeing_notes, rows or {}, plans.keep,
+                {s.name for s in self._per_page(ctx)}))
         if kept_vector is not None and _USER_VECTOR_KEY in ctx.cache:
             cache, models, tokens = kept_vector
             if models is not None:
@@ -375,14 +376,25 @@ class FeedPipeline:
         return (r.mode, ctx.mode, r.region, r.device, r.source, r.language, r.session_id,
                 ctx.settings, self.scorer.version)
 
+    def _per_page(self, ctx: FeedContext) -> list[CandidateSource]:
+        """The mode's sources whose candidates are drawn anew for every page (exploration's
+        samples): a page cut from a plan asks them again."""
+        return [s for s in self.sources.get(ctx.mode, []) if getattr(s, "per_page", False)]
+
     @staticmethod
     def _new_plan(key: tuple, viewer: tuple, want: int, scored: list[Scored], trace: FeedTrace,
-                  wellbeing_notes: dict[str, str], rows: dict, keep: int) -> FeedPlan:
+                  wellbeing_notes: dict[str, str], rows: dict, keep: int,
+                  per_page: set[str]) -> FeedPlan:
         served = set(trace.served)
         ordered = sorted(scored, key=lambda s: (-s.score, s.item_id))
-        # The best ``keep``, and every exploration candidate: its slots look for them.
-        pool = [s for k, s in enumerate(ordered) if s.item_id not in served and (
-            k < keep or any(r.code in EXPLORATION_CODES for r in s.candidate.reasons))]
+
+        def drawn_only(item_id: str) -> bool:  # drawn again for each page: not kept
+            cands = trace.proposals.get(item_id, ())
+            return bool(cands) and all(c.source in per_page for c in cands)
+
+        # The best ``keep`` of the rest.
+        pool = [s for s in ordered if s.item_id not in served
+                and not (per_page and drawn_only(s.item_id))][:keep]
         ids = {s.item_id for s in pool}
         return FeedPlan(
             key=key, viewer=viewer, want=want, built=time.monotonic(), scored=pool,
@@ -402,20 +414,31 @@ class FeedPipeline:
         kept = [s for s in left if s.item_id in kept_ids]
         if len(kept) < n:
             return None
+        # Exploration is drawn for this page, filtered and scored (a few dozen candidates; the
+        # viewer's retrieval vector is the kept one), as a page built afresh would have it.
+        drawn = self._drawn(ctx, plan, by_id, trace)
+        kept += drawn
         page = self.reranker.rerank(ctx, kept, n, rows=plan.rows)
+        for s in drawn:  # drawn for this page only
+            plan.rows.pop(s.item_id, None)
         if ctx.mode != "following":
             self.price.observe(kept, page.items, n)
         # The trace holds what explains this page: its items, those the re-ranker moved for
-        # them, and what the filters removed now; the plan's first page holds the rest.
+        # them, what was drawn and what the filters removed now; the plan's first page holds
+        # the rest.
         for item_id, notes in plan.notes.items():
             if item_id in page.notes or any(s.item_id == item_id for s in page.items):
                 trace.rerank_notes[item_id] = list(notes)
         for item_id, notes in page.notes.items():
             trace.rerank_notes.setdefault(item_id, []).extend(notes)
+        for s in drawn:
+            trace.scored[s.item_id] = s
         for item_id in [s.item_id for s in page.items] + list(page.notes):
             trace.scored[item_id] = by_id[item_id]
-            trace.proposals[item_id] = plan.proposals.get(item_id, [by_id[item_id].candidate])
-        trace.source_counts = {"plan": len(left)}
+            if item_id not in trace.proposals:
+                trace.proposals[item_id] = plan.proposals.get(item_id,
+                                                              [by_id[item_id].candidate])
+        trace.source_counts["plan"] = len(left)
         items = [FeedItem(s.item_id, float(s.score), s.candidate.source, _dedupe(s.reasons))
                  for s in page.items]
         trace.served = [i.item_id for i in items]
@@ -428,6 +451,33 @@ class FeedPipeline:
         scorer = self.scorer if ctx.personalized else self.plain_scorer
         return FeedResult(trace.request_id, ctx.request.user_id, ctx.mode, scorer.version,
                           items, trace, notices=self.wellbeing.notices(ctx))
+
+    def _drawn(self, ctx: FeedContext, plan: FeedPlan, by_id: dict[str, Scored],
+               trace: FeedTrace) -> list[Scored]:
+        """This page's draw of the per-page sources (exploration), less what the plan holds or
+        served, filtered and scored; added to ``by_id``."""
+        per_page = self._per_page(ctx)
+        if not per_page:
+            return []
+        for source in per_page:
+            self._collect(source, ctx, plan.want, trace)
+        fresh = [c for c in self._merge(trace)
+                 if c.item_id not in by_id and c.item_id not in plan.served]
+        fresh = self._filter(ctx, fresh, trace)
+        if not fresh:
+            return []
+        kept_vector = self._viewer_vector(ctx)
+        scorer = self.scorer if ctx.personalized else self.plain_scorer
+        drawn = scorer.score(ctx, fresh)
+        for item_id, note in self.wellbeing.adjust(ctx, drawn).items():
+            trace.rerank_notes.setdefault(item_id, []).append(note)
+        if kept_vector is not None and _USER_VECTOR_KEY in ctx.cache:
+            cache, models, tokens = kept_vector
+            if models is not None:
+                cache.put(ctx.request.user_id, models, tokens, ctx.cache[_USER_VECTOR_KEY])
+        for s in drawn:
+            by_id[s.item_id] = s
+        return drawn
 
     def _viewer_vector(self, ctx: FeedContext):
         """Put the viewer's kept vector where the retrieval source and the scorer read it, when

@@ -7,7 +7,10 @@ the page that built it, so that the viewer's next pages are cut from it: the fil
 what is left against the viewer's live state (served, seen, not interested, hidden creators and
 sounds, muted words), and the re-ranker places the page exactly as it would have, its spacing
 and topic windows continuing from what was last served and its exploration slots counted per
-page. What a plan saves is the sources, the user tower, the ranker and the reasons.
+page. Exploration is drawn again for each page (Thompson samples: a page built afresh draws
+anew, and the plan's draws would be the first page's leftovers), filtered and scored. What a
+plan saves is the other sources, the user tower, the ranker over the rest of the pool and
+their reasons.
 
 A plan is used only while nothing it was built from has changed (``FeedPlans.get`` says which
 thing did, for ``/v1/stats``):
@@ -24,8 +27,8 @@ thing did, for ``/v1/stats``):
   process's erasure arrives as a digest, ``Engine.forget_held``).
 
 At most ``max_viewers`` viewers hold a plan, the least recently served dropped first. Each
-plan holds the top ``keep`` scored candidates (and every exploration candidate, whatever its
-score: the re-ranker's exploration slots look for them), not the whole pool.
+plan holds the top ``keep`` scored candidates, not the whole pool (nor what only exploration
+proposed: it is drawn again).
 """
 
 from __future__ import annotations
@@ -80,8 +83,8 @@ class FeedPlans:
         self.max_viewers = max_viewers
         self.max_items = max_items
         # Candidates kept per plan: twice what it may serve (the re-ranker rarely reaches
-        # deeper for a page), at least 60. About 1.3 KB each: a plan of 100 and the
-        # exploration candidates about 180 KB at most (benchmarks/results/throughput-plan.md).
+        # deeper for a page), at least 60. About 1.4 KB each: a plan of 100 about 140 KB at
+        # most (benchmarks/results/throughput-plan.md).
         self.keep = keep if keep is not None else max(60, 2 * max_items)
         self._lock = threading.Lock()
         self._plans: OrderedDict[str, FeedPlan] = OrderedDict()

@@ -22,21 +22,24 @@ from reelrank.engine import Engine
 from reelrank.eval.simulator import build_world, generate_history
 from reelrank.importers import import_into
 from reelrank.pipeline.context import FeedRequest
+from reelrank.pipeline.explore import ExploreSource
 from reelrank.pipeline.plans import FeedPlans
 from reelrank.pipeline.served import default_pipeline
 from reelrank.registry import ModelRegistry
 from reelrank.service import create_app
 from reelrank.store import open_store
 from reelrank.train.job import train_from_store
-from reelrank.types import Event
+from reelrank.types import EXPLORATION_CODES, Event
 from tests.train.test_training import TINY
 
 N = 5
 
 
-def _engine(store, registry, plans: FeedPlans | None) -> Engine:
+def _engine(store, registry, plans: FeedPlans | None, exploration: bool = False) -> Engine:
     engine = Engine(store, registry=registry, index_kind="exact").load()
-    engine.pipeline = default_pipeline(engine.models, exploration=False)
+    engine.pipeline = default_pipeline(
+        engine.models, exploration=exploration,
+        explore=ExploreSource(refresh_events=0, background_refresh=False))
     engine.pipeline.plans = plans
     engine.live.trending_refresh_seconds = float("inf")  # top lists move with events only
     return engine
@@ -115,6 +118,28 @@ def test_next_pages_from_the_plan_are_the_reference_pages(twins):
             _both(on, off, user)
     assert plans.hits == 3 * (len(_viewers(on)) + 1)
     assert plans.misses["none"] == len(_viewers(on)) + 1
+
+
+def test_exploration_is_drawn_for_every_page_from_a_plan(twins):
+    """With the exploration source on, a page cut from a plan draws it again (as many draws
+    as the reference makes), so both engines keep serving the same pages."""
+    on, off, _, _ = twins
+    for engine in (on, off):
+        plans = engine.pipeline.plans
+        engine.pipeline = default_pipeline(
+            engine.models, explore=ExploreSource(refresh_events=0, background_refresh=False))
+        engine.pipeline.plans = plans
+    explored = 0
+    for user in [*_viewers(on), "never-seen-before"]:
+        for _ in range(4):
+            page = _both(on, off, user)
+            explored += sum(r.code in EXPLORATION_CODES for i in page.items for r in i.reasons)
+    assert on.pipeline.plans.hits == 3 * (len(_viewers(on)) + 1)
+    assert explored > 0
+    # Drawn as often as the reference draws: the samples' generators are in the same state.
+    drawers = [next(s for s in e.pipeline.sources["personalized"]
+                    if isinstance(s, ExploreSource)) for e in (on, off)]
+    assert drawers[0]._rng.bit_generator.state == drawers[1]._rng.bit_generator.state
 
 
 def test_a_swipe_ends_the_plan_and_the_next_page_reflects_it(twins):
