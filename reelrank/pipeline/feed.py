@@ -32,7 +32,9 @@ import numpy as np
 
 from reelrank.pipeline.context import FeedContext
 from reelrank.pipeline.filters import Filter, Removed
-from reelrank.pipeline.plans import FeedPlan, FeedPlans, viewer_version
+from reelrank.pipeline.plans import (
+    FeedPlans, new_plan, page_from_plan, plan_key, viewer_version,
+)
 from reelrank.pipeline.rank import Scored, Scorer
 from reelrank.pipeline.rerank import EXPLORATION_CODES, SpacingReranker
 from reelrank.pipeline.sources import CandidateSource
@@ -319,10 +321,10 @@ class FeedPipeline:
         plans = self.plans
         key = viewer = None
         if plans is not None:
-            key, viewer = self._plan_key(ctx), viewer_version(ctx.user)
+            key, viewer = plan_key(self, ctx), viewer_version(ctx.user)
             plan = plans.get(ctx.request.user_id, key, viewer, want, n)
             if plan is not None:
-                result = self._from_plan(ctx, plan, started)
+                result = page_from_plan(self, ctx, plan, started)
                 if result is not None:
                     plans.hit()
                     return result
@@ -357,127 +359,12 @@ class FeedPipeline:
                  for s in page.items]
         trace.served = [i.item_id for i in items]
         if plans is not None and key is not None and viewer is not None:
-            plans.put(ctx.request.user_id, self._new_plan(
-                key, viewer, want, scored, trace, wellbeing_notes, rows or {}, plans.keep,
-                {s.name for s in self._per_page(ctx)}))
-        if kept_vector is not None and _USER_VECTOR_KEY in ctx.cache:
-            cache, models, tokens = kept_vector
-            if models is not None:
-                cache.put(ctx.request.user_id, models, tokens, ctx.cache[_USER_VECTOR_KEY])
+            plans.put(ctx.request.user_id, new_plan(
+                self, ctx, key, viewer, want, scored, trace, wellbeing_notes, rows or {}))
+        self._keep_vector(ctx, kept_vector)
         trace.elapsed_ms = (time.perf_counter() - started) * 1000
         return FeedResult(trace.request_id, ctx.request.user_id, ctx.mode, scorer.version,
                           items, trace, notices=self.wellbeing.notices(ctx))
-
-    # -- plans: the next pages cut from this one's ranking (pipeline/plans.py) -----------------
-    def _plan_key(self, ctx: FeedContext) -> tuple:
-        """What a plan was built for besides the viewer's events: the request's context, the
-        viewer's settings (and so the mode served) and the version scoring it."""
-        r = ctx.request
-        return (r.mode, ctx.mode, r.region, r.device, r.source, r.language, r.session_id,
-                ctx.settings, self.scorer.version)
-
-    def _per_page(self, ctx: FeedContext) -> list[CandidateSource]:
-        """The mode's sources whose candidates are drawn anew for every page (exploration's
-        samples): a page cut from a plan asks them again."""
-        return [s for s in self.sources.get(ctx.mode, []) if getattr(s, "per_page", False)]
-
-    @staticmethod
-    def _new_plan(key: tuple, viewer: tuple, want: int, scored: list[Scored], trace: FeedTrace,
-                  wellbeing_notes: dict[str, str], rows: dict, keep: int,
-                  per_page: set[str]) -> FeedPlan:
-        served = set(trace.served)
-        ordered = sorted(scored, key=lambda s: (-s.score, s.item_id))
-
-        def drawn_only(item_id: str) -> bool:  # drawn again for each page: not kept
-            cands = trace.proposals.get(item_id, ())
-            return bool(cands) and all(c.source in per_page for c in cands)
-
-        # The best ``keep`` of the rest.
-        pool = [s for s in ordered if s.item_id not in served
-                and not (per_page and drawn_only(s.item_id))][:keep]
-        ids = {s.item_id for s in pool}
-        return FeedPlan(
-            key=key, viewer=viewer, want=want, built=time.monotonic(), scored=pool,
-            proposals={i: trace.proposals[i] for i in ids if i in trace.proposals},
-            notes={i: [note] for i, note in wellbeing_notes.items() if i in ids},
-            rows={i: rows[i] for i in ids if i in rows}, served=served)
-
-    def _from_plan(self, ctx: FeedContext, plan: FeedPlan, started: float) -> FeedResult | None:
-        """The next page cut from the viewer's plan: what is left of it re-checked by the
-        filters against the viewer's live state now, and placed by the re-ranker as a page
-        built afresh from the same pool would be. None: too few left to fill the page."""
-        n = ctx.request.n
-        trace = FeedTrace(uuid.uuid4().hex, ctx.request.user_id, ctx.mode, ctx.now)
-        left = [s for s in plan.scored if s.item_id not in plan.served]
-        by_id = {s.item_id: s for s in left}
-        kept_ids = {c.item_id for c in self._filter(ctx, [s.candidate for s in left], trace)}
-        kept = [s for s in left if s.item_id in kept_ids]
-        if len(kept) < n:
-            return None
-        # Exploration is drawn for this page, filtered and scored (a few dozen candidates; the
-        # viewer's retrieval vector is the kept one), as a page built afresh would have it.
-        drawn = self._drawn(ctx, plan, by_id, trace)
-        kept += drawn
-        page = self.reranker.rerank(ctx, kept, n, rows=plan.rows)
-        for s in drawn:  # drawn for this page only
-            plan.rows.pop(s.item_id, None)
-        if ctx.mode != "following":
-            self.price.observe(kept, page.items, n)
-        # The trace holds what explains this page: its items, those the re-ranker moved for
-        # them, what was drawn and what the filters removed now; the plan's first page holds
-        # the rest.
-        for item_id, notes in plan.notes.items():
-            if item_id in page.notes or any(s.item_id == item_id for s in page.items):
-                trace.rerank_notes[item_id] = list(notes)
-        for item_id, notes in page.notes.items():
-            trace.rerank_notes.setdefault(item_id, []).extend(notes)
-        for s in drawn:
-            trace.scored[s.item_id] = s
-        for item_id in [s.item_id for s in page.items] + list(page.notes):
-            trace.scored[item_id] = by_id[item_id]
-            if item_id not in trace.proposals:
-                trace.proposals[item_id] = plan.proposals.get(item_id,
-                                                              [by_id[item_id].candidate])
-        trace.source_counts["plan"] = len(left)
-        items = [FeedItem(s.item_id, float(s.score), s.candidate.source, _dedupe(s.reasons))
-                 for s in page.items]
-        trace.served = [i.item_id for i in items]
-        plan.served.update(trace.served)
-        plan.pages += 1
-        # What the filters removed for good stays out of the next pages' checks.
-        if trace.removed:
-            plan.scored = [s for s in plan.scored if s.item_id not in trace.removed]
-        trace.elapsed_ms = (time.perf_counter() - started) * 1000
-        scorer = self.scorer if ctx.personalized else self.plain_scorer
-        return FeedResult(trace.request_id, ctx.request.user_id, ctx.mode, scorer.version,
-                          items, trace, notices=self.wellbeing.notices(ctx))
-
-    def _drawn(self, ctx: FeedContext, plan: FeedPlan, by_id: dict[str, Scored],
-               trace: FeedTrace) -> list[Scored]:
-        """This page's draw of the per-page sources (exploration), less what the plan holds or
-        served, filtered and scored; added to ``by_id``."""
-        per_page = self._per_page(ctx)
-        if not per_page:
-            return []
-        for source in per_page:
-            self._collect(source, ctx, plan.want, trace)
-        fresh = [c for c in self._merge(trace)
-                 if c.item_id not in by_id and c.item_id not in plan.served]
-        fresh = self._filter(ctx, fresh, trace)
-        if not fresh:
-            return []
-        kept_vector = self._viewer_vector(ctx)
-        scorer = self.scorer if ctx.personalized else self.plain_scorer
-        drawn = scorer.score(ctx, fresh)
-        for item_id, note in self.wellbeing.adjust(ctx, drawn).items():
-            trace.rerank_notes.setdefault(item_id, []).append(note)
-        if kept_vector is not None and _USER_VECTOR_KEY in ctx.cache:
-            cache, models, tokens = kept_vector
-            if models is not None:
-                cache.put(ctx.request.user_id, models, tokens, ctx.cache[_USER_VECTOR_KEY])
-        for s in drawn:
-            by_id[s.item_id] = s
-        return drawn
 
     def _viewer_vector(self, ctx: FeedContext):
         """Put the viewer's kept vector where the retrieval source and the scorer read it, when
@@ -495,6 +382,14 @@ class FeedPipeline:
             ctx.cache[_USER_VECTOR_KEY] = vector
             return None
         return cache, models, tokens
+
+    @staticmethod
+    def _keep_vector(ctx: FeedContext, kept_vector) -> None:
+        """Keep the vector this request computed (``_viewer_vector``'s answer: None, nothing)."""
+        if kept_vector is not None and _USER_VECTOR_KEY in ctx.cache:
+            cache, models, tokens = kept_vector
+            if models is not None:
+                cache.put(ctx.request.user_id, models, tokens, ctx.cache[_USER_VECTOR_KEY])
 
     def _collect(self, source: CandidateSource, ctx: FeedContext, n: int,
                  trace: FeedTrace) -> None:

@@ -35,12 +35,18 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from reelrank.pipeline.context import FeedContext
 from reelrank.pipeline.rank import Scored
 from reelrank.store.live import UserState
-from reelrank.types import Candidate
+from reelrank.types import Candidate, FeedItem
+
+if TYPE_CHECKING:  # feed.py imports this module: its names are imported where used
+    from reelrank.pipeline.feed import FeedPipeline, FeedResult, FeedTrace
 
 DEFAULT_PLAN_TTL_S = 30.0
 DEFAULT_PLAN_VIEWERS = 1_000
@@ -162,4 +168,121 @@ class FeedPlans:
 
 
 def plans_off() -> dict:
+    """``GET /v1/stats`` of a server without plans."""
     return {"enabled": False}
+
+
+# -- serving from a plan (``FeedPipeline.build`` calls these) ---------------------------------------
+def plan_key(pipeline: FeedPipeline, ctx: FeedContext) -> tuple:
+    """What a plan was built for besides the viewer's events: the request's context, the
+    viewer's settings (and so the mode served) and the version scoring it."""
+    r = ctx.request
+    return (r.mode, ctx.mode, r.region, r.device, r.source, r.language, r.session_id,
+            ctx.settings, pipeline.scorer.version)
+
+
+def per_page_sources(pipeline: FeedPipeline, ctx: FeedContext) -> list:
+    """The mode's sources whose candidates are drawn anew for every page (exploration's
+    samples): a page cut from a plan asks them again."""
+    return [s for s in pipeline.sources.get(ctx.mode, []) if getattr(s, "per_page", False)]
+
+
+def new_plan(pipeline: FeedPipeline, ctx: FeedContext, key: tuple, viewer: tuple, want: int,
+             scored: list[Scored], trace: FeedTrace, wellbeing_notes: dict[str, str],
+             rows: dict) -> FeedPlan:
+    """The plan of the page ``trace`` just served: the best ``keep`` of the rest of its pool,
+    less what only the per-page sources proposed (drawn again for each page)."""
+    per_page = {s.name for s in per_page_sources(pipeline, ctx)}
+    served = set(trace.served)
+    ordered = sorted(scored, key=lambda s: (-s.score, s.item_id))
+
+    def drawn_only(item_id: str) -> bool:
+        cands = trace.proposals.get(item_id, ())
+        return bool(cands) and all(c.source in per_page for c in cands)
+
+    keep = pipeline.plans.keep if pipeline.plans is not None else len(ordered)
+    pool = [s for s in ordered if s.item_id not in served
+            and not (per_page and drawn_only(s.item_id))][:keep]
+    ids = {s.item_id for s in pool}
+    return FeedPlan(
+        key=key, viewer=viewer, want=want, built=time.monotonic(), scored=pool,
+        proposals={i: trace.proposals[i] for i in ids if i in trace.proposals},
+        notes={i: [note] for i, note in wellbeing_notes.items() if i in ids},
+        rows={i: rows[i] for i in ids if i in rows}, served=served)
+
+
+def page_from_plan(pipeline: FeedPipeline, ctx: FeedContext, plan: FeedPlan,
+                   started: float) -> FeedResult | None:
+    """The next page cut from the viewer's plan: what is left of it re-checked by the filters
+    against the viewer's live state now, this page's draw of exploration added, and placed by
+    the re-ranker as a page built afresh from that pool would be. None: too few to fill it."""
+    from reelrank.pipeline.feed import FeedResult, FeedTrace, _dedupe
+
+    n = ctx.request.n
+    trace = FeedTrace(uuid.uuid4().hex, ctx.request.user_id, ctx.mode, ctx.now)
+    left = [s for s in plan.scored if s.item_id not in plan.served]
+    by_id = {s.item_id: s for s in left}
+    kept_ids = {c.item_id for c in pipeline._filter(ctx, [s.candidate for s in left], trace)}
+    kept = [s for s in left if s.item_id in kept_ids]
+    # Exploration is drawn for this page, filtered and scored (a few dozen candidates; the
+    # viewer's retrieval vector is the kept one), as a page built afresh would have it.
+    drawn = _draw(pipeline, ctx, plan, by_id, trace)
+    kept += drawn
+    if len(kept) < n:
+        return None
+    page = pipeline.reranker.rerank(ctx, kept, n, rows=plan.rows)
+    for s in drawn:  # drawn for this page only
+        plan.rows.pop(s.item_id, None)
+    if ctx.mode != "following":
+        pipeline.price.observe(kept, page.items, n)
+    # The trace holds what explains this page: its items, those the re-ranker moved for them,
+    # what was drawn and what the filters removed now; the plan's first page holds the rest.
+    placed = {s.item_id for s in page.items}
+    for item_id, notes in plan.notes.items():
+        if item_id in page.notes or item_id in placed:
+            trace.rerank_notes[item_id] = list(notes)
+    for item_id, notes in page.notes.items():
+        trace.rerank_notes.setdefault(item_id, []).extend(notes)
+    for s in drawn:
+        trace.scored[s.item_id] = s
+    for item_id in [s.item_id for s in page.items] + list(page.notes):
+        trace.scored[item_id] = by_id[item_id]
+        if item_id not in trace.proposals:
+            trace.proposals[item_id] = plan.proposals.get(item_id, [by_id[item_id].candidate])
+    trace.source_counts["plan"] = len(left)
+    items = [FeedItem(s.item_id, float(s.score), s.candidate.source, _dedupe(s.reasons))
+             for s in page.items]
+    trace.served = [i.item_id for i in items]
+    plan.served.update(trace.served)
+    plan.pages += 1
+    if trace.removed:  # what the filters removed for good stays out of the next checks
+        plan.scored = [s for s in plan.scored if s.item_id not in trace.removed]
+    trace.elapsed_ms = (time.perf_counter() - started) * 1000
+    scorer = pipeline.scorer if ctx.personalized else pipeline.plain_scorer
+    return FeedResult(trace.request_id, ctx.request.user_id, ctx.mode, scorer.version, items,
+                      trace, notices=pipeline.wellbeing.notices(ctx))
+
+
+def _draw(pipeline: FeedPipeline, ctx: FeedContext, plan: FeedPlan, by_id: dict[str, Scored],
+          trace: FeedTrace) -> list[Scored]:
+    """This page's draw of the per-page sources (exploration), less what the plan holds or
+    served, filtered and scored; added to ``by_id``."""
+    per_page = per_page_sources(pipeline, ctx)
+    if not per_page:
+        return []
+    for source in per_page:
+        pipeline._collect(source, ctx, plan.want, trace)
+    fresh = [c for c in pipeline._merge(trace)
+             if c.item_id not in by_id and c.item_id not in plan.served]
+    fresh = pipeline._filter(ctx, fresh, trace)
+    if not fresh:
+        return []
+    kept_vector = pipeline._viewer_vector(ctx)
+    scorer = pipeline.scorer if ctx.personalized else pipeline.plain_scorer
+    drawn = scorer.score(ctx, fresh)
+    for item_id, note in pipeline.wellbeing.adjust(ctx, drawn).items():
+        trace.rerank_notes.setdefault(item_id, []).append(note)
+    pipeline._keep_vector(ctx, kept_vector)
+    for s in drawn:
+        by_id[s.item_id] = s
+    return drawn
