@@ -64,6 +64,17 @@ def serve(
     trace_budget_mb: float = typer.Option(
         64.0, min=0.0, help="Memory in MB for the feed traces kept for GET /v1/explain; "
                             "past it the least recently served viewers' traces go first."),
+    feed_plan_ttl: float = typer.Option(
+        30.0, min=0.0, help="Seconds a viewer's next pages may be served from the ranking of "
+                            "their last page (re-checked against their filters and live "
+                            "state; any event, settings change or new model version ends it "
+                            "sooner); 0 turns feed plans off."),
+    feed_plan_viewers: int = typer.Option(
+        1_000, min=1, help="Viewers holding a feed plan at once (about 140 KB each at "
+                           "most); past it the least recently served lose theirs."),
+    feed_plan_items: int = typer.Option(
+        50, min=1, help="Items served from one feed plan, its first page included, before "
+                        "the pipeline ranks afresh."),
     max_feed_only_viewers: int = typer.Option(
         10_000, min=1, help="Viewers held in live state who were served a feed but sent no "
                             "event (about 5 KB each); past it the least recently served go."),
@@ -130,7 +141,9 @@ def serve(
                    max_feed_only_viewers=max_feed_only_viewers, max_viewers=max_viewers,
                    trainer_budgets={"max_viewers": trainer_max_viewers,
                                     "late_examples": trainer_late_examples},
-                   store_url=store, models_url=models, live_url=live)
+                   store_url=store, models_url=models, live_url=live,
+                   feed_plan_ttl_s=feed_plan_ttl, feed_plan_viewers=feed_plan_viewers,
+                   feed_plan_items=feed_plan_items)
     if workers > 1:
         from reelrank.service.workers import run_workers
 
