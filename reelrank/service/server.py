@@ -1,7 +1,7 @@
 """Run the service: open the store, load the engine, make sure keys exist, start uvicorn.
 
 ``prepare`` builds the app without running it (so the CLI can print where the keys are first);
-``run`` starts uvicorn on it. ``reelrank serve`` (``cli.py``) is the one command line; this
+``run`` starts uvicorn on it. ``reelrank serve`` (``cli/serving.py``) is the one command line; this
 module runs it too, for tools that start the server by module name::
 
     python -m reelrank.service.server --data-dir DIR [--host H] [--port P] [--insecure-no-auth]
@@ -222,7 +222,7 @@ class _Server(uvicorn.Server):
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m reelrank.service.server ARGS`` is ``reelrank serve ARGS``: one command line,
-    defined in ``cli.py``."""
+    defined in ``cli/serving.py``."""
     from reelrank.cli import app
 
     app(["serve", *(sys.argv[1:] if argv is None else argv)],
