@@ -246,9 +246,42 @@ def closed_loop(ports: list[int], clients: int, duration_s: float, paths) -> dic
             "p99_ms": round(percentile(lat, 99), 2) if lat else None}
 
 
+def feed_paths(viewers: list[str], n: int, pages_per_viewer: int):
+    """``paths(rng)`` for the feed: a random known viewer per request (``pages_per_viewer``
+    1), or each client asking one viewer's next ``pages_per_viewer`` pages in a row (a viewer
+    scrolling on, with no event posted in between) before it picks another."""
+    if pages_per_viewer <= 1:
+        return lambda rng: f"/v1/feed?user_id={rng.choice(viewers)}&n={n}"
+    sessions: dict[int, list] = {}
+
+    def path(rng: random.Random) -> str:
+        state = sessions.setdefault(id(rng), [None, 0])
+        if state[1] == 0:
+            state[0], state[1] = rng.choice(viewers), pages_per_viewer
+        state[1] -= 1
+        return f"/v1/feed?user_id={state[0]}&n={n}"
+    return path
+
+
+def plan_stats(port: int) -> dict | None:
+    """The server's feed plan figures (``GET /v1/stats``, admin: the server runs without
+    auth), or None when it has none to say."""
+    try:
+        con = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        con.request("GET", "/v1/stats")
+        resp = con.getresponse()
+        body = resp.read()
+        return json.loads(body)["memory"].get("feed_plans") if resp.status == 200 else None
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def run_server(world: Path, trainer: str, viewers: list[str], levels: list[int],
                duration_s: float, warmup_s: float, n: int, extra: list[str],
-               env: dict[str, str], processes: int = 1) -> dict:
+               env: dict[str, str], processes: int = 1, plans: str | None = None,
+               pages_per_viewer: int = 1) -> dict:
+    if plans == "off":
+        extra = [*extra, "--feed-plan-ttl", "0"]
     servers = [Server(world, trainer, extra, env)]
     # More processes serve the same store, without a trainer of their own.
     servers += [Server(world, "off", extra, env, shared=servers[0]) for _ in range(processes - 1)]
@@ -259,8 +292,7 @@ def run_server(world: Path, trainer: str, viewers: list[str], levels: list[int],
     def cpu_s() -> float:
         return sum(s.cpu_s() for s in servers)
 
-    def feed_path(rng: random.Random) -> str:
-        return f"/v1/feed?user_id={rng.choice(viewers)}&n={n}"
+    feed_path = feed_paths(viewers, n, pages_per_viewer)
 
     try:
         # Warm-up: the first feeds fill caches (ranker item vectors, the exploration pool).
@@ -283,7 +315,11 @@ def run_server(world: Path, trainer: str, viewers: list[str], levels: list[int],
                       f"server {got['server_cpu_cores']} cores", flush=True)
             row["ratio"] = round(row["feed"]["rps"] / row["healthz"]["rps"], 3)
             rows.append(row)
+        stats = [plan_stats(p) for p in ports]
+        if stats[0] is not None:
+            print(f"[{trainer}] feed plans: {stats[0]}", flush=True)
         return {"trainer": trainer, "processes": processes, "server_env": env,
+                "plans": plans, "feed_plans": stats[0] if processes == 1 else stats,
                 "startup_s": round(max(s.startup_s for s in servers), 1), "warmup": warm,
                 "levels": rows}
     finally:
@@ -303,7 +339,11 @@ def markdown(result: dict) -> str:
         f"{w['events']:,} events, then `reelrank train`. Each server ran `reelrank serve "
         f"--insecure-no-auth` on a fresh copy of it; {result['args']['warmup']} s of feeds "
         f"(4 clients) warmed it up, then each level ran {result['args']['duration']} s of "
-        f"`/v1/feed?user_id=<random known viewer>&n={result['args']['n']}` and then "
+        f"`/v1/feed?user_id=<random known viewer>&n={result['args']['n']}`"
+        + (f" (each client asking one viewer's {result['args']['pages_per_viewer']} next pages "
+           "in a row, with no event in between, before picking another)"
+           if result['args'].get('pages_per_viewer', 1) > 1 else "")
+        + " and then "
         f"{result['args']['duration']} s of `/healthz`. Clients are threads with one keep-alive "
         "`http.client` connection each, on the same machine. Latencies are the client's; "
         "server CPU is the server process and its trainer child, from /proc.", "",
@@ -311,6 +351,8 @@ def markdown(result: dict) -> str:
     for run in result["runs"]:
         extra = "".join([f", {run['processes']} processes" if run.get("processes", 1) > 1 else "",
                          "".join(f", {k}={v}" for k, v in run.get("server_env", {}).items())])
+        if run.get("plans"):
+            extra += f", feed plans {run['plans']}"
         out += [f"## `--trainer {run['trainer']}`{extra}", "",
                 "| clients | feed req/s | feed p50 ms | feed p99 ms | feed errors "
                 "| server CPU ms / feed | /healthz req/s | /healthz p50 / p99 ms "
@@ -321,6 +363,12 @@ def markdown(result: dict) -> str:
             out.append(f"| {r['clients']} | {f['rps']:,.1f} | {f['p50_ms']} | {f['p99_ms']} "
                        f"| {f['errors']} | {f['server_cpu_ms_per_request']} "
                        f"| {h['rps']:,.1f} | {h['p50_ms']} / {h['p99_ms']} | {r['ratio']} |")
+        plans = run.get("feed_plans")
+        if isinstance(plans, dict) and plans.get("enabled"):
+            out += ["", f"Feed plans at the end (`GET /v1/stats`, warm-up included): "
+                    f"{plans['hits']:,} pages served from a plan, {plans['misses']:,} built "
+                    f"afresh (hit rate {plans['hit_rate']}; misses by reason "
+                    f"{plans['misses_by_reason']}), {plans['viewers']:,} viewers holding one."]
         out.append("")
     return "\n".join(out) + "\n"
 
@@ -349,6 +397,13 @@ def main() -> None:
                          "first runs the --trainer, the others none. Each holds its own live "
                          "state: a measure of what a second core gives, not a correct "
                          "deployment (a swipe reaches only the process it was posted to)")
+    ap.add_argument("--plans", action="append", choices=("on", "off"),
+                    help="feed plans in the server (pipeline/plans.py): 'off' serves with "
+                         "--feed-plan-ttl 0; repeat to run both, one after another, for each "
+                         "--trainer (default: the server's default, on)")
+    ap.add_argument("--pages-per-viewer", type=int, default=1,
+                    help="each client asks this many pages of one viewer in a row before "
+                         "picking another (default 1: a random known viewer per request)")
     ap.add_argument("--note", default="", help="a sentence for the report (e.g. the box's load)")
     ap.add_argument("--out", default="benchmarks/results/throughput")
     args = ap.parse_args()
@@ -361,7 +416,8 @@ def main() -> None:
     levels = [int(x) for x in args.clients.split(",")]
     env = dict(kv.split("=", 1) for kv in args.server_env)
     runs = [run_server(world, t, viewers, levels, args.duration, args.warmup, args.n,
-                       args.server_arg, env, args.processes) for t in trainers]
+                       args.server_arg, env, args.processes, plans, args.pages_per_viewer)
+            for t in trainers for plans in (args.plans or [None])]
     result = {
         "command": shlex.join(["python", "benchmarks/bench_throughput.py", *sys.argv[1:]]),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),

@@ -25,6 +25,7 @@ from reelrank.pipeline.context import FeedContext
 from reelrank.pipeline.explain import explain_item
 from reelrank.pipeline.feed import FeedPipeline, FeedResult
 from reelrank.pipeline.neural import ServingModels
+from reelrank.pipeline.plans import FeedPlans, plans_off
 from reelrank.pipeline.rank import Scored
 from reelrank.pipeline.served import default_pipeline, offline_pipeline
 from reelrank.pipeline.side_effects import Calls, SideEffects
@@ -59,7 +60,8 @@ class Engine:
                  live: LiveState | None = None, registry: ModelRegistry | None = None,
                  index_kind: str = "ann", traces_per_user: int = 5,
                  max_traced_users: int = 10_000,
-                 trace_budget_bytes: int = DEFAULT_TRACE_BUDGET_BYTES):
+                 trace_budget_bytes: int = DEFAULT_TRACE_BUDGET_BYTES,
+                 feed_plans: FeedPlans | None = None):
         self.store = store
         self.live = live if live is not None else new_live_state()
         self.catalog = self.live.catalog
@@ -68,12 +70,22 @@ class Engine:
         self.models = ServingModels(registry, self.catalog,  # type: ignore[arg-type]
                                     index_kind=index_kind)
         self.pipeline = pipeline or default_pipeline(self.models)
+        # ``feed_plans``: serve a viewer's next pages from the ranking of their last one
+        # (``pipeline/plans.py``; ``reelrank serve`` turns it on); None: every page runs the
+        # whole pipeline.
+        if feed_plans is not None:
+            self.pipeline.plans = feed_plans
         # Traces are kept for explanations only (GET /v1/explain): the first step after a page.
         self.traces = TraceKeeper(traces_per_user, max_traced_users, trace_budget_bytes)
         self.effects = SideEffects([self.traces])
         # The retrieval vectors the pipeline keeps between a viewer's pages go with them.
         self.effects.add(Calls("viewer vectors", erase=lambda user_id: _forget_vector(
             self.pipeline, user_id), held=lambda: _vector_viewers(self.pipeline)))
+        # So do their feed plans: an erasure or a reset drops the plan (privacy, and the next
+        # page reflects the reset) in this process and, told by a digest, in the others.
+        self.effects.add(Calls("feed plans", erase=lambda user_id: _forget_plan(
+            self.pipeline, user_id), reset=lambda user_id: _forget_plan(self.pipeline, user_id),
+            held=lambda: _plan_viewers(self.pipeline)))
         self._user_locks = [threading.Lock() for _ in range(64)]
         self._catalog_lock = threading.Lock()
         self._ingest_lock = threading.Lock()  # store append + live apply, as one step
@@ -267,6 +279,12 @@ class Engine:
         current = self.models.current
         return cast(ModelMeta, current.meta) if current is not None else {}
 
+    def plan_usage(self) -> dict:
+        """The feed plans held against their bound, and the pages they served
+        (``GET /v1/stats``)."""
+        plans = getattr(self.pipeline, "plans", None)
+        return plans.usage() if plans is not None else plans_off()
+
     def trace_usage(self) -> dict:
         """What the kept traces hold against their budget (``GET /v1/stats``)."""
         return self.traces.usage()
@@ -333,6 +351,17 @@ class Engine:
 def _vector_viewers(pipeline) -> list[str]:
     vectors = getattr(pipeline, "viewer_vectors", None)
     return vectors.user_ids() if vectors is not None else []
+
+
+def _plan_viewers(pipeline) -> list[str]:
+    plans = getattr(pipeline, "plans", None)
+    return plans.user_ids() if plans is not None else []
+
+
+def _forget_plan(pipeline, user_id: str) -> None:
+    plans = getattr(pipeline, "plans", None)
+    if plans is not None:
+        plans.forget(user_id)
 
 
 def _forget_vector(pipeline, user_id: str) -> None:

@@ -34,7 +34,7 @@ FORMATTED = [
     "reelrank/store/toplists.py",
     "reelrank/train/handover.py",
     "tests/conftest.py",
-    "tests/eval/test_metrics.py",
+    "tests/test_metrics.py",
     "tests/service/conftest.py",
     "tests/store/test_live_contract.py",
     "tests/test_layers.py",

@@ -79,6 +79,9 @@ class _PoolCache:
 
 class ExploreSource:
     name = "explore"
+    # Its candidates are drawn anew for every page (Thompson samples): a page cut from a feed
+    # plan draws them again rather than reusing the plan's (``FeedPipeline._from_plan``).
+    per_page = True
 
     def __init__(self, pools: tuple[int, ...] = (100, 1_000, 10_000),
                  max_age_ms: int | None = 7 * DAY_MS, max_scan: int = 5_000,

@@ -32,6 +32,9 @@ import numpy as np
 
 from reelrank.pipeline.context import FeedContext
 from reelrank.pipeline.filters import Filter, Removed
+from reelrank.pipeline.plans import (
+    FeedPlans, new_plan, page_from_plan, plan_key, viewer_version,
+)
 from reelrank.pipeline.rank import Scored, Scorer
 from reelrank.pipeline.rerank import EXPLORATION_CODES, SpacingReranker
 from reelrank.pipeline.sources import CandidateSource
@@ -295,7 +298,7 @@ class FeedPipeline:
                  scorer: Scorer, reranker: SpacingReranker | None = None,
                  fallback: CandidateSource | None = None, overfetch: int = 5,
                  plain_scorer: Scorer | None = None, wellbeing: WellbeingPolicy | None = None,
-                 viewer_vectors: ViewerVectors | None = None):
+                 viewer_vectors: ViewerVectors | None = None, plans: FeedPlans | None = None):
         self.sources = sources  # by mode
         self.filters = filters
         self.scorer = scorer
@@ -307,12 +310,27 @@ class FeedPipeline:
         self.price = RerankPrice()
         # None turns the cache off: every request runs the user tower (the reference path).
         self.viewer_vectors = viewer_vectors if viewer_vectors is not None else ViewerVectors()
+        # The viewers' next pages cut from their last ranking (``pipeline/plans.py``); None:
+        # every page runs the whole pipeline (the reference path, and offline replays).
+        self.plans = plans
 
     def build(self, ctx: FeedContext) -> FeedResult:
         started = time.perf_counter()
         n = ctx.request.n
-        trace = FeedTrace(uuid.uuid4().hex, ctx.request.user_id, ctx.mode, ctx.now)
         want = max(n * self.overfetch, 50)
+        plans = self.plans
+        key = viewer = None
+        if plans is not None:
+            key, viewer = plan_key(self, ctx), viewer_version(ctx.user)
+            plan = plans.get(ctx.request.user_id, key, viewer, want, n)
+            if plan is not None:
+                result = page_from_plan(self, ctx, plan, started)
+                if result is not None:
+                    plans.hit()
+                    return result
+                plans.forget(ctx.request.user_id)
+                plans.miss("too_few_left")
+        trace = FeedTrace(uuid.uuid4().hex, ctx.request.user_id, ctx.mode, ctx.now)
         kept_vector = self._viewer_vector(ctx)
 
         for source in self.sources.get(ctx.mode, []):
@@ -327,10 +345,12 @@ class FeedPipeline:
         # what was learned about the viewer, so both keep the sources' own order.
         scorer = self.scorer if ctx.personalized else self.plain_scorer
         scored = scorer.score(ctx, kept)
-        for item_id, note in self.wellbeing.adjust(ctx, scored).items():
+        wellbeing_notes = self.wellbeing.adjust(ctx, scored)
+        for item_id, note in wellbeing_notes.items():
             trace.rerank_notes.setdefault(item_id, []).append(note)
         trace.scored = {s.item_id: s for s in scored}
-        page = self.reranker.rerank(ctx, scored, n)
+        rows: dict | None = {} if plans is not None else None
+        page = self.reranker.rerank(ctx, scored, n, rows=rows)
         if ctx.mode != "following":
             self.price.observe(scored, page.items, n)
         for item_id, notes in page.notes.items():
@@ -338,10 +358,10 @@ class FeedPipeline:
         items = [FeedItem(s.item_id, float(s.score), s.candidate.source, _dedupe(s.reasons))
                  for s in page.items]
         trace.served = [i.item_id for i in items]
-        if kept_vector is not None and _USER_VECTOR_KEY in ctx.cache:
-            cache, models, tokens = kept_vector
-            if models is not None:
-                cache.put(ctx.request.user_id, models, tokens, ctx.cache[_USER_VECTOR_KEY])
+        if plans is not None and key is not None and viewer is not None:
+            plans.put(ctx.request.user_id, new_plan(
+                self, ctx, key, viewer, want, scored, trace, wellbeing_notes, rows or {}))
+        self._keep_vector(ctx, kept_vector)
         trace.elapsed_ms = (time.perf_counter() - started) * 1000
         return FeedResult(trace.request_id, ctx.request.user_id, ctx.mode, scorer.version,
                           items, trace, notices=self.wellbeing.notices(ctx))
@@ -362,6 +382,14 @@ class FeedPipeline:
             ctx.cache[_USER_VECTOR_KEY] = vector
             return None
         return cache, models, tokens
+
+    @staticmethod
+    def _keep_vector(ctx: FeedContext, kept_vector) -> None:
+        """Keep the vector this request computed (``_viewer_vector``'s answer: None, nothing)."""
+        if kept_vector is not None and _USER_VECTOR_KEY in ctx.cache:
+            cache, models, tokens = kept_vector
+            if models is not None:
+                cache.put(ctx.request.user_id, models, tokens, ctx.cache[_USER_VECTOR_KEY])
 
     def _collect(self, source: CandidateSource, ctx: FeedContext, n: int,
                  trace: FeedTrace) -> None:

@@ -86,8 +86,21 @@ class DiversityReranker:
                 "new_creator_share": self.new_creator_share}
 
     # -- the page ---------------------------------------------------------------------------------
-    def rerank(self, ctx: FeedContext, scored: list[Scored], n: int) -> RerankResult:
-        pool = [self._row(ctx, s) for s in sorted(scored, key=lambda s: (-s.score, s.item_id))]
+    def rerank(self, ctx: FeedContext, scored: list[Scored], n: int,
+               rows: dict | None = None) -> RerankResult:
+        """``rows``: the per-item facts of earlier calls over the same items (a feed plan's
+        pages, ``pipeline/plans.py``), reused and filled in; they depend only on the item and
+        its scored reasons."""
+        ordered = sorted(scored, key=lambda s: (-s.score, s.item_id))
+        if rows is None:
+            pool = [self._row(ctx, s) for s in ordered]
+        else:
+            pool = []
+            for s in ordered:
+                row = rows.get(s.item_id)
+                if row is None or row.scored is not s:
+                    row = rows[s.item_id] = self._row(ctx, s)
+                pool.append(row)
         notes: dict[str, list[str]] = {}
         if ctx.mode == "following":
             return RerankResult([r.scored for r in pool[:n]], notes)

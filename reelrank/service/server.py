@@ -1,7 +1,7 @@
 """Run the service: open the store, load the engine, make sure keys exist, start uvicorn.
 
 ``prepare`` builds the app without running it (so the CLI can print where the keys are first);
-``run`` starts uvicorn on it. ``reelrank serve`` (``cli.py``) is the one command line; this
+``run`` starts uvicorn on it. ``reelrank serve`` (``cli/serving.py``) is the one command line; this
 module runs it too, for tools that start the server by module name::
 
     python -m reelrank.service.server --data-dir DIR [--host H] [--port P] [--insecure-no-auth]
@@ -23,6 +23,9 @@ import uvicorn
 from fastapi import FastAPI
 
 from reelrank.engine import DEFAULT_TRACE_BUDGET_BYTES, Engine
+from reelrank.pipeline.plans import (
+    DEFAULT_PLAN_ITEMS, DEFAULT_PLAN_TTL_S, DEFAULT_PLAN_VIEWERS, FeedPlans,
+)
 from reelrank.registry import open_registry
 from reelrank.service.app import create_app
 from reelrank.service.deps import Authenticator, ensure_service_keys
@@ -49,6 +52,9 @@ def prepare(data_dir: Path, insecure_no_auth: bool = False,
             trainer_budgets: dict | None = None,
             models_url: str | None = None,
             live_url: str | None = None,
+            feed_plan_ttl_s: float = DEFAULT_PLAN_TTL_S,
+            feed_plan_viewers: int = DEFAULT_PLAN_VIEWERS,
+            feed_plan_items: int = DEFAULT_PLAN_ITEMS,
             ) -> tuple[FastAPI, Path | None]:
     """The app on the store in ``data_dir`` (created if missing), and the keys file (None
     when auth is off). The caller owns the store and the runtime's trainer:
@@ -68,7 +74,11 @@ def prepare(data_dir: Path, insecure_no_auth: bool = False,
     another store (run ``reelrank trainer --store URL`` beside it, or a thread).
     ``live_url``: a live state shared with other API processes (``redis://...``,
     ``store/shared.py``): not replayed at start (rebuilt from the log only when empty), and
-    erasures, resets and catalog upserts reach the other processes through its stream."""
+    erasures, resets and catalog upserts reach the other processes through its stream.
+    ``feed_plan_ttl_s``, ``feed_plan_viewers``, ``feed_plan_items``: a viewer's next pages are
+    served from the ranking of their last one for this many seconds at most, for at most this
+    many viewers, this many items per plan (``pipeline/plans.py``); a TTL of 0 turns plans
+    off (every page runs the whole pipeline)."""
     if trainer is True:
         trainer = "process"
     elif trainer is False:
@@ -104,8 +114,10 @@ def prepare(data_dir: Path, insecure_no_auth: bool = False,
         # ``models_url``: versions in a database every host reaches (registry_pg.py), else
         # the directory beside the store.
         registry = open_registry(models_url or data_dir / "models", data_dir / "models")
+        plans = (FeedPlans(feed_plan_ttl_s, feed_plan_viewers, feed_plan_items)
+                 if feed_plan_ttl_s > 0 else None)
         engine = Engine(store, live=live, registry=registry,
-                        trace_budget_bytes=trace_budget_bytes)
+                        trace_budget_bytes=trace_budget_bytes, feed_plans=plans)
         if shared is None:
             engine.load()
         else:
@@ -210,7 +222,7 @@ class _Server(uvicorn.Server):
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m reelrank.service.server ARGS`` is ``reelrank serve ARGS``: one command line,
-    defined in ``cli.py``."""
+    defined in ``cli/serving.py``."""
     from reelrank.cli import app
 
     app(["serve", *(sys.argv[1:] if argv is None else argv)],

@@ -154,6 +154,9 @@ def memory_view(engine: Engine, trainer=None) -> dict:
     return {
         "rss_bytes": rss_bytes(),
         "traces": engine.trace_usage(),
+        # Viewers' feed plans (a count, the least recently served out first) and the pages
+        # served from them: {"enabled": false} when plans are off.
+        "feed_plans": engine.plan_usage(),
         "live_state": {"viewers": viewers, "viewers_with_events": viewers - feed_only,
                        "max_viewers_with_events": getattr(live, "max_viewers", None),
                        "viewers_with_events_evicted": live.viewers_evicted,

@@ -102,6 +102,33 @@ def test_controls_set_on_one_process_act_on_the_others_next_page(two):
     assert r.status_code == 200 and r.json()["mode"] == "non_personalized", r.text
 
 
+def test_a_feed_plan_of_one_process_ends_with_an_event_the_other_took(two):
+    """Plans are each process's own; the viewer's state in Redis says when one is stale."""
+    a, _, ca, cb, _ = two
+    who = "planned-viewer"
+    plans = a.state.engine.pipeline.plans
+    first = feed(ca, who, n=5)
+    assert who in plans.user_ids() and plans.hits == 0
+    second = feed(ca, who, n=5)
+    assert plans.hits == 1, plans.usage()["misses_by_reason"]
+    assert not set(first) & set(second)
+    # A video not served yet (one the plan holds, if any), marked not interested through the
+    # other process.
+    held = [s.item_id for s in plans._plans[who].scored]
+    upcoming = next(i for i in [*held, *sorted(a.state.engine.catalog.ids())]
+                    if i not in first and i not in second)
+    r = cb.post("/v1/events", json={"events": [
+        ev("planned-ni", who, upcoming, "not_interested", ts=T0 + 200)]})
+    assert r.status_code == 200, r.text
+    third = feed(ca, who, n=5)
+    assert plans.hits == 1 and plans.misses["viewer_changed"] == 1
+    assert upcoming not in third and not set(third) & (set(first) | set(second))
+    # What the other process served is not served again from this one's plan.
+    fourth = feed(cb, who, n=5)
+    fifth = feed(ca, who, n=5)
+    assert plans.hits == 2 and not set(fifth) & set(fourth)
+
+
 def test_an_erasure_on_one_process_leaves_nothing_of_the_viewer_on_the_other(two):
     a, b, ca, cb, (url, redis_url, prefix) = two
     who = "viewer-to-erase-q7z"
@@ -117,6 +144,7 @@ def test_an_erasure_on_one_process_leaves_nothing_of_the_viewer_on_the_other(two
     # B hears of it through the stream (a digest, not the id) and drops what it holds.
     assert wait_for(lambda: not b.state.engine.effects.held_users(lambda u: u == who))
     assert b.state.engine.traces.records(who) == []
+    assert who not in b.state.engine.pipeline.plans.user_ids()  # its feed plan too
     assert b.state.engine.live.user(who) is None
     r = cb.get("/v1/explain", params={"user_id": who, "item_id": "v0"})
     assert who not in str(r.json().get("trace") or "")

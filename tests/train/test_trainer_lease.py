@@ -131,7 +131,7 @@ def test_erasures_announced_on_the_stream_reach_a_separate_trainer():
     stream) drops the viewer's pending examples in the trainer before its next step."""
     import redis
 
-    from reelrank.cli import _trainer_hears_erasures
+    from reelrank.cli.training import _trainer_hears_erasures
     from reelrank.store.fanout import Fanout
     from tests.rd import throwaway_prefix
 
