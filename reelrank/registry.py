@@ -169,7 +169,7 @@ def prunable(versions: list[str], latest: str | None, keep: int,
     topics its online descendants show (``topics_of``): deleting it would leave them, and a
     server restarted on them, without topics."""
     others = [v for v in versions if v != latest]
-    stay = set(others[len(others) - keep:] if keep else []) | ({latest} if latest else set())
+    stay = set(others[max(0, len(others) - keep):] if keep else []) | ({latest} if latest else set())
     bases = set()
     for v in stay:
         try:

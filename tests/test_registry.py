@@ -129,3 +129,12 @@ def test_a_prune_keeps_the_base_of_a_version_that_stays(tmp_path):
     assert topics_of(registry.meta(latest), registry) == {"topics": [{"id": 1}]}
     assert registry.prune(keep=0) == [other]
     assert registry.versions() == [base, latest]
+
+
+def test_a_prune_keeping_more_than_there_are_deletes_nothing(tmp_path):
+    registry = ModelRegistry(tmp_path)
+    versions = [registry.publish(_state(0), {}) for _ in range(9)]
+    for keep in (8, 9, 10, 50):
+        assert registry.prune(keep=keep) == []
+    assert registry.versions() == versions
+    assert registry.prune(keep=7) == versions[:1]
