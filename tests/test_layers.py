@@ -42,7 +42,6 @@ TRAINER_STARTERS = ENTRY_POINTS | {"service/runtime.py"}  # the runtime the entr
 IN_FLUX = "in flux: being changed by other work"
 PENDING: dict[tuple[str, str], str] = {
     ("features.py", "size"): IN_FLUX,
-    ("index.py", "size"): IN_FLUX,
 }
 
 
