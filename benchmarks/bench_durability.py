@@ -322,6 +322,40 @@ def erasure_check(data_dir: Path, log: Path, args, erase_user: str,
             "events_in_store_after": len(after)}
 
 
+def live_state_gap(args) -> dict:
+    """Events in the PostgreSQL log that the shared live state never folded in: per viewer,
+    the events in the log against the events their Redis state counts (every applied event
+    raises ``counts[type]`` by one)."""
+    import psycopg
+    import redis
+
+    from reelrank.store.redis_codec import decode_user, parse_live_url
+
+    with psycopg.connect(args.store) as con:
+        logged = dict(con.execute("SELECT user_id, count(*) FROM events GROUP BY user_id"))
+    target, prefix = parse_live_url(args.live)
+    client = redis.Redis.from_url(target)
+    try:
+        ids = list(logged)
+        pipe = client.pipeline(transaction=False)
+        for uid in ids:
+            pipe.hget(prefix + "u:" + uid, "s")
+        states = pipe.execute()
+    finally:
+        client.close()
+    missing = {}
+    for uid, text in zip(ids, states):
+        applied = 0
+        if text:
+            counts = decode_user(uid, text).counts
+            applied = sum(v for k, v in counts.items() if k != "long_view")
+        if logged[uid] > applied:
+            missing[uid] = logged[uid] - applied
+    return {"events_in_log": sum(logged.values()), "viewers": len(logged),
+            "events_not_in_live_state": sum(missing.values()),
+            "viewers_short": len(missing)}
+
+
 def search_deployment(args, erase_user: str) -> dict:
     """A ``pg_dump`` of the database and every Redis key under the prefix (with its value),
     searched for the id in the encodings of ``tests/rd.py``."""
@@ -398,6 +432,16 @@ def markdown(report: dict) -> str:
                      f"{r['in_flight_absent']} / {r['in_flight_partial']}) |"
                      + (f" {r['answered_200_after_kill']} | {r['replaced_after_s']} |"
                         if worker_mode else ""))
+    gap = report.get("live_state_gap")
+    if gap:
+        lines += [
+            "", "## The live state against the log", "",
+            f"After the trials, before the erasure (whose rebuild from the log would repair "
+            f"it): of {gap['events_in_log']:,} events in the PostgreSQL log, "
+            f"**{gap['events_not_in_live_state']:,} are not counted in their viewer's Redis "
+            f"state** ({gap['viewers_short']:,} of {gap['viewers']:,} viewers short): durable, "
+            "but never folded into the shared live state (the batch was committed and its "
+            "worker killed before `apply_many` finished)."]
     if "searched" in e:
         lines += [
             "", "## Erasure", "",
@@ -462,6 +506,10 @@ def main() -> int:
             trials.append(result)
             ready_s = result.get("replaced_after_s", 0.0)
             print(json.dumps(result), flush=True)
+        # Before the erasure, whose rebuild of the live state from the log would repair it.
+        gap = live_state_gap(args) if args.store else None
+        if gap is not None:
+            print(json.dumps(gap), flush=True)
         erasure = erasure_check(data_dir, log, args, erase_user, running)
     finally:
         if running is not None and running.proc is not None and running.proc.poll() is None:
@@ -480,7 +528,7 @@ def main() -> int:
                                                    "max_run_s", "trainer", "workers", "kill",
                                                    "after_kill_s")}
                     | {"store": bool(args.store)},
-        "totals": totals, "trials": trials, "erasure": erasure,
+        "totals": totals, "trials": trials, "erasure": erasure, "live_state_gap": gap,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
