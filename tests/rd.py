@@ -76,3 +76,51 @@ def throwaway_prefix() -> Iterator[tuple[str, str]]:
             for k in range(0, len(keys), 1000):
                 client.delete(*keys[k:k + 1000])
         client.close()
+
+
+def encodings(value: str) -> dict[str, bytes]:
+    """The byte strings an id can leave behind: raw in the common text encodings, escaped as
+    JSON and URLs write it, as hex and base64 (at each alignment), and unkeyed digests."""
+    import base64
+    import hashlib
+    import json as json_
+    from urllib.parse import quote
+
+    raw = value.encode()
+    out = {"utf-8": raw, "utf-16-le": value.encode("utf-16-le"),
+           "utf-16-be": value.encode("utf-16-be"), "utf-32-le": value.encode("utf-32-le"),
+           "json": json_.dumps(value)[1:-1].encode(), "url": quote(value, safe="").encode(),
+           "hex": raw.hex().encode(), "HEX": raw.hex().upper().encode(),
+           "sha256": hashlib.sha256(raw).hexdigest().encode(),
+           "md5": hashlib.md5(raw).hexdigest().encode()}
+    for name, encode in (("base64", base64.b64encode), ("base64url", base64.urlsafe_b64encode)):
+        for k in range(3):  # the id at each offset modulo 3 of the encoded bytes
+            text = encode(b"\0" * k + raw)
+            out[f"{name}+{k}"] = text[(k + 2) // 3 * 4:(k + len(raw)) // 3 * 4]
+    return out
+
+
+def redis_dump(client, prefix: str) -> bytes:
+    """Every key under the prefix (and the scratch keys a rebuild makes from it), each with
+    its whole value read by type, as one byte string."""
+    parts = []
+    for key in client.scan_iter(match="*", count=1000):
+        if prefix.encode() not in key:
+            continue
+        kind = client.type(key).decode()
+        if kind == "string":
+            value = [client.get(key)]
+        elif kind == "hash":
+            value = [x for kv in client.hgetall(key).items() for x in kv]
+        elif kind == "list":
+            value = client.lrange(key, 0, -1)
+        elif kind == "set":
+            value = list(client.smembers(key))
+        elif kind == "zset":
+            value = [m for m, _ in client.zrange(key, 0, -1, withscores=True)]
+        elif kind == "stream":
+            value = [x for _, fields in client.xrange(key) for kv in fields.items() for x in kv]
+        else:
+            value = [client.dump(key) or b""]
+        parts += [key, *(v for v in value if v is not None)]
+    return b"\n".join(parts)

@@ -7,6 +7,7 @@ no trace of the viewer in the other; a killed worker is replaced and the port ke
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,7 +22,7 @@ from reelrank.cli import app as cli
 from reelrank.store import open_store
 from tests.pg import throwaway_database
 from tests.polling import wait_for
-from tests.rd import keys_under, throwaway_prefix
+from tests.rd import encodings, keys_under, redis_dump, throwaway_prefix
 from tests.service.test_api import T0, ev, make_item
 
 httpx = pytest.importorskip("httpx")
@@ -184,3 +185,70 @@ def test_workers_on_one_port_survive_a_killed_worker(backends, tmp_path):
     finally:
         s.stop()
     assert s.proc.returncode == 0 or s.proc.returncode == -signal.SIGTERM
+
+
+@pytest.mark.skipif(shutil.which("pg_dump") is None, reason="pg_dump is not installed")
+def test_an_erased_viewer_is_absent_from_pg_dump_and_redis(backends, tmp_path):
+    """Two API processes; the viewer leaves events, settings, feeds, traces, an export and a
+    reset on both; erased through A. Afterwards neither a ``pg_dump`` of the database nor the
+    values of the Redis keys under the prefix hold the id in any common encoding, before and
+    after the rebuild the erasure starts; the viewer who stays is found in both (the search
+    works)."""
+    url, live, redis_url, prefix = backends
+    args = ["--store", url, "--live", live]
+    who, kept = "zz-erase-7q2Zx4kP-é", "zz-keep-5tR9wLm3-é"
+    a = Server(tmp_path, "a", args)
+    b = Server(tmp_path, "b", args)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        a.ready()
+        b.ready()
+        for k, (server, user) in enumerate([(a, who), (b, who), (a, kept), (b, kept)]):
+            r = httpx.post(server.base + "/v1/events", timeout=30, json={"events": [
+                ev(f"{user}-{k}-{j}", user, f"v{j + 4 * k}", kind, ts=T0 + 100 * k + j,
+                   watch_ms=15_000, request_id=f"req-{user}")
+                for j, kind in enumerate(("play", "like", "impression", "not_interested"))]})
+            assert r.status_code == 200, r.text
+        for server in (a, b):
+            assert server.feed(who, n=5) and server.feed(kept, n=5)
+        r = httpx.put(b.base + f"/v1/users/{who}/settings", timeout=30,
+                      json={"muted_keywords": ["cats"], "hidden_creators": ["c3"]})
+        assert r.status_code == 200, r.text
+        assert httpx.post(b.base + f"/v1/users/{who}/not_interested", timeout=30,
+                          json={"item_id": "v20", "scope": "creator"}).status_code == 200
+        assert b.get(f"/v1/users/{who}/data").status_code == 200
+        assert b.get("/v1/explain", user_id=who, item_id="v1").status_code == 200
+        assert httpx.post(a.base + f"/v1/users/{who}/reset", timeout=30).status_code == 200
+        assert b.feed(who, n=5)
+        needles = encodings(who)
+        before = redis_dump(client, prefix)
+        assert any(n in before for n in needles.values())  # the search finds the viewer
+
+        stream = prefix + "stream"
+        last = client.xrevrange(stream, count=1)[0][0].decode()
+        assert httpx.delete(a.base + f"/v1/users/{who}", timeout=30).status_code == 204
+        assert wait_for(lambda: b.get("/v1/users/" + who + "/data").json()["events"] == [])
+
+        dump = subprocess.run(["pg_dump", "--no-owner", url], capture_output=True, timeout=60,
+                              check=True).stdout
+        after = redis_dump(client, prefix)
+        for name, text in (("pg_dump", dump), ("Redis", after)):
+            assert any(n in text for n in encodings(kept).values()), name
+            found = [enc for enc, n in needles.items() if n in text]
+            assert not found, f"{name} holds the erased id as {found}"
+
+        # The rebuild of the aggregates that the erasure started swaps in a state replayed
+        # from the log: nothing of the viewer comes back with it.
+        def rebuilt() -> bool:
+            return any(b'"kind":"rebuilt"' in f.get(b"m", b"")
+                       for _, f in client.xrange(stream, min="(" + last))
+        assert wait_for(rebuilt, 60)
+        after = redis_dump(client, prefix)
+        assert not [enc for enc, n in needles.items() if n in after]
+    finally:
+        client.close()
+        a.stop()
+        b.stop()
+    for s in (a, b):
+        text = s.log.read_bytes()
+        assert not [enc for enc, n in needles.items() if n in text]
