@@ -23,7 +23,7 @@ POSITIVE_TYPES: frozenset[str] = frozenset({"like", "share", "comment", "follow"
 NEGATIVE_TYPES: frozenset[str] = frozenset({"not_interested", "report"})
 
 # What is predicted or labelled per impression, each tuple in the order its users index by: the
-# ranker's heads (models/ranker.py), the labels the impression-outcome join gives (features.py:
+# ranker's heads (models/ranker.py), the labels the impression-outcome join gives (join.py:
 # the binary ones) and what the heuristic scorer estimates from counters (pipeline/rank.py).
 RANKER_TASKS = ("long_view", "watch_time", "like", "share", "comment", "follow", "negative")
 LABEL_TASKS = ("long_view", "like", "follow", "comment", "share", "negative")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from reelrank.features import Joiner, join_events
+from reelrank.join import Joiner, join_events
 from reelrank.types import Event
 
 H = 3_600_000

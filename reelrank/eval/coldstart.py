@@ -278,7 +278,7 @@ def _run_engine(world: World, cfg: ColdStartConfig, directory: Path, online: boo
 def _engagement(store) -> tuple[Counter, Counter, list[str]]:
     """Positive engagements and impressions per item in the background history (positives are
     long views and explicit positives; counted in time order), and the catalog's ids."""
-    from reelrank.features import join_events, token_from_example
+    from reelrank.join import join_events, token_from_example
 
     durations = {it.item_id: it.duration_ms for it in store.iter_items()}
     events = sorted((e for _, e in store.iter_events()), key=lambda e: e.ts)

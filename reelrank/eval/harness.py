@@ -56,7 +56,7 @@ from reelrank.eval.report import (  # noqa: F401
     RECALL_KS, REVERSED_TASKS, TOP_N, WATCH_RATIO_CAP, clean, common_users, markdown,
     rich_tables, tables, versions, write_report,
 )
-from reelrank.features import TASKS
+from reelrank.join import TASKS
 
 logger = logging.getLogger(__name__)
 

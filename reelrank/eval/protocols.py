@@ -4,7 +4,7 @@ Two protocols, each a plain function from a loaded ``Dataset`` to a split object
 scores models on:
 
 **Temporal (short video, KuaiRand)** -- ``temporal_split``. Events are joined into impression
-examples with ``reelrank.features.join_events`` (the joiner the trainer uses; 1 h window, the
+examples with ``reelrank.join.join_events`` (the joiner the trainer uses; 1 h window, the
 duration comes from the catalog). Days are local days (KuaiRand: UTC+8, Beijing; its ``date``
 column is local). A cut-off day D means: train on every example whose impression time is before
 D 00:00 local, test on the ``test_days`` local days from D on. The impression time (``time_ms``)
@@ -47,7 +47,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from reelrank.eval.data import Interactions
-from reelrank.features import TASKS, Example, join_events
+from reelrank.join import TASKS, Example, join_events
 from reelrank.types import DAY_MS, Event, Item
 
 logger = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import logging
 import numpy as np
 
 from reelrank.metrics import hit_rate_at_k, mrr, ndcg_at_k_single
-from reelrank.features import TASKS
+from reelrank.join import TASKS
 
 logger = logging.getLogger(__name__)
 

@@ -234,7 +234,7 @@ _NO_FLAGS = [0.0] * len(FLAGS)
 
 def encode_histories(histories: Sequence[Sequence], item_index: dict[str, int], max_len: int,
                      now: Sequence[int] | None = None) -> HistoryInputs:
-    """Token lists (``reelrank.features.Token``, oldest first) -> left-padded ``HistoryInputs``
+    """Token lists (``reelrank.types.Token``, oldest first) -> left-padded ``HistoryInputs``
     over their last ``max_len`` tokens. Tokens of items missing from ``item_index`` are dropped.
     ``now`` (per history) adds nothing yet: gaps are between consecutive events."""
     B = len(histories)

@@ -28,7 +28,7 @@ The join's memory of event ids (``Joiner.dedupe_memory``, a million ids by defau
 150 bytes each once full) is switched off by the trainer itself (``TrainerConfig``): it reads
 the store's log, which holds each event id once, so the join sees no duplicates to drop.
 
-``features.py`` serves evaluation replays too, which need the join exact and unbounded, so
+The join (``join.py``) serves evaluation replays too, which need it exact and unbounded, so
 the budgets are applied here, from outside, to the trainer's instances only.
 """
 

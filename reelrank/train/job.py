@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from reelrank.metrics import auc, gauc_detail
-from reelrank.features import DENSE_FEATURES, ranking_rows, token_from_example
+from reelrank.features import DENSE_FEATURES, ranking_rows
+from reelrank.join import token_from_example
 from reelrank.models.bundle import ModelBundle
 from reelrank.models.ranker import DEFAULT_VALUE_WEIGHTS, TASKS
 from reelrank.registry import ModelRegistry

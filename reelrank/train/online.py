@@ -34,7 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reelrank.features import RankingRow, token_from_example
+from reelrank.features import RankingRow
+from reelrank.join import token_from_example
 from reelrank.models.bundle import ModelBundle
 from reelrank.models.embeddings import DynamicEmbedding
 from reelrank.models.losses import sampled_softmax_loss

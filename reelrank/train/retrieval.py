@@ -25,7 +25,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from reelrank.features import Token
+from reelrank.types import Token
 from reelrank.models.losses import full_softmax_loss, sampled_softmax_loss
 from reelrank.models.retrieval import (
     FLAGS, HistoryInputs, ItemInputs, TwoTower, gap_bucket, view_bucket,

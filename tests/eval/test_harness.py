@@ -162,7 +162,7 @@ def test_impression_metrics_by_hand():
     from types import SimpleNamespace
 
     from reelrank.eval.protocols import ImpressionSet
-    from reelrank.features import TASKS
+    from reelrank.join import TASKS
 
     # One user, one day, 4 impressions. Long views: items 0 and 2; item 3 was hated.
     labels = {t: np.zeros(4, dtype=np.int8) for t in TASKS}

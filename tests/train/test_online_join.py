@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from reelrank.features import Joiner, RowStream
+from reelrank.features import RowStream
+from reelrank.join import Joiner
 from reelrank.store import new_catalog, new_live_state
 from reelrank.types import Event, Item
 
