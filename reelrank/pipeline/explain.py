@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 from reelrank.pipeline.context import FeedContext
-from reelrank.pipeline.feed import FeedPipeline, TraceRecord
+from reelrank.pipeline.feed import FeedPipeline
+from reelrank.pipeline.trace_record import TraceRecord
 from reelrank.types import Candidate
 
 

@@ -12,7 +12,8 @@ import threading
 from collections import OrderedDict, deque
 from typing import Iterable
 
-from reelrank.pipeline.feed import FeedResult, TraceRecord
+from reelrank.pipeline.feed import FeedResult
+from reelrank.pipeline.trace_record import TraceRecord
 from reelrank.pipeline.side_effects import SideEffect
 
 DEFAULT_TRACE_BUDGET_BYTES = 64 * 1024 * 1024  # about 10,000 pages of 6 KB
