@@ -223,13 +223,14 @@ def markdown(report: dict) -> str:
         lines.append(f"| {kind} | {row['n']:,} | {row['per_s']:.1f} | {row['mean_ms']:.1f} | "
                      f"{row['statuses']} |")
     lines += ["", "RSS over time (MB):", "",
-              "| t s | server | trainer | traces MB | live viewers (feed only) | trainer viewers | "
-              "trainer late examples |", "|---|---|---|---|---|---|---|"]
+              "| t s | server | trainer | traces MB | live viewers (feed only) | feed plans | "
+              "trainer viewers | trainer late examples |", "|---|---|---|---|---|---|---|---|"]
     for sample in report["samples"][::max(1, len(report["samples"]) // 40)]:
         trainer = sample["trainer_mb"]
         lines.append(f"| {sample['t_s']:.0f} | {sample['server_mb']:.1f} | "
                      f"{'' if trainer is None else round(trainer, 1)} | "
                      f"{sample.get('traces_mb', '')} | {_viewers(sample)} | "
+                     f"{_blank(sample.get('feed_plans'))} | "
                      f"{_blank(sample.get('trainer_viewers'))} | "
                      f"{_blank(sample.get('trainer_late_examples'))} |")
     lines.append("")
@@ -272,6 +273,8 @@ def main() -> int:
                     sample["traces_mb"] = round(memory["traces"]["bytes"] / 2**20, 1)
                     sample["live_viewers"] = memory["live_state"]["viewers"]
                     sample["feed_only_viewers"] = memory["live_state"].get("viewers_feed_only")
+                    # Viewers holding a feed plan (``reelrank serve`` keeps them; absent: off).
+                    sample["feed_plans"] = (memory.get("feed_plans") or {}).get("viewers")
                     # The trainer's own budgets, from its status file (None until written).
                     budgets = (memory.get("trainer") or {}).get("budgets") or {}
                     sample["trainer_viewers"] = budgets.get("viewers")
