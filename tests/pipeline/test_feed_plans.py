@@ -78,12 +78,15 @@ def _page(result, exact: bool) -> list[tuple]:
     source credited and the order of the reasons; cut from a plan, the items, their order and
     scores and the reasons, whose order and credited source follow the sources' own scores,
     which each request scales to its own list (the retrieval source's min-max): a plan keeps
-    those of the request that built it."""
+    those of the request that built it. Scores are compared apart (``_scores``)."""
     if exact:
-        return [(i.item_id, i.score, i.source, tuple((r.code, r.text) for r in i.reasons))
+        return [(i.item_id, i.source, tuple((r.code, r.text) for r in i.reasons))
                 for i in result.items]
-    return [(i.item_id, i.score, frozenset((r.code, r.text) for r in i.reasons))
-            for i in result.items]
+    return [(i.item_id, frozenset((r.code, r.text) for r in i.reasons)) for i in result.items]
+
+
+def _scores(result) -> list[float]:
+    return [i.score for i in result.items]
 
 
 def _both(on, off, user_id: str, n: int = N, **context):
@@ -95,6 +98,9 @@ def _both(on, off, user_id: str, n: int = N, **context):
     assert [n for n in a.notices] == [n for n in b.notices]
     exact = plans.hits == hits  # built afresh
     assert _page(a, exact) == _page(b, exact), f"pages differ for {user_id}"
+    # The same models on the same inputs, but a plan scores its candidates in other batches
+    # than a page built afresh, and a float32 sum can then differ in its last bit.
+    assert _scores(a) == pytest.approx(_scores(b), rel=1e-6, abs=1e-7), user_id
     return a
 
 
