@@ -22,7 +22,6 @@ and keeps the same promises:
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import secrets
 import time
@@ -33,8 +32,11 @@ import psycopg
 from reelrank.errors import StoreError
 from reelrank.store.base import AppendResult
 from reelrank.store.pg_base import (
-    APPEND_LOCK, EVENT_COLUMNS, ITEM_COLUMNS, SCHEMA, SCHEMA_LOCK, Transaction, configure,
-    event_row, item_from_row, item_row, open_pool, redact, settings_from_row,
+    APPEND_LOCK, SCHEMA, SCHEMA_LOCK, Transaction, configure, open_pool, redact,
+)
+from reelrank.store.rows import (
+    EVENT_COLUMNS, ITEM_COLUMNS, event_row, item_from_row, item_row, settings_from_row,
+    settings_row,
 )
 from reelrank.types import AccessRecord, ApiKey, Event, Item, UserSettings
 
@@ -246,15 +248,7 @@ class PostgresStore:
             yield settings_from_row(row[0], row[1:])
 
     def put_settings(self, settings: UserSettings) -> None:
-        extra = {
-            "hidden_creators": list(settings.hidden_creators),
-            "hidden_sounds": list(settings.hidden_sounds),
-            "young_viewer": settings.young_viewer,
-            "interests_reset_seq": settings.interests_reset_seq,
-        }
-        row = (settings.user_id, bool(settings.personalization),
-               json.dumps(list(settings.muted_keywords)), settings.daily_limit_minutes,
-               json.dumps(extra, sort_keys=True))
+        row = settings_row(settings)
         with self._tx() as conn:
             conn.execute(
                 "INSERT INTO user_settings (user_id, personalization, muted_keywords, "

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import secrets
 import sqlite3
 import threading
@@ -22,6 +21,10 @@ from typing import Iterable, Iterator
 
 from reelrank.errors import StoreError
 from reelrank.store.base import AppendResult
+from reelrank.store.rows import (
+    EVENT_COLUMNS, ITEM_COLUMNS, event_row, item_from_row, item_row, settings_from_row,
+    settings_row,
+)
 from reelrank.types import AccessRecord, ApiKey, Event, Item, UserSettings
 
 SCHEMA = """
@@ -82,54 +85,8 @@ CREATE TABLE IF NOT EXISTS api_keys (
 );
 """
 
-_EVENT_COLUMNS = (
-    "event_id, user_id, item_id, ts, type, watch_ms, request_id, position, device, region, "
-    "source, session_id"
-)
-_ITEM_COLUMNS = (
-    "item_id, creator_id, duration_ms, created_at, caption, hashtags, sound_id, language, region, "
-    "visible, attributes"
-)
 # SQLite's default limit on host parameters is 32766; stay far below it.
 _CHUNK = 900
-
-
-def _item_row(item: Item) -> tuple:
-    return (
-        item.item_id, item.creator_id, item.duration_ms, item.created_at, item.caption,
-        json.dumps(list(item.hashtags)), item.sound_id, item.language, item.region,
-        1 if item.visible else 0, json.dumps(dict(item.attributes), sort_keys=True),
-    )
-
-
-def _item_from_row(row: tuple) -> Item:
-    return Item(
-        item_id=row[0], creator_id=row[1], duration_ms=row[2], created_at=row[3], caption=row[4],
-        hashtags=tuple(json.loads(row[5])), sound_id=row[6], language=row[7], region=row[8],
-        visible=bool(row[9]), attributes=json.loads(row[10]),
-    )
-
-
-def _event_row(e: Event) -> tuple:
-    return (
-        e.event_id, e.user_id, e.item_id, e.ts, e.type, e.watch_ms, e.request_id, e.position,
-        e.device, e.region, e.source, e.session_id,
-    )
-
-
-def _event_from_row(row: tuple) -> Event:
-    return Event(*row)
-
-
-def _settings_from_row(user_id: str, row: tuple) -> UserSettings:
-    extra = json.loads(row[3] or "{}")
-    return UserSettings(
-        user_id=user_id, personalization=bool(row[0]), muted_keywords=tuple(json.loads(row[1])),
-        daily_limit_minutes=row[2], hidden_creators=tuple(extra.get("hidden_creators", ())),
-        hidden_sounds=tuple(extra.get("hidden_sounds", ())),
-        young_viewer=bool(extra.get("young_viewer", False)),
-        interests_reset_seq=int(extra.get("interests_reset_seq", 0)),
-    )
 
 
 class _ThreadEnd:
@@ -229,6 +186,13 @@ class SQLiteStore:
                 self._readers -= 1
                 self._readers_done.notify_all()
 
+    def _fetch(self, sql: str, args=(), one: bool = False):
+        """Run one read to completion under ``_reading``, so that ``close`` never closes the
+        connection under it (a background thread's read racing a close crashed the process)."""
+        with self._reading():
+            cur = self._conn().execute(sql, args)
+            return cur.fetchone() if one else cur.fetchall()
+
     def close(self, wait_s: float = 30.0) -> None:
         with self._readers_done:
             self._closed = True
@@ -257,11 +221,11 @@ class SQLiteStore:
 
     # -- catalog --------------------------------------------------------------------------------
     def upsert_items(self, items: Iterable[Item]) -> int:
-        rows = [_item_row(i) for i in items]
+        rows = [item_row(i) for i in items]
         if not rows:
             return 0
         sql = (
-            f"INSERT INTO items ({_ITEM_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
+            f"INSERT INTO items ({ITEM_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
             "ON CONFLICT(item_id) DO UPDATE SET creator_id=excluded.creator_id, "
             "duration_ms=excluded.duration_ms, created_at=excluded.created_at, "
             "caption=excluded.caption, hashtags=excluded.hashtags, sound_id=excluded.sound_id, "
@@ -274,23 +238,27 @@ class SQLiteStore:
     def get_items(self, item_ids: Iterable[str]) -> dict[str, Item]:
         ids = list(dict.fromkeys(item_ids))
         out: dict[str, Item] = {}
-        conn = self._conn()
         for start in range(0, len(ids), _CHUNK):
             chunk = ids[start:start + _CHUNK]
             marks = ",".join("?" * len(chunk))
-            for row in conn.execute(
-                f"SELECT {_ITEM_COLUMNS} FROM items WHERE item_id IN ({marks})", chunk
+            for row in self._fetch(
+                f"SELECT {ITEM_COLUMNS} FROM items WHERE item_id IN ({marks})", chunk
             ):
-                out[row[0]] = _item_from_row(row)
+                out[row[0]] = item_from_row(row)
         return out
 
     def iter_items(self) -> Iterator[Item]:
-        cur = self._conn().execute(f"SELECT {_ITEM_COLUMNS} FROM items ORDER BY rowid")
-        while rows := cur.fetchmany(5000):
-            yield from (_item_from_row(r) for r in rows)
+        with self._reading():
+            cur = self._conn().execute(f"SELECT {ITEM_COLUMNS} FROM items ORDER BY rowid")
+        while True:
+            with self._reading():
+                rows = cur.fetchmany(5000)
+            if not rows:
+                return
+            yield from (item_from_row(r) for r in rows)
 
     def count_items(self) -> int:
-        return self._conn().execute("SELECT COUNT(*) FROM items").fetchone()[0]
+        return self._fetch("SELECT COUNT(*) FROM items", one=True)[0]
 
     # -- event log ------------------------------------------------------------------------------
     def append_events(self, events: Iterable[Event]) -> AppendResult:
@@ -313,8 +281,8 @@ class SQLiteStore:
                 known.add(e.event_id)
                 accepted.append(e)
             conn.executemany(
-                f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                [_event_row(e) for e in accepted],
+                f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                [event_row(e) for e in accepted],
             )
             return AppendResult(accepted=accepted, duplicates=len(batch) - len(accepted))
 
@@ -333,7 +301,7 @@ class SQLiteStore:
             args.append(since_ts)
         with self._reading():
             cur = self._conn().execute(
-                f"SELECT seq, {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} "
+                f"SELECT seq, {EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} "
                 "ORDER BY seq", args)
         while True:
             with self._reading():
@@ -341,43 +309,35 @@ class SQLiteStore:
             if not rows:
                 return
             for r in rows:
-                yield r[0], _event_from_row(r[1:])
+                yield r[0], Event(*r[1:])
 
     def count_events(self, user_id: str | None = None) -> int:
         if user_id is None:
-            return self._conn().execute("SELECT COUNT(*) FROM events").fetchone()[0]
-        return self._conn().execute(
-            "SELECT COUNT(*) FROM events WHERE user_id = ?", (user_id,)).fetchone()[0]
+            return self._fetch("SELECT COUNT(*) FROM events", one=True)[0]
+        return self._fetch(
+            "SELECT COUNT(*) FROM events WHERE user_id = ?", (user_id,), one=True)[0]
 
     def last_seq(self) -> int:
-        return self._conn().execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+        return self._fetch("SELECT COALESCE(MAX(seq), 0) FROM events", one=True)[0]
 
     # -- settings -------------------------------------------------------------------------------
     def get_settings(self, user_id: str) -> UserSettings:
-        row = self._conn().execute(
+        row = self._fetch(
             "SELECT personalization, muted_keywords, daily_limit_minutes, extra FROM user_settings "
-            "WHERE user_id = ?", (user_id,)).fetchone()
+            "WHERE user_id = ?", (user_id,), one=True)
         if row is None:
             return UserSettings(user_id=user_id)
-        return _settings_from_row(user_id, row)
+        return settings_from_row(user_id, row)
 
     def iter_settings(self) -> Iterator[UserSettings]:
-        rows = self._conn().execute(
+        rows = self._fetch(
             "SELECT user_id, personalization, muted_keywords, daily_limit_minutes, extra "
-            "FROM user_settings ORDER BY user_id").fetchall()
+            "FROM user_settings ORDER BY user_id")
         for row in rows:
-            yield _settings_from_row(row[0], row[1:])
+            yield settings_from_row(row[0], row[1:])
 
     def put_settings(self, settings: UserSettings) -> None:
-        extra = {
-            "hidden_creators": list(settings.hidden_creators),
-            "hidden_sounds": list(settings.hidden_sounds),
-            "young_viewer": settings.young_viewer,
-            "interests_reset_seq": settings.interests_reset_seq,
-        }
-        row = (settings.user_id, 1 if settings.personalization else 0,
-               json.dumps(list(settings.muted_keywords)), settings.daily_limit_minutes,
-               json.dumps(extra, sort_keys=True))
+        row = settings_row(settings)
         self._write(lambda c: c.execute(
             "INSERT INTO user_settings (user_id, personalization, muted_keywords, "
             "daily_limit_minutes, extra) VALUES (?,?,?,?,?) ON CONFLICT(user_id) DO UPDATE SET "
@@ -392,9 +352,9 @@ class SQLiteStore:
             (self._user_ref(user_id), ts, actor, action)))
 
     def access_log(self, user_id: str, limit: int = 1000) -> list[AccessRecord]:
-        rows = self._conn().execute(
+        rows = self._fetch(
             "SELECT ts, actor, action FROM access_log WHERE user_ref = ? ORDER BY id DESC LIMIT ?",
-            (self._user_ref(user_id), limit)).fetchall()
+            (self._user_ref(user_id), limit))
         return [AccessRecord(*r) for r in rows]
 
     # -- retention ------------------------------------------------------------------------------
@@ -413,16 +373,16 @@ class SQLiteStore:
             "VALUES (?,?,?,?)", (key.key_hash, key.scope, key.user_id, created)))
 
     def find_key(self, key_hash: str) -> ApiKey | None:
-        row = self._conn().execute(
+        row = self._fetch(
             "SELECT key_hash, scope, user_id, created_at FROM api_keys WHERE key_hash = ?",
-            (key_hash,)).fetchone()
+            (key_hash,), one=True)
         return ApiKey(*row) if row else None
 
     def count_keys(self, scope: str | None = None) -> int:
         if scope is None:
-            return self._conn().execute("SELECT COUNT(*) FROM api_keys").fetchone()[0]
-        return self._conn().execute(
-            "SELECT COUNT(*) FROM api_keys WHERE scope = ?", (scope,)).fetchone()[0]
+            return self._fetch("SELECT COUNT(*) FROM api_keys", one=True)[0]
+        return self._fetch(
+            "SELECT COUNT(*) FROM api_keys WHERE scope = ?", (scope,), one=True)[0]
 
     # -- erasure --------------------------------------------------------------------------------
     def erase_user(self, user_id: str) -> int:

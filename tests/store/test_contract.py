@@ -191,6 +191,37 @@ def test_close_waits_for_a_scan_in_another_thread(backend):
         list(scan)
 
 
+def test_close_while_another_thread_reads_raises_instead_of_crashing(backend):
+    """Every read, not only the long scans, holds the store open while it runs: a background
+    rebuild reading settings while a test (or a shutdown) closed the store crashed the
+    process inside SQLite."""
+    backend.append_events([event(i) for i in range(30)])
+    backend.put_settings(UserSettings(user_id="u0", muted_keywords=("x",)))
+    started, outcome = threading.Event(), []
+
+    def reader():
+        reads = 0
+        try:
+            while True:
+                list(backend.iter_settings())
+                backend.get_settings("u0")
+                backend.count_events()
+                backend.find_key("nope")
+                reads += 1
+                started.set()
+        except Exception as exc:
+            outcome.append((reads, type(exc).__name__))
+            started.set()
+
+    t = threading.Thread(target=reader)
+    t.start()
+    assert started.wait(10)
+    backend.close()
+    t.join(10)
+    assert not t.is_alive()
+    assert outcome and outcome[0][0] > 0  # it was reading, and stopped with an error
+
+
 def test_sqlite_reuses_the_connection_of_a_thread_that_ended(tmp_path):
     """A server's request threads come and go; a new one takes the connection (page cache,
     file handles) of one that ended instead of opening one more for the store's lifetime."""
