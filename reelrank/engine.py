@@ -34,6 +34,7 @@ from reelrank.registry import ModelMeta, ModelRegistry
 from reelrank.store import new_live_state
 from reelrank.store.base import AppendResult, Store
 from reelrank.store.live import LiveState, UserState
+from reelrank.store.rebuild import catch_up
 from reelrank.types import MODES, Candidate, Event, FeedRequest, Item, UserSettings
 
 __all__ = ["DEFAULT_TRACE_BUDGET_BYTES", "Engine", "RankResult", "default_pipeline",
@@ -93,6 +94,7 @@ class Engine:
         # hold ``gate.writing()``, a rebuild's catch-up and swap ``gate.swapping()``
         # (``store/shared.py``'s ``WriteGate``); None: this process's lock is enough.
         self.gate: WriteGate | None = None
+        self._folded: list[int] = []  # outbox batches folded in, to mark done (catch_up_live)
 
     # -- start-up -------------------------------------------------------------------------------
     def load(self, replay: bool = True) -> "Engine":
@@ -132,6 +134,16 @@ class Engine:
             n, last = n + 1, seq
         return n, last
 
+    def catch_up_live(self, grace_s: float = 10.0) -> tuple[int, int]:
+        """With a shared live state: mark done the outbox batches this process folded in, then
+        fold in those still pending after ``grace_s`` (their process died between the store's
+        commit and the fold). Returns (batches, events) caught up."""
+        if getattr(self.live, "apply_many", None) is None:
+            return 0, 0
+        done, self._folded = self._folded, []
+        self.store.outbox_done(done)
+        return catch_up(self.store, self.live, int(grace_s * 1000), self._writes)
+
     def rebuild_live(self) -> None:
         """Recompute live state from the log, after erasure or a retention purge removed events:
         the per-item counters, trending and co-engagement that those events fed follow. Runs
@@ -139,8 +151,9 @@ class Engine:
         fresh = self.live.empty_like()
         _, last = self._replay(fresh)
         with self._writes(swap=True):
-            self._replay(fresh, after_seq=last)
+            _, last = self._replay(fresh, after_seq=last)
             self.live.replace_with(fresh)
+        self.store.outbox_done_through(last)
 
     # -- writes ---------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -173,12 +186,16 @@ class Engine:
         if problems:
             raise ValidationError("the batch refers to unknown items; nothing was stored", problems)
         # A shared live state folds a batch in a few round trips (``apply_many``), not a few
-        # per event.
+        # per event. If this process dies between the two writes, the store's outbox holds
+        # the batch until another process folds it in (``catch_up_live``).
         apply_many = getattr(self.live, "apply_many", None)
+        shared = apply_many is not None and not self.live.viewers_evicted
         with self._writes():
-            result = self.store.append_events(events)
-            if apply_many is not None and not self.live.viewers_evicted:
-                apply_many(result.accepted)
+            result = self.store.append_events(events, outbox=shared)
+            if apply_many is not None and shared:
+                apply_many(result.accepted, batch=result.batch)
+                if result.batch:
+                    self._folded.append(result.batch)
             else:
                 unapplied = {e.event_id for e in result.accepted}
                 for e in result.accepted:

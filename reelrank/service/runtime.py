@@ -141,6 +141,23 @@ class Runtime:
         thread.start()
         return thread
 
+    def start_live_catch_up(self, every_s: float = 5.0, grace_s: float = 10.0) -> threading.Thread:
+        """With a live state shared by several processes: every ``every_s`` seconds, mark done
+        the batches this process folded in and fold in those another process stored but
+        never folded in (it died in between), once they are ``grace_s`` old
+        (``Engine.catch_up_live``). Every process runs it; a batch folded twice counts once."""
+
+        def loop() -> None:
+            while not self._watch_stop.wait(every_s):
+                try:
+                    self.engine.catch_up_live(grace_s)
+                except Exception:
+                    log.exception("catching the live state up with the log failed; retrying")
+
+        thread = threading.Thread(target=loop, name="live-catch-up", daemon=True)
+        thread.start()
+        return thread
+
     def start_trainer(self, config=None):
         """Run the online trainer (``reelrank.train.trainer``) in a background thread of this
         process: it tails the event log and hands new weights straight to serving. A trainer
@@ -200,7 +217,8 @@ class Runtime:
         return self.trainer.status() if self.trainer is not None else None
 
     def stop(self) -> None:
-        """Stop the online trainer and the model watcher (before closing the store)."""
+        """Stop the online trainer, the model watcher and the live catch-up (before closing
+        the store)."""
         self._watch_stop.set()
         if self.trainer is not None:
             self.trainer.stop()

@@ -136,6 +136,8 @@ def prepare(data_dir: Path, insecure_no_auth: bool = False,
         runtime = Runtime(engine, rebuild_lock=None if shared is None else
                           lambda: shared.lock("rebuild"))
         runtime.watch_models()
+        if shared is not None:
+            runtime.start_live_catch_up()
         # The trainer's memory budgets: {"max_viewers": n, "late_examples": n}, either or none.
         budgets = {k: v for k, v in (trainer_budgets or {}).items() if v is not None}
         if trainer == "process":

@@ -16,10 +16,13 @@ from reelrank.types import AccessRecord, ApiKey, Event, Item, UserSettings
 
 @dataclass(frozen=True, slots=True)
 class AppendResult:
-    """What an append did: the events newly stored (in input order) and how many were known."""
+    """What an append did: the events newly stored (in input order) and how many were known;
+    ``batch``: with ``outbox=True``, the first sequence number of the stored events, which
+    names the batch in the outbox (0: nothing stored, or no outbox asked for)."""
 
     accepted: list[Event]
     duplicates: int
+    batch: int = 0
 
 
 class CatalogReader(Protocol):
@@ -35,9 +38,34 @@ class CatalogWriter(Protocol):
 
 
 class EventWriter(Protocol):
-    def append_events(self, events: Iterable[Event]) -> AppendResult:
+    def append_events(self, events: Iterable[Event], outbox: bool = False) -> AppendResult:
         """Append atomically and durably. An event whose ``event_id`` is known (in the log or
-        earlier in the same batch) is skipped and counted as a duplicate."""
+        earlier in the same batch) is skipped and counted as a duplicate. ``outbox``: record
+        the stored batch in the live-state outbox (``LiveOutbox``) in the same transaction."""
+        ...
+
+
+class LiveOutbox(Protocol):
+    """Batches stored but maybe not yet folded into a live state shared by several processes.
+
+    The process that stores a batch folds it into the shared state next; if it dies in
+    between, the batch is durable and missing from live state. So a batch appended with
+    ``outbox=True`` is recorded (by its sequence numbers only: no viewer's data) in the same
+    transaction, marked done once folded in, and any process folds in the batches left
+    pending past a grace period (``Engine.catch_up_live``)."""
+
+    def outbox_pending(self, older_than_ms: int = 0) -> list[tuple[int, int]]:
+        """(first seq, last seq) of the batches recorded at least ``older_than_ms`` ago and
+        not marked done, oldest first."""
+        ...
+
+    def outbox_done(self, batches: Iterable[int]) -> None:
+        """Mark batches (by first seq) done."""
+        ...
+
+    def outbox_done_through(self, seq: int) -> None:
+        """Mark done every batch whose events all have ``seq`` or less (a full rebuild read
+        the log through ``seq``)."""
         ...
 
 
@@ -92,7 +120,7 @@ class UserEraser(Protocol):
 
 @runtime_checkable
 class Store(CatalogReader, CatalogWriter, EventWriter, EventReader, SettingsStore, KeyStore,
-            UserEraser, AccessLog, Retention, Protocol):
+            UserEraser, AccessLog, Retention, LiveOutbox, Protocol):
     """Everything a backend provides. Entry points hold this; components take the narrow parts."""
 
     url: str

@@ -76,7 +76,13 @@ CREATE TABLE IF NOT EXISTS api_keys (
     created_at BIGINT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS api_keys_user ON api_keys (user_id);
+CREATE TABLE IF NOT EXISTS live_outbox (
+    first_seq BIGINT PRIMARY KEY,
+    last_seq BIGINT NOT NULL,
+    created_ms BIGINT NOT NULL
+);
 """
+
 
 def redact(url: str) -> str:
     """The URL without its password, for logs and ``Store.url``."""

@@ -168,7 +168,7 @@ class PostgresStore:
         return self._one("SELECT COUNT(*) FROM items")[0]
 
     # -- event log ------------------------------------------------------------------------------
-    def append_events(self, events: Iterable[Event]) -> AppendResult:
+    def append_events(self, events: Iterable[Event], outbox: bool = False) -> AppendResult:
         batch = list(events)
         if not batch:
             return AppendResult(accepted=[], duplicates=0)
@@ -187,10 +187,19 @@ class PostgresStore:
             cur.execute(
                 f"INSERT INTO events ({EVENT_COLUMNS}) SELECT {EVENT_COLUMNS} "
                 "FROM incoming_events ORDER BY ord "
-                "ON CONFLICT (event_id) DO NOTHING RETURNING event_id")
-            stored = {r[0] for r in cur.fetchall()}
+                "ON CONFLICT (event_id) DO NOTHING RETURNING event_id, seq")
+            rows = cur.fetchall()
+            start = 0
+            if outbox and rows:
+                # Appends hold the lock to their commit: no other batch's seq falls between.
+                start = min(r[1] for r in rows)
+                cur.execute("INSERT INTO live_outbox (first_seq, last_seq, created_ms) "
+                            "VALUES (%s, %s, %s)",
+                            (start, max(r[1] for r in rows), int(time.time() * 1000)))
+        stored = {r[0] for r in rows}
         accepted = [e for e in unique if e.event_id in stored]
-        return AppendResult(accepted=accepted, duplicates=len(batch) - len(accepted))
+        return AppendResult(accepted=accepted, duplicates=len(batch) - len(accepted),
+                            batch=start)
 
     def iter_events(
         self, after_seq: int = 0, user_id: str | None = None, since_ts: int | None = None
@@ -229,6 +238,24 @@ class PostgresStore:
 
     def last_seq(self) -> int:
         return self._one("SELECT COALESCE(MAX(seq), 0) FROM events")[0]
+
+    # -- live-state outbox (store/base.py's LiveOutbox) ------------------------------------------
+    def outbox_pending(self, older_than_ms: int = 0) -> list[tuple[int, int]]:
+        before = int(time.time() * 1000) - older_than_ms
+        with self._read() as conn:
+            rows = conn.execute("SELECT first_seq, last_seq FROM live_outbox "
+                                "WHERE created_ms <= %s ORDER BY first_seq", (before,)).fetchall()
+        return [(r[0], r[1]) for r in rows]
+
+    def outbox_done(self, batches: Iterable[int]) -> None:
+        done = list(batches)
+        if done:
+            with self._tx() as conn:
+                conn.execute("DELETE FROM live_outbox WHERE first_seq = ANY(%s)", (done,))
+
+    def outbox_done_through(self, seq: int) -> None:
+        with self._tx() as conn:
+            conn.execute("DELETE FROM live_outbox WHERE last_seq <= %s", (seq,))
 
     # -- settings -------------------------------------------------------------------------------
     def get_settings(self, user_id: str) -> UserSettings:

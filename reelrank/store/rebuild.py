@@ -5,7 +5,8 @@ This is what makes a shared live state (Redis) safe to lose: everything it holds
 sent is derived from the log, so ``reelrank rebuild-live`` after a Redis restart (or a flush)
 gives back the same state an API process would have built in memory from the same log. Events
 from before a viewer's "refresh my feed" are replayed without their interests, as the engine's
-start-up replay does.
+start-up replay does. ``catch_up`` folds in the batches a process stored but died before
+folding in (the store's outbox).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from typing import Callable, ContextManager
 
 from reelrank.store.base import Store
 from reelrank.store.live import LiveState
@@ -55,6 +57,36 @@ def rebuild_live(store: Store, live: LiveState, gate=None) -> tuple[int, int]:
     with gate.swapping() if gate is not None else contextlib.nullcontext():
         more, last = replay(store, fresh, after_seq=last)
         live.replace_with(fresh)
+    store.outbox_done_through(last)  # every batch through ``last`` is in the new state
     log.info("live state rebuilt from %d events (through seq %d) in %.1f s", n + more, last,
              time.perf_counter() - started)
     return n + more, last
+
+
+def catch_up(store: Store, live: LiveState, older_than_ms: int,
+             writes: Callable[[], ContextManager] = contextlib.nullcontext) -> tuple[int, int]:
+    """Fold into a shared ``live`` the outbox's batches pending for ``older_than_ms`` or more
+    (``store/base.py``'s ``LiveOutbox``): their process died between committing and folding
+    them in. The viewers it had folded in are marked and skipped (``apply_many``'s
+    ``batch``); the others get the batch's events as a replay would (``interests`` after a
+    reset only). Each batch under ``writes()`` (the engine's ingest step). Returns (batches,
+    events) read back from the log."""
+    batches = events = 0
+    for first, last in store.outbox_pending(older_than_ms):
+        with writes():
+            rows = []
+            with contextlib.closing(store.iter_events(after_seq=first - 1)) as scan:  # type: ignore[type-var]
+                for seq, event in scan:
+                    if seq > last:
+                        break
+                    rows.append((seq, event))
+            floors = {u: store.get_settings(u).interests_reset_seq or 0
+                      for u in {e.user_id for _, e in rows}}
+            live.apply_many([e for _, e in rows],  # type: ignore[attr-defined]
+                            [seq > floors[e.user_id] for seq, e in rows], batch=first)
+        store.outbox_done([first])
+        batches, events = batches + 1, events + len(rows)
+    if batches:
+        log.warning("live state: folded in %d stored batches (%d events) that a stopped "
+                    "process had not", batches, events)
+    return batches, events

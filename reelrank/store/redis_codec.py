@@ -69,6 +69,25 @@ def decode_user(user_id: str, text: str | bytes) -> UserState:
     return u
 
 
+# The outbox batches a viewer's write folded in (``RedisLiveState.apply_many``), newest last,
+# in the viewer's hash ("b"): a batch is folded in again only when its process died within
+# the outbox's grace period (seconds), so the last few dozen are plenty.
+MARKS_KEPT = 64
+
+
+def has_mark(marks: bytes | str | None, batch: int) -> bool:
+    if not marks:
+        return False
+    text = marks.decode() if isinstance(marks, bytes) else marks
+    return str(batch) in text.split(",")
+
+
+def with_mark(marks: bytes | str | None, batch: int) -> str:
+    text = marks.decode() if isinstance(marks, bytes) else (marks or "")
+    kept = [m for m in text.split(",") if m][-(MARKS_KEPT - 1):]
+    return ",".join([*kept, str(batch)])
+
+
 def stats_from_row(row: list) -> ItemStats:
     """Counters from the ITEM_STATS script's seven values (empty where none)."""
     im, vw, lv, lk, sh, ng, wr = row

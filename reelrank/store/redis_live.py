@@ -14,16 +14,12 @@ writes the viewer with everything the event changed for the item in one Lua scri
 trip), which refuses the write if the viewer changed meanwhile (the fold then runs again).
 ``apply_many`` does the same for a batch in two round trips in all.
 
-Reads on the feed path cost few round trips (see ``user_snapshot``): item counters, creator
-impressions and co-engagement lists are cached in the process and refetched in one pipelined
-round trip when this process changed them, when ``invalidate`` says another did (the fan-out,
-``store/fanout.py``), or every ``stats_max_age_s``; top lists are cached as the in-memory
-backend caches them (``trending_refresh_events`` / ``trending_refresh_seconds``). Viewer state
-is never cached: the next feed from any process sees the last accepted event.
-
-``empty_like`` gives a write-behind state in a scratch namespace (for the rebuild after an
-erasure, and ``reelrank rebuild-live``): events are folded in process memory and written in
-pipelines of thousands, and ``replace_with`` renames its keys over this state's.
+Feed-path reads cost few round trips (``user_snapshot``): item counters, creator impressions
+and co-engagement lists are cached in the process, refetched when this process changed them,
+when ``invalidate`` says another did (``store/fanout.py``), or every ``stats_max_age_s``; top
+lists as the in-memory backend caches them. Viewer state is never cached: the next feed from
+any process sees the last accepted event. ``empty_like``: a write-behind state in a scratch
+namespace (rebuilds), whose keys ``replace_with`` renames over this state's.
 """
 
 from __future__ import annotations
@@ -43,8 +39,9 @@ from reelrank.store.live import Catalog, ItemStats, UserState
 from reelrank.store.memory import MemoryLiveState
 from reelrank.store.redis_codec import (BATCH, DEFAULT_PREFIX, ReadCache, cached_top,
                                         creators_of, decode_user, encode_user, fold_event,
-                                        open_scratch, parse_live_url, read_co_engaged,
-                                        read_item_stats, read_top, scan_keys, swap_keys)
+                                        has_mark, open_scratch, parse_live_url,
+                                        read_co_engaged, read_item_stats, read_top, scan_keys,
+                                        swap_keys, with_mark)
 from reelrank.store.redis_lua import (APPLY, CO_ENGAGED, FORGET_USER, ITEM_STATS, PUT_USER,
                                      RECORD_SERVED)
 from reelrank.types import DAY_MS, Event
@@ -152,17 +149,17 @@ class RedisLiveState:
 
     # -- writes ---------------------------------------------------------------------------------
     def apply(self, event: Event, interests: bool = True) -> None:
-        """Fold one accepted event in (unknown items are ignored, as in memory): two round
-        trips, more only when another process changed the viewer in between."""
+        """One accepted event (unknown items are ignored, as in memory): ``apply_many``."""
         self.apply_many([event], [interests])
 
     def apply_many(self, events: Iterable[Event],
-                   interests: Iterable[bool] | None = None) -> None:
-        """Fold accepted events in, in two round trips for the whole batch: every viewer read
-        in one pipeline, then one script per viewer (their state after all their events, and
-        what each event changed for its item) in another. Each viewer's events keep their
-        order; a viewer another process changed meanwhile is refused by the script (nothing
-        of theirs is written), read again and folded again."""
+                   interests: Iterable[bool] | None = None, batch: int = 0) -> None:
+        """Fold accepted events in, in two round trips in all: every viewer read in one
+        pipeline, then one script per viewer (their state after their events, in order, and
+        what each changed for its item); a viewer another process changed meanwhile is
+        refused by the script, read and folded again. ``batch``: the outbox name of the batch
+        (``AppendResult.batch``), marked by each viewer's write; a viewer marked already is
+        skipped, so a batch folded again after its process died part-way counts once."""
         flags = interests if interests is not None else itertools.repeat(True)
         pending = [(e, i) for e, i in zip(events, flags)
                    if self.catalog.get(e.item_id) is not None]
@@ -179,11 +176,13 @@ class RedisLiveState:
             users = list(by_user)
             pipe = self.client.pipeline(transaction=False)
             for uid in users:
-                pipe.hmget(self.prefix + "u:" + uid, "v", "s")
+                pipe.hmget(self.prefix + "u:" + uid, "v", "s", "b")
             rows = pipe.execute()
             pipe = self.client.pipeline(transaction=False)
             folded = []
-            for uid, (token, text) in zip(users, rows):
+            for uid, (token, text, marks) in zip(users, rows):
+                if batch and has_mark(marks, batch):
+                    continue  # folded in already, by the process that stored it
                 state = decode_user(uid, text) if text else None
                 blocks: list = []
                 touched: list[str] = []
@@ -196,7 +195,8 @@ class RedisLiveState:
                 assert state is not None
                 pipe.evalsha(self._apply.sha, 0, self.prefix, uid,
                              token.decode() if token else "", os.urandom(8).hex(),
-                             encode_user(state), *self._stream(), *blocks)
+                             encode_user(state), *self._stream(),
+                             with_mark(marks, batch) if batch else "", *blocks)
                 folded.append((uid, touched, creators))
             try:
                 results = pipe.execute()
@@ -217,7 +217,7 @@ class RedisLiveState:
         u, block = self._fold(self._pending.get(event.user_id), event, interests)
         self._pending[event.user_id] = u
         self._pipe.evalsha(self._apply.sha, 0, self.prefix, event.user_id, "-", "", "", "", 0,
-                           *block)
+                           "", *block)
         self._queued += 1
         if self._queued >= BATCH:
             self._pipe.execute()
@@ -292,7 +292,7 @@ class RedisLiveState:
             assert cleared is not None
             applied, _, _ = self.client.evalsha(
                 self._apply.sha, 0, self.prefix, user_id, token.decode() if token else "",
-                os.urandom(8).hex(), encode_user(cleared), "", 0)
+                os.urandom(8).hex(), encode_user(cleared), "", 0, "")
             if applied:
                 return
 

@@ -10,10 +10,12 @@ Numbers cross the boundary as strings: Lua holds them as doubles, exact for even
 
 # One viewer's events. ARGV: 1 prefix, 2 user, 3 the token of the viewer's state this write was
 # folded from ("" when there was none; "-": do not write the viewer), 4 the new token, 5 the
-# viewer's state after the events (JSON), 6 stream key ("" none), 7 stream max length, then per
-# event: item, creator, ts, deltas of im vw lv lk sh ng (lk -1: an unlike, floored at 0),
-# watch-ratio delta, creator impressions delta, engagement weight, region ("" none), trending
-# window ms, hour ms, stream payload, the number of co-engaged items, and those items.
+# viewer's state after the events (JSON), 6 stream key ("" none), 7 stream max length, 8 the
+# viewer's outbox marks after this write ("" leave them: the stored batches whose part for this
+# viewer is folded in, see RedisLiveState.apply_many), then per event: item, creator, ts,
+# deltas of im vw lv lk sh ng (lk -1: an unlike, floored at 0), watch-ratio delta, creator
+# impressions delta, engagement weight, region ("" none), trending window ms, hour ms, stream
+# payload, the number of co-engaged items, and those items.
 # Tokens are random, never reused: a write folded from a state another process has replaced
 # meanwhile is refused, however many writes came between, and then nothing is changed.
 # Returns {applied (0: the viewer changed since it was read), version, clock}.
@@ -25,13 +27,14 @@ if ARGV[3] ~= '-' then
   local current = redis.call('HGET', ukey, 'v') or ''
   if current ~= ARGV[3] then return {0, 0, 0} end
   redis.call('HSET', ukey, 'v', ARGV[4], 's', ARGV[5])
+  if ARGV[8] ~= '' then redis.call('HSET', ukey, 'b', ARGV[8]) end
   redis.call('SADD', p .. 'users', uid)
   redis.call('ZREM', p .. 'feedonly', uid)
 end
 local names = {'im', 'vw', 'lv', 'lk', 'sh', 'ng'}
 local clock = tonumber(redis.call('GET', p .. 'clock') or '0')
 local version = 0
-local a = 8
+local a = 9
 while a <= #ARGV do
   local item = ARGV[a]
   local ikey = p .. 'i:' .. item

@@ -77,6 +77,11 @@ CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS live_outbox (
+    first_seq INTEGER PRIMARY KEY,
+    last_seq INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS api_keys (
     key_hash TEXT PRIMARY KEY,
     scope TEXT NOT NULL,
@@ -261,7 +266,7 @@ class SQLiteStore:
         return self._fetch("SELECT COUNT(*) FROM items", one=True)[0]
 
     # -- event log ------------------------------------------------------------------------------
-    def append_events(self, events: Iterable[Event]) -> AppendResult:
+    def append_events(self, events: Iterable[Event], outbox: bool = False) -> AppendResult:
         batch = list(events)
         if not batch:
             return AppendResult(accepted=[], duplicates=0)
@@ -284,7 +289,14 @@ class SQLiteStore:
                 f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 [event_row(e) for e in accepted],
             )
-            return AppendResult(accepted=accepted, duplicates=len(batch) - len(accepted))
+            first = 0
+            if outbox and accepted:  # writes are serialised: the batch's seqs are consecutive
+                last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+                first = last - len(accepted) + 1
+                conn.execute("INSERT INTO live_outbox (first_seq, last_seq, created_ms) "
+                             "VALUES (?,?,?)", (first, last, int(time.time() * 1000)))
+            return AppendResult(accepted=accepted, duplicates=len(batch) - len(accepted),
+                                batch=first)
 
         return self._write(run)
 
@@ -319,6 +331,22 @@ class SQLiteStore:
 
     def last_seq(self) -> int:
         return self._fetch("SELECT COALESCE(MAX(seq), 0) FROM events", one=True)[0]
+
+    # -- live-state outbox (store/base.py's LiveOutbox) ------------------------------------------
+    def outbox_pending(self, older_than_ms: int = 0) -> list[tuple[int, int]]:
+        before = int(time.time() * 1000) - older_than_ms
+        return [tuple(r) for r in self._fetch(
+            "SELECT first_seq, last_seq FROM live_outbox WHERE created_ms <= ? "
+            "ORDER BY first_seq", (before,))]
+
+    def outbox_done(self, batches: Iterable[int]) -> None:
+        rows = [(b,) for b in batches]
+        if rows:
+            self._write(lambda c: c.executemany(
+                "DELETE FROM live_outbox WHERE first_seq = ?", rows))
+
+    def outbox_done_through(self, seq: int) -> None:
+        self._write(lambda c: c.execute("DELETE FROM live_outbox WHERE last_seq <= ?", (seq,)))
 
     # -- settings -------------------------------------------------------------------------------
     def get_settings(self, user_id: str) -> UserSettings:

@@ -191,6 +191,26 @@ def test_close_waits_for_a_scan_in_another_thread(backend):
         list(scan)
 
 
+def test_outbox_records_a_batch_in_its_append_until_marked_done(backend):
+    assert backend.append_events([event(0)]).batch == 0  # no outbox asked for
+    assert backend.outbox_pending() == []
+    first = backend.append_events([event(1), event(0), event(2), event(3)], outbox=True)
+    assert [e.event_id for e in first.accepted] == ["e1", "e2", "e3"]
+    seqs = [seq for seq, _ in backend.iter_events(after_seq=1)]
+    assert first.batch == seqs[0]
+    assert backend.outbox_pending() == [(seqs[0], seqs[-1])]
+    assert backend.append_events([event(2)], outbox=True).batch == 0  # nothing stored
+    second = backend.append_events([event(4), event(5)], outbox=True)
+    last = backend.last_seq()
+    assert backend.outbox_pending() == [(seqs[0], seqs[-1]), (second.batch, last)]
+    assert backend.outbox_pending(older_than_ms=60_000) == []  # both just recorded
+    backend.outbox_done([second.batch])
+    assert backend.outbox_pending() == [(seqs[0], seqs[-1])]
+    third = backend.append_events([event(6)], outbox=True)
+    backend.outbox_done_through(last)  # the first batch, not the third
+    assert backend.outbox_pending() == [(third.batch, third.batch)]
+
+
 def test_close_while_another_thread_reads_raises_instead_of_crashing(backend):
     """Every read, not only the long scans, holds the store open while it runs: a background
     rebuild reading settings while a test (or a shutdown) closed the store crashed the
