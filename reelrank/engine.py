@@ -34,7 +34,7 @@ from reelrank.registry import ModelMeta, ModelRegistry
 from reelrank.store import new_live_state
 from reelrank.store.base import AppendResult, Store
 from reelrank.store.live import LiveState, UserState
-from reelrank.store.rebuild import catch_up
+from reelrank.store.rebuild import MarkFloor, catch_up
 from reelrank.types import MODES, Candidate, Event, FeedRequest, Item, UserSettings
 
 __all__ = ["DEFAULT_TRACE_BUDGET_BYTES", "Engine", "RankResult", "default_pipeline",
@@ -95,6 +95,7 @@ class Engine:
         # (``store/shared.py``'s ``WriteGate``); None: this process's lock is enough.
         self.gate: WriteGate | None = None
         self._folded: list[int] = []  # outbox batches folded in, to mark done (catch_up_live)
+        self._mark_floor = MarkFloor()
 
     # -- start-up -------------------------------------------------------------------------------
     def load(self, replay: bool = True) -> "Engine":
@@ -142,7 +143,11 @@ class Engine:
             return 0, 0
         done, self._folded = self._folded, []
         self.store.outbox_done(done)
-        return catch_up(self.store, self.live, int(grace_s * 1000), self._writes)
+        caught = catch_up(self.store, self.live, int(grace_s * 1000), self._writes)
+        floor = self._mark_floor.update(self.store.outbox_low())
+        if floor is not None:
+            self.live.mark_floor = floor  # type: ignore[attr-defined]
+        return caught
 
     def rebuild_live(self) -> None:
         """Recompute live state from the log, after erasure or a retention purge removed events:

@@ -59,6 +59,11 @@ class LiveOutbox(Protocol):
         not marked done, oldest first."""
         ...
 
+    def outbox_low(self) -> int:
+        """The first seq of the oldest pending batch, else one past the log's end: any batch
+        that may still be folded in again starts at or above it (one snapshot)."""
+        ...
+
     def outbox_done(self, batches: Iterable[int]) -> None:
         """Mark batches (by first seq) done."""
         ...

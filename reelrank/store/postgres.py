@@ -247,6 +247,10 @@ class PostgresStore:
                                 "WHERE created_ms <= %s ORDER BY first_seq", (before,)).fetchall()
         return [(r[0], r[1]) for r in rows]
 
+    def outbox_low(self) -> int:
+        return self._one("SELECT COALESCE((SELECT MIN(first_seq) FROM live_outbox), "
+                         "(SELECT COALESCE(MAX(seq), 0) + 1 FROM events))")[0]
+
     def outbox_done(self, batches: Iterable[int]) -> None:
         done = list(batches)
         if done:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections import deque
 from typing import Callable, ContextManager
 
 from reelrank.store.base import Store
@@ -69,9 +70,9 @@ def catch_up(store: Store, live: LiveState, older_than_ms: int,
     (``store/base.py``'s ``LiveOutbox``): their process died between committing and folding
     them in. The viewers it had folded in are marked and skipped (``apply_many``'s
     ``batch``); the others get the batch's events as a replay would (``interests`` after a
-    reset only). Each batch under ``writes()`` (the engine's ingest step). Returns (batches,
-    events) read back from the log."""
-    batches = events = 0
+    reset only). Each batch under ``writes()`` (the engine's ingest step). Returns (batches
+    read back from the log, events of theirs folded in now)."""
+    batches = events = read = 0
     for first, last in store.outbox_pending(older_than_ms):
         with writes():
             rows = []
@@ -82,11 +83,34 @@ def catch_up(store: Store, live: LiveState, older_than_ms: int,
                     rows.append((seq, event))
             floors = {u: store.get_settings(u).interests_reset_seq or 0
                       for u in {e.user_id for _, e in rows}}
-            live.apply_many([e for _, e in rows],  # type: ignore[attr-defined]
-                            [seq > floors[e.user_id] for seq, e in rows], batch=first)
+            events += live.apply_many(  # type: ignore[attr-defined]
+                [e for _, e in rows], [seq > floors[e.user_id] for seq, e in rows], batch=first)
         store.outbox_done([first])
-        batches, events = batches + 1, events + len(rows)
+        batches, read = batches + 1, read + len(rows)
     if batches:
-        log.warning("live state: folded in %d stored batches (%d events) that a stopped "
-                    "process had not", batches, events)
+        log.log(logging.WARNING if events else logging.INFO,
+                "live state: %d stored batches (%d events) left pending by a stopped process "
+                "read back; %d of their events had not been folded in, now are",
+                batches, read, events)
     return batches, events
+
+
+class MarkFloor:
+    """The floor below which a viewer's outbox marks can go (``RedisLiveState.mark_floor``):
+    the oldest pending batch as the store reported it at least ``lag_s`` ago. A catch-up that
+    listed a batch as pending just before another process finished it may fold it in a while
+    later; its viewers' marks must still be there then."""
+
+    def __init__(self, lag_s: float = 60.0, clock: Callable[[], float] = time.monotonic):
+        self.lag_s = lag_s
+        self.clock = clock
+        self._seen: deque[tuple[float, int]] = deque()
+
+    def update(self, low: int) -> int | None:
+        """Record the store's ``outbox_low`` now; the floor to use, None while too young."""
+        now = self.clock()
+        self._seen.append((now, low))
+        while len(self._seen) > 1 and self._seen[1][0] <= now - self.lag_s:
+            self._seen.popleft()
+        at, floor = self._seen[0]
+        return floor if at <= now - self.lag_s else None

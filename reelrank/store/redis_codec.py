@@ -69,10 +69,12 @@ def decode_user(user_id: str, text: str | bytes) -> UserState:
     return u
 
 
-# The outbox batches a viewer's write folded in (``RedisLiveState.apply_many``), newest last,
-# in the viewer's hash ("b"): a batch is folded in again only when its process died within
-# the outbox's grace period (seconds), so the last few dozen are plenty.
-MARKS_KEPT = 64
+# The outbox batches a viewer's writes folded in (``RedisLiveState.apply_many``), in the
+# viewer's hash ("b"). A mark matters while its batch may still be folded in again: while it is
+# pending in the store's outbox. Marks of batches below ``floor`` (the oldest pending batch, as
+# the catch-up saw it a while ago: ``Engine.catch_up_live``) are dropped; MARKS_KEPT bounds the
+# rest for a viewer in every batch.
+MARKS_KEPT = 512
 
 
 def has_mark(marks: bytes | str | None, batch: int) -> bool:
@@ -82,9 +84,9 @@ def has_mark(marks: bytes | str | None, batch: int) -> bool:
     return str(batch) in text.split(",")
 
 
-def with_mark(marks: bytes | str | None, batch: int) -> str:
+def with_mark(marks: bytes | str | None, batch: int, floor: int = 0) -> str:
     text = marks.decode() if isinstance(marks, bytes) else (marks or "")
-    kept = [m for m in text.split(",") if m][-(MARKS_KEPT - 1):]
+    kept = [m for m in text.split(",") if m and int(m) >= floor][-(MARKS_KEPT - 1):]
     return ",".join([*kept, str(batch)])
 
 

@@ -98,6 +98,7 @@ class RedisLiveState:
         self._tops: dict = {}
         self._lock = threading.Lock()
         self.write_behind = write_behind
+        self.mark_floor = 0  # outbox marks below it are dropped (redis_codec.with_mark)
         self._pending: dict[str, UserState] = {}  # write-behind: viewers not written yet
         self._pipe = client.pipeline(transaction=False)  # write-behind's queue
         self._queued = 0
@@ -143,9 +144,8 @@ class RedisLiveState:
         return self.fanout.event_message(event, co)
 
     def _stream(self) -> list:
-        if self.fanout is None or self.write_behind:
-            return ["", 0]
-        return [self.fanout.key, self.fanout.maxlen]
+        f = None if self.write_behind else self.fanout
+        return ["", 0] if f is None else [f.key, f.maxlen]
 
     # -- writes ---------------------------------------------------------------------------------
     def apply(self, event: Event, interests: bool = True) -> None:
@@ -153,23 +153,23 @@ class RedisLiveState:
         self.apply_many([event], [interests])
 
     def apply_many(self, events: Iterable[Event],
-                   interests: Iterable[bool] | None = None, batch: int = 0) -> None:
-        """Fold accepted events in, in two round trips in all: every viewer read in one
-        pipeline, then one script per viewer (their state after their events, in order, and
-        what each changed for its item); a viewer another process changed meanwhile is
-        refused by the script, read and folded again. ``batch``: the outbox name of the batch
-        (``AppendResult.batch``), marked by each viewer's write; a viewer marked already is
-        skipped, so a batch folded again after its process died part-way counts once."""
+                   interests: Iterable[bool] | None = None, batch: int = 0) -> int:
+        """Fold events in, in two round trips: all viewers read in one pipeline, then one
+        script per viewer (their state after their events, and what each changed for its item),
+        refused if another process changed the viewer meanwhile (read and fold again).
+        ``batch``: the outbox name of the batch, marked by each viewer's write; a viewer marked
+        already is skipped (a batch folded again counts once). Returns the events folded in."""
         flags = interests if interests is not None else itertools.repeat(True)
         pending = [(e, i) for e, i in zip(events, flags)
                    if self.catalog.get(e.item_id) is not None]
         if self.write_behind:
             for e, i in pending:
                 self._apply_behind(e, i)
-            return
+            return len(pending)
+        n = len(pending)
         for _ in range(50):
             if not pending:
-                return
+                return n
             by_user: dict[str, list[tuple[Event, bool]]] = {}
             for e, i in pending:
                 by_user.setdefault(e.user_id, []).append((e, i))
@@ -182,21 +182,21 @@ class RedisLiveState:
             folded = []
             for uid, (token, text, marks) in zip(users, rows):
                 if batch and has_mark(marks, batch):
-                    continue  # folded in already, by the process that stored it
+                    n -= len(by_user[uid])  # folded in already, by the process that stored it
+                    continue
                 state = decode_user(uid, text) if text else None
                 blocks: list = []
-                touched: list[str] = []
-                creators: list[str] = []
+                touched, creators = [], []
                 for e, i in by_user[uid]:
                     state, block = self._fold(state, e, i)
                     blocks += block
                     touched += [e.item_id, *block[17:]]
                     creators.append(block[1])
                 assert state is not None
-                pipe.evalsha(self._apply.sha, 0, self.prefix, uid,
-                             token.decode() if token else "", os.urandom(8).hex(),
-                             encode_user(state), *self._stream(),
-                             with_mark(marks, batch) if batch else "", *blocks)
+                mark = with_mark(marks, batch, self.mark_floor) if batch else ""
+                pipe.evalsha(self._apply.sha, 0, self.prefix, uid, token.decode() if token
+                             else "", os.urandom(8).hex(), encode_user(state), *self._stream(),
+                             mark, *blocks)
                 folded.append((uid, touched, creators))
             try:
                 results = pipe.execute()

@@ -339,6 +339,11 @@ class SQLiteStore:
             "SELECT first_seq, last_seq FROM live_outbox WHERE created_ms <= ? "
             "ORDER BY first_seq", (before,))]
 
+    def outbox_low(self) -> int:
+        return self._fetch(
+            "SELECT COALESCE((SELECT MIN(first_seq) FROM live_outbox), "
+            "(SELECT COALESCE(MAX(seq), 0) + 1 FROM events))", one=True)[0]
+
     def outbox_done(self, batches: Iterable[int]) -> None:
         rows = [(b,) for b in batches]
         if rows:

@@ -194,6 +194,7 @@ def test_close_waits_for_a_scan_in_another_thread(backend):
 def test_outbox_records_a_batch_in_its_append_until_marked_done(backend):
     assert backend.append_events([event(0)]).batch == 0  # no outbox asked for
     assert backend.outbox_pending() == []
+    assert backend.outbox_low() == backend.last_seq() + 1  # nothing pending: past the end
     first = backend.append_events([event(1), event(0), event(2), event(3)], outbox=True)
     assert [e.event_id for e in first.accepted] == ["e1", "e2", "e3"]
     seqs = [seq for seq, _ in backend.iter_events(after_seq=1)]
@@ -203,6 +204,7 @@ def test_outbox_records_a_batch_in_its_append_until_marked_done(backend):
     second = backend.append_events([event(4), event(5)], outbox=True)
     last = backend.last_seq()
     assert backend.outbox_pending() == [(seqs[0], seqs[-1]), (second.batch, last)]
+    assert backend.outbox_low() == seqs[0]
     assert backend.outbox_pending(older_than_ms=60_000) == []  # both just recorded
     backend.outbox_done([second.batch])
     assert backend.outbox_pending() == [(seqs[0], seqs[-1])]

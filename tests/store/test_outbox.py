@@ -8,7 +8,7 @@ import pytest
 
 from reelrank.engine import Engine
 from reelrank.store import new_catalog, new_live_state
-from reelrank.store.rebuild import load_catalog
+from reelrank.store.rebuild import MarkFloor, load_catalog
 from tests.rd import throwaway_prefix
 from tests.store.test_rebuild_live import a_store, assert_same, world
 
@@ -40,7 +40,9 @@ def test_batches_stored_but_not_folded_in_are_caught_up_once(kind, tmp_path):
 
         assert engine.catch_up_live(grace_s=60) == (0, 0)  # still within their grace period
         assert [b for b, _ in store.outbox_pending()] == [lost.batch, half.batch]
-        assert engine.catch_up_live(grace_s=0) == (2, 200)
+        # Two batches read back; of the half-folded one, only the viewers not marked.
+        not_folded = 100 + sum(e.user_id not in folded for e in half.accepted)
+        assert engine.catch_up_live(grace_s=0) == (2, not_folded)
         assert store.outbox_pending() == []
         assert engine.catch_up_live(grace_s=0) == (0, 0)
 
@@ -69,13 +71,27 @@ def fold(live, events) -> None:
             live.apply(e)
 
 
-def test_a_viewers_marks_keep_the_newest_batches():
+def test_a_viewers_marks_keep_the_batches_that_may_be_folded_again():
     from reelrank.store.redis_codec import MARKS_KEPT, has_mark, with_mark
 
     marks = ""
-    for batch in range(1, MARKS_KEPT + 11):
+    for batch in range(1, MARKS_KEPT + 11):  # a viewer in every batch, no floor yet
         marks = with_mark(marks.encode(), batch)
     assert not has_mark(None, 1) and not has_mark(marks, 10) and has_mark(marks, 11)
     assert has_mark(marks, MARKS_KEPT + 10) and not has_mark(marks, 1)
     assert not has_mark("123", 12)  # whole numbers, not digits of one
     assert len(marks.split(",")) == MARKS_KEPT
+    marks = with_mark(marks, 900, floor=MARKS_KEPT + 5)  # batches below the floor are done
+    assert marks.split(",") == [str(b) for b in range(MARKS_KEPT + 5, MARKS_KEPT + 11)] + ["900"]
+
+
+def test_the_mark_floor_lags_the_oldest_pending_batch():
+    now = [0.0]
+    floor = MarkFloor(lag_s=60.0, clock=lambda: now[0])
+    assert floor.update(10) is None  # nothing seen a minute ago yet
+    now[0] = 30.0
+    assert floor.update(50) is None
+    now[0] = 60.0
+    assert floor.update(80) == 10
+    now[0] = 95.0
+    assert floor.update(90) == 50  # what was pending at 30 s, the newest seen 60 s before
