@@ -23,7 +23,7 @@ from reelrank.models.retrieval import (
     FLAGS, HistoryInputs, ItemInputs, N_DURATION_BUCKETS, duration_bucket, gap_bucket,
     view_bucket,
 )
-from reelrank.train.loop import EpochReport, run_epochs
+from reelrank.train.epochs import EpochReport, run_epochs
 from reelrank.types import Item
 
 log = logging.getLogger(__name__)
