@@ -132,7 +132,7 @@ class ModelMeta(TypedDict, total=False):
     metrics: dict[str, Any]
     config: dict[str, Any]
     topics: dict[str, Any]  # the learned topics (learned_topics.py)
-    # the online trainer (train/handover.py, train/online.py)
+    # the online trainer (train/handover.py, train/learner.py)
     base_version: str  # the batch version its weights descend from
     retrieval_version: str  # whose retrieval weights it carries (same: serving keeps its index)
     ranker_items_version: str  # the ranker's item vocabulary (same: serving keeps its tables)

@@ -56,7 +56,7 @@ from reelrank.models.bundle import ModelBundle
 from reelrank.registry import ModelRegistry
 from reelrank.store import new_live_state
 from reelrank.train.job import TrainConfig, train_from_store
-from reelrank.train.online import OnlineConfig, OnlineLearner
+from reelrank.train.learner import OnlineConfig, OnlineLearner
 from reelrank.train.ranker import RankerConfig
 from reelrank.train.retrieval import RetrievalConfig
 from reelrank.types import Event

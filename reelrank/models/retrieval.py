@@ -25,7 +25,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from reelrank.models.embeddings import PAD_ROW, DynamicEmbedding
+from reelrank.models.embeddings import DynamicEmbedding
+from reelrank.models.vocabulary import PAD_ROW
 from reelrank.types import Item
 
 N_DURATION_BUCKETS = 16

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import torch
 
 from reelrank.models.bundle import ModelBundle
-from reelrank.models.embeddings import UNKNOWN_ROW
 from reelrank.models.retrieval import ItemInputs, caption_words
+from reelrank.models.vocabulary import UNKNOWN_ROW
 from reelrank.registry import ModelRegistry
 from reelrank.store.live import CatalogView
 from reelrank.types import Item

@@ -178,7 +178,7 @@ def rss_bytes(pid: int | str = "self") -> int | None:
 
 
 def _trainer_queue_bound() -> int:
-    from reelrank.train.online import OnlineConfig  # only when a trainer runs
+    from reelrank.train.learner import OnlineConfig  # only when a trainer runs
 
     return OnlineConfig().max_queue
 

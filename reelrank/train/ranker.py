@@ -17,13 +17,13 @@ import torch
 import torch.nn.functional as F
 
 from reelrank.features import DENSE_FEATURES, RankingRow
-from reelrank.models.embeddings import PAD_ROW
+from reelrank.models.vocabulary import PAD_ROW
 from reelrank.models.ranker import CONTEXT_FIELDS, TASKS, RankInputs, Ranker
 from reelrank.models.retrieval import (
     FLAGS, HistoryInputs, ItemInputs, N_DURATION_BUCKETS, duration_bucket, gap_bucket,
     view_bucket,
 )
-from reelrank.train.loop import EpochReport, run_epochs
+from reelrank.train.epochs import EpochReport, run_epochs
 from reelrank.types import Item
 
 log = logging.getLogger(__name__)

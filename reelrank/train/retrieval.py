@@ -30,7 +30,7 @@ from reelrank.models.losses import full_softmax_loss, sampled_softmax_loss
 from reelrank.models.retrieval import (
     FLAGS, HistoryInputs, ItemInputs, TwoTower, gap_bucket, view_bucket,
 )
-from reelrank.train.loop import EpochReport, run_epochs
+from reelrank.train.epochs import EpochReport, run_epochs
 from reelrank.types import Item
 
 log = logging.getLogger(__name__)

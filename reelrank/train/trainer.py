@@ -47,7 +47,7 @@ from reelrank.store.live import Catalog
 from reelrank.train.budget import (ViewerBudget, join_memory, release_free_memory,
                                    trainer_live_state, trim_join_memory)
 from reelrank.train.handover import Install, VersionHandover, _Handover, lower_priority
-from reelrank.train.online import OnlineConfig, OnlineLearner
+from reelrank.train.learner import OnlineConfig, OnlineLearner
 
 if TYPE_CHECKING:
     from reelrank.store.lease import Lease

@@ -9,7 +9,7 @@ from reelrank.eval.coldstart import (
     ARMS, REFERENCE_ARMS, ColdStartConfig, _Recorder, curves, paired_finals, plot, run_coldstart,
 )
 from reelrank.eval.simulator import build_world
-from reelrank.train.online import OnlineConfig
+from reelrank.train.learner import OnlineConfig
 from reelrank.types import Event
 from tests.train.test_training import TINY
 

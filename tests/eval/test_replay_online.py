@@ -12,7 +12,7 @@ from reelrank.eval.protocols import load_dataset, temporal_split
 from reelrank.eval.replay import TrainedReplayConfig, _wanted_rows, replay_arm, replay_trained
 from reelrank.registry import ModelRegistry
 from reelrank.train.job import TrainConfig, train_from_store
-from reelrank.train.online import OnlineConfig
+from reelrank.train.learner import OnlineConfig
 from reelrank.train.ranker import RankerConfig
 from reelrank.train.retrieval import RetrievalConfig
 from tests.eval.test_protocols import bj, write_kuairand

@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from reelrank.models.embeddings import PAD_ROW, UNKNOWN_ROW, DynamicEmbedding
+from reelrank.models.embeddings import DynamicEmbedding
+from reelrank.models.vocabulary import PAD_ROW, UNKNOWN_ROW
 
 
 class ReferenceTable:
@@ -254,7 +255,9 @@ def _busy_table() -> DynamicEmbedding:
 
 def test_state_dict_round_trip_restores_lookups_exactly():
     table = _busy_table()
-    assert table.capacity > 4 and table._count and table._free  # growth, pending ids, free rows
+    vocabulary = table.vocabulary
+    # growth, pending ids, free rows
+    assert table.capacity > 4 and vocabulary.pending and vocabulary.free_rows()
     buffer = io.BytesIO()
     torch.save(table.state_dict(), buffer)
     buffer.seek(0)
@@ -300,16 +303,18 @@ def test_state_round_trip_keeps_id_types_and_any_text():
 def test_state_published_in_the_list_format_still_loads():
     """Versions in a registry from before the tensor format hold plain lists."""
     table = _busy_table()
-    admitted, pending = list(table._row_of), list(table._count)
-    old = {"format": 1, "ids": admitted, "rows": [table._row_of[i] for i in admitted],
-           "last_seen": [table._last_seen[i] for i in admitted], "pending_ids": pending,
-           "pending_counts": [table._count[i] for i in pending],
-           "pending_last_seen": [table._last_seen[i] for i in pending],
-           "next_row": table._next_row}
+    vocabulary = table.vocabulary
+    rows, counts, seen = vocabulary.rows, vocabulary.pending, vocabulary.last_seen
+    admitted, pending = list(rows), list(counts)
+    old = {"format": 1, "ids": admitted, "rows": [rows[i] for i in admitted],
+           "last_seen": [seen[i] for i in admitted], "pending_ids": pending,
+           "pending_counts": [counts[i] for i in pending],
+           "pending_last_seen": [seen[i] for i in pending],
+           "next_row": vocabulary.next_row}
     restored = DynamicEmbedding(4, min_count=2, ttl=30, initial_capacity=table.capacity)
     restored.set_extra_state(old)
     assert restored.id_to_row() == table.id_to_row()
-    assert restored._count == table._count and restored._last_seen == table._last_seen
+    assert restored.vocabulary.pending == counts and restored.vocabulary.last_seen == seen
 
 
 def test_id_types():
@@ -347,7 +352,7 @@ def test_a_newer_state_of_the_same_vocabulary_shares_the_mapping_until_one_side_
     with torch.no_grad():
         trained.weight.add_(1.0)  # new weights, same ids and rows: an online step
     second = _loaded(trained.state_dict(), like=first)
-    assert second._row_of is first._row_of  # nothing rebuilt
+    assert second.rows is first.rows  # nothing rebuilt
     probe = VOCAB + ["never", None]
     assert torch.equal(second(second.lookup_rows(probe)), trained(trained.lookup_rows(probe)))
     before = first.id_to_row()
@@ -356,7 +361,7 @@ def test_a_newer_state_of_the_same_vocabulary_shares_the_mapping_until_one_side_
     assert new_id in second and new_id not in first and first.id_to_row() == before
     # ... and a table that changed is not used as a model for the next one.
     third = _loaded(second.state_dict(), like=second)
-    assert third._row_of is not second._row_of and third.id_to_row() == second.id_to_row()
+    assert third.rows is not second.rows and third.id_to_row() == second.id_to_row()
 
 
 def test_a_state_with_other_ids_or_rows_builds_its_own_mapping():
@@ -364,24 +369,5 @@ def test_a_state_with_other_ids_or_rows_builds_its_own_mapping():
     first = _loaded(trained.state_dict())
     trained.observe(["other", "other"], now=100)
     second = _loaded(trained.state_dict(), like=first)
-    assert second._row_of is not first._row_of
+    assert second.rows is not first.rows
     assert second.id_to_row() == trained.id_to_row() and "other" not in first
-
-
-def test_bookkeeping_built_on_first_use_matches_the_saved_state():
-    """A loaded table builds last-seen times, pending counts and free rows only when training
-    needs them; what it then holds and saves is what was saved."""
-    trained = _busy_table()
-    state = trained.state_dict()
-    restored = _loaded(state)
-    assert restored._unbuilt is not None  # lookups alone never built it
-    restored.lookup_rows(VOCAB)
-    assert restored._unbuilt is not None
-    again = restored.state_dict()
-    for key, value in state.items():
-        if key.endswith("_extra_state"):
-            for k, v in value.items():
-                assert (torch.equal(v, again[key][k]) if torch.is_tensor(v)
-                        else v == again[key][k]), k
-    assert restored._count == trained._count and restored._last_seen == trained._last_seen
-    assert sorted(restored._free) == sorted(trained._free)

@@ -44,6 +44,9 @@ def test_a_vocabulary_that_moved_a_known_id_is_encoded_again():
     old.observe(items[:30])
     moved = copy.deepcopy(old)
     table = moved.item
-    row = table._row_of.pop("v3")
-    table._row_of["v3"] = row + 1000  # as an eviction and re-admission could do
+    table.vocabulary.ttl = 10
+    table.observe([it.item_id for it in items[:30] if it.item_id not in ("v3", "v5")], now=10)
+    assert table.evict(10) == 2  # v3 and v5 lose their rows ...
+    table.observe(["v5", "v3"], now=10)  # ... and come back in the other order: they swap
+    assert table.rows["v3"] == old.item.rows["v5"] and table.rows["v5"] == old.item.rows["v3"]
     assert _admitted_only(old.encode_items(items), old, moved, items) is None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from reelrank.train.loop import EpochReport, run_epochs
+from reelrank.train.epochs import EpochReport, run_epochs
 from reelrank.train.retrieval import SequenceTable, _windows, hold_out_last_positives
 from reelrank.types import Token
 

@@ -23,7 +23,7 @@ from reelrank.service.app import create_app
 from reelrank.store import open_store
 from reelrank.store import new_live_state
 from reelrank.train.job import train_from_store
-from reelrank.train.online import OnlineConfig, OnlineLearner
+from reelrank.train.learner import OnlineConfig, OnlineLearner
 from reelrank.service.runtime import Runtime
 from reelrank.train.trainer import OnlineTrainer, TrainerConfig
 from reelrank.types import Event, Item
@@ -322,7 +322,7 @@ def test_a_crashing_trainer_never_stops_the_feed_and_starts_over(engine, world, 
     for k in range(5):
         assert client.get("/v1/feed", params={"user_id": f"u{k}"}).status_code == 200
     # Fixed (a new release, a transient fault gone): it starts over from the registry.
-    monkeypatch.setattr("reelrank.train.online.OnlineLearner.step", real_step)
+    monkeypatch.setattr("reelrank.train.learner.OnlineLearner.step", real_step)
     for _ in range(3):
         ts = swipe(engine, sim, viewer, state, ts)
     wait_for(lambda: trainer.state == "running" and trainer.status()["steps"] > 0)

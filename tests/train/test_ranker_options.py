@@ -10,7 +10,7 @@ import torch
 from reelrank.engine import Engine
 from reelrank.eval.simulator import build_world, generate_history
 from reelrank.importers import import_into
-from reelrank.models.embeddings import PAD_ROW
+from reelrank.models.vocabulary import PAD_ROW
 from reelrank.models.ranker import Ranker
 from reelrank.pipeline.context import FeedRequest
 from reelrank.registry import ModelRegistry

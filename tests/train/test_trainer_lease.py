@@ -17,7 +17,7 @@ from reelrank.registry import open_registry
 from reelrank.store import open_store
 from reelrank.store.lease import Lease
 from reelrank.train.job import train_from_store
-from reelrank.train.online import OnlineConfig
+from reelrank.train.learner import OnlineConfig
 from reelrank.train.trainer import OnlineTrainer, TrainerConfig
 from reelrank.types import FeedRequest
 from tests.pg import throwaway_database
