@@ -77,7 +77,7 @@ def build(args, data_dir: Path):
     from reelrank.importers import import_into
     from reelrank.registry import ModelRegistry
     from reelrank.store import open_store
-    from reelrank.train.job import TrainConfig, train_from_store
+    from reelrank.train.batch import TrainConfig, train_from_store
     from reelrank.train.ranker import RankerConfig
     from reelrank.train.retrieval import RetrievalConfig
 
@@ -344,7 +344,7 @@ def run_tune(args) -> None:
     from reelrank.eval.protocols import load_dataset, temporal_split
     from reelrank.eval.replay import TrainedReplayConfig, _wanted_rows, position_report, replay_arm
     from reelrank.registry import ModelRegistry
-    from reelrank.train.job import train_from_store
+    from reelrank.train.batch import train_from_store
 
     torch.set_num_threads(1)
     started = time.perf_counter()

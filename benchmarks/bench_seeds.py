@@ -36,7 +36,7 @@ def measure(dataset: str, cutoff: str, seeds: list[int]) -> list[dict]:
     from reelrank.eval import harness
     from reelrank.eval.neural import NeuralRecommender
     from reelrank.eval.protocols import load_dataset, temporal_split
-    from reelrank.train.job import TrainConfig
+    from reelrank.train.batch import TrainConfig
 
     torch.set_num_threads(2)
     split = temporal_split(load_dataset(dataset), cutoff)

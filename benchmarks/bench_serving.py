@@ -84,7 +84,7 @@ def train_and_time_ranking(store, data_dir: Path, world, seed: int) -> tuple[dic
     from reelrank.pipeline.context import FeedRequest
     from reelrank.pipeline.rank import HeuristicScorer
     from reelrank.registry import ModelRegistry
-    from reelrank.train.job import TrainConfig, train_from_store
+    from reelrank.train.batch import TrainConfig, train_from_store
     from reelrank.train.ranker import RankerConfig
     from reelrank.train.retrieval import RetrievalConfig
 

@@ -44,7 +44,7 @@ from reelrank.learned_topics import TopicConfig, TopicModel, fit_topics  # noqa:
 from reelrank.models.bundle import ModelBundle  # noqa: E402
 from reelrank.registry import ModelRegistry  # noqa: E402
 from reelrank.store import open_store  # noqa: E402
-from reelrank.train.job import TrainConfig, train_from_store  # noqa: E402
+from reelrank.train.batch import TrainConfig, train_from_store  # noqa: E402
 from reelrank.train.ranker import RankerConfig  # noqa: E402
 from reelrank.train.retrieval import RetrievalConfig  # noqa: E402
 from reelrank.train.topics import item_vectors  # noqa: E402

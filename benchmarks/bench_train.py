@@ -31,7 +31,7 @@ from reelrank.eval.protocols import day_start_ms, load_dataset  # noqa: E402
 from reelrank.importers import import_into  # noqa: E402
 from reelrank.registry import ModelRegistry  # noqa: E402
 from reelrank.store import open_store  # noqa: E402
-from reelrank.train.job import TrainConfig, train_from_store  # noqa: E402
+from reelrank.train.batch import TrainConfig, train_from_store  # noqa: E402
 
 
 def main() -> None:

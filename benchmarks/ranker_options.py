@@ -15,7 +15,7 @@ import time
 from reelrank.eval import harness
 from reelrank.eval.neural import NeuralRecommender, drop_shared
 from reelrank.eval.protocols import load_dataset, temporal_split
-from reelrank.train.job import TrainConfig
+from reelrank.train.batch import TrainConfig
 
 folder = sys.argv[1]
 over = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}

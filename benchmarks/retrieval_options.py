@@ -18,7 +18,7 @@ import time
 from reelrank.eval import harness
 from reelrank.eval.neural import NeuralRecommender
 from reelrank.eval.protocols import leave_one_out_split, load_dataset, temporal_split
-from reelrank.train.job import TrainConfig
+from reelrank.train.batch import TrainConfig
 
 spec = sys.argv[1]
 over = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}

@@ -46,7 +46,10 @@ def trained() -> dict:
     from reelrank.pipeline.context import FeedRequest
     from reelrank.registry import ModelRegistry
     from reelrank.store import open_store
-    from reelrank.train.job import TrainConfig, train_from_store
+    try:
+        from reelrank.train.batch import TrainConfig, train_from_store
+    except ImportError:  # trees before train/job.py was renamed
+        from reelrank.train.job import TrainConfig, train_from_store  # type: ignore[no-redef]
     from reelrank.train.ranker import RankerConfig
     from reelrank.train.retrieval import RetrievalConfig
 

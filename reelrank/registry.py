@@ -128,7 +128,7 @@ class ModelMeta(TypedDict, total=False):
 
     version: str  # set by ``publish``
     published_at: int  # ms, set by ``publish``
-    # batch training (train/job.py)
+    # batch training (train/batch.py)
     metrics: dict[str, Any]
     config: dict[str, Any]
     topics: dict[str, Any]  # the learned topics (learned_topics.py)

@@ -123,11 +123,11 @@ def test_module_follows_the_import_rules(module):
 def test_the_rules_see_lazy_imports(tmp_path):
     """An import inside a function counts as much as one at the top."""
     path = tmp_path / "engine.py"
-    path.write_text("def f():\n    from reelrank.train.job import train_from_store\n")
+    path.write_text("def f():\n    from reelrank.train.batch import train_from_store\n")
     assert breaks("engine.py", path) == {"engine-core"}
     path.write_text("from reelrank.store import memory\n")
     assert breaks("insights.py", path) == {"no-backend"}
     assert breaks("cli/serving.py", path) == set()
     path.write_text("from reelrank.eval.metrics import auc\n")
-    assert breaks("train/job.py", path) == {"eval-on-top"}
+    assert breaks("train/batch.py", path) == {"eval-on-top"}
     assert breaks("eval/harness.py", path) == set()

@@ -143,7 +143,7 @@ def test_topic_at_upload_from_a_trained_item_tower(tmp_path, store):
     from reelrank.eval.simulator import build_world, generate_history
     from reelrank.importers import import_into
     from reelrank.registry import ModelRegistry
-    from reelrank.train.job import TrainConfig, train_from_store
+    from reelrank.train.batch import TrainConfig, train_from_store
     from reelrank.train.ranker import RankerConfig
     from reelrank.train.retrieval import RetrievalConfig
     from reelrank.train.topics import item_vectors

@@ -243,7 +243,7 @@ def test_the_online_trainer_publishes_through_the_database_to_another_hosts_engi
     from reelrank.eval.simulator import Simulator, build_world, generate_history
     from reelrank.importers import import_into
     from reelrank.store import open_store
-    from reelrank.train.job import train_from_store
+    from reelrank.train.batch import train_from_store
     from reelrank.train.learner import OnlineConfig
     from reelrank.train.trainer import OnlineTrainer, TrainerConfig
     from reelrank.types import FeedRequest

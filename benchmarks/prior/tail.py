@@ -20,7 +20,7 @@ from reelrank.eval import harness
 from reelrank.eval.neural import NeuralRecommender, drop_shared
 from reelrank.eval.protocols import load_dataset, temporal_split
 from reelrank.pipeline.neural import log_popularity
-from reelrank.train.job import TrainConfig
+from reelrank.train.batch import TrainConfig
 from reelrank.train.retrieval import POPULARITY_WEIGHTS
 
 spec, cutoff, tail = sys.argv[1], sys.argv[2], float(sys.argv[3])

@@ -170,7 +170,7 @@ def demo(
     from reelrank.registry import ModelRegistry
     from reelrank.service.server import prepare, run
     from reelrank.store import open_store
-    from reelrank.train.job import TrainConfig, train_from_store
+    from reelrank.train.batch import TrainConfig, train_from_store
     from reelrank.train.ranker import RankerConfig
     from reelrank.train.retrieval import RetrievalConfig
 

@@ -40,7 +40,7 @@ def train(
 
     from reelrank.registry import open_registry
     from reelrank.store import open_store
-    from reelrank.train.job import TrainConfig, train_from_store
+    from reelrank.train.batch import TrainConfig, train_from_store
 
     _logging("warning")
     # The same defaults as POST /v1/admin/train: the same data trains the same model.

@@ -37,7 +37,7 @@ from reelrank.eval.data import Interactions
 from reelrank.models.retrieval import encode_histories
 from reelrank.pipeline.neural import log_popularity
 from reelrank.registry import ModelRegistry
-from reelrank.train.job import TrainConfig, train_from_store
+from reelrank.train.batch import TrainConfig, train_from_store
 from reelrank.types import Event, Item
 
 log = logging.getLogger(__name__)

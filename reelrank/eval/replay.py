@@ -55,7 +55,7 @@ from reelrank.features import RowStream
 from reelrank.models.bundle import ModelBundle
 from reelrank.registry import ModelRegistry
 from reelrank.store import new_live_state
-from reelrank.train.job import TrainConfig, train_from_store
+from reelrank.train.batch import TrainConfig, train_from_store
 from reelrank.train.learner import OnlineConfig, OnlineLearner
 from reelrank.train.ranker import RankerConfig
 from reelrank.train.retrieval import RetrievalConfig

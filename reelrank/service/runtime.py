@@ -18,7 +18,7 @@ from typing import Any, Callable, ContextManager
 
 from reelrank.engine import Engine
 from reelrank.pipeline.side_effects import Calls, SideEffect
-from reelrank.train.job import TrainConfig, train_from_store
+from reelrank.train.batch import TrainConfig, train_from_store
 from reelrank.train.jobs import JobRunner
 from reelrank.types import DAY_MS
 

@@ -23,7 +23,7 @@ from reelrank.engine import Engine
 from reelrank.registry import ModelRegistry
 from reelrank.service import Authenticator, create_app, ensure_service_keys
 from reelrank.service.runtime import Runtime
-from reelrank.train.job import TrainConfig
+from reelrank.train.batch import TrainConfig
 from reelrank.train.ranker import RankerConfig
 from reelrank.train.retrieval import RetrievalConfig
 from reelrank.types import Item

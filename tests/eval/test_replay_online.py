@@ -11,7 +11,7 @@ from reelrank.eval.baselines import build_engine
 from reelrank.eval.protocols import load_dataset, temporal_split
 from reelrank.eval.replay import TrainedReplayConfig, _wanted_rows, replay_arm, replay_trained
 from reelrank.registry import ModelRegistry
-from reelrank.train.job import TrainConfig, train_from_store
+from reelrank.train.batch import TrainConfig, train_from_store
 from reelrank.train.learner import OnlineConfig
 from reelrank.train.ranker import RankerConfig
 from reelrank.train.retrieval import RetrievalConfig

@@ -18,7 +18,7 @@ from reelrank.pipeline.context import FeedRequest
 from reelrank.pipeline.feed import ViewerVectors
 from reelrank.registry import ModelRegistry
 from reelrank.store import open_store
-from reelrank.train.job import train_from_store
+from reelrank.train.batch import train_from_store
 from reelrank.types import Event
 from tests.train.test_training import TINY
 

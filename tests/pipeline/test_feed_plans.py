@@ -28,7 +28,7 @@ from reelrank.pipeline.served import default_pipeline
 from reelrank.registry import ModelRegistry
 from reelrank.service import create_app
 from reelrank.store import open_store
-from reelrank.train.job import train_from_store
+from reelrank.train.batch import train_from_store
 from reelrank.types import EXPLORATION_CODES, Event
 from tests.train.test_training import TINY
 

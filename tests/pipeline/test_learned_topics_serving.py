@@ -21,7 +21,7 @@ from reelrank.registry import ModelRegistry
 from reelrank.service import create_app
 from reelrank.store import open_store
 from reelrank.topics import ATTRIBUTE_TOPICS
-from reelrank.train.job import TrainConfig, train_from_store
+from reelrank.train.batch import TrainConfig, train_from_store
 from reelrank.train.ranker import RankerConfig
 from reelrank.train.retrieval import RetrievalConfig
 from reelrank.types import Candidate, Item

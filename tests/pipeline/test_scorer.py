@@ -16,7 +16,7 @@ from reelrank.importers import import_into
 from reelrank.pipeline.context import FeedRequest
 from reelrank.pipeline.neural import retrieval_scores
 from reelrank.registry import ModelRegistry
-from reelrank.train.job import train_from_store
+from reelrank.train.batch import train_from_store
 from reelrank.train.retrieval import POPULARITY_WEIGHTS
 from reelrank.types import Candidate
 from tests.train.test_training import TINY

@@ -16,7 +16,7 @@ from reelrank.pipeline.side_effects import Calls
 from reelrank.registry import ModelRegistry
 from reelrank.service import Authenticator, create_app, ensure_service_keys
 from reelrank.store import open_store
-from reelrank.train.job import train_from_store
+from reelrank.train.batch import train_from_store
 from reelrank.types import Item
 from tests.service.test_api import (
     T0, bearer, creator_of, ev, feed_ids, make_item,

@@ -19,7 +19,7 @@ from reelrank.importers import import_into
 from reelrank.registry import ModelRegistry
 from reelrank.service.app import create_app
 from reelrank.service.runtime import Runtime
-from reelrank.train.job import train_from_store
+from reelrank.train.batch import train_from_store
 from reelrank.train.supervisor import TrainerProcess
 from tests.train.test_training import TINY
 

@@ -22,7 +22,7 @@ from reelrank.registry import ModelRegistry
 from reelrank.service.app import create_app
 from reelrank.store import open_store
 from reelrank.store import new_live_state
-from reelrank.train.job import train_from_store
+from reelrank.train.batch import train_from_store
 from reelrank.train.learner import OnlineConfig, OnlineLearner
 from reelrank.service.runtime import Runtime
 from reelrank.train.trainer import OnlineTrainer, TrainerConfig

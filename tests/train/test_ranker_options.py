@@ -14,7 +14,7 @@ from reelrank.models.vocabulary import PAD_ROW
 from reelrank.models.ranker import Ranker
 from reelrank.pipeline.context import FeedRequest
 from reelrank.registry import ModelRegistry
-from reelrank.train.job import train_from_store
+from reelrank.train.batch import train_from_store
 from tests.train.test_training import TINY
 
 

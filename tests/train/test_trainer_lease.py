@@ -16,7 +16,7 @@ from reelrank.importers import import_into
 from reelrank.registry import open_registry
 from reelrank.store import open_store
 from reelrank.store.lease import Lease
-from reelrank.train.job import train_from_store
+from reelrank.train.batch import train_from_store
 from reelrank.train.learner import OnlineConfig
 from reelrank.train.trainer import OnlineTrainer, TrainerConfig
 from reelrank.types import FeedRequest

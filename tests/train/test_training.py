@@ -12,7 +12,7 @@ from reelrank.eval.simulator import build_world, generate_history
 from reelrank.importers import import_into
 from reelrank.pipeline.context import FeedRequest
 from reelrank.registry import ModelRegistry
-from reelrank.train.job import TrainConfig, train_from_store
+from reelrank.train.batch import TrainConfig, train_from_store
 from reelrank.train.ranker import RankerConfig
 from reelrank.train.retrieval import RetrievalConfig
 

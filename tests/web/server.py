@@ -25,7 +25,7 @@ from reelrank.service.app import create_app
 from reelrank.service.runtime import Runtime
 from reelrank.service.deps import Authenticator
 from reelrank.store import open_store
-from reelrank.train.job import TrainConfig
+from reelrank.train.batch import TrainConfig
 from reelrank.train.ranker import RankerConfig
 from reelrank.train.retrieval import RetrievalConfig
 
