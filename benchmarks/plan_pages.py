@@ -67,8 +67,9 @@ def serve(world: Path, plans: bool, sessions: list[str], pages: int, n: int,
         engine = Engine(store, registry=ModelRegistry(tmp / "data" / "models"),
                         feed_plans=FeedPlans(ttl_s=3600.0) if plans else None).load()
         if not exploration:
-            engine.pipeline = default_pipeline(engine.models, exploration=False)
-            engine.pipeline.plans = FeedPlans(ttl_s=3600.0) if plans else None
+            engine.pipeline = default_pipeline(
+                engine.models, exploration=False,
+                plans=FeedPlans(ttl_s=3600.0) if plans else None)
         for user in sessions[:20]:  # warm-up: caches, the exploration pool
             engine.feed(FeedRequest(user_id=f"warm-{user}", n=n))
         got: list[list[list[tuple[str, float, bool]]]] = []

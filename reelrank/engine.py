@@ -31,10 +31,9 @@ from reelrank.pipeline.served import default_pipeline, offline_pipeline
 from reelrank.pipeline.side_effects import Calls, SideEffects
 from reelrank.pipeline.traces import DEFAULT_TRACE_BUDGET_BYTES, TraceKeeper
 from reelrank.registry import ModelMeta, ModelRegistry
-from reelrank.store import new_live_state
+from reelrank.store import new_live_state, rebuild
 from reelrank.store.base import AppendResult, Store
 from reelrank.store.live import LiveState, UserState
-from reelrank.store.rebuild import MarkFloor, catch_up
 from reelrank.types import MODES, Candidate, Event, FeedRequest, Item, UserSettings
 
 __all__ = ["DEFAULT_TRACE_BUDGET_BYTES", "Engine", "RankResult", "default_pipeline",
@@ -70,23 +69,16 @@ class Engine:
         # (pipeline/neural.py still names the memory backend's catalog class in its types)
         self.models = ServingModels(registry, self.catalog,  # type: ignore[arg-type]
                                     index_kind=index_kind)
-        self.pipeline = pipeline or default_pipeline(self.models)
-        # ``feed_plans``: serve a viewer's next pages from the ranking of their last one
-        # (``pipeline/plans.py``; ``reelrank serve`` turns it on); None: every page runs the
-        # whole pipeline.
-        if feed_plans is not None:
-            self.pipeline.plans = feed_plans
+        # ``feed_plans``: for the default pipeline (``default_pipeline``'s ``plans``).
+        self.pipeline = pipeline or default_pipeline(self.models, plans=feed_plans)
         # Traces are kept for explanations only (GET /v1/explain): the first step after a page.
         self.traces = TraceKeeper(traces_per_user, max_traced_users, trace_budget_bytes)
         self.effects = SideEffects([self.traces])
-        # The retrieval vectors the pipeline keeps between a viewer's pages go with them.
-        self.effects.add(Calls("viewer vectors", erase=lambda user_id: _forget_vector(
-            self.pipeline, user_id), held=lambda: _vector_viewers(self.pipeline)))
-        # So do their feed plans: an erasure or a reset drops the plan (privacy, and the next
-        # page reflects the reset) in this process and, told by a digest, in the others.
-        self.effects.add(Calls("feed plans", erase=lambda user_id: _forget_plan(
-            self.pipeline, user_id), reset=lambda user_id: _forget_plan(self.pipeline, user_id),
-            held=lambda: _plan_viewers(self.pipeline)))
+        # What the pipeline keeps between a viewer's pages (their retrieval vector, their
+        # feed plan) goes with an erasure or a reset, here and, told by a digest, elsewhere.
+        self.effects.add(Calls("pipeline's viewers", erase=self._forget_in_pipeline,
+                               reset=self._forget_in_pipeline,
+                               held=lambda: sorted(self.pipeline.held_viewers())))
         self._user_locks = [threading.Lock() for _ in range(64)]
         self._catalog_lock = threading.Lock()
         self._ingest_lock = threading.Lock()  # store append + live apply, as one step
@@ -95,7 +87,7 @@ class Engine:
         # (``store/shared.py``'s ``WriteGate``); None: this process's lock is enough.
         self.gate: WriteGate | None = None
         self._folded: list[int] = []  # outbox batches folded in, to mark done (catch_up_live)
-        self._mark_floor = MarkFloor()
+        self._mark_floor = rebuild.MarkFloor()
 
     # -- start-up -------------------------------------------------------------------------------
     def load(self, replay: bool = True) -> "Engine":
@@ -115,7 +107,7 @@ class Engine:
         upsert(batch)
         if replay:
             started = time.perf_counter()
-            n, _ = self._replay(self.live)
+            n, _ = rebuild.replay(self.store, self.live)
             log.info("loaded %d items; live state rebuilt from %d events in %.1f s",
                      len(self.catalog), n, time.perf_counter() - started)
         else:
@@ -123,17 +115,6 @@ class Engine:
                      len(self.catalog))
         self.models.refresh()
         return self
-
-    def _replay(self, live: LiveState, after_seq: int = 0) -> tuple[int, int]:
-        """Apply the log after ``after_seq`` to ``live``; returns (events, last seq). Events
-        from before a viewer's "refresh my feed" do not rebuild their interests."""
-        floors = {s.user_id: s.interests_reset_seq for s in self.store.iter_settings()
-                  if s.interests_reset_seq}
-        n, last = 0, after_seq
-        for seq, event in self.store.iter_events(after_seq=after_seq):
-            live.apply(event, interests=seq > floors.get(event.user_id, 0))
-            n, last = n + 1, seq
-        return n, last
 
     def catch_up_live(self, grace_s: float = 10.0) -> tuple[int, int]:
         """With a shared live state: mark done the outbox batches this process folded in, then
@@ -143,7 +124,7 @@ class Engine:
             return 0, 0
         done, self._folded = self._folded, []
         self.store.outbox_done(done)
-        caught = catch_up(self.store, self.live, int(grace_s * 1000), self._writes)
+        caught = rebuild.catch_up(self.store, self.live, int(grace_s * 1000), self._writes)
         floor = self._mark_floor.update(self.store.outbox_low())
         if floor is not None:
             self.live.mark_floor = floor  # type: ignore[attr-defined]
@@ -153,12 +134,7 @@ class Engine:
         """Recompute live state from the log, after erasure or a retention purge removed events:
         the per-item counters, trending and co-engagement that those events fed follow. Runs
         beside serving; ingestion pauses only for the catch-up at the end."""
-        fresh = self.live.empty_like()
-        _, last = self._replay(fresh)
-        with self._writes(swap=True):
-            _, last = self._replay(fresh, after_seq=last)
-            self.live.replace_with(fresh)
-        self.store.outbox_done_through(last)
+        rebuild.rebuild_live(self.store, self.live, swapping=lambda: self._writes(swap=True))
 
     # -- writes ---------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -207,32 +183,11 @@ class Engine:
                     if self.live.viewers_evicted:
                         held = self.live.user(e.user_id)
                         if held is None or not held.counts:  # not held, or from feeds only
-                            self._restore(e.user_id, unapplied)
+                            rebuild.restore_viewer(self.store, self.live, e.user_id, unapplied)
                     unapplied.discard(e.event_id)
                     self.live.apply(e)
         self.effects.events(result.accepted)
         return result
-
-    def _restore(self, user_id: str, unapplied: set[str] | None = None) -> None:
-        """Bring back a viewer that live state let go (its ``max_viewers`` bound) from their
-        events in the log, before their next request or event. Under ``_ingest_lock``, which
-        makes a store append and its live apply one step, so the log holds exactly the events
-        applied so far, less ``unapplied`` (those of the batch being applied). What feeds sent
-        them is memory only and is not brought back: a video sent but never reported as an
-        impression may come again."""
-        held = self.live.user(user_id)
-        if held is not None and held.counts:
-            return  # back already: another request restored them
-        floor = self.store.get_settings(user_id).interests_reset_seq or 0
-        scratch = self.live.empty_like()
-        for seq, event in self.store.iter_events(user_id=user_id):
-            if not unapplied or event.event_id not in unapplied:
-                scratch.apply(event, interests=seq > floor)
-        state = scratch.user(user_id)
-        if state is not None:
-            if held is not None:
-                state.served = held.served
-            self.live.put_user(state)
 
     # -- reads ----------------------------------------------------------------------------------
     def for_offline(self) -> "Engine":
@@ -259,7 +214,7 @@ class Engine:
         user = self.live.user_snapshot(user_id)
         if user is None and self.live.viewers_evicted:
             with self._ingest_lock:
-                self._restore(user_id)
+                rebuild.restore_viewer(self.store, self.live, user_id)
             user = self.live.user_snapshot(user_id)
         return user
 
@@ -319,6 +274,9 @@ class Engine:
         self.store.put_settings(settings)
 
     # -- the viewer's data: reset, erasure, retention -------------------------------------------
+    def _forget_in_pipeline(self, user_id: str) -> None:
+        self.pipeline.forget_viewer(user_id)
+
     def reset_interests(self, user_id: str) -> None:
         """"Refresh my feed": forget the interests inferred so far, durably (a restart replays
         the log without them), and keep the account, settings, follows and what was seen."""
@@ -369,24 +327,3 @@ class Engine:
             self.rebuild_live()
         return removed
 
-
-def _vector_viewers(pipeline) -> list[str]:
-    vectors = getattr(pipeline, "viewer_vectors", None)
-    return vectors.user_ids() if vectors is not None else []
-
-
-def _plan_viewers(pipeline) -> list[str]:
-    plans = getattr(pipeline, "plans", None)
-    return plans.user_ids() if plans is not None else []
-
-
-def _forget_plan(pipeline, user_id: str) -> None:
-    plans = getattr(pipeline, "plans", None)
-    if plans is not None:
-        plans.forget(user_id)
-
-
-def _forget_vector(pipeline, user_id: str) -> None:
-    vectors = getattr(pipeline, "viewer_vectors", None)
-    if vectors is not None:
-        vectors.forget(user_id)

@@ -242,7 +242,7 @@ def rebuild_live_(
         if flush:
             live.clear()
         items = load_catalog(store, live)
-        events, last = rebuild_live(store, live, gate=shared.gate())
+        events, last = rebuild_live(store, live, swapping=shared.gate().swapping)
     finally:
         shared.stop()
         store.close()

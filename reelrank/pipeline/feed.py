@@ -240,6 +240,18 @@ class FeedPipeline:
         # every page runs the whole pipeline (the reference path, and offline replays).
         self.plans = plans
 
+    def held_viewers(self) -> set[str]:
+        """The viewers whose retrieval vector or feed plan this pipeline keeps."""
+        held = set(self.viewer_vectors.user_ids())
+        return held | set(self.plans.user_ids()) if self.plans is not None else held
+
+    def forget_viewer(self, user_id: str) -> None:
+        """Drop what this pipeline keeps of the viewer (their erasure, or a reset: the next
+        page reflects it)."""
+        self.viewer_vectors.forget(user_id)
+        if self.plans is not None:
+            self.plans.forget(user_id)
+
     def build(self, ctx: FeedContext) -> FeedResult:
         started = time.perf_counter()
         n = ctx.request.n

@@ -10,6 +10,7 @@ from reelrank.pipeline.explore import ExploreSource
 from reelrank.pipeline.feed import FeedPipeline
 from reelrank.pipeline.filters import default_filters
 from reelrank.pipeline.neural import NeuralScorer, RetrievalSource, ServingModels
+from reelrank.pipeline.plans import FeedPlans
 from reelrank.pipeline.rank import HeuristicScorer
 from reelrank.pipeline.rerank import DiversityReranker
 from reelrank.pipeline.sources import (
@@ -27,13 +28,16 @@ def default_pipeline(
     reranker: DiversityReranker | None = None,
     explore: ExploreSource | None = None,
     exploration: bool = True,
+    plans: FeedPlans | None = None,
 ) -> FeedPipeline:
     """The feed as served: the retrieval model is the main source when a model is published;
     the v0 sources stay, as fallbacks and for viewers and videos the models do not know yet.
 
     New videos reach their first audiences through ``explore`` (default ``ExploreSource()``);
     ``exploration=False`` leaves them to the other sources. ``reranker`` (default
-    ``DiversityReranker()``) sets the diversity rules and the exploration share of each page."""
+    ``DiversityReranker()``) sets the diversity rules and the exploration share of each page.
+    ``plans``: serve a viewer's next pages from the ranking of their last one
+    (``pipeline/plans.py``; ``reelrank serve`` turns it on); None: every page runs it all."""
     trending, regional = TrendingSource(), RegionalPopularSource()
     fresh = [explore or ExploreSource()] if exploration else []
     # A new viewer's first pages come from regional popularity, trending and fresh videos
@@ -62,6 +66,7 @@ def default_pipeline(
         scorer=scorer,  # type: ignore[arg-type]
         # (FeedPipeline's annotation names the subclass; any DiversityReranker is served)
         reranker=reranker or DiversityReranker(),  # type: ignore[arg-type]
+        plans=plans,
     )
 
 

@@ -46,16 +46,41 @@ def replay(store: Store, live: LiveState, after_seq: int = 0) -> tuple[int, int]
     return n, last
 
 
-def rebuild_live(store: Store, live: LiveState, gate=None) -> tuple[int, int]:
+def restore_viewer(store: Store, live: LiveState, user_id: str,
+                   unapplied: set[str] | None = None) -> None:
+    """Bring back a viewer that ``live`` let go (its ``max_viewers`` bound) from their events
+    in the log, before their next request or event. Under the engine's ingest lock, which makes
+    a store append and its live apply one step, so the log holds exactly the events applied so
+    far, less ``unapplied`` (those of the batch being applied). What feeds sent them is memory
+    only and is not brought back: a video sent but never reported as an impression may come
+    again."""
+    held = live.user(user_id)
+    if held is not None and held.counts:
+        return  # back already: another request restored them
+    floor = store.get_settings(user_id).interests_reset_seq or 0
+    scratch = live.empty_like()
+    for seq, event in store.iter_events(user_id=user_id):
+        if not unapplied or event.event_id not in unapplied:
+            scratch.apply(event, interests=seq > floor)
+    state = scratch.user(user_id)
+    if state is not None:
+        if held is not None:
+            state.served = held.served
+        live.put_user(state)
+
+
+def rebuild_live(store: Store, live: LiveState,
+                 swapping: Callable[[], ContextManager] = contextlib.nullcontext
+                 ) -> tuple[int, int]:
     """Replace ``live``'s contents with the log's (into ``live.empty_like()``, which on Redis
     writes in large pipelines, then ``replace_with``); the catalog must be loaded. Events
-    appended meanwhile are caught up before the swap. ``gate``: a shared state's
-    ``WriteGate`` (``store/shared.py``), held for the catch-up and the swap so that no API
+    appended meanwhile are caught up before the swap, under ``swapping()``: the engine's
+    ingest step, or a shared state's ``WriteGate.swapping`` (``store/shared.py``), so that no
     process applies an event in between. Returns (events, last seq)."""
     started = time.perf_counter()
     fresh = live.empty_like()
     n, last = replay(store, fresh)
-    with gate.swapping() if gate is not None else contextlib.nullcontext():
+    with swapping():
         more, last = replay(store, fresh, after_seq=last)
         live.replace_with(fresh)
     store.outbox_done_through(last)  # every batch through ``last`` is in the new state

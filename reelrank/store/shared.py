@@ -131,7 +131,7 @@ class SharedLive:
                 return 0
             log.info("the shared live state under %r is empty: rebuilding it from the log",
                      self.prefix)
-            events, _ = rebuild_live(store, self.live, gate=self.gate())
+            events, _ = rebuild_live(store, self.live, swapping=self.gate().swapping)
             return events
 
 

@@ -39,8 +39,7 @@ def _engine(store, registry, plans: FeedPlans | None, exploration: bool = False)
     engine = Engine(store, registry=registry, index_kind="exact").load()
     engine.pipeline = default_pipeline(
         engine.models, exploration=exploration,
-        explore=ExploreSource(refresh_events=0, background_refresh=False))
-    engine.pipeline.plans = plans
+        explore=ExploreSource(refresh_events=0, background_refresh=False), plans=plans)
     engine.live.trending_refresh_seconds = float("inf")  # top lists move with events only
     return engine
 
