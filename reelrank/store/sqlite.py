@@ -120,7 +120,7 @@ class SQLiteStore:
         self._write_lock = threading.RLock()
         self._closed = False
         self._readers = 0
-        self._readers_done = threading.Condition()
+        self._readers_done = threading.Condition(threading.Lock())  # every read takes it
         conn = self._conn()
         conn.executescript(SCHEMA)
         self._migrate(conn)
@@ -189,7 +189,8 @@ class SQLiteStore:
         finally:
             with self._readers_done:
                 self._readers -= 1
-                self._readers_done.notify_all()
+                if self._closed:  # only ``close`` waits for readers
+                    self._readers_done.notify_all()
 
     def _fetch(self, sql: str, args=(), one: bool = False):
         """Run one read to completion under ``_reading``, so that ``close`` never closes the

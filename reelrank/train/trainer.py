@@ -261,7 +261,7 @@ class OnlineTrainer(VersionHandover):
         self.viewers = ViewerBudget(self.rows.live, self.store, self.cfg.max_viewers)
         self.learner = OnlineLearner(bundle, catalog, online)
         # Viewers' "refresh my feed" points: older events rebuild no interests (as in serving's
-        # replay, ``Engine._replay``).
+        # replay, ``store/rebuild.replay``).
         iter_settings = getattr(self.store, "iter_settings", None)
         self._reset_floors = ({st.user_id: st.interests_reset_seq for st in iter_settings()
                                if st.interests_reset_seq} if iter_settings else {})
