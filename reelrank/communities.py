@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from reelrank.clustering import choose_k, kmeans, unit
+from reelrank.clustering import choose_k, kmeans, min_cost_assignment, unit
 from reelrank.learned_topics import TopicConfig
 from reelrank.pipeline.side_effects import Calls
 from reelrank.topics import ATTRIBUTE_TOPICS, NO_TOPIC
@@ -170,8 +170,6 @@ class Communities:
     def _match(self, viewers: list[str], rows: np.ndarray, k: int) -> list[int]:
         """Ids for the new clusters: the previous community with the most overlapping members
         (Jaccard >= 0.2, one to one), else a new id."""
-        from scipy.optimize import linear_sum_assignment
-
         previous = self._members
         ids: list[int | None] = [None] * k
         if previous:
@@ -181,7 +179,7 @@ class Communities:
                 new_sets[r].add(uid)
             jac = np.array([[len(a & previous[p]) / max(len(a | previous[p]), 1)
                              for p in prev_ids] for a in new_sets])
-            for r, j in zip(*linear_sum_assignment(-jac)):
+            for r, j in zip(*min_cost_assignment(-jac)):
                 if jac[r, j] >= 0.2:
                     ids[r] = prev_ids[j]
         nxt = max(self._next_id, max(previous, default=-1) + 1)

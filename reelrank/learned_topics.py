@@ -40,7 +40,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from reelrank.clustering import choose_k, kmeans, unit
+from reelrank.clustering import choose_k, kmeans, min_cost_assignment, unit
 from reelrank.topics import GENERIC_TAGS
 from reelrank.types import Item
 
@@ -260,8 +260,6 @@ def _warm_start(x: np.ndarray, previous_labels: np.ndarray, k: int, seed: int) -
 def _match(x, rows, centroids, previous: TopicModel, previous_labels, fresh_terms,
            cfg: TopicConfig):
     """Ids, kept names and the change record for the new clusters (rows of ``centroids``)."""
-    from scipy.optimize import linear_sum_assignment
-
     k = len(centroids)
     prev_ids = [t.id for t in previous.topics]
     col = {t: j for j, t in enumerate(prev_ids)}
@@ -280,7 +278,7 @@ def _match(x, rows, centroids, previous: TopicModel, previous_labels, fresh_term
         if members.any():
             carried[j] = x[members].mean(axis=0)
     cosine = centroids @ unit(carried).T
-    r_idx, c_idx = linear_sum_assignment(-(jaccard + 0.1 * np.clip(cosine, 0, 1)))
+    r_idx, c_idx = min_cost_assignment(-(jaccard + 0.1 * np.clip(cosine, 0, 1)))
     ids: list[int | None] = [None] * k
     names: list[str | None] = [None] * k
     changes: dict[str, list] = {"kept": [], "renamed": [], "split": [], "merged": [],
