@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 
 from reelrank.cli import DATA_DIR_HELP, MODELS_HELP, PROGRESS_HELP, STORE_HELP, _logging, app
+from reelrank.pipeline.plans import DEFAULT_PLAN_VIEWERS
 
 
 @app.command()
@@ -48,8 +49,9 @@ def serve(
                             "state; any event, settings change or new model version ends it "
                             "sooner); 0 turns feed plans off."),
     feed_plan_viewers: int = typer.Option(
-        1_000, min=1, help="Viewers holding a feed plan at once (about 140 KB each at "
-                           "most); past it the least recently served lose theirs."),
+        DEFAULT_PLAN_VIEWERS, min=1, help="Viewers holding a feed plan at once (about 200 KB "
+                                          "of memory each); past it the least recently "
+                                          "served lose theirs."),
     feed_plan_items: int = typer.Option(
         50, min=1, help="Items served from one feed plan, its first page included, before "
                         "the pipeline ranks afresh."),

@@ -49,7 +49,10 @@ if TYPE_CHECKING:  # feed.py imports this module: its names are imported where u
     from reelrank.pipeline.feed import FeedPipeline, FeedResult, FeedTrace
 
 DEFAULT_PLAN_TTL_S = 30.0
-DEFAULT_PLAN_VIEWERS = 1_000
+# A plan serves the pages a viewer asks for within ``ttl_s`` and before their next event; on
+# one process that is a few hundred viewers at most at these rates. The soak measured about
+# 200 KB of server memory per plan held (benchmarks/results/soak.md).
+DEFAULT_PLAN_VIEWERS = 250
 DEFAULT_PLAN_ITEMS = 50
 
 
