@@ -128,16 +128,27 @@ class Runtime:
         process, or ``reelrank train``). Failures are logged and retried. A poll reads one
         small file; how often versions are swapped in is the publisher's rate, so polling
         often only shortens the wait between a publish and its swap."""
-        models = self.engine.models
+        return self._every(
+            every_s,
+            "model-watch",
+            self.engine.models.refresh,
+            "loading the latest model failed; serving keeps its model",
+        )
+
+    def _every(
+        self, every_s: float, name: str, step: Callable[[], object], failed: str
+    ) -> threading.Thread:
+        """Run ``step`` every ``every_s`` seconds in a daemon thread until ``stop``; a failure
+        is logged (``failed``) and the next tick tries again."""
 
         def loop() -> None:
             while not self._watch_stop.wait(every_s):
                 try:
-                    models.refresh()
+                    step()
                 except Exception:
-                    log.exception("loading the latest model failed; serving keeps its model")
+                    log.exception(failed)
 
-        thread = threading.Thread(target=loop, name="model-watch", daemon=True)
+        thread = threading.Thread(target=loop, name=name, daemon=True)
         thread.start()
         return thread
 
@@ -146,17 +157,12 @@ class Runtime:
         the batches this process folded in and fold in those another process stored but
         never folded in (it died in between), once they are ``grace_s`` old
         (``Engine.catch_up_live``). Every process runs it; a batch folded twice counts once."""
-
-        def loop() -> None:
-            while not self._watch_stop.wait(every_s):
-                try:
-                    self.engine.catch_up_live(grace_s)
-                except Exception:
-                    log.exception("catching the live state up with the log failed; retrying")
-
-        thread = threading.Thread(target=loop, name="live-catch-up", daemon=True)
-        thread.start()
-        return thread
+        return self._every(
+            every_s,
+            "live-catch-up",
+            lambda: self.engine.catch_up_live(grace_s),
+            "catching the live state up with the log failed; retrying",
+        )
 
     def start_trainer(self, config=None):
         """Run the online trainer (``reelrank.train.trainer``) in a background thread of this
