@@ -22,6 +22,15 @@ from typing import Iterable, Protocol, Self, runtime_checkable
 from reelrank.types import Event, Item
 
 
+# Neighbours kept per video in the co-engagement graph. Each positive adds a pair with each of
+# the viewer's last few positives, so without a bound a popular video's neighbours grow with the
+# log (MovieLens latest-small: 1.4 million pairs, 1,566 at most for one film). A video whose
+# neighbours pass twice this keeps this many, those with the highest counts (among equal counts
+# either backend may keep different ones); newcomers get room to build up a count before the
+# next trim. Serving reads a few dozen per video.
+CO_ENGAGEMENT_CAP = 1000
+
+
 @dataclass(frozen=True, slots=True)
 class HistoryEntry:
     item_id: str
@@ -215,5 +224,6 @@ class LiveState(Protocol):
     def popular_in_region(self, region: str, n: int) -> list[tuple[str, float]]: ...
 
     def co_engaged(self, item_id: str, n: int) -> list[tuple[str, int]]:
-        """Items most often engaged with near this one by the same viewers."""
+        """Items most often engaged with near this one by the same viewers (at most
+        ``CO_ENGAGEMENT_CAP`` to ``2 x CO_ENGAGEMENT_CAP`` of them are kept)."""
         ...

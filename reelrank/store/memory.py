@@ -27,7 +27,8 @@ from itertools import repeat
 from typing import Iterable
 
 from reelrank.store import live
-from reelrank.store.live import HistoryEntry, ItemStats, UserState, length_class
+from reelrank.store.live import (CO_ENGAGEMENT_CAP, HistoryEntry, ItemStats, UserState,
+                                 length_class)
 from reelrank.store.memory_catalog import MemoryCatalog
 from reelrank.store.toplists import TopLists, version_reader
 from reelrank.topics import topic_of
@@ -242,9 +243,16 @@ class MemoryLiveState:
         if not self.co_engagement:
             u.positives.append(item_id)
             return
+        co, cap = self._co, CO_ENGAGEMENT_CAP
         for other in list(u.positives)[-self.co_engagement_span:]:
-            self._co.setdefault(item_id, Counter())[other] += 1
-            self._co.setdefault(other, Counter())[item_id] += 1
+            co.setdefault(item_id, Counter())[other] += 1
+            theirs = co.setdefault(other, Counter())
+            theirs[item_id] += 1
+            if len(theirs) > 2 * cap:
+                co[other] = Counter(dict(theirs.most_common(cap)))
+        mine = co.get(item_id)
+        if mine is not None and len(mine) > 2 * cap:
+            co[item_id] = Counter(dict(mine.most_common(cap)))
         u.positives.append(item_id)
 
     def _add_trending(self, item_id: str, ts: int, weight: float) -> None:

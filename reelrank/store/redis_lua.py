@@ -8,6 +8,8 @@ deployment runs on one Redis primary (not Redis Cluster, where undeclared keys a
 Numbers cross the boundary as strings: Lua holds them as doubles, exact for event times in ms.
 """
 
+from reelrank.store.live import CO_ENGAGEMENT_CAP
+
 # One viewer's events. ARGV: 1 prefix, 2 user, 3 the token of the viewer's state this write was
 # folded from ("" when there was none; "-": do not write the viewer), 4 the new token, 5 the
 # viewer's state after the events (JSON), 6 stream key ("" none), 7 stream max length, 8 the
@@ -20,6 +22,10 @@ Numbers cross the boundary as strings: Lua holds them as doubles, exact for even
 # meanwhile is refused, however many writes came between, and then nothing is changed.
 # Returns {applied (0: the viewer changed since it was read), version, clock}.
 APPLY = r"""
+local function trim_co(key)  -- past twice the cap, keep the cap's strongest neighbours
+  local n = redis.call('ZCARD', key)
+  if n > 2 * CO_CAP then redis.call('ZREMRANGEBYRANK', key, 0, n - CO_CAP - 1) end
+end
 local p = ARGV[1]
 local uid = ARGV[2]
 if ARGV[3] ~= '-' then
@@ -108,7 +114,9 @@ while a <= #ARGV do
   for k = a + 17, a + 16 + nco do
     redis.call('ZINCRBY', p .. 'co:' .. item, 1, ARGV[k])
     redis.call('ZINCRBY', p .. 'co:' .. ARGV[k], 1, item)
+    trim_co(p .. 'co:' .. ARGV[k])
   end
+  if nco > 0 then trim_co(p .. 'co:' .. item) end
   if ARGV[6] ~= '' then
     redis.call('XADD', ARGV[6], 'MAXLEN', '~', ARGV[7], '*', 'm', ARGV[a + 15])
   end
@@ -116,7 +124,7 @@ while a <= #ARGV do
 end
 if version == 0 then version = redis.call('INCR', p .. 'version') end  -- a write without event
 return {1, version, string.format('%d', clock)}
-"""
+""".replace("CO_CAP", str(CO_ENGAGEMENT_CAP))
 
 # ARGV: 1 prefix, 2 user, 3 served memory, 4 max feed-only viewers, 5.. items in order sent.
 # What feeds sent, in order, bounded; a viewer with no event joins the feed-only viewers, the

@@ -12,7 +12,7 @@ import contextlib
 import pytest
 
 from reelrank.store import new_catalog, new_live_state
-from reelrank.store.live import Catalog, CatalogView, LiveState, UserState
+from reelrank.store.live import CO_ENGAGEMENT_CAP, Catalog, CatalogView, LiveState, UserState
 from reelrank.types import DAY_MS, HOUR_MS, Event, Item
 from tests.rd import throwaway_prefix
 
@@ -213,6 +213,31 @@ def test_co_engagement(make):
     lean.apply(ev(2, "u", "v2", "like", T0 + 1))
     assert lean.co_engaged("v1", 5) == []
     assert list(lean.user("u").positives) == list(live.user("u").positives)
+
+
+def _neighbours_kept(live, item_id: str) -> int:
+    """How many neighbours the backend holds for the item: the size bound is not visible
+    through ``co_engaged``, whose reads a backend may cut shorter (Redis: 50 at most)."""
+    if hasattr(live, "client"):
+        return live.client.zcard(live.prefix + "co:" + item_id)
+    return len(live._co.get(item_id, ()))
+
+
+def test_co_engagement_keeps_a_bounded_number_of_the_strongest_neighbours(make):
+    live = make()
+    n = 2 * CO_ENGAGEMENT_CAP + 1  # one past the trim's threshold
+    live.catalog.upsert([item(100 + k) for k in range(n)])
+    # Viewer j likes v0, then a video of their own: v0 gains a neighbour per viewer. v100 and
+    # v101 come first and more often (6 and 3 viewers); every later one has a count of 1.
+    others = [100] * 6 + [101] * 3 + [102 + k for k in range(n - 2)]
+    for j, other in enumerate(others):
+        live.apply(ev(f"{j}a", f"w{j}", "v0", "like", T0 + 2 * j))
+        live.apply(ev(f"{j}b", f"w{j}", f"v{other}", "like", T0 + 2 * j + 1))
+    assert CO_ENGAGEMENT_CAP <= _neighbours_kept(live, "v0") <= 2 * CO_ENGAGEMENT_CAP
+    kept = live.co_engaged("v0", 20)
+    assert kept[:2] == [("v100", 6), ("v101", 3)]
+    assert all(count == 1 for _, count in kept[2:])
+    assert live.co_engaged("v150", 5) == [("v0", 1)]  # a neighbour's own list is its own
 
 
 def test_watch_time_by_day(make):
