@@ -89,6 +89,7 @@ def available_models(*, seed: int = 0, progress: bool = False, peers: bool = Tru
         "reelrank_ranker": lambda: _neural(progress, "ranker", ranking_users),
         "reelrank_served": lambda: _neural(progress, "served", ranking_users),
         "reelrank_served_plain": lambda: _neural(progress, "served_plain", ranking_users),
+        "reelrank_served_learned": lambda: _neural(progress, "served_learned", ranking_users),
         "pop_3d": lambda: RecentPopularityRecommender(days=3.0),
     }
     if not peers:

@@ -16,10 +16,14 @@ as plays only, as an app that sends no impressions would. The trained engine is 
   ``ranker_candidates`` items (everything else not retrieved);
 - ``served_plain`` (``reelrank_served_plain``): the served feed without the re-ranker's
   diversity rules and exploration slots (no exploration source either): beside ``served``, the
-  price of those rules.
+  price of those rules;
+- ``served_learned`` (``reelrank_served_learned``): the served feed with the version's learned
+  topics winning over every declared topic (``precedence: learned``) in the diversity rule, the
+  wellbeing rules and the reasons: beside ``served`` (declared topics, as the server reads them
+  by default), what reading learned topics costs or gains.
 
 Impressions (``score_pairs`` / ``predict_tasks``) are ``engine.rank`` in every view, i.e. what
-``POST /v1/rank`` answers. The three views share one training run (``_shared``), so they
+``POST /v1/rank`` answers. The views share one training run (``_shared``), so they
 differ only in how the trained engine is read.
 """
 
@@ -42,7 +46,7 @@ from reelrank.types import Event, Item
 
 log = logging.getLogger(__name__)
 
-VIEWS = ("retrieval", "ranker", "served", "served_plain")
+VIEWS = ("retrieval", "ranker", "served", "served_plain", "served_learned")
 
 
 class _Trained:
@@ -84,7 +88,7 @@ class NeuralRecommender(EngineRecommender):
         self.settings = {"view": view, "train_config": asdict(self.config)}
         self._run: _Trained | None = None
         # The harness measures a view with pages through ``feed_pages``, page by page size.
-        self.serves_pages = view in ("served", "served_plain")
+        self.serves_pages = view in ("served", "served_plain", "served_learned")
         self._plain = None
 
     def fit_events(self, train: Interactions, items: list[Item], events: list[Event]) -> None:
@@ -187,14 +191,20 @@ class NeuralRecommender(EngineRecommender):
         from reelrank.pipeline.context import FeedRequest
 
         pipeline = self.engine.pipeline
-        if self.view == "served_plain":
-            if self._plain is None:
-                from reelrank.engine import default_pipeline
-                from reelrank.pipeline.rerank import DiversityReranker
+        if self.view in ("served_plain", "served_learned") and self._plain is None:
+            from reelrank.engine import default_pipeline
+            from reelrank.pipeline import topics
+            from reelrank.pipeline.rerank import DiversityReranker
 
+            if self.view == "served_plain":
                 self._plain = default_pipeline(
                     self.engine.models, exploration=False,
                     reranker=DiversityReranker(None, None, 0, 1.0, 0.0))
+            else:  # the learned topics win over every declared one, in every rule that reads them
+                self._plain = default_pipeline(self.engine.models)
+                topics.install(self.engine, pipeline=self._plain,
+                               settings=topics.TopicSettings("learned"))
+        if self.view != "served":
             pipeline = self._plain
         pages = []
         for u in users:

@@ -281,15 +281,21 @@ class LearnedTopics:
         return out
 
 
-def install(engine, settings_path: Path | None = None) -> LearnedTopics:
+def install(engine, settings_path: Path | None = None, pipeline=None,
+            settings: TopicSettings | None = None) -> LearnedTopics:
     """Learned topics for an engine's served pipeline: its re-ranker's topic rule and its
     wellbeing rules read them (the caller hands the same reader to insights and stats).
-    ``settings_path``: default ``topic-settings.json`` beside the engine's models."""
+    ``settings_path``: default ``topic-settings.json`` beside the engine's models.
+    ``pipeline``: another pipeline over the engine's models instead of the engine's own (an
+    evaluation's variant), with ``settings`` of its own (not read from or saved to a file)."""
     registry = getattr(engine, "registry", None)
-    if settings_path is None and registry is not None:
-        settings_path = Path(registry.root) / SETTINGS_FILE
-    topics = LearnedTopics(engine.models, registry, settings_path=settings_path)
-    pipeline = engine.pipeline
+    if settings is not None:
+        topics = LearnedTopics(engine.models, registry, settings=settings)
+    else:
+        if settings_path is None and registry is not None:
+            settings_path = Path(registry.root) / SETTINGS_FILE
+        topics = LearnedTopics(engine.models, registry, settings_path=settings_path)
+    pipeline = engine.pipeline if pipeline is None else pipeline
     if getattr(pipeline, "reranker", None) is not None and hasattr(pipeline.reranker, "topics"):
         pipeline.reranker.topics = topics
     if getattr(pipeline, "wellbeing", None) is not None:

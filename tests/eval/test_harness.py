@@ -15,7 +15,8 @@ from reelrank.eval.protocols import load_dataset, temporal_split
 from tests.eval.test_protocols import KUAIRAND_ROWS, write_kuairand, write_sequences
 
 TEMPORAL_MODELS = ["random", "pop", "pop_recent", "itemknn", "engine"]
-NEURAL = ["reelrank", "reelrank_ranker", "reelrank_served", "reelrank_served_plain", "pop_3d"]
+NEURAL = ["reelrank", "reelrank_ranker", "reelrank_served", "reelrank_served_plain",
+          "reelrank_served_learned", "pop_3d"]
 
 
 def test_kuairand_report_has_every_model_and_the_replay(tmp_path, monkeypatch):
@@ -71,14 +72,16 @@ def test_sequences_report(tmp_path):
 def test_the_served_feed_beside_its_components_on_kuairand(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "reelrank.eval.peers", None)
     data = write_kuairand(tmp_path / "kr", KUAIRAND_ROWS)
-    names = ["pop", "reelrank", "reelrank_ranker", "reelrank_served", "reelrank_served_plain"]
+    names = ["pop", "reelrank", "reelrank_ranker", "reelrank_served", "reelrank_served_plain",
+             "reelrank_served_learned"]
     report = run_eval_command(f"kuairand:{data}", "2022-05-01", [",".join(names)],
                               tmp_path / "out", None, None, 0, False, replay=False)
     models = report["models"]
     assert list(models) == names
-    served = models["reelrank_served"]["metrics"]["retrieval"]
-    assert served["protocol"].startswith("served feed") and served["recall@200"] is None
-    assert 0 <= served["recall@50"] <= served["recall@100"] <= 1
+    for name in ("reelrank_served", "reelrank_served_plain", "reelrank_served_learned"):
+        served = models[name]["metrics"]["retrieval"]
+        assert served["protocol"].startswith("served feed") and served["recall@200"] is None
+        assert 0 <= served["recall@50"] <= served["recall@100"] <= 1
     # One training run, read three ways, trained as the server trains (its default config).
     versions = {models[n]["settings"]["model_version"] for n in names[1:]}
     assert len(versions) == 1

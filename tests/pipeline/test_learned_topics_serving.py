@@ -95,6 +95,19 @@ def test_precedence_of_an_explicit_topic_attribute(engine, tmp_path):
         TopicSettings("whatever")
 
 
+def test_installed_on_another_pipeline_with_settings_of_its_own(engine, tmp_path):
+    from reelrank.pipeline.served import default_pipeline
+
+    own = engine.pipeline.reranker.topics
+    variant = default_pipeline(engine.models)
+    topics = learned.install(engine, pipeline=variant, settings=TopicSettings("learned"))
+    assert variant.reranker.topics is topics and variant.wellbeing.topics is topics
+    assert engine.pipeline.reranker.topics is own  # the engine's own pipeline is left alone
+    assert topics.settings_path is None  # nothing read from or saved beside the models
+    tagged = dataclasses.replace(engine.catalog.get("v2"), hashtags=("fyp", "pasta"))
+    assert topics.of(tagged).startswith(LEARNED_PREFIX)  # learned wins over a hashtag
+
+
 def test_an_upload_gets_a_learned_topic_before_any_view(engine):
     topics = learned.install(engine)
     known = engine.catalog.get("v3")
