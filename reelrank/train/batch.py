@@ -207,7 +207,8 @@ def _train_ranker(cfg: TrainConfig, items, item_index, rows, train_rows, test_ro
         best = next((e for e in rep.evals if e["epoch"] == rep.best_epoch), rep.evals[-1])
         out["ranker_holdout"] = best["tasks"]
     epochs = rep.best_epoch or rep.epochs
-    out["ranker_epochs"] = epochs
+    out["ranker_epochs"] = epochs  # kept: the refit on every row runs this many
+    out["ranker_epochs_run"] = rep.epochs  # run on the first fit, patience included
     if cfg.refit and fit_rows is train_rows and len(rows) > len(train_rows):
         # The held-out rows are the newest: the published model learns from them too.
         torch.manual_seed(cfg.seed)

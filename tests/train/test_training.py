@@ -39,6 +39,8 @@ def test_training_is_deterministic_and_publishes(world_store, tmp_path):
     assert a.version == registry.latest()
     assert a.metrics["ranker_holdout"]["long_view"] == b.metrics["ranker_holdout"]["long_view"]
     assert a.metrics["rows_holdout"] > 0 and a.metrics["rows_train"] > a.metrics["rows_holdout"]
+    # Epochs run on the held-out fit, and kept for the refit on every row (one epoch here).
+    assert a.metrics["ranker_epochs_run"] == a.metrics["ranker_epochs"] == 1
     meta = registry.meta(a.version)
     assert meta["metrics"]["events"] == world_store.count_events()
 
