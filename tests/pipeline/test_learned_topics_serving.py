@@ -95,7 +95,7 @@ def test_precedence_of_an_explicit_topic_attribute(engine, tmp_path):
         TopicSettings("whatever")
 
 
-def test_installed_on_another_pipeline_with_settings_of_its_own(engine, tmp_path):
+def test_installed_on_another_pipeline_with_settings_of_its_own(engine):
     from reelrank.pipeline.served import default_pipeline
 
     own = engine.pipeline.reranker.topics
