@@ -364,11 +364,16 @@ class LeaveOneOutSplit:
     exclude: list[np.ndarray]  # (E,) each user's training items except the target
     stats: dict = field(default_factory=dict)
     heldout: set[tuple[str, str, int]] = field(default_factory=set)  # (user, item, ts) of targets
+    _train_events: list[Event] | None = field(default=None, repr=False, compare=False)
 
     def train_events(self) -> list[Event]:
-        """The raw events minus every held-out interaction (for models that learn from events)."""
-        return [e for e in self.dataset.events
-                if (e.user_id, e.item_id, e.ts) not in self.heldout]
+        """The raw events minus every held-out interaction (for models that learn from events).
+        One list, made on the first call: the engine's views (``eval/neural.py``) recognise one
+        training run by it, so they share that run instead of each training its own."""
+        if self._train_events is None:
+            self._train_events = [e for e in self.dataset.events
+                                  if (e.user_id, e.item_id, e.ts) not in self.heldout]
+        return self._train_events
 
     def describe(self) -> dict:
         return {

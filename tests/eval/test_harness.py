@@ -108,6 +108,8 @@ def test_next_item_data_are_served_from_plays_only(tmp_path, monkeypatch):
         assert 0 <= r["metrics"]["next_item"]["hr@10"] <= 1
     assert report["models"]["reelrank_served"]["metrics"]["next_item"]["protocol"].startswith(
         "served feed")
+    # One training run read two ways, as on temporal data (not one run per view).
+    assert len({r["settings"]["model_version"] for r in report["models"].values()}) == 1
 
 
 def test_bad_requests_fail_early(tmp_path, monkeypatch):
