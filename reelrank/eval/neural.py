@@ -89,7 +89,7 @@ class NeuralRecommender(EngineRecommender):
         self._run: _Trained | None = None
         # The harness measures a view with pages through ``feed_pages``, page by page size.
         self.serves_pages = view in ("served", "served_plain", "served_learned")
-        self._plain = None
+        self._variant = None  # the served_plain or served_learned pipeline, built once
 
     def fit_events(self, train: Interactions, items: list[Item], events: list[Event]) -> None:
         self.close()
@@ -191,21 +191,21 @@ class NeuralRecommender(EngineRecommender):
         from reelrank.pipeline.context import FeedRequest
 
         pipeline = self.engine.pipeline
-        if self.view in ("served_plain", "served_learned") and self._plain is None:
+        if self.view in ("served_plain", "served_learned") and self._variant is None:
             from reelrank.engine import default_pipeline
             from reelrank.pipeline import topics
             from reelrank.pipeline.rerank import DiversityReranker
 
             if self.view == "served_plain":
-                self._plain = default_pipeline(
+                self._variant = default_pipeline(
                     self.engine.models, exploration=False,
                     reranker=DiversityReranker(None, None, 0, 1.0, 0.0))
             else:  # the learned topics win over every declared one, in every rule that reads them
-                self._plain = default_pipeline(self.engine.models)
-                topics.install(self.engine, pipeline=self._plain,
+                self._variant = default_pipeline(self.engine.models)
+                topics.install(self.engine, pipeline=self._variant,
                                settings=topics.TopicSettings("learned"))
         if self.view != "served":
-            pipeline = self._plain
+            pipeline = self._variant
         pages = []
         for u in users:
             ctx = self.engine.context(FeedRequest(user_id=str(self.user_ids[u]), n=n))
