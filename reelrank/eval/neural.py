@@ -142,20 +142,7 @@ class NeuralRecommender(EngineRecommender):
         return self._ranker_scores(users, scores, cols, out)
 
     def _retrieval_scores(self, users: np.ndarray):
-        m = self.engine.models.current
-        retrieval = m.bundle.retrieval
-        histories = []
-        for u in users:
-            state = self.engine.live.user(str(self.user_ids[u]))
-            histories.append(list(state.tokens) if state is not None else [])
-        h = encode_histories(histories, m.item_index, retrieval.users.max_len)
-        with torch.no_grad():
-            vectors = retrieval.user_vectors(h, m.item_vectors)  # (B, D)
-            scores = (vectors @ m.item_vectors.T).numpy()  # (B, I_engine)
-        prior = m.bundle.value_weights.get("popularity", 0.0)
-        if prior:  # the version's popularity prior, as the served scorer adds it
-            scores = scores + prior * log_popularity(self.engine.live, m.item_ids)[None, :]
-        return scores, m
+        return retrieval_scores(self.engine, [str(self.user_ids[u]) for u in users])
 
     def _ranker_scores(self, users, scores, cols, out) -> np.ndarray:
         """The value formula over retrieval's top candidates (seen items excluded first)."""
@@ -213,3 +200,24 @@ class NeuralRecommender(EngineRecommender):
             cols = [self.item_of.get(it.item_id) for it in result.items]
             pages.append(np.array([c for c in cols if c is not None], dtype=np.int64))
         return pages
+
+
+def retrieval_scores(engine, user_ids: list[str]):
+    """The retrieval model alone for each viewer: their live history's user vector against
+    every item vector of the engine's current version (full ranking), plus the version's
+    popularity prior as the served scorer adds it. Returns the (B, I_engine) scores and the
+    serving version (whose ``item_ids`` name the columns)."""
+    m = engine.models.current
+    retrieval = m.bundle.retrieval
+    histories = []
+    for user_id in user_ids:
+        state = engine.live.user(user_id)
+        histories.append(list(state.tokens) if state is not None else [])
+    h = encode_histories(histories, m.item_index, retrieval.users.max_len)
+    with torch.no_grad():
+        vectors = retrieval.user_vectors(h, m.item_vectors)  # (B, D)
+        scores = (vectors @ m.item_vectors.T).numpy()  # (B, I_engine)
+    prior = m.bundle.value_weights.get("popularity", 0.0)
+    if prior:  # the version's popularity prior, as the served scorer adds it
+        scores = scores + prior * log_popularity(engine.live, m.item_ids)[None, :]
+    return scores, m
