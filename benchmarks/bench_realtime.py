@@ -308,9 +308,12 @@ def run_replay(args) -> None:
     torch.set_num_threads(1)
     started = time.perf_counter()
     split = temporal_split(load_dataset(args.dataset), args.cutoff, args.test_days)
-    cfg = TrainedReplayConfig(score_users=args.score_users, seed=args.seed)
+    cfg = TrainedReplayConfig(score_users=args.score_users, seed=args.seed,
+                              context=args.context == "on")
     cfg.online.ranker_lr = args.lr
     cfg.train.ranker.seed = args.train_seed
+    for name, value in json.loads(args.ranker).items():  # e.g. {"pairwise_weight": 3}
+        setattr(cfg.train.ranker, name, value)
     report = replay_trained(split, cfg, arms=tuple(args.arms.split(",")), progress=args.progress)
     report.update(command=" ".join(["python", *sys.argv]), machine=machine(),
                   split=split.describe(), wall_seconds=round(time.perf_counter() - started, 1))
@@ -427,6 +430,9 @@ def main() -> None:
     r.add_argument("--arms", default="frozen,online", help="of static, frozen, online")
     r.add_argument("--seed", type=int, default=0, help="of the --score-users sample")
     r.add_argument("--train-seed", type=int, default=0, help="of the base ranker's training")
+    r.add_argument("--context", choices=("on", "off"), default="on",
+                   help="each /v1/rank request carries its impressions' logged context")
+    r.add_argument("--ranker", default="{}", help="JSON of RankerConfig fields to override")
     r.add_argument("--progress", action="store_true")
     r.add_argument("--out", type=Path, default=None)
     t = sub.add_parser("replay-tune", help="the online learning rate, on a validation day")

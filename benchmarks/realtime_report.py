@@ -36,7 +36,10 @@ def replay_markdown(r: dict, png: str) -> str:
         f"(ranker, {r['config']['train']['ranker']['epochs']} epoch; retrieval is not trained: "
         f"only the ranker scores impressions), {r['train']['seconds']} s.", "",
         "Each test impression is scored with `engine.rank` before anything of its instant is "
-        "revealed; then the instant's events go in (`frozen`, `online`). `online`: an "
+        + ("revealed, the request carrying the impression's logged context (device, region, "
+           "traffic source) as a client sends it" if r["config"].get("context") else
+           "revealed (no context in the request)")
+        + "; then the instant's events go in (`frozen`, `online`). `online`: an "
         "`OnlineLearner` learns from each impression once its view has settled "
         f"({r['config']['settle_ms']} ms), one step per batch of {r['config']['online']['batch_size']} "
         f"rows or per {r['config']['online']['max_wait_ms'] // 1000} s of event time, Adam lr "

@@ -124,15 +124,21 @@ def _instants(events: list[Event]):
 
 
 def _score_instant(engine, batch: list[Event], rows: dict, scores: np.ndarray,
-                   long_view: np.ndarray | None = None) -> None:
+                   long_view: np.ndarray | None = None,
+                   context: np.ndarray | None = None) -> None:
     """Scores (and, given ``long_view``, the long-view head's probability) of the instant's
-    impressions in ``rows``."""
+    impressions in ``rows``. With ``context`` (the split's per-impression (device, region,
+    source)), each request carries its first impression's context, as a client sends it."""
     wanted: dict[str, list[str]] = defaultdict(list)
     for e in batch:
         if e.type == "impression" and (e.user_id, e.item_id, e.ts) in rows:
             wanted[e.user_id].append(e.item_id)
     for user, items in wanted.items():
-        result = engine.rank(user, list(dict.fromkeys(items)))
+        device = region = source = None
+        if context is not None:
+            device, region, source = context[rows[(user, items[0], batch[0].ts)][0]]
+        result = engine.rank(user, list(dict.fromkeys(items)), region=region, device=device,
+                             source=source)
         by_item = {s.item_id: s for s in result.items}
         ts = batch[0].ts
         for item in items:
@@ -227,6 +233,9 @@ class TrainedReplayConfig:
     install_every_ms: int = 300_000
     score_users: int | None = None  # score a seeded sample of this many test users
     seed: int = 0
+    # Each /v1/rank request carries its impressions' logged context (device, region, traffic
+    # source), as a client replaying them would send it; False: none.
+    context: bool = True
 
 
 def replay_trained(split: TemporalSplit, cfg: TrainedReplayConfig | None = None,
@@ -236,7 +245,8 @@ def replay_trained(split: TemporalSplit, cfg: TrainedReplayConfig | None = None,
     wanted = _wanted_rows(split, cfg.score_users, cfg.seed)
     report: dict = {"arms": {}, "config": {"train": asdict(cfg.train), "online": asdict(cfg.online),
                                             "settle_ms": cfg.settle_ms,
-                                            "install_every_ms": cfg.install_every_ms}}
+                                            "install_every_ms": cfg.install_every_ms,
+                                            "context": cfg.context}}
     with scratch_dir() as tmp:
         root = Path(tmp)
         started = time.perf_counter()
@@ -334,7 +344,8 @@ def replay_arm(split: TemporalSplit, arm: str, registry: ModelRegistry, wanted: 
         with tqdm(total=len(split.test_events), desc=f"replay {arm}", unit=" events",
                   disable=not progress, dynamic_ncols=True) as bar:
             for batch in _instants(split.test_events):
-                _score_instant(engine, batch, wanted, scores, head)
+                _score_instant(engine, batch, wanted, scores, head,
+                               split.test.context if cfg.context else None)
                 if arm != "static":
                     engine.ingest_events(batch)
                 if learner is not None:

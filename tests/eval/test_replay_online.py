@@ -103,3 +103,31 @@ def test_online_with_a_zero_learning_rate_is_the_frozen_model(split, tmp_path):
     online = replay_arm(split, "online", registry, wanted, still, tmp_path / "o", False)
     assert online["online"]["installs"] > 0
     np.testing.assert_allclose(online["scores"], frozen["scores"], rtol=1e-5, atol=1e-6)
+
+
+class _RecordingEngine:
+    def __init__(self):
+        self.calls = []
+
+    def rank(self, user, items, region=None, device=None, source=None):
+        from types import SimpleNamespace
+
+        self.calls.append((user, tuple(items), region, device, source))
+        return SimpleNamespace(items=[SimpleNamespace(item_id=i, score=1.0, predictions={})
+                                      for i in items])
+
+
+def test_a_replayed_request_carries_its_impressions_logged_context():
+    from reelrank.eval.replay import _score_instant
+    from reelrank.types import Event
+
+    batch = [Event(user_id="u1", item_id="v1", type="impression", ts=5, event_id="a"),
+             Event(user_id="u1", item_id="v2", type="impression", ts=5, event_id="b")]
+    rows = {("u1", "v1", 5): [0], ("u1", "v2", 5): [1]}
+    context = np.array([("phone", "north", "featured"), ("phone", "north", "featured")],
+                       dtype=object)
+    with_context, without = _RecordingEngine(), _RecordingEngine()
+    _score_instant(with_context, batch, rows, np.full(2, np.nan), None, context)
+    _score_instant(without, batch, rows, np.full(2, np.nan))
+    assert with_context.calls == [("u1", ("v1", "v2"), "north", "phone", "featured")]
+    assert without.calls == [("u1", ("v1", "v2"), None, None, None)]
