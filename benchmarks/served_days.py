@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from reelrank import metrics
+
 HERE = Path(__file__).resolve().parent
 
 RUN = """
@@ -65,7 +67,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()[0]
     started = time.time()
-    rows, days_rows = [], []
+    rows, days_rows, paired = [], [], []
+    first = None
     for name, spec in variants:
         out = args.out / f"{name}.json"
         payload = [json.loads(spec), args.dataset, args.cutoff, args.test_days,
@@ -86,6 +89,13 @@ def main() -> None:
                             for k, v in list(d["served_sources"].items())[:4])
             days_rows.append(f"| {name} | {day} | {d['served']:.4f} | {d['retrieval']:.4f} | "
                              f"{d['pop']:.4f} | {d['pop_recent']:.4f} | {d['viewers']} | {top} |")
+        per = r["per_viewer_day"]
+        if first is None:
+            first = (name, per)
+        elif per["units"] == first[1]["units"]:  # same viewer-days: a paired comparison
+            d = metrics.paired_mean_difference(per["served"], first[1]["served"])
+            paired.append(f"| {name} minus {first[0]} | {d['diff']:+.4f} "
+                          f"[{d['low']:+.4f}, {d['high']:+.4f}] | {d['n']} |")
         print(rows[-1], flush=True)
     command = "python benchmarks/served_days.py " + " ".join(
         a if a.startswith("--") or " " not in a else repr(a) for a in sys.argv[1:])
@@ -105,6 +115,9 @@ def main() -> None:
         "| variant | served | retrieval alone | pop | pop_recent | served / better pop | "
         "served / retrieval | viewer-days | training s (retrieval epochs / ranker epochs) |",
         "|---|---|---|---|---|---|---|---|---|", *rows, "",
+        "Served Recall, each variant minus the first on the same viewer-days, with a 95% "
+        "bootstrap interval over viewer-days:", "",
+        "| comparison | difference | viewer-days |", "|---|---|---|", *paired, "",
         "By day (sources: share of the served items from each candidate source):", "",
         "| variant | day | served | retrieval | pop | pop_recent | viewers | sources |",
         "|---|---|---|---|---|---|---|---|", *days_rows, ""]

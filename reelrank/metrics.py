@@ -157,6 +157,21 @@ def paired_gauc_difference(user_ids: ArrayLike, labels: ArrayLike, scores_a: Arr
             "share_a_better": float(np.mean((d > 0) + 0.5 * (d == 0)))}
 
 
+def paired_mean_difference(a: ArrayLike, b: ArrayLike, n_boot: int = 2_000, seed: int = 0,
+                           level: float = 0.95) -> dict:
+    """Mean of ``a`` minus mean of ``b``, measured on the same units (``a[k]`` and ``b[k]`` of
+    one viewer-day), with a bootstrap interval over units. Returns ``{"diff", "low", "high",
+    "n"}`` (``nan`` values when empty)."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if d.shape[0] == 0:
+        return {"diff": math.nan, "low": math.nan, "high": math.nan, "n": 0}
+    rng = np.random.default_rng(seed)
+    boot = np.array([d[rng.integers(0, d.shape[0], d.shape[0])].mean() for _ in range(n_boot)])
+    tail = (1.0 - level) / 2.0 * 100.0
+    return {"diff": float(d.mean()), "low": float(np.percentile(boot, tail)),
+            "high": float(np.percentile(boot, 100 - tail)), "n": int(d.shape[0])}
+
+
 def gauc(user_ids: ArrayLike, labels: ArrayLike, scores: ArrayLike) -> float:
     """Impression-weighted per-user AUC; see ``gauc_detail`` for the counts behind it."""
     return gauc_detail(user_ids, labels, scores)[0]

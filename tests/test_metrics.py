@@ -331,3 +331,15 @@ def test_session_position_bucket():
         assert session_position_bucket(position) == bucket
     with pytest.raises(ValueError):
         session_position_bucket(0)
+
+
+def test_paired_mean_difference_of_hand_computed_units():
+    from reelrank.metrics import paired_mean_difference
+
+    out = paired_mean_difference([0.5, 0.0, 1.0, 0.25], [0.25, 0.0, 0.5, 0.25])
+    assert out["diff"] == pytest.approx(0.1875) and out["n"] == 4
+    assert out["low"] <= out["diff"] <= out["high"]
+    assert 0.0 <= out["low"] and out["high"] <= 0.5  # the unit differences are 0 .. 0.5
+    shifted = paired_mean_difference([0.3, 0.6, 0.9], [0.2, 0.5, 0.8])
+    assert shifted["low"] == pytest.approx(0.1) and shifted["high"] == pytest.approx(0.1)
+    assert np.isnan(paired_mean_difference([], [])["diff"])

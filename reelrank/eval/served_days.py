@@ -123,6 +123,7 @@ def served_days(split: TemporalSplit, cfg: ServedDaysConfig | None = None,
     report: dict = {"config": {"page": cfg.page, "score_users": cfg.score_users,
                                "recent_days": cfg.recent_days, "seed": cfg.seed,
                                "train": asdict(cfg.train)}, "days": {}}
+    units: list[tuple[str, str]] = []  # (day, viewer) of each measured page, in order
     started = time.perf_counter()
     with scratch_dir() as tmp:
         root = Path(tmp)
@@ -179,6 +180,7 @@ def served_days(split: TemporalSplit, cfg: ServedDaysConfig | None = None,
                     "version": engine.models.current.version}
                 for a in ARMS:
                     recalls[a].setdefault(name, day[a])
+                units.extend((name, str(index.user_ids[u])) for u in users.tolist())
                 logger.info("served days %s: %s", name, {a: round(float(np.mean(v)), 4)
                                                          for a, v in day.items()})
                 batch = [e for e, ed in zip(split.test_events, event_days) if ed == d]
@@ -189,6 +191,10 @@ def served_days(split: TemporalSplit, cfg: ServedDaysConfig | None = None,
     report["overall"] = {a: float(np.mean([x for v in recalls[a].values() for x in v]))
                          for a in ARMS}
     report["overall"]["viewer_days"] = int(sum(len(v) for v in recalls["served"].values()))
+    # Per viewer-day, for paired comparisons of two runs on the same sample
+    # (``metrics.paired_mean_difference``).
+    report["per_viewer_day"] = {"units": units, **{
+        a: [round(x, 6) for v in recalls[a].values() for x in v] for a in ARMS}}
     report["seconds"] = round(time.perf_counter() - started, 1)
     return report
 

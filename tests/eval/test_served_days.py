@@ -78,3 +78,7 @@ def test_each_day_is_served_from_the_live_state_after_the_days_before(split):
     assert report["overall"]["viewer_days"] == 5
     assert days["2022-05-01"]["pop"] == pytest.approx(0.5)
     assert days["2022-05-02"]["pop"] == pytest.approx(1 / 3)
+    per = report["per_viewer_day"]
+    assert len(per["units"]) == len(per["served"]) == len(per["pop"]) == 5
+    assert per["units"][0][0] == "2022-05-01" and per["units"][-1][0] == "2022-05-02"
+    assert sum(per["pop"]) / 5 == pytest.approx((0.5 * 2 + 1 / 3 * 3) / 5)
