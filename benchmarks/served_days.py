@@ -11,9 +11,11 @@ runs in its own process, so a module constant set for one cannot leak into the n
         --variant 'retrieval0.5={"retrieval_weight": 0.5}'
 
 A variant's JSON may hold ``ranker`` and ``retrieval`` (fields of ``RankerConfig`` and
-``RetrievalConfig``) and ``retrieval_weight`` (the served score's weight of the retrieval
-term, ``pipeline/neural.py``). The table lands in ``--out`` (a folder) as ``summary.md``,
-beside each variant's ``NAME.json``.
+``RetrievalConfig``), ``retrieval_weight`` (the served score's weight of the retrieval
+term, ``pipeline/neural.py``) and ``online`` (fields of ``OnlineConfig``; present, even as
+``{}``, it turns the online arm on: the weights learn from each day's events in event time, as
+the server's trainer learns them, and serve the next day's pages). The table lands in
+``--out`` (a folder) as ``summary.md``, beside each variant's ``NAME.json``.
 """
 
 from __future__ import annotations
@@ -44,8 +46,14 @@ if "retrieval_weight" in over:
 train = TrainConfig(seed=seed)
 train.ranker = dataclasses.replace(train.ranker, **over.get("ranker", {}))
 train.retrieval = dataclasses.replace(train.retrieval, **over.get("retrieval", {}))
+online = None
+if "online" in over:  # in event time, a step per full batch or per minute, as the replay runs it
+    from reelrank.train.learner import OnlineConfig
+    online = OnlineConfig(**{"max_wait_ms": 60_000,
+                             "pairwise_weight": train.ranker.pairwise_weight, **over["online"]})
 split = temporal_split(load_dataset("kuairand:" + dataset), cutoff, days, None, 0)
-report = served_days(split, ServedDaysConfig(train=train, page=page, score_users=users))
+report = served_days(split, ServedDaysConfig(train=train, page=page, score_users=users,
+                                             online=online))
 report["variant"] = over
 report["retrieval_weight"] = neural.DEFAULT_RETRIEVAL_WEIGHT
 open(out, "w").write(json.dumps(report, indent=1, default=str))

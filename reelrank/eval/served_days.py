@@ -37,8 +37,12 @@ from tqdm import tqdm
 from reelrank import metrics
 from reelrank.eval.baselines import build_engine, scratch_dir
 from reelrank.eval.protocols import TemporalSplit, day_name, local_day
+from reelrank.features import RowStream
+from reelrank.models.bundle import ModelBundle
 from reelrank.registry import ModelRegistry
+from reelrank.store import new_live_state
 from reelrank.train.batch import TrainConfig, train_from_store
+from reelrank.train.learner import OnlineConfig, OnlineLearner
 from reelrank.types import FeedRequest
 
 logger = logging.getLogger(__name__)
@@ -55,6 +59,11 @@ class ServedDaysConfig:
     recent_days: int = 3
     seed: int = 0
     chunk: int = 256  # viewers per retrieval batch
+    # Weights learned from the stream, as the server's online trainer learns them: an
+    # ``OnlineLearner`` (ranker and retrieval) steps through each day's events in event time,
+    # and its models serve the next day's pages. None: the weights stay as trained.
+    online: OnlineConfig | None = None
+    settle_ms: int = 1_000
 
 
 def day_targets(split: TemporalSplit) -> dict[int, dict[int, np.ndarray]]:
@@ -122,7 +131,9 @@ def served_days(split: TemporalSplit, cfg: ServedDaysConfig | None = None,
     recalls: dict[str, dict[str, list[float]]] = {a: {} for a in ARMS}
     report: dict = {"config": {"page": cfg.page, "score_users": cfg.score_users,
                                "recent_days": cfg.recent_days, "seed": cfg.seed,
-                               "train": asdict(cfg.train)}, "days": {}}
+                               "train": asdict(cfg.train),
+                               "online": asdict(cfg.online) if cfg.online else None},
+              "days": {}}
     units: list[tuple[str, str]] = []  # (day, viewer) of each measured page, in order
     started = time.perf_counter()
     with scratch_dir() as tmp:
@@ -136,8 +147,11 @@ def served_days(split: TemporalSplit, cfg: ServedDaysConfig | None = None,
             report["train"] = {"version": result.version, "seconds": round(result.seconds, 1),
                                "metrics": result.metrics}
             pipeline = engine.pipeline
+            learner = _Online(engine, registry, split, cfg) if cfg.online is not None else None
             for d, per_user in targets.items():
                 name = day_name(d)
+                if learner is not None:
+                    learner.install()
                 users = np.array(sorted(per_user), dtype=np.int64)
                 if cfg.score_users is not None and cfg.score_users < len(users):
                     users = np.sort(rng.choice(users, cfg.score_users, replace=False))
@@ -186,6 +200,10 @@ def served_days(split: TemporalSplit, cfg: ServedDaysConfig | None = None,
                 batch = [e for e, ed in zip(split.test_events, event_days) if ed == d]
                 for k in range(0, len(batch), 20_000):
                     engine.ingest_events(batch[k:k + 20_000])
+                if learner is not None:
+                    learner.learn(batch)
+            if learner is not None:
+                report["online"] = learner.figures()
         finally:
             engine.store.close()
     report["overall"] = {a: float(np.mean([x for v in recalls[a].values() for x in v]))
@@ -205,3 +223,45 @@ def _shown_before(engine, user_id: str, index) -> set[int]:
     if state is None:
         return set()
     return {index.item_of[i] for i in state.seen if i in index.item_of}
+
+
+class _Online:
+    """The online trainer's core in event time: its own live state from the training period
+    (as the trainer builds it at start-up), the rows each day's events close, steps as they
+    fill, and its models installed into serving before the next day's pages."""
+
+    def __init__(self, engine, registry: ModelRegistry, split: TemporalSplit,
+                 cfg: ServedDaysConfig):
+        assert cfg.online is not None
+        self.engine, self.base = engine, registry.load()
+        self.learner = OnlineLearner(ModelBundle.from_state(self.base.state), engine.catalog,
+                                     cfg.online)
+        self.rows = RowStream(new_live_state(engine.catalog), history_len=cfg.online.history_len,
+                              window_ms=3_600_000, settle_ms=cfg.settle_ms)
+        for e in split.train_events:
+            self.learner.observe(self.rows.add(e))
+        self.installs = 0
+
+    def learn(self, events) -> None:
+        for k, e in enumerate(events):
+            closed = self.rows.add(e)
+            if k + 1 == len(events) or events[k + 1].ts != e.ts:
+                closed = closed + self.rows.flush(e.ts)
+            self.learner.add(closed, e.ts)
+            while self.learner.ready(e.ts):
+                self.learner.step()
+
+    def install(self) -> None:
+        if not self.learner.steps:
+            return
+        learner, base = self.learner, self.base
+        bundle = learner.serving_bundle(learner.retrieval_snapshot())
+        self.installs += 1
+        self.engine.models.install(f"{base.version}+{learner.steps}", bundle, {
+            **base.meta, "base_version": base.version,
+            "retrieval_version": f"{base.version}+r{learner.retrieval_steps}",
+            **learner.serving_meta(base.version)})
+
+    def figures(self) -> dict:
+        return {"steps": self.learner.steps, "rows_trained": self.learner.rows_trained,
+                "retrieval_steps": self.learner.retrieval_steps, "installs": self.installs}

@@ -82,3 +82,17 @@ def test_each_day_is_served_from_the_live_state_after_the_days_before(split):
     assert len(per["units"]) == len(per["served"]) == len(per["pop"]) == 5
     assert per["units"][0][0] == "2022-05-01" and per["units"][-1][0] == "2022-05-02"
     assert sum(per["pop"]) / 5 == pytest.approx((0.5 * 2 + 1 / 3 * 3) / 5)
+
+
+def test_the_online_arm_serves_the_next_days_pages_with_weights_learned_from_the_stream(split):
+    from reelrank.train.learner import OnlineConfig
+
+    online = OnlineConfig(batch_size=4, max_wait_ms=0, history_len=8)
+    report = served_days(split, ServedDaysConfig(train=CFG, page=1, score_users=None,
+                                                 online=online, settle_ms=0))
+    days = report["days"]
+    base = days["2022-05-01"]["version"]
+    assert "+" not in base  # the first test day is served by the trained version
+    assert days["2022-05-02"]["version"].startswith(base + "+")  # then by the learned one
+    assert report["online"]["steps"] > 0 and report["online"]["retrieval_steps"] > 0
+    assert report["online"]["installs"] == 1  # before 05-02 (nothing learned before 05-01)
