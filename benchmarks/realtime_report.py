@@ -70,6 +70,13 @@ def replay_markdown(r: dict, png: str) -> str:
         lines.append(f"| {a} | {_fmt(h['overall']['gauc'])} | " +
                      " | ".join(_fmt(h["by_position"][b]["gauc"]) for b in buckets) + " | " +
                      " | ".join(_fmt(h["by_day"][d]["gauc"]) for d in days) + " |")
+    if all("like_head" in arms[a] for a in names):
+        lines += ["", "The like head's probability as the score, GAUC of likes:", "",
+                  "| arm | all | " + " | ".join(days) + " |", "|---|" + "---|" * (len(days) + 1)]
+        for a in names:
+            h = arms[a]["like_head"]
+            lines.append(f"| {a} | {_fmt(h['overall']['gauc'])} | " +
+                         " | ".join(_fmt(h["by_day"][d]["gauc"]) for d in days) + " |")
     if "online_vs_frozen" in r:
         lines += _paired_table(r["online_vs_frozen"], days, buckets)
     if "online" in arms and "frozen" in arms:

@@ -125,9 +125,9 @@ def _instants(events: list[Event]):
 
 def _score_instant(engine, batch: list[Event], rows: dict, scores: np.ndarray,
                    long_view: np.ndarray | None = None,
-                   context: np.ndarray | None = None) -> None:
-    """Scores (and, given ``long_view``, the long-view head's probability) of the instant's
-    impressions in ``rows``. With ``context`` (the split's per-impression (device, region,
+                   context: np.ndarray | None = None, like: np.ndarray | None = None) -> None:
+    """Scores (and, given ``long_view`` and ``like``, those heads' probabilities) of the
+    instant's impressions in ``rows``. With ``context`` (the split's per-impression (device, region,
     source)), each request carries its first impression's context, as a client sends it."""
     wanted: dict[str, list[str]] = defaultdict(list)
     for e in batch:
@@ -146,6 +146,8 @@ def _score_instant(engine, batch: list[Event], rows: dict, scores: np.ndarray,
                 scores[k] = by_item[item].score
                 if long_view is not None:
                     long_view[k] = by_item[item].predictions.get("long_view", np.nan)
+                if like is not None:
+                    like[k] = by_item[item].predictions.get("like", np.nan)
 
 
 def _position_buckets(split: TemporalSplit) -> np.ndarray:
@@ -264,6 +266,7 @@ def replay_trained(split: TemporalSplit, cfg: TrainedReplayConfig | None = None,
         for arm in arms:
             run = replay_arm(split, arm, registry, wanted, cfg, root / arm, progress)
             scores, head = run.pop("scores"), run.pop("long_view_head")
+            like = run.pop("like_head")
             scores_of[arm], heads_of[arm] = scores, head
             if "install_ts" in run:
                 runs["online"] = run.pop("install_ts")
@@ -273,6 +276,9 @@ def replay_trained(split: TemporalSplit, cfg: TrainedReplayConfig | None = None,
             # shows whether a change comes from long-view ranking or from the other heads.
             entry["long_view_head"] = position_report(split, head)
             entry["long_view_head"]["by_day"] = day_report(split, head)
+            # GAUC of the like head on the like labels: the issue's second head.
+            entry["like_head"] = {"overall": _gauc_entry(
+                *_scored(split, like, "like")), "by_day": day_report(split, like, "like")}
             entry.update(run)
             report["arms"][arm] = entry
             logger.info("trained replay %s: GAUC %.4f in %.0fs", arm, entry["overall"]["gauc"],
@@ -331,6 +337,7 @@ def replay_arm(split: TemporalSplit, arm: str, registry: ModelRegistry, wanted: 
     base = registry.load()
     scores = np.full(len(split.test), np.nan)
     head = np.full(len(split.test), np.nan)
+    like = np.full(len(split.test), np.nan)
     learner = rows = None
     installs = installed = 0
     last_install, install_ts = split.cutoff_ms, []
@@ -345,7 +352,7 @@ def replay_arm(split: TemporalSplit, arm: str, registry: ModelRegistry, wanted: 
                   disable=not progress, dynamic_ncols=True) as bar:
             for batch in _instants(split.test_events):
                 _score_instant(engine, batch, wanted, scores, head,
-                               split.test.context if cfg.context else None)
+                               split.test.context if cfg.context else None, like)
                 if arm != "static":
                     engine.ingest_events(batch)
                 if learner is not None:
@@ -365,7 +372,7 @@ def replay_arm(split: TemporalSplit, arm: str, registry: ModelRegistry, wanted: 
                 bar.update(len(batch))
     finally:
         engine.store.close()
-    out = {"scores": scores, "long_view_head": head,
+    out = {"scores": scores, "long_view_head": head, "like_head": like,
            "seconds": round(time.perf_counter() - started, 1)}
     if learner is not None:
         out["online"] = {"steps": learner.steps, "rows_trained": learner.rows_trained,
@@ -374,10 +381,15 @@ def replay_arm(split: TemporalSplit, arm: str, registry: ModelRegistry, wanted: 
     return out
 
 
-def day_report(split: TemporalSplit, scores: np.ndarray) -> dict:
-    """GAUC of long_view per local test day, over the scored impressions."""
+def _scored(split: TemporalSplit, scores: np.ndarray, task: str):
+    ok = ~np.isnan(scores)
+    return split.test.user[ok], split.test.labels[task][ok], scores[ok]
+
+
+def day_report(split: TemporalSplit, scores: np.ndarray, task: str = "long_view") -> dict:
+    """GAUC of ``task`` per local test day, over the scored impressions."""
     test, ok = split.test, ~np.isnan(scores)
-    y = test.labels["long_view"]
+    y = test.labels[task]
     return {day_name(int(d)): _gauc_entry(test.user[ok & (test.day == d)],
                                           y[ok & (test.day == d)], scores[ok & (test.day == d)])
             for d in np.unique(test.day)}

@@ -72,6 +72,8 @@ def test_the_report_has_positions_days_and_the_sample(split):
         assert set(arm["by_position"]) == {"1-5", "6-20", "21+"}
         assert set(arm["by_day"]) == {"2022-05-01", "2022-05-02"}
         assert arm["overall"]["impressions"] == len(split.test)
+        assert arm["like_head"]["overall"]["impressions"] == len(split.test)
+        assert set(arm["like_head"]["by_day"]) == {"2022-05-01", "2022-05-02"}
     assert report["scored_users"] == report["test_users"] == 6
     for arm in report["arms"].values():  # the same groups of impressions in both arms
         assert arm["same_version"]["value"]["impressions"] == len(split.test)
