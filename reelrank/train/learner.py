@@ -68,7 +68,7 @@ class OnlineConfig:
     # scaling: each step shifted every score by the last few viewers' outcomes. Steps that
     # moved only the embedding rows of the ids in the batch did no harm.
     partial_dense: bool = False
-    pairwise_weight: float = 0.0  # as in RankerConfig
+    pairwise_weight: float = 3.0  # as in RankerConfig (the batch run's loss)
     negatives: int = 256
     train_ranker: bool = True
     train_retrieval: bool = True

@@ -42,12 +42,16 @@ class RankerConfig:
     time_budget_s: float | None = None
     task_weights: dict[str, float] = field(default_factory=lambda: {t: 1.0 for t in TASKS})
     # Weight of a pairwise loss between rows of the same viewer (the feed orders one viewer's
-    # candidates). Off by default: on KuaiRand it raised the GAUC of held-out rows of the
-    # training days (0.59 -> 0.67, features as fresh as at training) but lowered it on the
-    # later test days ranked from the cut-off's state (long view 0.615 -> 0.592, like 0.636 ->
-    # 0.601), and it leaves the heads uncalibrated (AUC 0.69 -> 0.55), which the value formula,
-    # a sum of probabilities, cannot afford.
-    pairwise_weight: float = 0.0
+    # candidates). Chosen where a server ranks: with the live state following every event
+    # (benchmarks/results/served-days.md). On KuaiRand's four test days, requests carrying
+    # their context, it lifts the long-view head's GAUC from 0.606 to 0.661 and the like
+    # head's from 0.605 to 0.634; without it the live state's fresh features make the heads
+    # worse than the cut-off's stale ones. Its cost: the heads are no longer calibrated across
+    # viewers (AUC 0.69 -> 0.55), and the served feed's Recall@50 of the day's long views
+    # falls by 0.004 (0.198 -> 0.195). Ranked from the cut-off's state alone (no test event
+    # in the live state, ``reelrank eval``'s /v1/rank figures) it lowers the heads instead
+    # (long view 0.615 -> 0.592): that protocol is not how a server serves.
+    pairwise_weight: float = 3.0
     # Share of training rows whose each context field (device, region, source) is hidden, as
     # a request that does not send it: the network then knows what "unknown" looks like instead
     # of meeting an all-zero context for the first time at serving (``POST /v1/rank`` with no
