@@ -49,8 +49,8 @@ class RankerConfig:
     # worse than the cut-off's stale ones. Its cost: the heads are no longer calibrated across
     # viewers (AUC 0.69 -> 0.55), and the served feed's Recall@50 of the day's long views
     # falls by 0.004 (0.198 -> 0.195). Ranked from the cut-off's state alone (no test event
-    # in the live state, ``reelrank eval``'s /v1/rank figures) it lowers the heads instead
-    # (long view 0.615 -> 0.592): that protocol is not how a server serves.
+    # in the live state, as ``reelrank eval`` ranks) the long-view head is the same either
+    # way (0.631 / 0.629), which is why that protocol, not how a server serves, had it off.
     pairwise_weight: float = 3.0
     # Share of training rows whose each context field (device, region, source) is hidden, as
     # a request that does not send it: the network then knows what "unknown" looks like instead
