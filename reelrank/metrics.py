@@ -136,8 +136,7 @@ def paired_gauc_difference(user_ids: ArrayLike, labels: ArrayLike, scores_a: Arr
     Both scorings rank the same users' same impressions, so the difference is the
     impression-weighted mean of per-user AUC differences; resampling users (with their weights)
     gives its spread. Returns ``{"diff", "low", "high", "users", "share_a_better"}``, the last
-    being the share of users whose AUC is higher under ``a`` (ties count half); ``nan`` values
-    when no user has both classes.
+    the share of users whose AUC is higher under ``a`` (ties half); ``nan`` if none has both classes.
     """
     auc_a, n = _per_user_auc(user_ids, labels, scores_a)
     auc_b, _ = _per_user_auc(user_ids, labels, scores_b)
@@ -145,31 +144,28 @@ def paired_gauc_difference(user_ids: ArrayLike, labels: ArrayLike, scores_a: Arr
         return {"diff": math.nan, "low": math.nan, "high": math.nan, "users": 0,
                 "share_a_better": math.nan}
     d = auc_a - auc_b
-    rng = np.random.default_rng(seed)
-    boot = np.empty(n_boot)
-    for b in range(n_boot):
-        pick = rng.integers(0, n.shape[0], n.shape[0])
-        boot[b] = np.sum(d[pick] * n[pick]) / np.sum(n[pick])
-    tail = (1.0 - level) / 2.0 * 100.0
-    return {"diff": float(np.sum(d * n) / np.sum(n)),
-            "low": float(np.percentile(boot, tail)), "high": float(np.percentile(boot, 100 - tail)),
-            "users": int(n.shape[0]),
+    return {**_paired(d, n, n_boot, seed, level), "users": int(n.shape[0]),
             "share_a_better": float(np.mean((d > 0) + 0.5 * (d == 0)))}
 
 
 def paired_mean_difference(a: ArrayLike, b: ArrayLike, n_boot: int = 2_000, seed: int = 0,
                            level: float = 0.95) -> dict:
-    """Mean of ``a`` minus mean of ``b``, measured on the same units (``a[k]`` and ``b[k]`` of
-    one viewer-day), with a bootstrap interval over units. Returns ``{"diff", "low", "high",
-    "n"}`` (``nan`` values when empty)."""
+    """Mean of ``a`` minus mean of ``b`` measured on the same units (one viewer-day each),
+    with a bootstrap interval over units: ``{"diff", "low", "high", "n"}`` (``nan`` if empty)."""
     d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     if d.shape[0] == 0:
         return {"diff": math.nan, "low": math.nan, "high": math.nan, "n": 0}
+    return {**_paired(d, np.ones_like(d), n_boot, seed, level), "n": int(d.shape[0])}
+
+
+def _paired(d: np.ndarray, w: np.ndarray, n_boot: int, seed: int, level: float) -> dict:
+    """The ``w``-weighted mean of ``d``, with a bootstrap interval resampling its units."""
     rng = np.random.default_rng(seed)
-    boot = np.array([d[rng.integers(0, d.shape[0], d.shape[0])].mean() for _ in range(n_boot)])
+    picks = (rng.integers(0, d.shape[0], d.shape[0]) for _ in range(n_boot))
+    boot = np.array([np.sum(d[k] * w[k]) / np.sum(w[k]) for k in picks])
     tail = (1.0 - level) / 2.0 * 100.0
-    return {"diff": float(d.mean()), "low": float(np.percentile(boot, tail)),
-            "high": float(np.percentile(boot, 100 - tail)), "n": int(d.shape[0])}
+    return {"diff": float(np.sum(d * w) / np.sum(w)), "low": float(np.percentile(boot, tail)),
+            "high": float(np.percentile(boot, 100 - tail))}
 
 
 def gauc(user_ids: ArrayLike, labels: ArrayLike, scores: ArrayLike) -> float:
