@@ -326,6 +326,18 @@ def _scored_mask(split: TemporalSplit, wanted: dict) -> np.ndarray:
     return mask
 
 
+def event_time_learner(engine, base, train_events: list[Event], online: OnlineConfig,
+                       settle_ms: int) -> tuple[OnlineLearner, RowStream]:
+    """The online trainer's core on a copy of the published version ``base``, with its own
+    live state (``RowStream``) built from the training period's events, as at its start-up."""
+    learner = OnlineLearner(ModelBundle.from_state(base.state), engine.catalog, online)
+    rows = RowStream(new_live_state(engine.catalog), history_len=online.history_len,
+                     window_ms=3_600_000, settle_ms=settle_ms)
+    for e in train_events:
+        learner.observe(rows.add(e))
+    return learner, rows
+
+
 def replay_arm(split: TemporalSplit, arm: str, registry: ModelRegistry, wanted: dict,
                 cfg: TrainedReplayConfig, directory: Path, progress: bool) -> dict:
     """One arm over the test days with the registry's latest (base) version: the scores of the
@@ -342,11 +354,8 @@ def replay_arm(split: TemporalSplit, arm: str, registry: ModelRegistry, wanted: 
     installs = installed = 0
     last_install, install_ts = split.cutoff_ms, []
     if arm == "online":
-        learner = OnlineLearner(ModelBundle.from_state(base.state), engine.catalog, cfg.online)
-        rows = RowStream(new_live_state(engine.catalog), history_len=cfg.online.history_len,
-                         window_ms=3_600_000, settle_ms=cfg.settle_ms)
-        for e in split.train_events:  # the trainer's own live state, as at its start-up
-            learner.observe(rows.add(e))
+        learner, rows = event_time_learner(engine, base, split.train_events, cfg.online,
+                                           cfg.settle_ms)
     try:
         with tqdm(total=len(split.test_events), desc=f"replay {arm}", unit=" events",
                   disable=not progress, dynamic_ncols=True) as bar:

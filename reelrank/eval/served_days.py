@@ -36,13 +36,12 @@ from tqdm import tqdm
 
 from reelrank import metrics
 from reelrank.eval.baselines import build_engine, scratch_dir
+from reelrank.eval.neural import retrieval_scores
 from reelrank.eval.protocols import TemporalSplit, day_name, local_day
-from reelrank.features import RowStream
-from reelrank.models.bundle import ModelBundle
+from reelrank.eval.replay import event_time_learner
 from reelrank.registry import ModelRegistry
-from reelrank.store import new_live_state
 from reelrank.train.batch import TrainConfig, train_from_store
-from reelrank.train.learner import OnlineConfig, OnlineLearner
+from reelrank.train.learner import OnlineConfig
 from reelrank.types import FeedRequest
 
 logger = logging.getLogger(__name__)
@@ -119,8 +118,6 @@ def served_days(split: TemporalSplit, cfg: ServedDaysConfig | None = None,
     """Train once on the split's training period, then for each test day: pages at its start,
     scored against its long views, then its events into the live state. Returns the report."""
     cfg = cfg or ServedDaysConfig()
-    from reelrank.eval.neural import retrieval_scores
-
     index = split.index
     targets = day_targets(split)
     pos_items, pos_days = positive_counts(split)
@@ -234,12 +231,8 @@ class _Online:
                  cfg: ServedDaysConfig):
         assert cfg.online is not None
         self.engine, self.base = engine, registry.load()
-        self.learner = OnlineLearner(ModelBundle.from_state(self.base.state), engine.catalog,
-                                     cfg.online)
-        self.rows = RowStream(new_live_state(engine.catalog), history_len=cfg.online.history_len,
-                              window_ms=3_600_000, settle_ms=cfg.settle_ms)
-        for e in split.train_events:
-            self.learner.observe(self.rows.add(e))
+        self.learner, self.rows = event_time_learner(engine, self.base, split.train_events,
+                                                     cfg.online, cfg.settle_ms)
         self.installs = 0
 
     def learn(self, events) -> None:
