@@ -38,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import asdict
 from itertools import islice
 from pathlib import Path
 
@@ -396,11 +397,13 @@ def run_coldstart(args) -> None:
     import torch
 
     from reelrank.eval.coldstart import ColdStartConfig, plot, run_coldstart as run
+    from reelrank.train.learner import OnlineConfig
     from realtime_report import coldstart_markdown
 
     torch.set_num_threads(1)
     cfg = ColdStartConfig(items=args.items, new_viewers=args.viewers, swipes=args.swipes,
                           page_size=args.page_size, seed=args.seed)
+    cfg.online = OnlineConfig(**{**asdict(cfg.online), **json.loads(args.online)})
     report = run(cfg, arms=tuple(args.arms.split(",")), progress=args.progress)
     report.update(command=" ".join(["python", *sys.argv]), machine=machine())
     path = args.out or RESULTS / "realtime-coldstart"
@@ -452,6 +455,8 @@ def main() -> None:
     c.add_argument("--arms", default="reelrank,reelrank_frozen,most_popular,topic_bandit,oracle",
                    help="of reelrank, reelrank_frozen, most_popular and the references "
                         "topic_bandit, oracle")
+    c.add_argument("--online", default="{}",
+                   help="JSON of OnlineConfig fields to override (the reelrank arm's learner)")
     c.add_argument("--progress", action="store_true")
     c.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()

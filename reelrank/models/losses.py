@@ -13,6 +13,7 @@ def sampled_softmax_loss(
     candidate_ids: torch.Tensor,  # (C,) long: item index of each candidate (to mask accidental hits)
     log_q: torch.Tensor,  # (C,) log of each candidate's sampling probability
     temperature: float = 1.0,
+    reduction: str = "mean",  # or "none": one loss per query
 ) -> torch.Tensor:
     """Softmax over a sampled candidate set with log-Q correction.
 
@@ -27,7 +28,7 @@ def sampled_softmax_loss(
     hit = candidate_ids.unsqueeze(0) == positive_ids.unsqueeze(1)  # (N, C)
     hit[torch.arange(len(target)), target] = False  # keep the true positive column
     logits = logits.masked_fill(hit, float("-inf"))
-    return F.cross_entropy(logits, target)
+    return F.cross_entropy(logits, target, reduction=reduction)
 
 
 def full_softmax_loss(user: torch.Tensor, items: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

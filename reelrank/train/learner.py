@@ -57,6 +57,15 @@ class OnlineConfig:
     # Recall@50 0.2138 against 0.2074 here, but new viewers on the synthetic world lose
     # with it (watch ratio 0.389 -> 0.345, behind most-popular): not changed.
     retrieval_lr: float = 5e-5
+    # The retrieval model learns only from positives of viewers with at least this many
+    # videos behind them (0: from all).
+    retrieval_min_history: int = 0
+    # Learning rate of the retrieval model's shared content tables (creator, sound, tags,
+    # words), as a share of its per-video rows': a tag's row moves every video that carries it.
+    retrieval_shared_lr_scale: float = 1.0
+    # Positives of viewers with fewer videos behind them than this move the per-video rows
+    # but not those shared content tables (0: every positive moves them).
+    retrieval_shared_min_history: int = 0
     optimizer: str = "adam"  # adam | adagrad | sgd
     # A partial batch (traffic too thin to fill one within max_wait_ms) steps with the learning
     # rate scaled by its share of a full batch: Adam moves every weight about as far whatever
@@ -116,7 +125,8 @@ class OnlineLearner:
                                           self.cfg.dense_lr_scale)
         if bundle.retrieval is not None and self.cfg.train_retrieval:
             self._retrieval_opt = _optimizer(self.cfg.optimizer, bundle.retrieval,
-                                             self.cfg.retrieval_lr, self.cfg.dense_lr_scale)
+                                             self.cfg.retrieval_lr, self.cfg.dense_lr_scale,
+                                             shared_share=self.cfg.retrieval_shared_lr_scale)
 
     # -- input ---------------------------------------------------------------------------------
     def observe(self, rows: Sequence[RankingRow]) -> None:
@@ -245,8 +255,9 @@ class OnlineLearner:
     def _retrieval_step(self, rows: list[RankingRow]) -> tuple[float | None, int]:
         model = self.bundle.retrieval
         max_len = model.users.max_len
+        least = max(1, self.cfg.retrieval_min_history)
         pos = [r for r in rows if r.example.revision == 0 and token_from_example(r.example).positive
-               and r.history]
+               and len(r.history) >= least]
         if not pos:
             return None, 0
         negatives = self._sample_negatives(self.cfg.negatives)
@@ -271,10 +282,25 @@ class OnlineLearner:
         neg = torch.tensor([index[i] for i in negatives if i in index], dtype=torch.long)
         cand = torch.cat([positives, neg])  # (C,)
         log_q = torch.log(self._sample_probability([items[k].item_id for k in cand.tolist()]))
-        loss = sampled_softmax_loss(users, torch.searchsorted(positives, targets), vectors[cand],
-                                    cand, log_q)
+        target_idx = torch.searchsorted(positives, targets)
         self._retrieval_opt.zero_grad(set_to_none=True)
-        loss.backward()
+        least = self.cfg.retrieval_shared_min_history
+        if least > 0:
+            per_row = sampled_softmax_loss(users, target_idx, vectors[cand], cand, log_q,
+                                           reduction="none")  # (B',)
+            lengths = torch.tensor([len(r.history) for r, k in zip(pos, keep.tolist()) if k])
+            short = lengths < least
+            if short.any():  # their gradients reach every table but the shared ones
+                (per_row[short].sum() / len(per_row)).backward(retain_graph=bool((~short).any()))
+                for name, table in model.items.named_children():
+                    if isinstance(table, DynamicEmbedding) and name != "item":
+                        table.weight.grad = None
+            if (~short).any():
+                (per_row[~short].sum() / len(per_row)).backward()
+            loss = per_row.mean()
+        else:
+            loss = sampled_softmax_loss(users, target_idx, vectors[cand], cand, log_q)
+            loss.backward()
         self._retrieval_opt.step()
         self._retrieval_opt.zero_grad(set_to_none=True)
         model.eval()
@@ -330,15 +356,26 @@ def snapshot(module: torch.nn.Module) -> torch.nn.Module:
     return copied.eval()
 
 
-def _optimizer(name: str, model: torch.nn.Module, lr: float,
-               dense_share: float) -> torch.optim.Optimizer:
+def _optimizer(name: str, model: torch.nn.Module, lr: float, dense_share: float,
+               shared_share: float = 1.0) -> torch.optim.Optimizer:
     """Two parameter groups: the dynamic embedding tables at ``lr``, the rest at
-    ``lr * dense_share`` (``share`` is kept on each group for ``step``'s rescaling)."""
+    ``lr * dense_share`` (``share`` is kept on each group for ``step``'s rescaling). With
+    ``shared_share`` other than 1, the item tower's tables other than its per-video one
+    (creator, sound, tags, words: rows shared by many videos) form a third group at
+    ``lr * shared_share``."""
     tables = [m.weight for m in model.modules() if isinstance(m, DynamicEmbedding)]
     ids = {id(p) for p in tables}
     rest = [p for p in model.parameters() if id(p) not in ids]
+    shared = []
+    if shared_share != 1.0:
+        own = model.items.item.weight
+        shared = [p for p in tables if p is not own]
+        tables = [own]
     groups = [{"params": tables, "lr": lr, "share": 1.0, "dense": False},
               {"params": rest, "lr": lr * dense_share, "share": dense_share, "dense": True}]
+    if shared:
+        groups.append({"params": shared, "lr": lr * shared_share, "share": shared_share,
+                       "dense": False})
     kinds = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
     if name not in kinds:
         raise ValueError(f"unknown optimizer {name!r}: adam, adagrad or sgd")

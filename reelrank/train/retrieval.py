@@ -67,6 +67,10 @@ class RetrievalConfig:
     # first held-out positive; the held-out positives as a set measure what a feed built at
     # the cut must hold over the viewer's coming sessions (``tail_recall@50``).
     validation_tail: float = 0.0
+    # Each position learns to predict a positive drawn from the next ``future_targets`` tokens
+    # (1: the next token only). A feed is judged over the viewer's coming sessions, not their
+    # very next video: a wider window trains for that horizon (a "dense all-action" target).
+    future_targets: int = 1
 
     def model(self) -> TwoTower:
         return TwoTower(self.dim, self.max_len, self.layers, self.heads, self.dropout,
@@ -118,10 +122,29 @@ class SequenceTable:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
+    def _future_targets(self, s: int, end: int, last: int, future: int,
+                        rng: np.random.Generator) -> np.ndarray:
+        """For each input token i in [s, end-1): the item of a positive token drawn uniformly
+        from (i, min(i + future, last - 1)], or -1 where that span holds no positive."""
+        pos = s + 1 + np.flatnonzero(self.positive[s + 1:last])  # positive token indices
+        inputs = np.arange(s, end - 1)
+        lo = np.searchsorted(pos, inputs, side="right")
+        hi = np.searchsorted(pos, np.minimum(inputs + future, last - 1), side="right")
+        count = hi - lo
+        pick = lo + np.floor(rng.random(len(inputs)) * count).astype(np.int64)
+        out = np.full(len(inputs), -1, dtype=np.int64)
+        has = count > 0
+        out[has] = self.item[pos[pick[has]]]
+        return out
+
     def window(self, users: np.ndarray, max_len: int, ends: np.ndarray | None = None,
-               with_targets: bool = True) -> tuple[HistoryInputs, torch.Tensor | None]:
+               with_targets: bool = True, future: int = 1, reach: np.ndarray | None = None,
+               rng: np.random.Generator | None = None) -> tuple[HistoryInputs, torch.Tensor | None]:
         """Left-padded inputs for each user's tokens before ``ends`` (default: all of them);
-        with targets, position p's target is the next token's item if it is positive, else -1."""
+        with targets, position p's target is the next token's item if it is positive, else -1.
+        With ``future`` > 1 it is a positive drawn (with ``rng``) from the next ``future``
+        tokens before ``reach`` (per user, counted from their first token; default ``ends``),
+        -1 where they hold none."""
         B = len(users)
         items = np.full((B, max_len), -1, dtype=np.int64)
         view = np.zeros((B, max_len), dtype=np.int64)
@@ -137,8 +160,12 @@ class SequenceTable:
                 n = end - 1 - s
                 if n <= 0:
                     continue
-                nxt = slice(s + 1, end)
-                targets[b, max_len - n:] = np.where(self.positive[nxt], self.item[nxt], -1)
+                if future > 1:
+                    last = end if reach is None else start + reach[b]
+                    targets[b, max_len - n:] = self._future_targets(s, end, last, future, rng)
+                else:
+                    nxt = slice(s + 1, end)
+                    targets[b, max_len - n:] = np.where(self.positive[nxt], self.item[nxt], -1)
                 src = slice(s, end - 1)
             else:
                 s = max(start, end - max_len)
@@ -216,7 +243,8 @@ def train_retrieval(model: TwoTower, catalog: ItemInputs, table: SequenceTable,
 
     def loss(batch: np.ndarray) -> torch.Tensor | None:
         width = int(min(cfg.max_len, stops[batch].max() - 1))
-        h, targets = table.window(users[batch], width, ends=stops[batch])
+        h, targets = table.window(users[batch], width, ends=stops[batch],
+                                  future=cfg.future_targets, reach=ends[users[batch]], rng=rng)
         valid = targets >= 0
         if not valid.any():
             return None

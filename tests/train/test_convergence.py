@@ -79,3 +79,36 @@ def test_validation_tail_holds_out_the_last_part_of_each_history():
                                                          tail=0.3)
     assert users.tolist() == [0] and keep.tolist() == [7] and target.tolist() == [1]
     assert [x.tolist() for x in later] == [[9]]
+
+
+def test_future_targets_draw_a_positive_from_the_coming_tokens():
+    def tok(i, positive):
+        return Token(str(i % 10), i, "long_view" if positive else "play",
+                     1.0 if positive else 0.1, 0, 0, 0, 0, 0)
+
+    rng = np.random.default_rng(3)
+    flags = rng.random(40) < 0.3
+    table = SequenceTable.from_tokens({"a": [tok(i, bool(f)) for i, f in enumerate(flags)]},
+                                      {str(i): i for i in range(10)})
+    users = np.array([0])
+    # future 1 is the next token's item when positive: the targets the trainer always used
+    _, t1 = table.window(users, 8, ends=np.array([30]))
+    _, t1b = table.window(users, 8, ends=np.array([30]), future=1, reach=np.array([40]),
+                          rng=np.random.default_rng(0))
+    assert torch.equal(t1, t1b)
+    # future 5, reach 34: each input position i's target is a positive in (i, min(i+5, 33)]
+    # and -1 exactly where that span holds none; several draws cover more than one of them.
+    seen: dict[int, set[int]] = {}
+    for seed in range(30):
+        _, t5 = table.window(users, 8, ends=np.array([30]), future=5, reach=np.array([34]),
+                             rng=np.random.default_rng(seed))
+        inputs = range(30 - 1 - 8, 30 - 1)  # tokens 21..28 are the window's inputs
+        for p, i in enumerate(inputs):
+            span = [j for j in range(i + 1, min(i + 5, 33) + 1) if flags[j]]
+            got = int(t5[0, p])
+            if not span:
+                assert got == -1
+            else:
+                assert got in {j % 10 for j in span}
+                seen.setdefault(i, set()).add(got)
+    assert any(len(v) > 1 for v in seen.values())

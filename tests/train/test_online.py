@@ -443,3 +443,54 @@ def test_the_trainer_holds_its_memory_budgets_and_reports_them(engine, world, ru
         budgets = client.get("/v1/stats").json()["memory"]["trainer"]["budgets"]
     assert budgets["max_viewers"] == 4 and budgets["max_late_examples"] == 30
     assert budgets["max_event_ids"] == 50 and budgets["viewers"] <= 4
+
+
+def _settled_rows(engine, world, n_items=30):
+    """Rows of one viewer who watched ``n_items`` videos to the end, one after another."""
+    rows = RowStream(new_live_state(engine.catalog), window_ms=3_600_000, settle_ms=0,
+                     history_len=50)
+    ts, out, u = world.start_ts, [], world.users[2].user_id
+    for k, item in enumerate(world.items[:n_items]):
+        ts += 60_000
+        out += rows.add(Event(f"i{k}", u, item.item_id, ts, "impression"))
+        out += rows.add(Event(f"p{k}", u, item.item_id, ts + item.duration_ms, "play",
+                              watch_ms=item.duration_ms))
+    return out + rows.flush(ts + 3_600_000), ts + 3_600_000
+
+
+def test_online_retrieval_can_leave_the_shared_content_tables_alone(engine, world):
+    """With ``retrieval_shared_lr_scale`` 0, or with every positive from a viewer shorter than
+    ``retrieval_shared_min_history``, a step moves only the videos' own rows: a tag or a
+    creator is shared by many videos."""
+    rows, ts = _settled_rows(engine, world)
+    moved = {}
+    for name, over in (("all", {}), ("scale 0", {"retrieval_shared_lr_scale": 0.0}),
+                       ("short", {"retrieval_shared_min_history": 1000}),
+                       ("long", {"retrieval_shared_min_history": 2})):
+        bundle = ModelBundle.from_state(engine.models.current.bundle.state())
+        learner = OnlineLearner(bundle, engine.catalog,
+                                OnlineConfig(batch_size=512, retrieval_lr=1e-2,
+                                             train_ranker=False, **over))
+        before = {k: v.clone() for k, v in bundle.retrieval.state_dict().items()
+                  if torch.is_tensor(v) and v.is_floating_point()}
+        learner.add(rows, ts)
+        assert learner.step().retrieval_rows > 0
+        after = bundle.retrieval.state_dict()
+        moved[name] = {k.split(".")[1] for k in before if k.startswith("items.")
+                         and before[k].shape == after[k].shape
+                         and not torch.equal(before[k], after[k])}
+    assert {"item", "tag"} <= moved["all"] and {"item", "tag"} <= moved["long"]
+    assert moved["scale 0"] == moved["short"] == {"item"}
+
+
+def test_online_retrieval_skips_viewers_with_short_histories(engine, world):
+    rows, ts = _settled_rows(engine, world, n_items=12)
+    trained = {}
+    for least in (0, 6, 50):
+        bundle = ModelBundle.from_state(engine.models.current.bundle.state())
+        learner = OnlineLearner(bundle, engine.catalog,
+                                OnlineConfig(batch_size=512, retrieval_min_history=least,
+                                             train_ranker=False))
+        learner.add(rows, ts)
+        trained[least] = learner.step().retrieval_rows
+    assert trained[0] > trained[6] > trained[50] == 0
