@@ -39,7 +39,7 @@ import torch
 from reelrank.eval.baselines import EngineRecommender, build_engine, scratch_dir
 from reelrank.eval.data import Interactions
 from reelrank.models.retrieval import encode_histories
-from reelrank.pipeline.neural import log_popularity
+from reelrank.pipeline.neural import log_popularity, popularity_weight
 from reelrank.registry import ModelRegistry
 from reelrank.train.batch import TrainConfig, train_from_store
 from reelrank.types import Event, Item
@@ -202,11 +202,11 @@ class NeuralRecommender(EngineRecommender):
         return pages
 
 
-def retrieval_scores(engine, user_ids: list[str]):
+def retrieval_scores(engine, user_ids: list[str], page: int = 10):
     """The retrieval model alone for each viewer: their live history's user vector against
     every item vector of the engine's current version (full ranking), plus the version's
-    popularity prior as the served scorer adds it. Returns the (B, I_engine) scores and the
-    serving version (whose ``item_ids`` name the columns)."""
+    popularity prior as the served scorer adds it to a page of ``page``. Returns the
+    (B, I_engine) scores and the serving version (whose ``item_ids`` name the columns)."""
     m = engine.models.current
     retrieval = m.bundle.retrieval
     histories = []
@@ -217,7 +217,7 @@ def retrieval_scores(engine, user_ids: list[str]):
     with torch.no_grad():
         vectors = retrieval.user_vectors(h, m.item_vectors)  # (B, D)
         scores = (vectors @ m.item_vectors.T).numpy()  # (B, I_engine)
-    prior = m.bundle.value_weights.get("popularity", 0.0)
+    prior = popularity_weight(m.bundle.value_weights, page)
     if prior:  # the version's popularity prior, as the served scorer adds it
         scores = scores + prior * log_popularity(engine.live, m.item_ids)[None, :]
     return scores, m

@@ -163,7 +163,7 @@ def served_days(split: TemporalSplit, cfg: ServedDaysConfig | None = None,
                               disable=not progress, dynamic_ncols=True):
                     part = users[k:k + cfg.chunk]
                     ids = [str(index.user_ids[u]) for u in part]
-                    scores, m = retrieval_scores(engine, ids)
+                    scores, m = retrieval_scores(engine, ids, cfg.page)
                     cols = np.array([index.item_of.get(i, -1) for i in m.item_ids])
                     for row, (u, user_id) in enumerate(zip(part.tolist(), ids)):
                         target = per_user[u].tolist()

@@ -138,6 +138,8 @@ def train_from_store(store: CatalogReader | EventReader, registry: ModelRegistry
     value_weights = dict(DEFAULT_VALUE_WEIGHTS)
     if rrep.popularity is not None:
         value_weights["popularity"] = rrep.popularity["weight"]
+        if "weight@50" in rrep.popularity:
+            value_weights["popularity@50"] = rrep.popularity["weight@50"]
         metrics["retrieval_popularity"] = rrep.popularity
     report(0.95)
 

@@ -71,6 +71,9 @@ class RetrievalConfig:
     # (1: the next token only). A feed is judged over the viewer's coming sessions, not their
     # very next video: a wider window trains for that horizon (a "dense all-action" target).
     future_targets: int = 1
+    # What the popularity prior's weight is chosen on: "ndcg@10" (the next video near the top)
+    # or "tail_recall@50"; pages of 50+ have their own weight, chosen on "tail_recall@50".
+    popularity_criterion: str = "ndcg@10"
 
     def model(self) -> TwoTower:
         return TwoTower(self.dim, self.max_len, self.layers, self.heads, self.dropout,
@@ -267,7 +270,7 @@ def train_retrieval(model: TwoTower, catalog: ItemInputs, table: SequenceTable,
         # Popularity as the training part knew it: without the held-out positives.
         known = counts - np.bincount(held_positives(table, held), minlength=n_items)
         report.popularity = popularity_weight(model, catalog, table, held, cfg.max_len,
-                                              np.log1p(known))
+                                              np.log1p(known), cfg.popularity_criterion)
     return report
 
 
@@ -275,16 +278,21 @@ POPULARITY_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)
 
 
 def popularity_weight(model: TwoTower, catalog: ItemInputs, table: SequenceTable, held,
-                      max_len: int, log_popularity: np.ndarray) -> dict:
+                      max_len: int, log_popularity: np.ndarray,
+                      criterion: str = "ndcg@10") -> dict:
     """The weight of log(1 + positives) added to the retrieval logit that ranks the held-out
-    positives best (NDCG@10). The softmax already learns popularity for the next video; a feed
-    that must also hold what the viewer will enjoy over the coming days may want more of it.
-    Returns the weight and every weight's figures."""
+    positives best (by ``criterion``, a key of ``validation_metrics``). The softmax already
+    learns popularity for the next video; a feed that must also hold what the viewer will enjoy
+    over the coming days may want more of it. Returns the weight and every weight's figures."""
     tried = {w: validation_metrics(model, catalog, table, held, max_len,
                                    prior=w * log_popularity) for w in POPULARITY_WEIGHTS}
-    best = max(POPULARITY_WEIGHTS, key=lambda w: (tried[w]["ndcg@10"], -w))
-    return {"weight": best, "tried": {str(w): {k: round(v, 4) for k, v in m.items()}
-                                      for w, m in tried.items()}}
+    best = max(POPULARITY_WEIGHTS, key=lambda w: (tried[w][criterion], -w))
+    out = {"weight": best, "tried": {str(w): {k: round(v, 4) for k, v in m.items()}
+                                     for w, m in tried.items()}}
+    if all("tail_recall@50" in m for m in tried.values()):
+        # A page of 50 is judged by what it holds, not by its top: its own weight.
+        out["weight@50"] = max(POPULARITY_WEIGHTS, key=lambda w: (tried[w]["tail_recall@50"], -w))
+    return out
 
 
 def _windows(ends: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:

@@ -73,3 +73,21 @@ def test_the_popularity_prior_adds_weight_times_log_counts(plays_only_engine):
     ctx = engine.context(FeedRequest(user_id=user, n=1))
     one = engine.pipeline.scorer.score(ctx, [Candidate(ids[3], "trending")])
     assert one[0].score == pytest.approx(float(scores[1.5][3]), abs=1e-5)
+
+
+def test_a_page_of_50_takes_the_weight_chosen_for_long_pages(plays_only_engine):
+    engine, result = plays_only_engine
+    chosen = result.metrics["retrieval_popularity"]
+    assert chosen["weight@50"] in POPULARITY_WEIGHTS  # chosen on the held-out Recall@50
+    m = engine.models.current
+    assert m.bundle.value_weights["popularity@50"] == chosen["weight@50"]
+    user = next(u for u in engine.live.user_ids() if engine.live.user(u).tokens)
+    ids = m.item_ids[:40]
+    items = engine.catalog.get_many(ids)
+    m.bundle.value_weights.update({"popularity": 0.0, "popularity@50": 2.0})
+    got = {n: retrieval_scores(m, engine.context(FeedRequest(user_id=user, n=n)), ids,
+                               items).numpy() for n in (10, 49, 50, 100)}
+    counts = np.array([s.long_views + s.likes for s in engine.live.item_stats_many(ids)])
+    assert np.allclose(got[10], got[49])
+    assert np.allclose(got[50], got[100])
+    assert np.allclose(got[50] - got[10], 2.0 * np.log1p(counts), atol=1e-5)
