@@ -53,9 +53,9 @@ class OnlineConfig:
     max_wait_ms: int = 1_000  # a smaller batch is trained once its oldest row waited this long
     max_queue: int = 20_000  # rows waiting for a step; beyond it the oldest are dropped
     ranker_lr: float = 1e-4
-    # On KuaiRand's served feed day by day (benchmarks/results/served-days.md) 2e-4 gives
-    # Recall@50 0.2138 against 0.2074 here, but new viewers on the synthetic world lose
-    # with it (watch ratio 0.389 -> 0.345, behind most-popular): not changed.
+    # On KuaiRand's served feed day by day 2e-4 gave Recall@50 0.2138 against 0.2074 on the
+    # test days, but -0.0107 on a validation split and new viewers on the synthetic world lose
+    # with it (benchmarks/results/online-retrieval.md): not changed.
     retrieval_lr: float = 5e-5
     # The retrieval model learns only from positives of viewers with at least this many
     # videos behind them (0: from all).
