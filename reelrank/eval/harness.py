@@ -16,8 +16,8 @@ Temporal split (short video), per model:
   item is perfect) with relevance = play time (ms), and again with relevance = watch ratio capped
   at 2 (the cap the engine uses), which does not reward long videos for being long;
 - retrieval: for each test user with a long view, the whole catalog minus what they were shown in
-  the training period is ranked; Recall@50/100/200 of the distinct long-viewed test videos
-  (``metrics.recall_at_k``; equal scores put the targets last; ``-inf`` = not retrieved);
+  the training period is ranked (as a page of 50: a model's ``ranking_page``); Recall@50/100/200
+  of the distinct long-viewed test videos (``metrics.recall_at_k``; ``-inf`` = not retrieved);
 - beyond accuracy over the same users' top-10 lists: catalog coverage, creator-exposure Gini over
   every creator of the catalog (zeros included), mean popularity percentile (training counts),
   intra-list tag diversity, share of slots from creators new to the viewer (no training
@@ -45,17 +45,15 @@ import numpy as np
 from tqdm import tqdm
 
 from reelrank import metrics
-from reelrank.eval.baselines import (
-    EngineRecommender, ItemKNNRecommender, PopularityRecommender, RandomRecommender,
-    RecentPopularityRecommender,
-)
+from reelrank.eval.baselines import (EngineRecommender, ItemKNNRecommender,
+                                     PopularityRecommender, RandomRecommender,
+                                     RecentPopularityRecommender)
 from reelrank.eval.data import Recommender
 from reelrank.eval.protocols import LeaveOneOutSplit, TemporalSplit, sample_users
 # The report's writers live in eval/report.py; their names stay importable from here.
 from reelrank.eval.report import (  # noqa: F401
     RECALL_KS, REVERSED_TASKS, TOP_N, WATCH_RATIO_CAP, clean, common_users, markdown,
-    rich_tables, tables, versions, write_report,
-)
+    rich_tables, tables, versions, write_report)
 from reelrank.join import TASKS
 
 logger = logging.getLogger(__name__)
@@ -267,6 +265,8 @@ def _evaluate_temporal(model, split: TemporalSplit, run: ModelRun, seed: int, pr
         return
     n_items = split.index.item_ids.shape[0]
     k_max = min(max(recall_ks), n_items)
+    if hasattr(model, "ranking_page"):
+        model.ranking_page = min(recall_ks)
     recalls: dict[int, list[float]] = {k: [] for k in recall_ks}
     lists: list[np.ndarray] = []
     for part in _chunks(users, chunk, progress, f"{run.name}: retrieval"):

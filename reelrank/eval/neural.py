@@ -89,6 +89,9 @@ class NeuralRecommender(EngineRecommender):
         self._run: _Trained | None = None
         # The harness measures a view with pages through ``feed_pages``, page by page size.
         self.serves_pages = view in ("served", "served_plain", "served_learned")
+        # The page a whole-catalog ranking stands for: the popularity weight the retrieval
+        # scores carry is the one serving gives a page of this size (the harness sets it).
+        self.ranking_page = 10
         self._variant = None  # the served_plain or served_learned pipeline, built once
 
     def fit_events(self, train: Interactions, items: list[Item], events: list[Event]) -> None:
@@ -142,7 +145,8 @@ class NeuralRecommender(EngineRecommender):
         return self._ranker_scores(users, scores, cols, out)
 
     def _retrieval_scores(self, users: np.ndarray):
-        return retrieval_scores(self.engine, [str(self.user_ids[u]) for u in users])
+        return retrieval_scores(self.engine, [str(self.user_ids[u]) for u in users],
+                                self.ranking_page)
 
     def _ranker_scores(self, users, scores, cols, out) -> np.ndarray:
         """The value formula over retrieval's top candidates (seen items excluded first)."""

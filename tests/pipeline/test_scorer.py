@@ -91,3 +91,8 @@ def test_a_page_of_50_takes_the_weight_chosen_for_long_pages(plays_only_engine):
     assert np.allclose(got[10], got[49])
     assert np.allclose(got[50], got[100])
     assert np.allclose(got[50] - got[10], 2.0 * np.log1p(counts), atol=1e-5)
+    # The evaluation's whole-catalog ranking carries the weight of the page it stands for.
+    from reelrank.eval.neural import retrieval_scores as catalog_scores
+    full = {page: catalog_scores(engine, [user], page)[0][0] for page in (10, 50)}
+    every = np.array([s.long_views + s.likes for s in engine.live.item_stats_many(m.item_ids)])
+    assert np.allclose(full[50] - full[10], 2.0 * np.log1p(every), atol=1e-4)
