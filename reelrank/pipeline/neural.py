@@ -84,12 +84,12 @@ def retrieval_scores(m: LoadedModels, ctx: FeedContext, ids: list[str],
                      items: list[Item]) -> torch.Tensor | None:
     """(N,) the retrieval model's score of each candidate for this viewer: the logit of its
     softmax over the catalog plus, weighted by the version's popularity weight for the page
-    asked for (``popularity_weight``, chosen on validation when it was trained), log(1 + the
-    video's long views and likes so far). None without a retrieval model."""
+    asked for (``page_popularity_weight``, chosen on validation when it was trained),
+    log(1 + the video's long views and likes so far). None without a retrieval model."""
     user = user_vector(m, ctx)
     if user is None:
         return None
-    prior = popularity_weight(m.bundle.value_weights, ctx.request.n)
+    prior = page_popularity_weight(m.bundle.value_weights, ctx.request.n)
     rows = torch.as_tensor(list(map(m.item_index.get, ids, repeat(-1))), dtype=torch.long)
     if bool((rows >= 0).all()):
         vectors = m.item_vectors[rows]  # one gather: indexing with a Python list is slow
@@ -108,7 +108,7 @@ def retrieval_scores(m: LoadedModels, ctx: FeedContext, ids: list[str],
     return scores
 
 
-def popularity_weight(value_weights: dict, n: int) -> float:
+def page_popularity_weight(value_weights: dict, n: int) -> float:
     """The popularity prior's weight for a page of ``n``: a version trained with held-out
     positives has one chosen on their NDCG@10 (the next video near the top) and, for pages of
     50 or more, one chosen on their Recall@50 (what a long page holds over the coming days)."""
