@@ -21,6 +21,7 @@ from reelrank.pipeline.context import FeedContext
 from reelrank.pipeline.rank import HeuristicScorer, Scored
 # The model set these stages read; ServingModels and LoadedModels are also imported from here.
 from reelrank.pipeline.serving_models import LoadedModels, ServingModels
+from reelrank.store.live import CO_ENGAGEMENT_CAP, CO_ENGAGEMENT_SEEDS
 from reelrank.types import Candidate, Item, Reason
 
 log = logging.getLogger(__name__)
@@ -83,13 +84,17 @@ def user_vector(m: LoadedModels, ctx: FeedContext):
 def retrieval_scores(m: LoadedModels, ctx: FeedContext, ids: list[str],
                      items: list[Item]) -> torch.Tensor | None:
     """(N,) the retrieval model's score of each candidate for this viewer: the logit of its
-    softmax over the catalog plus, weighted by the version's popularity weight for the page
-    asked for (``page_popularity_weight``, chosen on validation when it was trained),
-    log(1 + the video's long views and likes so far). None without a retrieval model."""
+    softmax over the catalog plus two priors, each weighted by the version's weight for the
+    page asked for (``page_weight``, chosen on held-out viewers when it was trained,
+    ``train/validation.py``): log(1 + the video's long views and likes so far), and
+    log(1 + how often other viewers enjoyed it together with this viewer's last positives).
+    None without a retrieval model."""
     user = user_vector(m, ctx)
     if user is None:
         return None
-    prior = page_popularity_weight(m.bundle.value_weights, ctx.request.n)
+    weights = m.bundle.value_weights
+    prior = page_weight(weights, ctx.request.n, "popularity")
+    co = page_weight(weights, ctx.request.n, "co_engagement")
     rows = torch.as_tensor(list(map(m.item_index.get, ids, repeat(-1))), dtype=torch.long)
     if bool((rows >= 0).all()):
         vectors = m.item_vectors[rows]  # one gather: indexing with a Python list is slow
@@ -105,16 +110,38 @@ def retrieval_scores(m: LoadedModels, ctx: FeedContext, ids: list[str],
     scores = vectors @ torch.from_numpy(user)
     if prior:
         scores = scores + prior * torch.from_numpy(log_popularity(ctx.live, ids))
+    if co:
+        scores = scores + co * torch.from_numpy(log_co_engagement(ctx, ids))
     return scores
 
 
+def page_weight(value_weights: dict, n: int, name: str) -> float:
+    """A served prior's weight (``name``: "popularity" or "co_engagement") for a page of
+    ``n``: a version trained with held-out positives has one chosen on their NDCG@10 (the next
+    video near the top) and, for pages of 50 or more, one chosen on their Recall@50 (what a
+    long page holds over the coming days). 0 when the version names none."""
+    if n >= 50 and f"{name}@50" in value_weights:
+        return value_weights[f"{name}@50"]
+    return value_weights.get(name, 0.0)
+
+
 def page_popularity_weight(value_weights: dict, n: int) -> float:
-    """The popularity prior's weight for a page of ``n``: a version trained with held-out
-    positives has one chosen on their NDCG@10 (the next video near the top) and, for pages of
-    50 or more, one chosen on their Recall@50 (what a long page holds over the coming days)."""
-    if n >= 50 and "popularity@50" in value_weights:
-        return value_weights["popularity@50"]
-    return value_weights.get("popularity", 0.0)
+    return page_weight(value_weights, n, "popularity")
+
+
+def log_co_engagement(ctx: FeedContext, ids: list[str]) -> np.ndarray:
+    """(N,) float32 log(1 + the co-engagement of each video with the viewer's last
+    ``CO_ENGAGEMENT_SEEDS`` positives): the live state's item-to-item counts of each seed, summed with
+    weight 1 / (1 + k) for the k-th latest seed (the sum is made once per request)."""
+    acc = ctx.cache.get("co_engagement")
+    if acc is None:
+        acc = {}
+        seeds = list(ctx.user.positives)[-CO_ENGAGEMENT_SEEDS:] if ctx.user is not None else []
+        for rank, seed in enumerate(reversed(seeds)):
+            for other, count in ctx.live.co_engaged(seed, CO_ENGAGEMENT_CAP):
+                acc[other] = acc.get(other, 0.0) + count / (1 + rank)
+        ctx.cache["co_engagement"] = acc
+    return np.log1p(np.fromiter((acc.get(i, 0.0) for i in ids), np.float32, len(ids)))
 
 
 def log_popularity(live, ids: list[str]) -> np.ndarray:

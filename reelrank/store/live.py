@@ -29,6 +29,9 @@ from reelrank.types import Event, Item
 # either backend may keep different ones); newcomers get room to build up a count before the
 # next trim. Serving reads a few dozen per video.
 CO_ENGAGEMENT_CAP = 1000
+# The served score's co-engagement prior sums the rows of the viewer's last this many positives
+# (pipeline/neural.py; train/validation.py chooses its weight on the same definition).
+CO_ENGAGEMENT_SEEDS = 10
 
 
 @dataclass(frozen=True, slots=True)

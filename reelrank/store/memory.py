@@ -24,6 +24,7 @@ import logging
 import threading
 from collections import Counter, OrderedDict, deque
 from itertools import repeat
+from operator import itemgetter
 from typing import Iterable
 
 from reelrank.store import live
@@ -431,4 +432,11 @@ class MemoryLiveState:
 
     def co_engaged(self, item_id: str, n: int) -> list[tuple[str, int]]:
         counts = self._co.get(item_id)
-        return counts.most_common(n) if counts else []
+        if not counts:
+            return []
+        if 4 * n < len(counts):
+            return counts.most_common(n)
+        # The same list (most_common's ties keep insertion order, as a stable sort does), in
+        # one C sort: the served score's prior asks for whole rows, where most_common's heap
+        # costs 1 ms for a row of 2,000.
+        return sorted(counts.items(), key=itemgetter(1), reverse=True)[:n]

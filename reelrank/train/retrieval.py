@@ -31,6 +31,11 @@ from reelrank.models.retrieval import (
     FLAGS, HistoryInputs, ItemInputs, TwoTower, gap_bucket, view_bucket,
 )
 from reelrank.train.epochs import EpochReport, run_epochs
+# The held-out split and what is chosen on it live in train/validation.py; importable from here.
+from reelrank.train.validation import (  # noqa: F401
+    POPULARITY_WEIGHTS, CoEngagementGraph, co_engagement_weight, held_positives,
+    hold_out_last_positives, popularity_weight, validation_metrics,
+)
 from reelrank.types import Item
 
 log = logging.getLogger(__name__)
@@ -74,6 +79,9 @@ class RetrievalConfig:
     # What the popularity prior's weight is chosen on: "ndcg@10" (the next video near the top)
     # or "tail_recall@50"; pages of 50+ have their own weight, chosen on "tail_recall@50".
     popularity_criterion: str = "ndcg@10"
+    # Choose the served score's co-engagement weight on the held-out viewers too (0 where it
+    # does not help them; train/validation.py).
+    co_engagement: bool = True
 
     def model(self) -> TwoTower:
         return TwoTower(self.dim, self.max_len, self.layers, self.heads, self.dropout,
@@ -271,28 +279,16 @@ def train_retrieval(model: TwoTower, catalog: ItemInputs, table: SequenceTable,
         known = counts - np.bincount(held_positives(table, held), minlength=n_items)
         report.popularity = popularity_weight(model, catalog, table, held, cfg.max_len,
                                               np.log1p(known), cfg.popularity_criterion)
+        if cfg.co_engagement:
+            pop = report.popularity
+            priors = {"weight": pop["weight"] * np.log1p(known)}
+            criteria = {"weight": cfg.popularity_criterion, "weight@50": "tail_recall@50"}
+            if "weight@50" in pop:
+                priors["weight@50"] = pop["weight@50"] * np.log1p(known)
+            report.co_engagement = co_engagement_weight(
+                model, catalog, table, held, cfg.max_len, CoEngagementGraph(table, ends, n_items),
+                priors, criteria)
     return report
-
-
-POPULARITY_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)
-
-
-def popularity_weight(model: TwoTower, catalog: ItemInputs, table: SequenceTable, held,
-                      max_len: int, log_popularity: np.ndarray,
-                      criterion: str = "ndcg@10") -> dict:
-    """The weight of log(1 + positives) added to the retrieval logit that ranks the held-out
-    positives best (by ``criterion``, a key of ``validation_metrics``). The softmax already
-    learns popularity for the next video; a feed that must also hold what the viewer will enjoy
-    over the coming days may want more of it. Returns the weight and every weight's figures."""
-    tried = {w: validation_metrics(model, catalog, table, held, max_len,
-                                   prior=w * log_popularity) for w in POPULARITY_WEIGHTS}
-    best = max(POPULARITY_WEIGHTS, key=lambda w: (tried[w][criterion], -w))
-    out = {"weight": best, "tried": {str(w): {k: round(v, 4) for k, v in m.items()}
-                                     for w, m in tried.items()}}
-    if all("tail_recall@50" in m for m in tried.values()):
-        # A page of 50 is judged by what it holds, not by its top: its own weight.
-        out["weight@50"] = max(POPULARITY_WEIGHTS, key=lambda w: (tried[w]["tail_recall@50"], -w))
-    return out
 
 
 def _windows(ends: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -309,107 +305,6 @@ def _windows(ends: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
             end -= max_len
     users_arr = np.asarray(users, dtype=np.int64)
     return users_arr, np.asarray(stops, dtype=np.int64)
-
-
-def hold_out_last_positives(table: SequenceTable, n_users: int, rng: np.random.Generator,
-                            tail: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray,
-                                                        list[np.ndarray]]:
-    """A seeded sample of at most ``n_users`` viewers with a positive after at least one other
-    token: (users, tokens kept before the held-out part, the first held-out positive, and the
-    held-out positives as a set). With ``tail`` 0 only the last positive is held out; with
-    ``tail`` > 0 every token from the last ``tail`` of the history on (and at least from the
-    last positive on) is, and the set holds its distinct positives not seen before the cut.
-    The positives of a held-out viewer after the cut feed no training: they are the future."""
-    users, keep, target, later = [], [], [], []
-    for u in range(len(table)):
-        start, stop = table.offsets[u], table.offsets[u + 1]
-        pos = np.flatnonzero(table.positive[start:stop])
-        if not len(pos) or pos[-1] < 1:
-            continue
-        cut = int(pos[-1])
-        if tail > 0:
-            cut = min(cut, max(1, int(math.floor((stop - start) * (1.0 - tail)))))
-            after = pos[pos >= cut]
-            seen = set(table.item[start:start + cut].tolist())
-            items = [i for i in dict.fromkeys(table.item[start + after].tolist()) if i not in seen]
-            if not items:
-                continue
-        else:
-            items = [int(table.item[start + cut])]
-        first = int(pos[pos >= cut][0])
-        users.append(u)
-        keep.append(cut)
-        target.append(int(table.item[start + first]))
-        later.append(np.asarray(items, dtype=np.int64))
-    users_a, keep_a, target_a = (np.asarray(x, dtype=np.int64) for x in (users, keep, target))
-    if len(users_a) > n_users:
-        pick = np.sort(rng.choice(len(users_a), n_users, replace=False))
-        users_a, keep_a, target_a = users_a[pick], keep_a[pick], target_a[pick]
-        later = [later[i] for i in pick]
-    return users_a, keep_a, target_a, later
-
-
-def held_positives(table: SequenceTable, held) -> np.ndarray:
-    """Every positive token of the held-out viewers from their cut on (repeats included): what
-    the training part of the histories did not see."""
-    parts = [np.zeros(0, dtype=np.int64)]
-    for u, k in zip(held[0].tolist(), held[1].tolist()):
-        start, stop = table.offsets[u], table.offsets[u + 1]
-        part = slice(start + k, stop)
-        parts.append(table.item[part][table.positive[part]])
-    return np.concatenate(parts)
-
-
-def validation_metrics(model: TwoTower, catalog: ItemInputs, table: SequenceTable,
-                       held: tuple[np.ndarray, np.ndarray, np.ndarray], max_len: int,
-                       chunk: int = 512, prior: np.ndarray | None = None) -> dict:
-    """Recall@100 and NDCG@10 of each held-out positive, ranked over the whole catalog minus
-    the items the viewer had before it; ``prior`` (I,) is added to every viewer's scores. With
-    the held-out sets (``hold_out_last_positives``' fourth part), also ``tail_recall@50`` (the
-    share of each viewer's set in their top 50, averaged over viewers) and ``tail_ndcg@10``."""
-    users, keep, target = held[:3]
-    later = held[3] if len(held) > 3 else None
-    vectors = item_matrix(model, catalog)
-    bias = torch.from_numpy(prior).float() if prior is not None else None
-    was_training = model.training
-    model.eval()
-    ranks, tail_recall, tail_ndcg = [], [], []
-    discount = 1.0 / np.log2(np.arange(10) + 2)
-    with torch.no_grad():
-        for s in range(0, len(users), chunk):
-            part = slice(s, s + chunk)
-            h, _ = table.window(users[part], max_len, ends=keep[part], with_targets=False)
-            scores = model.user_vectors(h, vectors) @ vectors.T  # (B, I)
-            if bias is not None:
-                scores = scores + bias
-            for row, u in enumerate(users[part]):
-                start = table.offsets[u]
-                seen = table.item[start:start + keep[part][row]]
-                t = target[part][row]
-                mask = np.zeros(scores.shape[1], dtype=bool)
-                mask[seen] = True
-                mask[t] = False
-                sc = scores[row].numpy()
-                ranks.append(int((sc[~mask] > sc[t]).sum()))
-                if later is not None:
-                    want = later[s + row]
-                    masked = sc.copy()
-                    masked[seen] = -np.inf  # the held-out set holds nothing seen before
-                    top = np.argpartition(-masked, 50)[:50] if len(masked) > 50 else np.arange(len(masked))
-                    top = top[np.argsort(-masked[top], kind="stable")]
-                    hit = np.isin(top, want)
-                    tail_recall.append(hit.sum() / len(want))
-                    ideal = discount[:min(10, len(want))].sum()
-                    tail_ndcg.append(float((hit[:10] * discount[:len(hit[:10])]).sum() / ideal))
-    model.train(was_training)
-    r = np.asarray(ranks)
-    out = {"recall@100": float(np.mean(r < 100)) if len(r) else float("nan"),
-           "ndcg@10": float(np.mean(np.where(r < 10, 1.0 / np.log2(r + 2), 0.0)))
-           if len(r) else float("nan"), "users": int(len(r))}
-    if later is not None and tail_recall:
-        out["tail_recall@50"] = float(np.mean(tail_recall))
-        out["tail_ndcg@10"] = float(np.mean(tail_ndcg))
-    return out
 
 
 def _full_loss(model: TwoTower, catalog: ItemInputs, h: HistoryInputs, targets: torch.Tensor,

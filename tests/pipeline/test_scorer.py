@@ -62,6 +62,7 @@ def test_the_popularity_prior_adds_weight_times_log_counts(plays_only_engine):
     ids = m.item_ids[:40]
     items = engine.catalog.get_many(ids)
     scores = {}
+    m.bundle.value_weights["co_engagement"] = 0.0  # the other prior: its own test
     for w in (0.0, 1.5):
         m.bundle.value_weights["popularity"] = w
         ctx = engine.context(FeedRequest(user_id=user, n=10))
@@ -84,7 +85,8 @@ def test_a_page_of_50_takes_the_weight_chosen_for_long_pages(plays_only_engine):
     user = next(u for u in engine.live.user_ids() if engine.live.user(u).tokens)
     ids = m.item_ids[:40]
     items = engine.catalog.get_many(ids)
-    m.bundle.value_weights.update({"popularity": 0.0, "popularity@50": 2.0})
+    m.bundle.value_weights.update({"popularity": 0.0, "popularity@50": 2.0,
+                                   "co_engagement": 0.0, "co_engagement@50": 0.0})
     got = {n: retrieval_scores(m, engine.context(FeedRequest(user_id=user, n=n)), ids,
                                items).numpy() for n in (10, 49, 50, 100)}
     counts = np.array([s.long_views + s.likes for s in engine.live.item_stats_many(ids)])

@@ -1,0 +1,255 @@
+"""Choices made on held-out viewers after the retrieval model is trained: the held-out split
+itself, the measures of a version on it, and the weights of the served score's two priors.
+
+The served score of a candidate (``pipeline/neural.py``) is the retrieval logit plus two terms
+that the model does not learn but serving can read from the live state:
+
+- **popularity**: w x log(1 + the video's long views and likes);
+- **co-engagement**: w x log(1 + how often the video was enjoyed together with the viewer's
+  last positives by other viewers), the live state's item-to-item graph
+  (``store/memory.py``, ``_add_co_engagement``), the latest positive counting most.
+
+Each weight is the one of a small grid that ranks the held-out positives best, so a data set
+where a prior does not help gets 0. ``CoEngagementGraph`` rebuilds the live state's graph from
+the training part of the histories (the held-out positives left out, so that a viewer's target
+cannot count with their own last video).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+import torch
+
+from reelrank.store.live import CO_ENGAGEMENT_SEEDS
+
+if TYPE_CHECKING:
+    from reelrank.models.retrieval import ItemInputs, TwoTower
+    from reelrank.train.retrieval import SequenceTable
+
+# The live state's graph with its defaults (store/memory.py): each new positive pairs with the
+# viewer's last CO_SPAN positives; a repeat of one of the last CO_MEMORY positives adds nothing.
+# Serving sums the graph's rows of the viewer's last CO_SEEDS positives, the latest counting
+# most. (The live state also trims a video's row to its CO_ENGAGEMENT_CAP largest counts.)
+CO_SPAN = 10
+CO_MEMORY = 20
+CO_SEEDS = CO_ENGAGEMENT_SEEDS
+CO_ENGAGEMENT_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+POPULARITY_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)
+
+
+def popularity_weight(model: TwoTower, catalog: ItemInputs, table: SequenceTable, held,
+                      max_len: int, log_popularity: np.ndarray,
+                      criterion: str = "ndcg@10") -> dict:
+    """The weight of log(1 + positives) added to the retrieval logit that ranks the held-out
+    positives best (by ``criterion``, a key of ``validation_metrics``). The softmax already
+    learns popularity for the next video; a feed that must also hold what the viewer will enjoy
+    over the coming days may want more of it. Returns the weight and every weight's figures."""
+    tried = {w: validation_metrics(model, catalog, table, held, max_len,
+                                   prior=w * log_popularity) for w in POPULARITY_WEIGHTS}
+    best = max(POPULARITY_WEIGHTS, key=lambda w: (tried[w][criterion], -w))
+    out = {"weight": best, "tried": {str(w): {k: round(v, 4) for k, v in m.items()}
+                                     for w, m in tried.items()}}
+    if all("tail_recall@50" in m for m in tried.values()):
+        # A page of 50 is judged by what it holds, not by its top: its own weight.
+        out["weight@50"] = max(POPULARITY_WEIGHTS, key=lambda w: (tried[w]["tail_recall@50"], -w))
+    return out
+
+
+
+def hold_out_last_positives(table: SequenceTable, n_users: int, rng: np.random.Generator,
+                            tail: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                        list[np.ndarray]]:
+    """A seeded sample of at most ``n_users`` viewers with a positive after at least one other
+    token: (users, tokens kept before the held-out part, the first held-out positive, and the
+    held-out positives as a set). With ``tail`` 0 only the last positive is held out; with
+    ``tail`` > 0 every token from the last ``tail`` of the history on (and at least from the
+    last positive on) is, and the set holds its distinct positives not seen before the cut.
+    The positives of a held-out viewer after the cut feed no training: they are the future."""
+    users, keep, target, later = [], [], [], []
+    for u in range(len(table)):
+        start, stop = table.offsets[u], table.offsets[u + 1]
+        pos = np.flatnonzero(table.positive[start:stop])
+        if not len(pos) or pos[-1] < 1:
+            continue
+        cut = int(pos[-1])
+        if tail > 0:
+            cut = min(cut, max(1, int(math.floor((stop - start) * (1.0 - tail)))))
+            after = pos[pos >= cut]
+            seen = set(table.item[start:start + cut].tolist())
+            items = [i for i in dict.fromkeys(table.item[start + after].tolist()) if i not in seen]
+            if not items:
+                continue
+        else:
+            items = [int(table.item[start + cut])]
+        first = int(pos[pos >= cut][0])
+        users.append(u)
+        keep.append(cut)
+        target.append(int(table.item[start + first]))
+        later.append(np.asarray(items, dtype=np.int64))
+    users_a, keep_a, target_a = (np.asarray(x, dtype=np.int64) for x in (users, keep, target))
+    if len(users_a) > n_users:
+        pick = np.sort(rng.choice(len(users_a), n_users, replace=False))
+        users_a, keep_a, target_a = users_a[pick], keep_a[pick], target_a[pick]
+        later = [later[i] for i in pick]
+    return users_a, keep_a, target_a, later
+
+
+def held_positives(table: SequenceTable, held) -> np.ndarray:
+    """Every positive token of the held-out viewers from their cut on (repeats included): what
+    the training part of the histories did not see."""
+    parts = [np.zeros(0, dtype=np.int64)]
+    for u, k in zip(held[0].tolist(), held[1].tolist()):
+        start, stop = table.offsets[u], table.offsets[u + 1]
+        part = slice(start + k, stop)
+        parts.append(table.item[part][table.positive[part]])
+    return np.concatenate(parts)
+
+
+
+def validation_metrics(model: TwoTower, catalog: ItemInputs, table: SequenceTable,
+                       held: tuple[np.ndarray, np.ndarray, np.ndarray], max_len: int,
+                       chunk: int = 512, prior: np.ndarray | None = None,
+                       per_viewer: Callable[[np.ndarray], np.ndarray] | None = None) -> dict:
+    """Recall@100 and NDCG@10 of each held-out positive, ranked over the whole catalog minus
+    the items the viewer had before it; ``prior`` (I,) is added to every viewer's scores, and
+    ``per_viewer(rows)`` (B, I) to the scores of the held-out viewers at those rows. With
+    the held-out sets (``hold_out_last_positives``' fourth part), also ``tail_recall@50`` (the
+    share of each viewer's set in their top 50, averaged over viewers) and ``tail_ndcg@10``."""
+    users, keep, target = held[:3]
+    later = held[3] if len(held) > 3 else None
+    from reelrank.train.retrieval import item_matrix
+
+    vectors = item_matrix(model, catalog)
+    bias = torch.from_numpy(prior).float() if prior is not None else None
+    was_training = model.training
+    model.eval()
+    ranks: list[int] = []
+    tail_recall: list[float] = []
+    tail_ndcg: list[float] = []
+    discount = 1.0 / np.log2(np.arange(10) + 2)
+    with torch.no_grad():
+        for s in range(0, len(users), chunk):
+            part = slice(s, s + chunk)
+            h, _ = table.window(users[part], max_len, ends=keep[part], with_targets=False)
+            scores = model.user_vectors(h, vectors) @ vectors.T  # (B, I)
+            if bias is not None:
+                scores = scores + bias
+            if per_viewer is not None:
+                scores = scores + torch.from_numpy(per_viewer(np.arange(len(users))[part]))
+            for row, u in enumerate(users[part]):
+                start = table.offsets[u]
+                seen = table.item[start:start + keep[part][row]]
+                t = target[part][row]
+                mask = np.zeros(scores.shape[1], dtype=bool)
+                mask[seen] = True
+                mask[t] = False
+                sc = scores[row].numpy()
+                ranks.append(int((sc[~mask] > sc[t]).sum()))
+                if later is not None:
+                    want = later[s + row]
+                    masked = sc.copy()
+                    masked[seen] = -np.inf  # the held-out set holds nothing seen before
+                    top = np.argpartition(-masked, 50)[:50] if len(masked) > 50 else np.arange(len(masked))
+                    top = top[np.argsort(-masked[top], kind="stable")]
+                    hit = np.isin(top, want)
+                    tail_recall.append(hit.sum() / len(want))
+                    ideal = discount[:min(10, len(want))].sum()
+                    tail_ndcg.append(float((hit[:10] * discount[:len(hit[:10])]).sum() / ideal))
+    model.train(was_training)
+    r = np.asarray(ranks)
+    out = {"recall@100": float(np.mean(r < 100)) if len(r) else float("nan"),
+           "ndcg@10": float(np.mean(np.where(r < 10, 1.0 / np.log2(r + 2), 0.0)))
+           if len(r) else float("nan"), "users": int(len(r))}
+    if later is not None and tail_recall:
+        out["tail_recall@50"] = float(np.mean(tail_recall))
+        out["tail_ndcg@10"] = float(np.mean(tail_ndcg))
+    return out
+
+
+class CoEngagementGraph:
+    """Symmetric counts of two videos enjoyed by the same viewer within ``CO_SPAN`` positives of
+    each other, as the live state counts them, in compressed rows (numpy only)."""
+
+    def __init__(self, table: SequenceTable, ends: np.ndarray, n_items: int):
+        a_parts, b_parts = [], []
+        for u in range(len(table)):
+            start = table.offsets[u]
+            part = slice(start, start + int(ends[u]))
+            recent = _positives(table.item[part][table.positive[part]].tolist())
+            a, b = [], []
+            for k, item in enumerate(recent):
+                for other in recent[max(0, k - CO_SPAN):k]:
+                    a.append(item)
+                    b.append(other)
+            a_parts.append(np.asarray(a, dtype=np.int64))
+            b_parts.append(np.asarray(b, dtype=np.int64))
+        a_all = np.concatenate(a_parts) if a_parts else np.zeros(0, dtype=np.int64)
+        b_all = np.concatenate(b_parts) if b_parts else np.zeros(0, dtype=np.int64)
+        keys, counts = np.unique(np.concatenate([a_all * n_items + b_all, b_all * n_items + a_all]),
+                                 return_counts=True)
+        self.n_items = n_items
+        self.cols = keys % n_items
+        self.counts = counts.astype(np.float32)
+        self.indptr = np.searchsorted(keys // n_items, np.arange(n_items + 1))
+
+    def scores(self, seeds: list[int]) -> np.ndarray:
+        """(I,) log(1 + the recency-weighted sum of the seeds' rows), ``seeds`` oldest first."""
+        acc = np.zeros(self.n_items, dtype=np.float32)
+        for rank, seed in enumerate(reversed(seeds)):
+            lo, hi = self.indptr[seed], self.indptr[seed + 1]
+            acc[self.cols[lo:hi]] += self.counts[lo:hi] / (1 + rank)  # a row's columns differ
+        return np.log1p(acc)
+
+
+def _positives(items: list[int]) -> list[int]:
+    """The positives in the order the live state adds them: a repeat of one of the last
+    ``CO_MEMORY`` is skipped."""
+    recent: deque = deque(maxlen=CO_MEMORY)
+    out = []
+    for item in items:
+        if item in recent:
+            continue
+        recent.append(item)
+        out.append(item)
+    return out
+
+
+def held_seeds(table: SequenceTable, held) -> list[list[int]]:
+    """Each held-out viewer's last ``CO_SEEDS`` positives before their cut, oldest first."""
+    out = []
+    for u, k in zip(held[0].tolist(), held[1].tolist()):
+        start = table.offsets[u]
+        part = slice(start, start + k)
+        out.append(_positives(table.item[part][table.positive[part]].tolist())[-CO_SEEDS:])
+    return out
+
+
+def co_engagement_weight(model: TwoTower, catalog: ItemInputs, table: SequenceTable, held,
+                         max_len: int, graph: CoEngagementGraph, priors: dict[str, np.ndarray],
+                         criteria: dict[str, str]) -> dict:
+    """The co-engagement weight that ranks the held-out positives best, for each page size:
+    ``priors`` and ``criteria`` map a name ("weight", "weight@50") to the popularity prior
+    chosen for it and the measure it is chosen on. Returns the weights and every one's
+    figures."""
+    seeds = held_seeds(table, held)
+
+    def term(w: float):
+        return lambda rows: w * np.stack([graph.scores(seeds[r]) for r in rows])
+
+    out: dict = {"tried": {}}
+    for name, prior in priors.items():
+        tried = {w: validation_metrics(model, catalog, table, held, max_len, prior=prior,
+                                       per_viewer=term(w) if w else None)
+                 for w in CO_ENGAGEMENT_WEIGHTS}
+        if not all(criteria[name] in m for m in tried.values()):
+            continue
+        out[name] = max(CO_ENGAGEMENT_WEIGHTS, key=lambda w: (tried[w][criteria[name]], -w))
+        out["tried"][name] = {str(w): {k: round(v, 4) for k, v in m.items()}
+                              for w, m in tried.items()}
+    return out
