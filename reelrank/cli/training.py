@@ -104,6 +104,9 @@ def trainer_(
     from reelrank.train.trainer import OnlineTrainer, TrainerConfig
 
     _logging(log_level)
+    from reelrank.train.budget import tune_allocator
+
+    tune_allocator()  # before the trainer's threads: see its docstring
     store = open_store(store_url or data_dir)
     cfg = TrainerConfig(publish_every_s=publish_every, retrieval_every_s=retrieval_every,
                         verify_users=True, max_viewers=max_viewers, late_memory=late_examples)

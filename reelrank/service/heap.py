@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 
-from reelrank.train.budget import release_free_memory
+from reelrank.train.budget import release_free_memory, tune_allocator  # noqa: F401 (here too)
 
 log = logging.getLogger(__name__)
 
@@ -87,3 +87,4 @@ class HeapKeeper:
                 last_full = time.monotonic()
             else:
                 self.freeze()
+

@@ -100,6 +100,9 @@ def worker_app() -> FastAPI:
     from reelrank import logs
     from reelrank.service.server import prepare, shutdown
 
+    from reelrank.train.budget import tune_allocator
+
+    tune_allocator()  # each worker is a process of its own, bounded as ``reelrank serve`` is
     options = json.loads(os.environ[OPTIONS_ENV])
     logs.setup(options.pop("log_level"))
     limits = options.pop("limits")

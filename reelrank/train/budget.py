@@ -162,3 +162,33 @@ def release_free_memory() -> bool:
         return False
     _malloc_trim(0)
     return True
+
+
+# glibc's mallopt parameters (malloc.h).
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+
+
+def tune_allocator(arenas: int = 2, mmap_threshold: int = 128 * 1024) -> dict[str, int]:
+    """Bound what the C heap keeps of freed memory in a long-running server; returns what it
+    set. glibc gives each thread that allocates its own arena (up to 8 per core), and every
+    arena keeps its own free space between requests; and after a large block is freed it raises
+    its threshold for serving large blocks from the heap instead of from fresh mappings, so a
+    request's tensors are carved from, and fragment, the heaps. ``arenas`` bounds the first,
+    and a fixed ``mmap_threshold`` keeps blocks of that size or more in their own mappings,
+    handed back when freed (the soak benchmark, ``benchmarks/results/soak.md``). A parameter
+    the environment already sets (``MALLOC_ARENA_MAX``, ``MALLOC_MMAP_THRESHOLD_``) is left as
+    it is; where there is no glibc, nothing is set."""
+    import os
+
+    wanted = {"arena_max": (_M_ARENA_MAX, arenas, "MALLOC_ARENA_MAX"),
+              "mmap_threshold": (_M_MMAP_THRESHOLD, mmap_threshold, "MALLOC_MMAP_THRESHOLD_")}
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError, TypeError):
+        return {}
+    done = {}
+    for name, (param, value, env) in wanted.items():
+        if value > 0 and env not in os.environ and mallopt(param, value) == 1:
+            done[name] = value
+    return done

@@ -3,6 +3,8 @@ versions included, is freed by reference counting, without the cyclic collector.
 
 from __future__ import annotations
 
+import pytest
+
 import gc
 import time
 import weakref
@@ -75,3 +77,28 @@ def test_a_live_state_replaced_by_a_rebuild_is_freed_without_the_collector(store
         assert [h.item_id for h in engine.live.user("keep").history] == ["v0", "v1", "v2"]
     finally:
         gc.enable()
+
+
+def test_the_allocator_is_bounded_unless_the_environment_says_otherwise():
+    # In a child process: the settings are process-wide and outlive the test.
+    import ctypes.util
+    import json
+    import os
+    import subprocess
+    import sys
+
+    if not ctypes.util.find_library("c"):
+        pytest.skip("no C library to tune here")
+    code = ("import json; from reelrank.service.heap import tune_allocator; "
+            "print(json.dumps([tune_allocator(2, 262144), tune_allocator(0, 0)]))")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_")}
+
+    def run(**extra):
+        out = subprocess.run([sys.executable, "-c", code], env={**env, **extra},
+                             capture_output=True, text=True, check=True).stdout
+        return json.loads(out)
+
+    assert run() == [{"arena_max": 2, "mmap_threshold": 262144}, {}]
+    # An operator's own setting, which glibc read at start, is left alone.
+    assert run(MALLOC_ARENA_MAX="4") == [{"mmap_threshold": 262144}, {}]
