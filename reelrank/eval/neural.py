@@ -39,7 +39,7 @@ import torch
 from reelrank.eval.baselines import EngineRecommender, build_engine, scratch_dir
 from reelrank.eval.data import Interactions
 from reelrank.models.retrieval import encode_histories
-from reelrank.pipeline.neural import log_popularity, page_popularity_weight
+from reelrank.pipeline.neural import log_popularity, page_weight
 from reelrank.registry import ModelRegistry
 from reelrank.train.batch import TrainConfig, train_from_store
 from reelrank.types import Event, Item
@@ -221,7 +221,7 @@ def retrieval_scores(engine, user_ids: list[str], page: int = 10):
     with torch.no_grad():
         vectors = retrieval.user_vectors(h, m.item_vectors)  # (B, D)
         scores = (vectors @ m.item_vectors.T).numpy()  # (B, I_engine)
-    prior = page_popularity_weight(m.bundle.value_weights, page)
+    prior = page_weight(m.bundle.value_weights, page, "popularity")
     if prior:  # the version's popularity prior, as the served scorer adds it
         scores = scores + prior * log_popularity(engine.live, m.item_ids)[None, :]
     return scores, m

@@ -125,10 +125,6 @@ def page_weight(value_weights: dict, n: int, name: str) -> float:
     return value_weights.get(name, 0.0)
 
 
-def page_popularity_weight(value_weights: dict, n: int) -> float:
-    return page_weight(value_weights, n, "popularity")
-
-
 def log_co_engagement(ctx: FeedContext, ids: list[str]) -> np.ndarray:
     """(N,) float32 log(1 + the co-engagement of each video with the viewer's last
     ``CO_ENGAGEMENT_SEEDS`` positives): the live state's item-to-item counts of each seed, summed with

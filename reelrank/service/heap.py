@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 
-from reelrank.train.budget import release_free_memory, tune_allocator  # noqa: F401 (here too)
+from reelrank.train.budget import release_free_memory
 
 log = logging.getLogger(__name__)
 
@@ -87,4 +87,3 @@ class HeapKeeper:
                 last_full = time.monotonic()
             else:
                 self.freeze()
-

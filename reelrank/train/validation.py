@@ -32,11 +32,11 @@ if TYPE_CHECKING:
 
 # The live state's graph with its defaults (store/memory.py): each new positive pairs with the
 # viewer's last CO_SPAN positives; a repeat of one of the last CO_MEMORY positives adds nothing.
-# Serving sums the graph's rows of the viewer's last CO_SEEDS positives, the latest counting
-# most. (The live state also trims a video's row to its CO_ENGAGEMENT_CAP largest counts.)
+# Serving sums the graph's rows of the viewer's last CO_ENGAGEMENT_SEEDS positives, the latest
+# counting most. (The live state also trims a video's row to its CO_ENGAGEMENT_CAP largest
+# counts.)
 CO_SPAN = 10
 CO_MEMORY = 20
-CO_SEEDS = CO_ENGAGEMENT_SEEDS
 CO_ENGAGEMENT_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 
@@ -200,11 +200,19 @@ class CoEngagementGraph:
 
     def scores(self, seeds: list[int]) -> np.ndarray:
         """(I,) log(1 + the recency-weighted sum of the seeds' rows), ``seeds`` oldest first."""
+        out = np.zeros(self.n_items, dtype=np.float32)
+        cols, values = self.sparse_scores(seeds)
+        out[cols] = values
+        return out
+
+    def sparse_scores(self, seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """``scores`` where they are not 0: (columns, values)."""
         acc = np.zeros(self.n_items, dtype=np.float32)
         for rank, seed in enumerate(reversed(seeds)):
             lo, hi = self.indptr[seed], self.indptr[seed + 1]
             acc[self.cols[lo:hi]] += self.counts[lo:hi] / (1 + rank)  # a row's columns differ
-        return np.log1p(acc)
+        cols = np.flatnonzero(acc)
+        return cols, np.log1p(acc[cols])
 
 
 def _positives(items: list[int]) -> list[int]:
@@ -221,12 +229,12 @@ def _positives(items: list[int]) -> list[int]:
 
 
 def held_seeds(table: SequenceTable, held) -> list[list[int]]:
-    """Each held-out viewer's last ``CO_SEEDS`` positives before their cut, oldest first."""
+    """Each held-out viewer's last ``CO_ENGAGEMENT_SEEDS`` positives before their cut, oldest first."""
     out = []
     for u, k in zip(held[0].tolist(), held[1].tolist()):
         start = table.offsets[u]
         part = slice(start, start + k)
-        out.append(_positives(table.item[part][table.positive[part]].tolist())[-CO_SEEDS:])
+        out.append(_positives(table.item[part][table.positive[part]].tolist())[-CO_ENGAGEMENT_SEEDS:])
     return out
 
 
@@ -237,10 +245,17 @@ def co_engagement_weight(model: TwoTower, catalog: ItemInputs, table: SequenceTa
     ``priors`` and ``criteria`` map a name ("weight", "weight@50") to the popularity prior
     chosen for it and the measure it is chosen on. Returns the weights and every one's
     figures."""
-    seeds = held_seeds(table, held)
+    # Each held-out viewer's term, once (sparse), for every weight and page size.
+    rows_of = [graph.sparse_scores(seeds) for seeds in held_seeds(table, held)]
 
     def term(w: float):
-        return lambda rows: w * np.stack([graph.scores(seeds[r]) for r in rows])
+        def block(rows: np.ndarray) -> np.ndarray:
+            out = np.zeros((len(rows), graph.n_items), dtype=np.float32)
+            for k, r in enumerate(rows):
+                cols, values = rows_of[r]
+                out[k, cols] = w * values
+            return out
+        return block
 
     out: dict = {"tried": {}}
     for name, prior in priors.items():

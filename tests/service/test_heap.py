@@ -89,7 +89,7 @@ def test_the_allocator_is_bounded_unless_the_environment_says_otherwise():
 
     if not ctypes.util.find_library("c"):
         pytest.skip("no C library to tune here")
-    code = ("import json; from reelrank.service.heap import tune_allocator; "
+    code = ("import json; from reelrank.train.budget import tune_allocator; "
             "print(json.dumps([tune_allocator(2, 262144), tune_allocator(0, 0)]))")
     env = {k: v for k, v in os.environ.items()
            if k not in ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_")}

@@ -63,6 +63,8 @@ def test_the_graph_scores_sum_the_seeds_rows_the_latest_counting_most():
     got = graph.scores([0, 1])  # v1 latest (weight 1), v0 before it (weight 1/2)
     expected = np.log1p(np.array([1.0, 0.5, 1.0 + 0.5, 1.0]))
     assert np.allclose(got, expected)
+    cols, values = graph.sparse_scores([0, 1])
+    assert cols.tolist() == [0, 1, 2, 3] and np.allclose(values, expected)
     # The held-out part of a history adds no pair: ends cut b before v3.
     cut = CoEngagementGraph(table, np.array([3, 1]), 4)
     assert cut.scores([3]).sum() == 0.0
@@ -75,8 +77,10 @@ def test_the_weight_is_chosen_on_the_named_measure(monkeypatch):
         return {"ndcg@10": 1.0 - abs(w - 0.5), "tail_recall@50": 1.0 - abs(w - 2.0)}
 
     class One:
-        def scores(self, seeds):
-            return np.ones(3, dtype=np.float32)
+        n_items = 3
+
+        def sparse_scores(self, seeds):
+            return np.arange(3), np.ones(3, dtype=np.float32)
 
     monkeypatch.setattr(validation, "validation_metrics", fake)
     monkeypatch.setattr(validation, "held_seeds", lambda table, held: [[0]])
