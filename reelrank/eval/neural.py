@@ -209,8 +209,9 @@ class NeuralRecommender(EngineRecommender):
 def retrieval_scores(engine, user_ids: list[str], page: int = 10):
     """The retrieval model alone for each viewer: their live history's user vector against
     every item vector of the engine's current version (full ranking), plus the version's
-    popularity prior as the served scorer adds it to a page of ``page``. Returns the
-    (B, I_engine) scores and the serving version (whose ``item_ids`` name the columns)."""
+    popularity and trending priors as the served scorer adds them to a page of ``page`` (not
+    the co-engagement prior: the served feed's own). Returns the (B, I_engine) scores and the
+    serving version (whose ``item_ids`` name the columns)."""
     m = engine.models.current
     retrieval = m.bundle.retrieval
     histories = []
@@ -224,4 +225,8 @@ def retrieval_scores(engine, user_ids: list[str], page: int = 10):
     prior = page_weight(m.bundle.value_weights, page, "popularity")
     if prior:  # the version's popularity prior, as the served scorer adds it
         scores = scores + prior * log_popularity(engine.live, m.item_ids)[None, :]
+    trend = page_weight(m.bundle.value_weights, page, "trending")
+    if trend:
+        scores = scores + trend * np.log1p(
+            np.asarray(engine.live.trending_many(m.item_ids), dtype=np.float32))[None, :]
     return scores, m

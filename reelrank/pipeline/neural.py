@@ -84,17 +84,19 @@ def user_vector(m: LoadedModels, ctx: FeedContext):
 def retrieval_scores(m: LoadedModels, ctx: FeedContext, ids: list[str],
                      items: list[Item]) -> torch.Tensor | None:
     """(N,) the retrieval model's score of each candidate for this viewer: the logit of its
-    softmax over the catalog plus two priors, each weighted by the version's weight for the
+    softmax over the catalog plus three priors, each weighted by the version's weight for the
     page asked for (``page_weight``, chosen on held-out viewers when it was trained,
-    ``train/validation.py``): log(1 + the video's long views and likes so far), and
-    log(1 + how often other viewers enjoyed it together with this viewer's last positives).
-    None without a retrieval model."""
+    ``train/validation.py``): log(1 + the video's long views and likes so far), log(1 + how
+    often other viewers enjoyed it together with this viewer's last positives), and log(1 +
+    its positive engagement in the live state's trending window). None without a retrieval
+    model."""
     user = user_vector(m, ctx)
     if user is None:
         return None
     weights = m.bundle.value_weights
     prior = page_weight(weights, ctx.request.n, "popularity")
     co = page_weight(weights, ctx.request.n, "co_engagement")
+    trend = page_weight(weights, ctx.request.n, "trending")
     rows = torch.as_tensor(list(map(m.item_index.get, ids, repeat(-1))), dtype=torch.long)
     if bool((rows >= 0).all()):
         vectors = m.item_vectors[rows]  # one gather: indexing with a Python list is slow
@@ -112,11 +114,14 @@ def retrieval_scores(m: LoadedModels, ctx: FeedContext, ids: list[str],
         scores = scores + prior * torch.from_numpy(log_popularity(ctx.live, ids))
     if co:
         scores = scores + co * torch.from_numpy(log_co_engagement(ctx, ids))
+    if trend:
+        scores = scores + trend * torch.from_numpy(
+            np.log1p(np.asarray(ctx.live.trending_many(ids), dtype=np.float32)))
     return scores
 
 
 def page_weight(value_weights: dict, n: int, name: str) -> float:
-    """A served prior's weight (``name``: "popularity" or "co_engagement") for a page of
+    """A served prior's weight (``name``: "popularity", "co_engagement", "trending") for a page of
     ``n``: a version trained with held-out positives has one chosen on their NDCG@10 (the next
     video near the top) and, for pages of 50 or more, one chosen on their Recall@50 (what a
     long page holds over the coming days). 0 when the version names none."""

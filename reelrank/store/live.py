@@ -220,6 +220,10 @@ class LiveState(Protocol):
         """Top items by positive engagement in the window ending at the clock."""
         ...
 
+    def trending_many(self, item_ids: Iterable[str]) -> list[float]:
+        """Each item's positive engagement in the trending window (0.0 for none)."""
+        ...
+
     def popular(self, n: int) -> list[tuple[str, float]]:
         """Top items by all-time positive engagement."""
         ...

@@ -414,6 +414,9 @@ class MemoryLiveState:
         """Top items by engagement in the window ending at the clock."""
         return self._top("trending", self._trending, n)
 
+    def trending_many(self, item_ids: Iterable[str]) -> list[float]:
+        return list(map(self._trending.get, item_ids, repeat(0.0)))
+
     def popular(self, n: int) -> list[tuple[str, float]]:
         """Top items by all-time engagement (for when the trending window is empty)."""
         return self._top("popular", self._popular, n)

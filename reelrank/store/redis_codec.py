@@ -113,12 +113,14 @@ class ReadCache:
     call, every dirty value, the oldest expired ones and, while ``warm`` (keys to read ahead,
     likeliest last) has more, keys never read: a feed that reads hundreds of values one at a
     time (the heuristic scorer, the exploration pool) makes one call, not one per value. With
-    ``along=False`` (large values) only the stale values asked for are fetched."""
+    ``along=False`` (large values) only the stale values asked for are fetched. ``before``
+    runs before each fetch (the live state's flush of the writes it holds back)."""
 
     def __init__(self, fetch: Callable[[list[str]], list], max_age: float,
                  max_size: int = 200_000, warm: Callable[[], list] | None = None,
-                 along: bool = True) -> None:
+                 along: bool = True, before: Callable[[], None] | None = None) -> None:
         self._fetch = fetch
+        self._before = before
         self._along = along  # False for large values: fetch only what is asked
         self.max_age = max_age
         self.max_size = max_size
@@ -162,6 +164,8 @@ class ReadCache:
             # Marked again while the fetch runs: still dirty afterwards.
             dirty.difference_update(order)
         try:
+            if self._before is not None:
+                self._before()
             got = dict(zip(order, self._fetch(order)))
         except BaseException:
             with self._lock:
@@ -208,6 +212,11 @@ def read_co_engaged(script, p: str, item_ids: list[str],
             flat = flat or []  # Lua's JSON writes an empty list as {}
             out.append([(flat[j], int(flat[j + 1])) for j in range(0, len(flat), 2)])
     return out
+
+
+def read_trending(client, p: str, item_ids: list[str]) -> list[float]:
+    """Each item's positive engagement in the trending window (one round trip)."""
+    return [float(x or 0.0) for x in client.zmscore(p + "trend", item_ids)]
 
 
 def read_top(client, p: str, key, size: int) -> list[tuple[str, float]]:

@@ -14,12 +14,13 @@ writes the viewer with everything the event changed for the item in one Lua scri
 trip), which refuses the write if the viewer changed meanwhile (the fold then runs again).
 ``apply_many`` does the same for a batch in two round trips in all.
 
-Feed-path reads cost few round trips (``user_snapshot``): item counters, creator impressions
-and co-engagement lists are cached in the process, refetched when this process changed them,
-when ``invalidate`` says another did (``store/fanout.py``), or every ``stats_max_age_s``; top
-lists as the in-memory backend caches them. Viewer state is never cached: the next feed from
-any process sees the last accepted event. ``empty_like``: a write-behind state in a scratch
-namespace (rebuilds), whose keys ``replace_with`` renames over this state's.
+Feed-path reads cost few round trips (``user_snapshot``): item counters and trending counts,
+creator impressions and co-engagement lists are cached in the process, refetched when this
+process changed them, when ``invalidate`` says another did (``store/fanout.py``), or every
+``stats_max_age_s``; top lists as the in-memory backend caches them. Viewer state is never
+cached: the next feed from any process sees the last accepted event. ``empty_like``: a
+write-behind state in a scratch namespace (rebuilds), whose keys ``replace_with`` renames over
+this state's.
 """
 
 from __future__ import annotations
@@ -40,11 +41,11 @@ from reelrank.store.memory import MemoryLiveState
 from reelrank.store.redis_codec import (BATCH, DEFAULT_PREFIX, ReadCache, cached_top,
                                         creators_of, decode_user, encode_user, fold_event,
                                         has_mark, open_scratch, parse_live_url,
-                                        read_co_engaged, read_item_stats, read_top, scan_keys,
-                                        swap_keys, with_mark)
+                                        read_co_engaged, read_item_stats, read_top,
+                                        read_trending, scan_keys, swap_keys, with_mark)
 from reelrank.store.redis_lua import (APPLY, CO_ENGAGED, FORGET_USER, ITEM_STATS, PUT_USER,
                                      RECORD_SERVED)
-from reelrank.types import DAY_MS, Event
+from reelrank.types import DAY_MS, HOUR_MS, Event
 
 __all__ = ["DEFAULT_PREFIX", "RedisLiveState", "decode_user", "encode_user", "parse_live_url"]
 _OPTIONS = ("trending_window_ms", "co_engagement_span", "served_memory", "trending_refresh_events",
@@ -90,10 +91,15 @@ class RedisLiveState:
         # Redis whether the script exists before every pipeline, one more round trip each.
         self._load_scripts()
         self._meta = (0, 0, float("-inf"))  # version, clock, when read
-        self._stats = ReadCache(self._fetch_stats, stats_max_age_s, warm=catalog.ids)
-        self._creators = ReadCache(self._fetch_creators, stats_max_age_s,
+        flush = self.flush  # a cache's fetch first writes what this process holds back
+        self._stats = ReadCache(lambda ids: read_item_stats(self._item_stats, prefix, ids),
+                                stats_max_age_s, warm=catalog.ids, before=flush)
+        self._creators = ReadCache(lambda ids: [int(x or 0) for x in client.hmget(prefix + "ci", ids)],
+                                   stats_max_age_s, before=flush,
                                    warm=lambda: creators_of(catalog))
         self._co = ReadCache(self._fetch_co, stats_max_age_s, along=False)
+        self._trend = ReadCache(lambda ids: read_trending(client, prefix, ids), stats_max_age_s,
+                                warm=catalog.ids, before=flush)
         self._co_size = max(50, co_engagement_span * 3)
         self._tops: dict = {}
         self._lock = threading.Lock()
@@ -127,9 +133,7 @@ class RedisLiveState:
 
     # -- the fold, shared with the in-memory backend ---------------------------------------------
     def _scratch(self) -> MemoryLiveState:
-        return MemoryLiveState(self.catalog, trending_window_ms=self.trending_window_ms,
-                               co_engagement_span=self.co_engagement_span,
-                               served_memory=self.served_memory,
+        return MemoryLiveState(self.catalog, **{k: getattr(self, k) for k in _OPTIONS[:3]},
                                co_engagement=self.co_engagement)
 
     def _fold(self, state: UserState | None, event: Event, interests: bool) -> tuple[UserState, list]:
@@ -239,8 +243,10 @@ class RedisLiveState:
         self._meta = (0, 0, float("-inf"))
 
     def _after_write(self, items: list[str], version: int, clock: int) -> None:
-        self._stats.mark(items)
-        self._co.mark(items)
+        for cache in (self._stats, self._co, self._trend):
+            cache.mark(items)
+        if clock // HOUR_MS != self._meta[1] // HOUR_MS:  # an hour may have left the window
+            self._trend.clear()
         with self._lock:
             if version > self._meta[0]:
                 self._meta = (version, max(clock, self._meta[1]), time.monotonic())
@@ -251,8 +257,8 @@ class RedisLiveState:
         if everything:
             return self._forget_caches()
         items = list(items)
-        self._stats.mark(items)
-        self._co.mark(items)
+        for cache in (self._stats, self._co, self._trend):
+            cache.mark(items)
         self._creators.mark(creators)
         with self._lock:
             self._meta = (self._meta[0], self._meta[1], float("-inf"))
@@ -315,9 +321,8 @@ class RedisLiveState:
         self._forget_caches()
 
     def _forget_caches(self) -> None:
-        self._stats.clear()
-        self._co.clear()
-        self._creators.clear()
+        for cache in (self._stats, self._co, self._creators, self._trend):
+            cache.clear()
         with self._lock:
             self._tops = {}
             self._meta = (0, 0, float("-inf"))
@@ -405,14 +410,6 @@ class RedisLiveState:
     def feed_only_viewers(self) -> int:
         return int(self.client.zcard(self.prefix + "feedonly"))
 
-    def _fetch_stats(self, item_ids: list[str]) -> list[ItemStats]:
-        self.flush()
-        return read_item_stats(self._item_stats, self.prefix, item_ids)
-
-    def _fetch_creators(self, creators: list[str]) -> list[int]:
-        self.flush()
-        return [int(x or 0) for x in self.client.hmget(self.prefix + "ci", creators)]
-
     def _fetch_co(self, item_ids: list[str]) -> list[list[tuple[str, int]]]:
         self.flush()
         return read_co_engaged(self._co_script, self.prefix, item_ids, self._co_size)
@@ -434,6 +431,9 @@ class RedisLiveState:
     # -- top lists ------------------------------------------------------------------------------
     def trending(self, n: int) -> list[tuple[str, float]]:
         return self._top("trending", n)
+
+    def trending_many(self, item_ids: Iterable[str]) -> list[float]:
+        return self._trend.get_many(list(item_ids))
 
     def popular(self, n: int) -> list[tuple[str, float]]:
         return self._top("popular", n)

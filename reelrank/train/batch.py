@@ -141,11 +141,13 @@ def train_from_store(store: CatalogReader | EventReader, registry: ModelRegistry
         if "weight@50" in rrep.popularity:
             value_weights["popularity@50"] = rrep.popularity["weight@50"]
         metrics["retrieval_popularity"] = rrep.popularity
-    if rrep.co_engagement is not None:
-        for name, key in (("weight", "co_engagement"), ("weight@50", "co_engagement@50")):
-            if name in rrep.co_engagement:
-                value_weights[key] = rrep.co_engagement[name]
-        metrics["retrieval_co_engagement"] = rrep.co_engagement
+    for prior in ("co_engagement", "trending"):
+        chosen = getattr(rrep, prior)
+        if chosen is not None:
+            for name, key in (("weight", prior), ("weight@50", prior + "@50")):
+                if name in chosen:
+                    value_weights[key] = chosen[name]
+            metrics["retrieval_" + prior] = chosen
     report(0.95)
 
     bundle = ModelBundle(

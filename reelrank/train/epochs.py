@@ -31,6 +31,7 @@ class EpochReport:
     best_epoch: int | None = None  # with early stopping: the epoch whose weights were kept
     popularity: dict | None = None  # retrieval: the popularity prior chosen on validation
     co_engagement: dict | None = None  # retrieval: the co-engagement weight chosen on it
+    trending: dict | None = None  # retrieval: the trending weight chosen on it
     stopped: str = ""  # why training ended before ``epochs``, if it did
 
 

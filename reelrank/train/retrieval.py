@@ -33,8 +33,8 @@ from reelrank.models.retrieval import (
 from reelrank.train.epochs import EpochReport, run_epochs
 # The held-out split and what is chosen on it live in train/validation.py; importable from here.
 from reelrank.train.validation import (  # noqa: F401
-    POPULARITY_WEIGHTS, CoEngagementGraph, co_engagement_weight, held_positives,
-    hold_out_last_positives, popularity_weight, validation_metrics,
+    POPULARITY_WEIGHTS, CoEngagementGraph, RecentEngagement, held_positives, hold_out_last_positives,
+    prior_weights, validation_metrics,
 )
 from reelrank.types import Item
 
@@ -79,9 +79,10 @@ class RetrievalConfig:
     # What the popularity prior's weight is chosen on: "ndcg@10" (the next video near the top)
     # or "tail_recall@50"; pages of 50+ have their own weight, chosen on "tail_recall@50".
     popularity_criterion: str = "ndcg@10"
-    # Choose the served score's co-engagement weight on the held-out viewers too (0 where it
-    # does not help them; train/validation.py).
+    # Choose the served score's co-engagement and trending weights on the held-out viewers too
+    # (0 where a prior does not help them; train/validation.py).
     co_engagement: bool = True
+    trending: bool = True
 
     def model(self) -> TwoTower:
         return TwoTower(self.dim, self.max_len, self.layers, self.heads, self.dropout,
@@ -99,12 +100,13 @@ class SequenceTable:
     flags: np.ndarray  # (T, F) float32
     gap: np.ndarray  # (T,) int64
     positive: np.ndarray  # (T,) bool
+    ts: np.ndarray  # (T,) int64 ms: when each token happened
 
     @classmethod
     def from_tokens(cls, histories: Mapping[str, Sequence[Token]],
                     item_index: Mapping[str, int]) -> "SequenceTable":
         user_ids, offsets = [], [0]
-        item, view, flags, gap, positive = [], [], [], [], []
+        item, view, flags, gap, positive, ts = [], [], [], [], [], []
         for user, toks in histories.items():
             prev = None
             kept = 0
@@ -118,6 +120,7 @@ class SequenceTable:
                 flags.append([getattr(t, f) for f in FLAGS])
                 gap.append(gap_bucket(t.ts - prev) if prev is not None else 0)
                 positive.append(t.positive)
+                ts.append(t.ts)
                 prev = t.ts
                 kept += 1
             user_ids.append(user)
@@ -125,7 +128,8 @@ class SequenceTable:
         return cls(user_ids, np.asarray(offsets, dtype=np.int64),
                    np.asarray(item, dtype=np.int64), np.asarray(view, dtype=np.int64),
                    np.asarray(flags, dtype=np.float32).reshape(-1, len(FLAGS)),
-                   np.asarray(gap, dtype=np.int64), np.asarray(positive, dtype=bool))
+                   np.asarray(gap, dtype=np.int64), np.asarray(positive, dtype=bool),
+                   np.asarray(ts, dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -276,18 +280,15 @@ def train_retrieval(model: TwoTower, catalog: ItemInputs, table: SequenceTable,
                         patience=cfg.patience)
     if monitor is not None:
         # Popularity as the training part knew it: without the held-out positives.
-        known = counts - np.bincount(held_positives(table, held), minlength=n_items)
-        report.popularity = popularity_weight(model, catalog, table, held, cfg.max_len,
-                                              np.log1p(known), cfg.popularity_criterion)
-        if cfg.co_engagement:
-            pop = report.popularity
-            priors = {"weight": pop["weight"] * np.log1p(known)}
-            criteria = {"weight": cfg.popularity_criterion, "weight@50": "tail_recall@50"}
-            if "weight@50" in pop:
-                priors["weight@50"] = pop["weight@50"] * np.log1p(known)
-            report.co_engagement = co_engagement_weight(
-                model, catalog, table, held, cfg.max_len, CoEngagementGraph(table, ends, n_items),
-                priors, criteria)
+        log_pop = np.log1p(counts - np.bincount(held_positives(table, held), minlength=n_items))
+        graph = CoEngagementGraph(table, ends, n_items) if cfg.co_engagement else None
+        chosen = prior_weights(model, catalog, table, held, cfg.max_len, log_pop,
+                               RecentEngagement(table, ends, n_items), graph,
+                               {"weight": cfg.popularity_criterion, "weight@50": "tail_recall@50"},
+                               trending=cfg.trending, cache={})
+        report.popularity = chosen["popularity"]
+        report.co_engagement = chosen.get("co_engagement")
+        report.trending = chosen.get("trending")
     return report
 
 

@@ -1,19 +1,21 @@
 """Choices made on held-out viewers after the retrieval model is trained: the held-out split
-itself, the measures of a version on it, and the weights of the served score's two priors.
+itself, the measures of a version on it, and the weights of the served score's three priors.
 
-The served score of a candidate (``pipeline/neural.py``) is the retrieval logit plus two terms
-that the model does not learn but serving can read from the live state:
+The served score of a candidate (``pipeline/neural.py``) is the retrieval logit plus three
+terms that the model does not learn but serving can read from the live state:
 
 - **popularity**: w x log(1 + the video's long views and likes);
 - **co-engagement**: w x log(1 + how often the video was enjoyed together with the viewer's
   last positives by other viewers), the live state's item-to-item graph
-  (``store/memory.py``, ``_add_co_engagement``), the latest positive counting most.
+  (``store/memory.py``, ``_add_co_engagement``), the latest positive counting most;
+- **trending**: w x log(1 + the video's positive engagement in the live state's trending
+  window, the last day): what is being enjoyed now, where popularity counts every day alike.
 
 Each weight is the one of a small grid that ranks the held-out positives best, so a data set
-where a prior does not help gets 0. ``CoEngagementGraph`` rebuilds the live state's graph from
-the training part of the histories (the held-out positives left out, so that a viewer's target
-cannot count with their own last video).
-"""
+where a prior does not help gets 0 (``prior_weights``). Each prior is rebuilt from the training
+part of the histories (the held-out positives left out, so that a viewer's target cannot count
+for itself): ``CoEngagementGraph`` is the live state's item graph, ``RecentEngagement`` the
+trending window as it stood when the held-out viewer asked for their page."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 
 from reelrank.store.live import CO_ENGAGEMENT_SEEDS
+from reelrank.types import DAY_MS
 
 if TYPE_CHECKING:
     from reelrank.models.retrieval import ItemInputs, TwoTower
@@ -41,25 +44,7 @@ CO_ENGAGEMENT_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 POPULARITY_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)
-
-
-def popularity_weight(model: TwoTower, catalog: ItemInputs, table: SequenceTable, held,
-                      max_len: int, log_popularity: np.ndarray,
-                      criterion: str = "ndcg@10") -> dict:
-    """The weight of log(1 + positives) added to the retrieval logit that ranks the held-out
-    positives best (by ``criterion``, a key of ``validation_metrics``). The softmax already
-    learns popularity for the next video; a feed that must also hold what the viewer will enjoy
-    over the coming days may want more of it. Returns the weight and every weight's figures."""
-    tried = {w: validation_metrics(model, catalog, table, held, max_len,
-                                   prior=w * log_popularity) for w in POPULARITY_WEIGHTS}
-    best = max(POPULARITY_WEIGHTS, key=lambda w: (tried[w][criterion], -w))
-    out = {"weight": best, "tried": {str(w): {k: round(v, 4) for k, v in m.items()}
-                                     for w, m in tried.items()}}
-    if all("tail_recall@50" in m for m in tried.values()):
-        # A page of 50 is judged by what it holds, not by its top: its own weight.
-        out["weight@50"] = max(POPULARITY_WEIGHTS, key=lambda w: (tried[w]["tail_recall@50"], -w))
-    return out
-
+TRENDING_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0)
 
 
 def hold_out_last_positives(table: SequenceTable, n_users: int, rng: np.random.Generator,
@@ -111,21 +96,26 @@ def held_positives(table: SequenceTable, held) -> np.ndarray:
     return np.concatenate(parts)
 
 
-
 def validation_metrics(model: TwoTower, catalog: ItemInputs, table: SequenceTable,
                        held: tuple[np.ndarray, np.ndarray, np.ndarray], max_len: int,
                        chunk: int = 512, prior: np.ndarray | None = None,
-                       per_viewer: Callable[[np.ndarray], np.ndarray] | None = None) -> dict:
+                       per_viewer: Callable[[np.ndarray], np.ndarray] | None = None,
+                       cache: dict | None = None) -> dict:
     """Recall@100 and NDCG@10 of each held-out positive, ranked over the whole catalog minus
     the items the viewer had before it; ``prior`` (I,) is added to every viewer's scores, and
     ``per_viewer(rows)`` (B, I) to the scores of the held-out viewers at those rows. With
     the held-out sets (``hold_out_last_positives``' fourth part), also ``tail_recall@50`` (the
-    share of each viewer's set in their top 50, averaged over viewers) and ``tail_ndcg@10``."""
+    share of each viewer's set in their top 50, averaged over viewers) and ``tail_ndcg@10``.
+    ``cache``: a dict kept across calls with the same model and held-out viewers (the weight
+    searches), where the item and user vectors are computed once."""
     users, keep, target = held[:3]
     later = held[3] if len(held) > 3 else None
     from reelrank.train.retrieval import item_matrix
 
-    vectors = item_matrix(model, catalog)
+    cache = {} if cache is None else cache
+    if "items" not in cache:
+        cache["items"] = item_matrix(model, catalog)
+    vectors = cache["items"]
     bias = torch.from_numpy(prior).float() if prior is not None else None
     was_training = model.training
     model.eval()
@@ -136,8 +126,10 @@ def validation_metrics(model: TwoTower, catalog: ItemInputs, table: SequenceTabl
     with torch.no_grad():
         for s in range(0, len(users), chunk):
             part = slice(s, s + chunk)
-            h, _ = table.window(users[part], max_len, ends=keep[part], with_targets=False)
-            scores = model.user_vectors(h, vectors) @ vectors.T  # (B, I)
+            if ("users", s) not in cache:
+                h, _ = table.window(users[part], max_len, ends=keep[part], with_targets=False)
+                cache["users", s] = model.user_vectors(h, vectors)
+            scores = cache["users", s] @ vectors.T  # (B, I)
             if bias is not None:
                 scores = scores + bias
             if per_viewer is not None:
@@ -238,33 +230,96 @@ def held_seeds(table: SequenceTable, held) -> list[list[int]]:
     return out
 
 
-def co_engagement_weight(model: TwoTower, catalog: ItemInputs, table: SequenceTable, held,
-                         max_len: int, graph: CoEngagementGraph, priors: dict[str, np.ndarray],
-                         criteria: dict[str, str]) -> dict:
-    """The co-engagement weight that ranks the held-out positives best, for each page size:
-    ``priors`` and ``criteria`` map a name ("weight", "weight@50") to the popularity prior
-    chosen for it and the measure it is chosen on. Returns the weights and every one's
-    figures."""
-    # Each held-out viewer's term, once (sparse), for every weight and page size.
-    rows_of = [graph.sparse_scores(seeds) for seeds in held_seeds(table, held)]
+class RecentEngagement:
+    """The positives of the training part of the histories (each viewer's first ``ends[u]``
+    tokens) in time order, to count each video's positives in the trending window before any
+    moment, as the live state's trending list stood then. One count per positive, where the
+    live state weighs a like or a share above a long view; under the log that is a small
+    difference."""
 
-    def term(w: float):
-        def block(rows: np.ndarray) -> np.ndarray:
-            out = np.zeros((len(rows), graph.n_items), dtype=np.float32)
-            for k, r in enumerate(rows):
-                cols, values = rows_of[r]
-                out[k, cols] = w * values
+    def __init__(self, table: SequenceTable, ends: np.ndarray, n_items: int,
+                 window_ms: int = DAY_MS):
+        keep = np.zeros(len(table.item), dtype=bool)
+        for u in range(len(table)):
+            start = table.offsets[u]
+            keep[start:start + int(ends[u])] = True
+        keep &= table.positive
+        order = np.argsort(table.ts[keep], kind="stable")
+        self.ts = table.ts[keep][order]
+        self.item = table.item[keep][order]
+        self.n_items = n_items
+        self.window_ms = window_ms
+
+    def trending(self, now_ms: int) -> tuple[np.ndarray, np.ndarray]:
+        """(columns, log(1 + count)) of the videos with positives in [now - window, now)."""
+        lo, hi = np.searchsorted(self.ts, [now_ms - self.window_ms, now_ms], side="left")
+        cols, counts = np.unique(self.item[lo:hi], return_counts=True)
+        return cols, np.log1p(counts.astype(np.float32))
+
+
+def held_moments(table: SequenceTable, held) -> list[int]:
+    """When each held-out viewer asks for their page: the time of their first held-out token."""
+    return [int(table.ts[table.offsets[u] + k]) for u, k in zip(held[0].tolist(),
+                                                               held[1].tolist())]
+
+
+PRIORS = ("popularity", "co_engagement", "trending")
+GRIDS = {"popularity": POPULARITY_WEIGHTS, "co_engagement": CO_ENGAGEMENT_WEIGHTS,
+         "trending": TRENDING_WEIGHTS}
+
+
+def prior_weights(model: TwoTower, catalog: ItemInputs, table: SequenceTable, held,
+                  max_len: int, log_popularity: np.ndarray, recent: RecentEngagement,
+                  graph: CoEngagementGraph | None, criteria: dict[str, str],
+                  trending: bool = True, cache: dict | None = None) -> dict[str, dict]:
+    """The served priors' weights that rank the held-out positives best, for each page size
+    (``criteria``: "weight", "weight@50" to the measure each is chosen on): popularity
+    (``log_popularity``, (I,): the training part's counts), then co-engagement given it
+    (without ``graph``: none), then trending given both (unless ``trending`` is off; each
+    held-out viewer's window ends when they asked, at their first held-out token), then
+    popularity once more given the others, each from its grid: a recent count says part of
+    what the all-time one says. Returns, per prior, the weights and every weight's figures
+    ("tried", and the popularity's "tried_again")."""
+    n = recent.n_items
+    rows = {"co_engagement": [graph.sparse_scores(seeds) for seeds in held_seeds(table, held)]
+            if graph is not None else None,
+            "trending": [recent.trending(t) for t in held_moments(table, held)]}
+    memo: dict = {}
+
+    def per_viewer(w: dict):
+        if not (w["co_engagement"] or w["trending"]):
+            return None
+
+        def block(part: np.ndarray) -> np.ndarray:
+            out = np.zeros((len(part), n), dtype=np.float32)
+            for prior in ("co_engagement", "trending"):
+                if w[prior]:
+                    for k, r in enumerate(part.tolist()):
+                        cols, values = rows[prior][r]
+                        out[k, cols] += w[prior] * values
             return out
         return block
 
-    out: dict = {"tried": {}}
-    for name, prior in priors.items():
-        tried = {w: validation_metrics(model, catalog, table, held, max_len, prior=prior,
-                                       per_viewer=term(w) if w else None)
-                 for w in CO_ENGAGEMENT_WEIGHTS}
-        if not all(criteria[name] in m for m in tried.values()):
-            continue
-        out[name] = max(CO_ENGAGEMENT_WEIGHTS, key=lambda w: (tried[w][criteria[name]], -w))
-        out["tried"][name] = {str(w): {k: round(v, 4) for k, v in m.items()}
-                              for w, m in tried.items()}
+    def measure(w: dict) -> dict:
+        key = tuple(w[p] for p in PRIORS)
+        if key not in memo:
+            memo[key] = validation_metrics(
+                model, catalog, table, held, max_len, cache=cache, per_viewer=per_viewer(w),
+                prior=w["popularity"] * log_popularity if w["popularity"] else None)
+        return memo[key]
+
+    steps = ["popularity", *(["co_engagement"] if graph is not None else []),
+             *(["trending"] if trending else []), "popularity"]
+    out: dict = {p: {"tried": {}} for p in PRIORS if p in steps}
+    out["popularity"]["tried_again"] = {}
+    for name, criterion in criteria.items():
+        w = dict.fromkeys(PRIORS, 0.0)
+        for k, prior in enumerate(steps):
+            tried = {x: measure({**w, prior: x}) for x in GRIDS[prior]}
+            if not all(criterion in m for m in tried.values()):
+                break  # a page of 50 needs the held-out sets
+            w[prior] = max(GRIDS[prior], key=lambda x: (tried[x][criterion], -x))
+            out[prior][name] = w[prior]
+            out[prior]["tried_again" if k and prior == "popularity" else "tried"][name] = {
+                str(x): {m: round(v, 4) for m, v in f.items()} for x, f in tried.items()}
     return out

@@ -40,7 +40,7 @@ def test_without_impressions_retrieval_trains_and_orders_the_feed(plays_only_eng
     assert result.metrics["implied_examples"] > 0
     assert result.metrics["retrieval_holdout"]["users"] > 0
     chosen = result.metrics["retrieval_popularity"]
-    assert chosen["weight"] in POPULARITY_WEIGHTS and set(chosen["tried"]) == {
+    assert chosen["weight"] in POPULARITY_WEIGHTS and set(chosen["tried"]["weight"]) == {
         str(w) for w in POPULARITY_WEIGHTS}
     m = engine.models.current
     assert m.bundle.ranker is None and m.bundle.retrieval is not None

@@ -184,8 +184,11 @@ def test_trending_popular_and_regional_top_lists(make):
     live.apply(ev(1, "a", "v0", "like", region="BR"))
     live.apply(ev(2, "b", "v1", "share", T0 + 1))
     assert [i for i, _ in live.trending(5)] == ["v1", "v0"]
+    # Each item's window sum, as the list scores it (a share 3, a like 2); 0 for none.
+    assert live.trending_many(["v1", "v0", "v5"]) == [3.0, 2.0, 0.0]
     live.apply(ev(3, "c", "v2", "like", T0 + 5 * HOUR_MS))
     assert [i for i, _ in live.trending(5)] == ["v2"]  # the window moved past the others
+    assert live.trending_many(["v0", "v1", "v2"]) == [0.0, 0.0, 2.0]
     assert [i for i, _ in live.popular(5)] == ["v1", "v0", "v2"]
     assert [i for i, _ in live.popular_in_region("BR", 5)] == ["v0"]
     assert live.popular_in_region("XX", 5) == []

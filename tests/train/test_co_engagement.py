@@ -1,6 +1,7 @@
 """The served score's co-engagement prior: the graph training rebuilds from the histories is
 the live state's own, the serving term is weight x log(1 + the recency-weighted sum of the
-viewer's last positives' rows), and the weight is chosen on the held-out measure it names."""
+viewer's last positives' rows), and the weight is in the grid the held-out search tries
+(tests/train/test_served_priors.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import numpy as np
 from reelrank.pipeline.context import FeedRequest
 from reelrank.pipeline.neural import log_co_engagement, retrieval_scores
 from reelrank.store import new_catalog, new_live_state
-from reelrank.train import validation
 from reelrank.train.retrieval import SequenceTable
 from reelrank.train.validation import CO_ENGAGEMENT_WEIGHTS, CoEngagementGraph, held_seeds
 from reelrank.types import Event, Item, Token
@@ -68,27 +68,6 @@ def test_the_graph_scores_sum_the_seeds_rows_the_latest_counting_most():
     # The held-out part of a history adds no pair: ends cut b before v3.
     cut = CoEngagementGraph(table, np.array([3, 1]), 4)
     assert cut.scores([3]).sum() == 0.0
-
-
-def test_the_weight_is_chosen_on_the_named_measure(monkeypatch):
-    # NDCG@10 best at 0.5, Recall@50 at 2 (the fake reads the weight off the term).
-    def fake(model, catalog, table, held, max_len, prior=None, per_viewer=None):
-        w = 0.0 if per_viewer is None else float(per_viewer(np.array([0]))[0, 0])
-        return {"ndcg@10": 1.0 - abs(w - 0.5), "tail_recall@50": 1.0 - abs(w - 2.0)}
-
-    class One:
-        n_items = 3
-
-        def sparse_scores(self, seeds):
-            return np.arange(3), np.ones(3, dtype=np.float32)
-
-    monkeypatch.setattr(validation, "validation_metrics", fake)
-    monkeypatch.setattr(validation, "held_seeds", lambda table, held: [[0]])
-    got = validation.co_engagement_weight(
-        None, None, None, None, 5, One(), {"weight": None, "weight@50": None},
-        {"weight": "ndcg@10", "weight@50": "tail_recall@50"})
-    assert got["weight"] == 0.5 and got["weight@50"] == 2.0
-    assert set(got["tried"]["weight"]) == {str(w) for w in CO_ENGAGEMENT_WEIGHTS}
 
 
 def test_serving_adds_weight_times_log_co_engagement(plays_only_engine):

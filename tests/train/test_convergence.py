@@ -112,18 +112,3 @@ def test_future_targets_draw_a_positive_from_the_coming_tokens():
                 assert got in {j % 10 for j in span}
                 seen.setdefault(i, set()).add(got)
     assert any(len(v) > 1 for v in seen.values())
-
-
-def test_the_popularity_weight_is_chosen_on_the_named_measure(monkeypatch):
-    from reelrank.train import validation
-
-    # NDCG@10 of the next positive is best at 0.25, Recall@50 of the held-out set at 1.
-    def fake(model, catalog, table, held, max_len, prior=None):
-        w = float(prior[0])
-        return {"ndcg@10": 1.0 - abs(w - 0.25), "tail_recall@50": 1.0 - abs(w - 1.0)}
-
-    monkeypatch.setattr(validation, "validation_metrics", fake)
-    ones = np.ones(3)
-    assert validation.popularity_weight(None, None, None, None, 5, ones)["weight"] == 0.25
-    assert validation.popularity_weight(None, None, None, None, 5, ones,
-                                        "tail_recall@50")["weight"] == 1.0

@@ -47,8 +47,9 @@ def transparency(engine: EngineDep, runtime: RuntimeDep) -> dict[str, Any]:
         "summary": (
             "Your personalized feed is ordered by two predictions from neural networks trained "
             "on viewers' behaviour: how likely you are to pick each video next given what you "
-            "watched recently (together with how many viewers enjoyed it, and how often "
-            "viewers who enjoyed your latest videos enjoyed it too), and its value to "
+            "watched recently (together with how many viewers enjoyed it, how many enjoyed it "
+            "in the last day, and how often viewers who enjoyed your latest videos enjoyed it "
+            "too), and its value to "
             "you if shown: how likely you are to watch it for long, like, share, comment on it "
             "or follow its creator, minus how likely you are to react negatively. With "
             "personalization off, the feed uses no profile of you at all."),
@@ -59,7 +60,8 @@ def transparency(engine: EngineDep, runtime: RuntimeDep) -> dict[str, Any]:
                      "score = log(value) + retrieval x (the retrieval model's score of the video "
                      "for you + popularity x log(1 + its long views and likes) + "
                      "co_engagement x log(1 + how often viewers enjoyed it together with your "
-                     "last 10 positives, the latest counting most)); a page of 50 or more uses "
+                     "last 10 positives, the latest counting most) + trending x log(1 + its "
+                     "positive engagement in the last day)); a page of 50 or more uses "
                      "the weights named with @50, chosen for long pages; without a ranker (an "
                      "app that sends no impressions) the retrieval part alone"
                      if weights else "no trained model is loaded: a transparent weighted sum of "
