@@ -43,12 +43,18 @@ class HistoryEntry:
     watch_ratio: float | None
 
 
+HISTORY_LEN, POSITIVES_LEN, TOKENS_LEN = 200, 20, 100
+
+
 @dataclass
 class UserState:
-    """What the engine knows about one viewer right now."""
+    """What the engine knows about one viewer right now. ``history``, ``positives`` and
+    ``tokens`` start as one shared empty tuple and become bounded deques at the viewer's first
+    event (``grow``): a viewer known only from the feeds they asked for, most of an open
+    server's viewers, holds none (three empty deques are 2.3 KB)."""
 
     user_id: str
-    history: deque = field(default_factory=lambda: deque(maxlen=200))  # of HistoryEntry
+    history: deque | tuple = ()  # of HistoryEntry, at most HISTORY_LEN
     seen: set = field(default_factory=set)  # items with an impression or a view
     served: OrderedDict[str, None] = field(default_factory=OrderedDict)  # sent in feeds
     not_interested: set = field(default_factory=set)
@@ -62,12 +68,19 @@ class UserState:
     length_long_views: Counter = field(default_factory=Counter)
     topic_views: Counter = field(default_factory=Counter)  # by reelrank.topics.topic_of
     topic_long_views: Counter = field(default_factory=Counter)
-    positives: deque = field(default_factory=lambda: deque(maxlen=20))  # recent positive items
-    tokens: deque = field(default_factory=lambda: deque(maxlen=100))  # of Token: model input
+    positives: deque | tuple = ()  # recent positive items, at most POSITIVES_LEN
+    tokens: deque | tuple = ()  # of Token: model input, at most TOKENS_LEN
     last_ts: int = 0
     region: str | None = None
     device: str | None = None
     watch_ms_by_day: dict[int, int] = field(default_factory=dict)  # UTC day -> ms watched
+
+    def grow(self) -> None:
+        """The bounded deques in place of the empty tuples, once."""
+        if not isinstance(self.history, deque):
+            self.history = deque(self.history, maxlen=HISTORY_LEN)
+            self.positives = deque(self.positives, maxlen=POSITIVES_LEN)
+            self.tokens = deque(self.tokens, maxlen=TOKENS_LEN)
 
     def watch_ms_on(self, day: int) -> int:
         return self.watch_ms_by_day.get(day, 0)

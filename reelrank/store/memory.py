@@ -163,6 +163,7 @@ class MemoryLiveState:
                 u = self._users[event.user_id] = UserState(event.user_id)
             elif self._feed_only:
                 self._feed_only.pop(event.user_id, None)  # now rebuilt from the log too
+            u.grow()
             self._touch(event.user_id)
             s = self._items.get(iid)
             if s is None:

@@ -37,7 +37,7 @@ def encode_user(u: UserState) -> str:
         if name in ("user_id", "served"):  # the id is in the key; what feeds sent has its own
             continue
         value = getattr(u, name)
-        if isinstance(value, deque):
+        if isinstance(value, (deque, tuple)):
             row = _ENTRY_ROWS.get(name)
             out[name] = list(map(row, value)) if row else list(value)
         elif isinstance(value, dict):  # Counter and plain dicts: pairs keep int keys ints
@@ -53,6 +53,7 @@ def encode_user(u: UserState) -> str:
 
 def decode_user(user_id: str, text: str | bytes) -> UserState:
     u = UserState(user_id)
+    u.grow()
     for name, value in json.loads(text).items():
         current = getattr(u, name)
         if isinstance(current, deque):

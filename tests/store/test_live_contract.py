@@ -259,4 +259,11 @@ def test_a_rebuild_keeps_viewers_known_only_from_feeds(make):
     live.replace_with(fresh)
     assert list(live.user("feed-only").served) == ["v2", "v3"]
     assert live.feed_only_viewers() == 1
+    # A feed-only viewer reads as one with no history; their first event starts it.
+    snap = live.user_snapshot("feed-only")
+    assert list(snap.history) == [] and list(snap.tokens) == [] and list(snap.positives) == []
+    live.apply(ev(2, "feed-only", "v2", "like"))
+    after = live.user("feed-only")
+    assert [h.item_id for h in after.history] == ["v2"] and list(after.positives) == ["v2"]
+    assert after.history.maxlen == 200 and list(after.served) == ["v2", "v3"]
     assert live.item_stats("nope").views == 0  # an item never seen has empty counters

@@ -43,6 +43,7 @@ def test_the_viewer_state_survives_its_encoding():
     from reelrank.store.redis_live import decode_user, encode_user
 
     u = UserState("u")
+    u.grow()  # what the live state does at a viewer's first event
     u.history.append(HistoryEntry("v1", "play", T0, 19_000, 0.95))
     u.seen.update({"v1", "v2"})
     u.not_interested.add("v3")
