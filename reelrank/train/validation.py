@@ -123,33 +123,39 @@ def validation_metrics(model: TwoTower, catalog: ItemInputs, table: SequenceTabl
     tail_recall: list[float] = []
     tail_ndcg: list[float] = []
     discount = 1.0 / np.log2(np.arange(10) + 2)
+    n_items = vectors.shape[0]
+    # Whole chunks at once (a few (B, I) tensors), at most about 8M scores per chunk.
+    chunk = min(chunk, max(32, 8_000_000 // max(1, n_items)))
     with torch.no_grad():
         for s in range(0, len(users), chunk):
             part = slice(s, s + chunk)
-            if ("users", s) not in cache:
+            if ("users", s, chunk) not in cache:
                 h, _ = table.window(users[part], max_len, ends=keep[part], with_targets=False)
-                cache["users", s] = model.user_vectors(h, vectors)
-            scores = cache["users", s] @ vectors.T  # (B, I)
+                cache["users", s, chunk] = model.user_vectors(h, vectors)
+            scores = cache["users", s, chunk] @ vectors.T  # (B, I)
             if bias is not None:
                 scores = scores + bias
             if per_viewer is not None:
                 scores = scores + torch.from_numpy(per_viewer(np.arange(len(users))[part]))
-            for row, u in enumerate(users[part]):
-                start = table.offsets[u]
-                seen = table.item[start:start + keep[part][row]]
-                t = target[part][row]
-                mask = np.zeros(scores.shape[1], dtype=bool)
-                mask[seen] = True
-                mask[t] = False
-                sc = scores[row].numpy()
-                ranks.append(int((sc[~mask] > sc[t]).sum()))
-                if later is not None:
+            rows = torch.arange(scores.shape[0])
+            # What each viewer had before their cut, and their held-out positive.
+            lengths = keep[part]
+            seen = torch.zeros(scores.shape, dtype=torch.bool)
+            seen[torch.from_numpy(np.repeat(np.arange(len(lengths)), lengths)),
+                 torch.from_numpy(np.concatenate(
+                     [table.item[table.offsets[u]:table.offsets[u] + k]
+                      for u, k in zip(users[part].tolist(), lengths.tolist())] + [
+                         np.zeros(0, dtype=np.int64)]))] = True
+            t = torch.from_numpy(target[part])
+            # The target's rank among the items not seen before (itself never above itself).
+            ranks.extend(((scores > scores[rows, t][:, None]) & ~seen).sum(1).tolist())
+            if later is not None:
+                # The held-out set holds nothing seen before: the seen items leave the top 50.
+                top = torch.topk(scores.masked_fill(seen, float("-inf")),
+                                 min(50, n_items), dim=1).indices.numpy()
+                for row in range(len(top)):
                     want = later[s + row]
-                    masked = sc.copy()
-                    masked[seen] = -np.inf  # the held-out set holds nothing seen before
-                    top = np.argpartition(-masked, 50)[:50] if len(masked) > 50 else np.arange(len(masked))
-                    top = top[np.argsort(-masked[top], kind="stable")]
-                    hit = np.isin(top, want)
+                    hit = np.isin(top[row], want)
                     tail_recall.append(hit.sum() / len(want))
                     ideal = discount[:min(10, len(want))].sum()
                     tail_ndcg.append(float((hit[:10] * discount[:len(hit[:10])]).sum() / ideal))

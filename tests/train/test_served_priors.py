@@ -6,6 +6,8 @@ live state's trending count)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
+import torch
 from reelrank.pipeline.context import FeedRequest
 from reelrank.pipeline.neural import retrieval_scores
 from reelrank.train import validation
@@ -99,3 +101,63 @@ def test_serving_adds_weight_times_log_trending(plays_only_engine):
     expected = np.log1p(np.array([window.get(i, 0.0) for i in ids]))
     assert expected.max() > 0
     assert np.allclose(scores[2.0] - scores[0.0], 2.0 * expected, atol=1e-5)
+
+
+class _Frozen:
+    """A model whose vectors the cache already holds: validation_metrics never calls it."""
+
+    training = False
+
+    def eval(self):
+        return self
+
+    def train(self, mode=True):
+        return self
+
+
+def _slow_metrics(users, keep, target, later, table, scores):
+    """Each held-out viewer on their own, as the definitions read."""
+    ranks, recall, ndcg = [], [], []
+    discount = 1.0 / np.log2(np.arange(10) + 2)
+    for row, u in enumerate(users.tolist()):
+        start = table.offsets[u]
+        seen = set(table.item[start:start + keep[row]].tolist())
+        sc = scores[row]
+        t = int(target[row])
+        ranks.append(sum(1 for i in range(len(sc)) if i not in seen and sc[i] > sc[t]))
+        unseen = sorted((i for i in range(len(sc)) if i not in seen), key=lambda i: -sc[i])[:50]
+        hit = np.array([i in set(later[row].tolist()) for i in unseen])
+        recall.append(hit.sum() / len(later[row]))
+        ndcg.append((hit[:10] * discount[:len(hit[:10])]).sum()
+                    / discount[:min(10, len(later[row]))].sum())
+    r = np.array(ranks)
+    return {"recall@100": np.mean(r < 100), "ndcg@10": np.mean(np.where(r < 10, 1 / np.log2(r + 2), 0)),
+            "tail_recall@50": np.mean(recall), "tail_ndcg@10": np.mean(ndcg)}
+
+
+def test_the_chunked_measure_equals_the_definition_viewer_by_viewer():
+    rng = np.random.default_rng(5)
+    n_items, dim = 300, 8
+    hist = {f"u{u}": [_token(f"v{i}", k) for k, i in enumerate(rng.integers(0, n_items, 40))]
+            for u in range(70)}
+    table = SequenceTable.from_tokens(hist, {f"v{i}": i for i in range(n_items)})
+    users = np.arange(0, 70, 2)
+    keep = rng.integers(5, 39, len(users))
+    target = np.array([table.item[table.offsets[u] + k] for u, k in zip(users, keep)])
+    later = [np.unique(table.item[table.offsets[u] + k:table.offsets[u + 1]])
+             for u, k in zip(users, keep)]
+    user_vectors = torch.randn(len(users), dim)
+    item_vectors = torch.randn(n_items, dim)
+    prior = rng.random(n_items).astype(np.float32)
+    extra = rng.random((len(users), n_items)).astype(np.float32)
+    # chunk 8 with 300 items: five chunks, the last one short
+    cache = {"items": item_vectors, **{("users", s, 8): user_vectors[s:s + 8]
+                                       for s in range(0, len(users), 8)}}
+    got = validation.validation_metrics(_Frozen(), None, table, (users, keep, target, later), 5,
+                                        chunk=8, prior=prior, per_viewer=lambda rows: extra[rows],
+                                        cache=cache)
+    scores = (user_vectors @ item_vectors.T).numpy() + prior + extra
+    want = _slow_metrics(users, keep, target, later, table, scores)
+    assert got["users"] == len(users)
+    for k, v in want.items():
+        assert got[k] == pytest.approx(v, abs=1e-9), k
