@@ -184,6 +184,7 @@ class MemoryLiveState:
                 self._creator_impressions[item.creator_id] += 1
                 return  # an impression says nothing about taste yet
             if interests:
+                assert isinstance(u.history, deque) and isinstance(u.tokens, deque)  # grown
                 u.history.append(HistoryEntry(iid, t, event.ts, event.watch_ms, ratio))
                 _update_tokens(u.tokens, event, iid, ratio,
                                is_long_view(event.watch_ms, item.duration_ms))
@@ -240,13 +241,15 @@ class MemoryLiveState:
                 self._add_co_engagement(u, iid)
 
     def _add_co_engagement(self, u: UserState, item_id: str) -> None:
-        if item_id in u.positives:
+        positives = u.positives
+        assert isinstance(positives, deque)  # the fold grew the viewer first
+        if item_id in positives:
             return
         if not self.co_engagement:
-            u.positives.append(item_id)
+            positives.append(item_id)
             return
         co, cap = self._co, CO_ENGAGEMENT_CAP
-        for other in list(u.positives)[-self.co_engagement_span:]:
+        for other in list(positives)[-self.co_engagement_span:]:
             co.setdefault(item_id, Counter())[other] += 1
             theirs = co.setdefault(other, Counter())
             theirs[item_id] += 1
@@ -255,7 +258,7 @@ class MemoryLiveState:
         mine = co.get(item_id)
         if mine is not None and len(mine) > 2 * cap:
             co[item_id] = Counter(dict(mine.most_common(cap)))
-        u.positives.append(item_id)
+        positives.append(item_id)
 
     def _add_trending(self, item_id: str, ts: int, weight: float) -> None:
         if weight <= 0:

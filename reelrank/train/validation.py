@@ -287,9 +287,10 @@ def prior_weights(model: TwoTower, catalog: ItemInputs, table: SequenceTable, he
     what the all-time one says. Returns, per prior, the weights and every weight's figures
     ("tried", and the popularity's "tried_again")."""
     n = recent.n_items
-    rows = {"co_engagement": [graph.sparse_scores(seeds) for seeds in held_seeds(table, held)]
-            if graph is not None else None,
-            "trending": [recent.trending(t) for t in held_moments(table, held)]}
+    rows: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {
+        "co_engagement": [graph.sparse_scores(seeds) for seeds in held_seeds(table, held)]
+        if graph is not None else [],
+        "trending": [recent.trending(t) for t in held_moments(table, held)]}
     memo: dict = {}
 
     def per_viewer(w: dict):
