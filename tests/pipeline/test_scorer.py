@@ -34,6 +34,20 @@ def plays_only_engine(store, tmp_path):
     return engine, result
 
 
+def scores_by_weight(engine, user: str, ids: list[str], prior: str,
+                     weights=(0.0, 2.0)) -> dict:
+    """The retrieval scores of ``ids`` for ``user`` on a page of 10 with the version's weight of
+    ``prior`` (and of its ``@50``) set to each of ``weights`` in turn."""
+    m = engine.models.current
+    items = engine.catalog.get_many(ids)
+    out = {}
+    for w in weights:
+        m.bundle.value_weights.update({prior: w, prior + "@50": w})
+        ctx = engine.context(FeedRequest(user_id=user, n=10))
+        out[w] = retrieval_scores(m, ctx, ids, items).numpy()
+    return out
+
+
 def test_without_impressions_retrieval_trains_and_orders_the_feed(plays_only_engine):
     engine, result = plays_only_engine
     assert result.metrics["ranker"].startswith("not trained")

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import numpy as np
 from reelrank.pipeline.context import FeedRequest
-from reelrank.pipeline.neural import log_co_engagement, retrieval_scores
+from reelrank.pipeline.neural import log_co_engagement
 from reelrank.store import new_catalog, new_live_state
 from reelrank.train.retrieval import SequenceTable
 from reelrank.train.validation import CO_ENGAGEMENT_WEIGHTS, CoEngagementGraph, held_seeds
 from reelrank.types import Event, Item, Token
 from tests.pipeline.test_scorer import plays_only_engine  # noqa: F401 (a fixture)
+from tests.pipeline.test_scorer import scores_by_weight
 
 
 def _token(item: str, ts: int, positive: bool) -> Token:
@@ -78,12 +79,7 @@ def test_serving_adds_weight_times_log_co_engagement(plays_only_engine):
     assert m.bundle.value_weights["co_engagement"] == chosen["weight"]
     user = next(u for u in engine.live.user_ids() if len(engine.live.user(u).positives) > 2)
     ids = m.item_ids[:60]
-    items = engine.catalog.get_many(ids)
-    scores = {}
-    for w in (0.0, 2.0):
-        m.bundle.value_weights.update({"co_engagement": w, "co_engagement@50": w})
-        ctx = engine.context(FeedRequest(user_id=user, n=10))
-        scores[w] = retrieval_scores(m, ctx, ids, items).numpy()
+    scores = scores_by_weight(engine, user, ids, "co_engagement")
     # By hand: the viewer's last 10 positives, the k-th latest weighted 1 / (1 + k).
     seeds = list(engine.live.user(user).positives)[-10:]
     acc = dict.fromkeys(ids, 0.0)

@@ -8,14 +8,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from reelrank.pipeline.context import FeedRequest
-from reelrank.pipeline.neural import retrieval_scores
 from reelrank.train import validation
 from reelrank.train.retrieval import SequenceTable
 from reelrank.train.validation import (CO_ENGAGEMENT_WEIGHTS, POPULARITY_WEIGHTS,
                                        TRENDING_WEIGHTS, RecentEngagement, held_moments)
 from reelrank.types import HOUR_MS, Token
 from tests.pipeline.test_scorer import plays_only_engine  # noqa: F401 (a fixture)
+from tests.pipeline.test_scorer import scores_by_weight
 
 
 def _token(item: str, ts: int, positive: bool = True) -> Token:
@@ -89,14 +88,8 @@ def test_serving_adds_weight_times_log_trending(plays_only_engine):
     m = engine.models.current
     assert m.bundle.value_weights["trending"] == chosen["weight"]
     assert m.bundle.value_weights["popularity"] == result.metrics["retrieval_popularity"]["weight"]
-    user = engine.live.user_ids()[0]
     ids = m.item_ids[:60]
-    items = engine.catalog.get_many(ids)
-    scores = {}
-    for w in (0.0, 2.0):
-        m.bundle.value_weights.update({"trending": w, "trending@50": w})
-        ctx = engine.context(FeedRequest(user_id=user, n=10))
-        scores[w] = retrieval_scores(m, ctx, ids, items).numpy()
+    scores = scores_by_weight(engine, engine.live.user_ids()[0], ids, "trending")
     window = dict(engine.live.trending(10_000))
     expected = np.log1p(np.array([window.get(i, 0.0) for i in ids]))
     assert expected.max() > 0
