@@ -6,6 +6,7 @@ the cut-off) on the test days' impressions, without a request context and with e
 impression's logged one.
 
     python benchmarks/ranker_options.py KUAIRAND_DIR '{"context_dropout": 0.2}'
+    python benchmarks/ranker_options.py KUAIRAND_DIR '{}' 2022-04-29 2   # a validation split
 """
 import dataclasses
 import json
@@ -23,7 +24,9 @@ cfg = TrainConfig()
 cfg.retrieval = dataclasses.replace(cfg.retrieval, epochs=1, validation_users=0)
 cfg.ranker = dataclasses.replace(cfg.ranker, **over)
 t = time.time()
-split = temporal_split(load_dataset(f"kuairand:{folder}"), "2022-05-01", None, None, 0)
+cutoff = sys.argv[3] if len(sys.argv) > 3 else "2022-05-01"
+days = int(sys.argv[4]) if len(sys.argv) > 4 else None
+split = temporal_split(load_dataset(f"kuairand:{folder}"), cutoff, days, None, 0)
 rec = NeuralRecommender(config=cfg, view="retrieval")
 harness.fit(rec, split)
 tm = rec.settings["train_metrics"]
