@@ -39,7 +39,7 @@ import torch
 from reelrank.eval.baselines import EngineRecommender, build_engine, scratch_dir
 from reelrank.eval.data import Interactions
 from reelrank.models.retrieval import encode_histories
-from reelrank.pipeline.neural import log_popularity, page_weight
+from reelrank.pipeline.neural import log_popularity, log_trending, page_weight
 from reelrank.registry import ModelRegistry
 from reelrank.train.batch import TrainConfig, train_from_store
 from reelrank.types import Event, Item
@@ -227,6 +227,5 @@ def retrieval_scores(engine, user_ids: list[str], page: int = 10):
         scores = scores + prior * log_popularity(engine.live, m.item_ids)[None, :]
     trend = page_weight(m.bundle.value_weights, page, "trending")
     if trend:
-        scores = scores + trend * np.log1p(
-            np.asarray(engine.live.trending_many(m.item_ids), dtype=np.float32))[None, :]
+        scores = scores + trend * log_trending(engine.live, m.item_ids)[None, :]
     return scores, m

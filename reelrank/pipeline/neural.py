@@ -115,8 +115,7 @@ def retrieval_scores(m: LoadedModels, ctx: FeedContext, ids: list[str],
     if co:
         scores = scores + co * torch.from_numpy(log_co_engagement(ctx, ids))
     if trend:
-        scores = scores + trend * torch.from_numpy(
-            np.log1p(np.asarray(ctx.live.trending_many(ids), dtype=np.float32)))
+        scores = scores + trend * torch.from_numpy(log_trending(ctx.live, ids))
     return scores
 
 
@@ -149,6 +148,11 @@ def log_popularity(live, ids: list[str]) -> np.ndarray:
     """(N,) float32 log(1 + long views and likes) of each video: the popularity prior's scale."""
     stats = live.item_stats_many(ids)
     return np.log1p(np.fromiter((s.long_views + s.likes for s in stats), np.float32, len(ids)))
+
+
+def log_trending(live, ids: list[str]) -> np.ndarray:
+    """(N,) float32 log(1 + positive engagement in the trending window) of each video."""
+    return np.log1p(np.asarray(live.trending_many(ids), dtype=np.float32))
 
 
 class NeuralScorer:
