@@ -78,7 +78,7 @@ def labels_of(registry, version, items):
     model = TopicModel.from_meta(art.meta["topics"])
     retrieval = ModelBundle.from_state(art.state).retrieval
     vectors = item_vectors(retrieval, items)
-    return model, model.assign(vectors), vectors
+    return model, model.labels(vectors, [it.item_id for it in items]), vectors
 
 
 def baseline(x: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -150,9 +150,16 @@ def run(args) -> dict:
                         "changes": meta2.get("changes")}
     # The same second run's vectors clustered cold and matched only (no warm start).
     cold = TopicConfig(min_topics=args.min_topics, max_topics=args.max_topics,
-                       seed=args.seeds[1], warm_start=False)
+                       seed=args.seeds[1], warm_start=False, keep_margin=0.0)
     _, matched = fit_topics(x2, items, cold, previous=m1, previous_labels=l1)
     out["stability"]["cold_kmeans_matched_share"] = round(float(np.mean(matched == l1)), 4)
+    # The system's own fit of the retrain's vectors without the keep margin: what the margin adds.
+    no_margin = TopicConfig(min_topics=args.min_topics, max_topics=args.max_topics,
+                            keep_margin=0.0)
+    _, nearest = fit_topics(x2, items, no_margin, previous=m1, previous_labels=l1)
+    out["stability"]["no_keep_margin_share"] = round(float(np.mean(nearest == l1)), 4)
+    out["stability"]["kept_by_margin"] = len(m2.kept)
+    out["nmi"]["learned_retrain_no_keep_margin"] = round(nmi(ref, nearest), 4)
     out["names"] = {str(t.id): t.name for t in sorted(m1.topics, key=lambda t: -t.size)[:12]}
     out["sizes"] = {str(t.id): t.size for t in sorted(m1.topics, key=lambda t: -t.size)[:12]}
     return out
@@ -240,7 +247,8 @@ def markdown(r: dict) -> str:
               "| labelling | NMI against the reference |", "|---|---|"]
     text = {"learned": "learned topics, first run", "learned_retrain": "learned topics, retrain",
             "kmeans_random_vectors": "k-means (same k) on random vectors",
-            "kmeans_tag_onehots": "k-means (same k) on the videos' tag one-hots"}
+            "kmeans_tag_onehots": "k-means (same k) on the videos' tag one-hots",
+            "learned_retrain_no_keep_margin": "learned topics, retrain, without the keep margin"}
     for k, v in r["nmi"].items():
         lines.append(f"| {text.get(k, k)} | {v} |")
     st = r["stability"]
@@ -254,7 +262,10 @@ def markdown(r: dict) -> str:
     lines += ["", "Stability, retrain against first run (share of videos whose topic id is "
               "unchanged after matching):", "",
               f"- as the system does it (k-means started from the first run's topics, matched): "
-              f"**{st['unchanged_share']}**",
+              f"**{st['unchanged_share']}** ({st.get('kept_by_margin', '?')} videos kept their "
+              "topic by the keep margin)",
+              f"- the same without the keep margin (nearest centroid): "
+              f"{st.get('no_keep_margin_share', '-')}",
               f"- k-means started cold (k-means++), matched only: {st['cold_kmeans_matched_share']}",
               f"- changes recorded: {changes}", "",
               "Largest topics of the first run and their names:", ""]

@@ -66,6 +66,9 @@ class TopicConfig:
     warm_start: bool = True  # k-means starts from the previous topics' members
     keep_k_margin: float = 0.01  # silhouette another k must gain over the previous version's k
     min_overlap: float = 0.2  # Jaccard below which a new cluster does not inherit an old id
+    # A video keeps its previous topic while that topic's centroid is within this cosine of
+    # its nearest one: a retrain's noise moves videos near a border, not what they are about.
+    keep_margin: float = 0.02
     split_share: float = 0.25  # share of an old topic that must go to each part of a split
     merge_share: float = 0.5  # share of each old topic that must go into a merged one
     terms_per_name: int = 3
@@ -96,6 +99,9 @@ class TopicModel:
     next_id: int
     silhouette: dict[int, float] = field(default_factory=dict)  # k tried -> mean silhouette
     changes: dict = field(default_factory=dict)
+    # Videos that kept their previous topic although another centroid is nearer (``keep_margin``):
+    # item id -> topic id, applied over the nearest-centroid assignment by ``labels``.
+    kept: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._ids = np.array([t.id for t in self.topics], dtype=np.int64)
@@ -113,6 +119,16 @@ class TopicModel:
             return np.full(len(vectors), -1, dtype=np.int64)
         return self._ids[np.argmax(unit(vectors) @ self.centroids.T, axis=1)]
 
+    def labels(self, vectors: np.ndarray, item_ids: Sequence[str]) -> np.ndarray:
+        """The topic id of each video: ``assign``, then the videos that kept their topic."""
+        out = self.assign(vectors)
+        if self.kept:
+            for r, item_id in enumerate(item_ids):
+                topic = self.kept.get(item_id)
+                if topic is not None:
+                    out[r] = topic
+        return out
+
     def to_meta(self) -> dict:
         """Plain JSON for a version's meta.json (centroids rounded to 5 decimals)."""
         return {"format": 1, "next_id": self.next_id,
@@ -120,7 +136,7 @@ class TopicModel:
                            for t in self.topics],
                 "centroids": np.round(self.centroids.astype(np.float64), 5).tolist(),
                 "silhouette": {str(k): round(v, 4) for k, v in self.silhouette.items()},
-                "changes": self.changes}
+                "changes": self.changes, "kept": self.kept}
 
     @classmethod
     def from_meta(cls, meta: dict) -> "TopicModel":
@@ -129,7 +145,8 @@ class TopicModel:
         centroids = np.asarray(meta["centroids"], dtype=np.float32).reshape(len(topics), -1)
         return cls(topics, unit(centroids), int(meta["next_id"]),
                    {int(k): float(v) for k, v in meta.get("silhouette", {}).items()},
-                   dict(meta.get("changes", {})))
+                   dict(meta.get("changes", {})),
+                   {str(k): int(v) for k, v in meta.get("kept", {}).items()})
 
 
 # -- terms and names ------------------------------------------------------------------------------
@@ -211,6 +228,9 @@ def fit_topics(vectors: np.ndarray, items: Sequence[Item], cfg: TopicConfig | No
     used = np.unique(rows)  # k-means may leave a centroid with no member: drop it
     centroids = centroids[used]
     rows = np.searchsorted(used, rows)
+    nearest = rows
+    if has_prev and cfg.keep_margin > 0:
+        rows = _keep_previous(x, rows, centroids, previous, previous_labels, cfg)
     docs = [item_terms(it) for it in items]
     terms, weights = ctfidf(rows, docs, len(used))
     counts = _term_counts(rows, docs, terms, len(used))
@@ -230,7 +250,9 @@ def fit_topics(vectors: np.ndarray, items: Sequence[Item], cfg: TopicConfig | No
         own = fresh_terms[r][:cfg.terms_per_name]
         topics.append(Topic(ids[r], names[r] or _name(own, ids[r]), own, int(sizes[r])))
     _unique_names(topics, fresh_terms, cfg.terms_per_name)
-    model = TopicModel(topics, centroids, next_id, scores, changes)
+    moved = np.flatnonzero(rows != nearest)
+    kept = {items[r].item_id: ids[rows[r]] for r in moved.tolist()}
+    model = TopicModel(topics, centroids, next_id, scores, changes, kept)
     return model, model._ids[rows]
 
 
@@ -255,6 +277,22 @@ def _warm_start(x: np.ndarray, previous_labels: np.ndarray, k: int, seed: int) -
         if len(init) < k else []
     init += [x[j] for j in extra]
     return unit(np.stack(init))
+
+
+def _keep_previous(x, rows, centroids, previous: TopicModel, previous_labels,
+                   cfg: TopicConfig) -> np.ndarray:
+    """Rows after the ``keep_margin`` rule: the new cluster each previous topic passes to (as
+    matching would give its id, on the nearest-centroid rows) keeps the videos it had whose
+    cosine to it is within the margin of their nearest centroid."""
+    ids = _match(x, rows, centroids, previous, previous_labels, [[]] * len(centroids), cfg)[0]
+    row_of = {topic: r for r, topic in enumerate(ids)}
+    before = np.array([row_of.get(int(t), -1) for t in previous_labels.tolist()])
+    sims = x @ centroids.T  # (N, K)
+    has = np.flatnonzero(before >= 0)
+    near = sims[has, before[has]] >= sims[has].max(axis=1) - cfg.keep_margin
+    out = rows.copy()
+    out[has[near]] = before[has[near]]
+    return out
 
 
 def _match(x, rows, centroids, previous: TopicModel, previous_labels, fresh_terms,

@@ -98,6 +98,28 @@ def test_ids_and_names_persist_across_a_retrain():
                 or second.changes["appeared"] or second.changes["faded"])
 
 
+def test_a_video_near_a_border_keeps_its_topic_across_a_retrain():
+    x, items, _, _ = planted(k=4, n=400)
+    first, ids1 = fit_topics(x, items, CFG)
+    a, b = first.centroids[0], first.centroids[1]
+    j = int(np.flatnonzero(ids1 == first.topics[0].id)[0])
+    x2 = x.copy()
+    # The retrain sees video j just across the border: a little nearer b than a (cosine
+    # gap about 0.015, within the default margin).
+    x2[j] = (0.497 * a + 0.503 * b) * np.linalg.norm(x[j]) / np.linalg.norm(0.497 * a + 0.503 * b)
+    sticky, ids2 = fit_topics(x2, items, CFG, previous=first, previous_labels=ids1)
+    plain, ids3 = fit_topics(x2, items, TopicConfig(**{**CFG.__dict__, "keep_margin": 0.0}),
+                             previous=first, previous_labels=ids1)
+    assert ids3[j] == first.topics[1].id != ids1[j]  # nearest centroid: it moves
+    assert ids2[j] == ids1[j]  # within the margin: it stays
+    assert sticky.kept == {items[j].item_id: int(ids1[j])} and plain.kept == {}
+    assert np.array_equal(np.delete(ids2, j), np.delete(ids3, j))
+    # What serving and the next retrain read: the centroids, then the kept videos.
+    again = TopicModel.from_meta(sticky.to_meta())
+    assert np.array_equal(again.labels(x2, [it.item_id for it in items]), ids2)
+    assert again.assign(x2)[j] == first.topics[1].id
+
+
 def test_split_merge_appear_and_fade_are_recorded():
     x, items, labels, _ = planted(k=6, n=720)
     # The previous version saw topics 0 and 1 as one (id 10), topic 2 as two halves (20, 21),

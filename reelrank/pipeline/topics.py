@@ -166,7 +166,7 @@ class LearnedTopics:
             labels = prev.labels  # a ranker-only version: the same item vectors
         elif (vectors is not None and len(model)
                 and vectors.shape[1] == model.centroids.shape[1]):
-            labels = model.assign(vectors.numpy())
+            labels = model.labels(vectors.numpy(), m.item_ids)
         else:
             labels = None
         return _Current(m, m.version, carried_by, model, labels, meta)
@@ -274,6 +274,7 @@ class LearnedTopics:
                    previous_version=cur.meta.get("previous_version"),
                    changes=cur.meta.get("changes", {}),
                    unchanged_share=cur.meta.get("unchanged_share"),
+                   kept_videos=len(cur.model.kept),
                    topics=[{"id": t.id, "key": t.key, "name": t.name, "terms": t.terms,
                             "videos": int(sizes.get(t.id, 0)),
                             "sensitive": t.id in self.settings.sensitive}

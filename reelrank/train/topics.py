@@ -2,7 +2,8 @@
 the catalog (``reelrank.learned_topics``), matched to the topics of the version serving now.
 
 The previous version's topic of every current video is what viewers were shown: its own
-retrieval model's vector of the video, nearest to its own centroids. That labelling is what the
+retrieval model's vector of the video, nearest to its own centroids, or the topic the video
+kept when that version was learned (``TopicModel.kept``). That labelling is what the
 new clusters are matched against, so an id means the same videos before and after a retrain.
 A version without topics of its own (the online trainer's) carries its base version's
 (``registry.topics_of``).
@@ -53,7 +54,8 @@ def previous_labels(registry, items: Sequence[Item]) -> tuple[str, TopicModel, n
     retrieval = ModelBundle.from_state(artifact.state).retrieval
     if retrieval is None:
         return None
-    return latest, model, model.assign(item_vectors(retrieval, items))
+    return latest, model, model.labels(item_vectors(retrieval, items),
+                                       [it.item_id for it in items])
 
 
 def learn_version_topics(retrieval: TwoTower, items: Sequence[Item], registry=None,
