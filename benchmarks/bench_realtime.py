@@ -312,6 +312,13 @@ def run_replay(args) -> None:
     cfg = TrainedReplayConfig(score_users=args.score_users, seed=args.seed,
                               context=args.context == "on")
     cfg.online.ranker_lr = args.lr
+    if args.ranker_training == "server":
+        # The ranker as ``reelrank train`` fits it: epochs chosen on the newest tenth of the
+        # training span, then a refit on every row (retrieval is still not trained).
+        from reelrank.train.batch import TrainConfig
+
+        server = TrainConfig()
+        cfg.train.ranker, cfg.train.holdout = server.ranker, server.holdout
     cfg.train.ranker.seed = args.train_seed
     for name, value in json.loads(args.ranker).items():  # e.g. {"pairwise_weight": 3}
         setattr(cfg.train.ranker, name, value)
@@ -436,6 +443,9 @@ def main() -> None:
     r.add_argument("--context", choices=("on", "off"), default="on",
                    help="each /v1/rank request carries its impressions' logged context")
     r.add_argument("--ranker", default="{}", help="JSON of RankerConfig fields to override")
+    r.add_argument("--ranker-training", choices=("one-epoch", "server"), default="one-epoch",
+                   help="the base ranker: one epoch on every training row, or the server's "
+                        "default training (epochs chosen on held-out rows, then a refit)")
     r.add_argument("--progress", action="store_true")
     r.add_argument("--out", type=Path, default=None)
     t = sub.add_parser("replay-tune", help="the online learning rate, on a validation day")

@@ -28,12 +28,15 @@ def replay_markdown(r: dict, png: str) -> str:
     sample = (f"a seeded sample of {r['scored_users']:,} of the {r['test_users']:,} test users is "
               "scored (every user's events are still replayed, learned from and counted)"
               if r.get("score_users") else f"all {r['test_users']:,} test users are scored")
+    chosen = (", chosen on the newest tenth of the training span, then refit on every row"
+              if r["config"]["train"].get("holdout") else "")
     lines = [
         "# Real time on KuaiRand: the replay with the trained models, online updates on and off",
         "", f"Command: `{r['command']}`", "", f"Machine: {r['machine']}.", "",
         f"Split: train {r['split']['train_days']}, test {r['split']['test_days']} "
         f"({r['split']['tz']}); {sample}. Base model: `train_from_store` on the training period "
-        f"(ranker, {r['config']['train']['ranker']['epochs']} epoch; retrieval is not trained: "
+        f"(ranker, {r['train'].get('ranker_epochs') or r['config']['train']['ranker']['epochs']} "
+        f"epoch(s){chosen}; retrieval is not trained: "
         f"only the ranker scores impressions), {r['train']['seconds']} s.", "",
         "Each test impression is scored with `engine.rank` before anything of its instant is "
         + ("revealed, the request carrying the impression's logged context (device, region, "

@@ -259,7 +259,8 @@ def replay_trained(split: TemporalSplit, cfg: TrainedReplayConfig | None = None,
         finally:
             engine.store.close()
         report["train"] = {"version": result.version, "seconds": round(
-            time.perf_counter() - started, 1), "rows": result.metrics.get("rows_train")}
+            time.perf_counter() - started, 1), "rows": result.metrics.get("rows_train"),
+            "ranker_epochs": result.metrics.get("ranker_epochs")}
         runs: dict = {}
         scores_of: dict = {}
         heads_of: dict = {}

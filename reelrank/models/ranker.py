@@ -52,7 +52,7 @@ class Ranker(nn.Module):
     def __init__(self, n_dense: int, dim: int = 32, experts: int = 4, expert_dim: int = 64,
                  tasks: Sequence[str] = TASKS, min_count: int = 1,
                  content_fields: Sequence[str] = ("creator", "sound", "tags", "duration", "words"),
-                 use_item_id: bool = True, dropout: float = 0.0):
+                 use_item_id: bool = True, dropout: float = 0.0, wide: bool = False):
         super().__init__()
         self.tasks = tuple(tasks)
         self.dim = dim
@@ -75,6 +75,14 @@ class Ranker(nn.Module):
         self.towers = nn.ModuleList([
             nn.Sequential(nn.Linear(expert_dim, 32), nn.GELU(), nn.Linear(32, 1))
             for _ in self.tasks])
+        # A linear part beside the network, per task, over the request's context and hour and
+        # the dense counters: a video's own like rate reaches the like head's logit directly
+        # instead of through the experts (starts at zero: the network alone).
+        self.wide = None
+        if wide:
+            self.wide = nn.Linear(dim * (len(CONTEXT_FIELDS) + 1) + n_dense, len(self.tasks))
+            nn.init.zeros_(self.wide.weight)
+            nn.init.zeros_(self.wide.bias)
 
     def forward(self, x: RankInputs) -> torch.Tensor:
         """-> (N, T) logits, one column per task in ``self.tasks``."""
@@ -106,7 +114,8 @@ class Ranker(nn.Module):
         rows = [cand, attended, cand * attended]
         dense = self.dense_norm(x.dense)  # (N, F)
         if not torch.is_grad_enabled() and not (self.training and self.dropout.p):
-            return self._mmoe_batched(torch.cat(rows, dim=-1), shared, dense)
+            return self._mmoe_batched(torch.cat(rows, dim=-1), shared, dense) + self._wide(
+                shared, dense)
         N = cand.shape[0]
         features = torch.cat([*rows, shared.expand(N, -1), dense], dim=-1)  # (N, width)
         features = self.dropout(features)
@@ -115,7 +124,16 @@ class Ranker(nn.Module):
         for gate, tower in zip(self.gates, self.towers):
             g = torch.softmax(gate(features), dim=-1).unsqueeze(-1)  # (N, E, 1)
             logits.append(tower((g * expert_out).sum(1)))  # (N, 1)
-        return torch.cat(logits, dim=-1)  # (N, T)
+        return torch.cat(logits, dim=-1) + self._wide(shared, dense)  # (N, T)
+
+    def _wide(self, shared: torch.Tensor, dense: torch.Tensor) -> torch.Tensor | float:
+        """The linear part's (N, T) logits, or 0 without one; the context's columns are
+        computed once when the batch shares one request's context."""
+        if self.wide is None:
+            return 0.0
+        S = shared.shape[1]
+        w = self.wide.weight
+        return torch.addmm(shared @ w[:, :S].T + self.wide.bias, dense, w[:, S:].T)
 
     def _mmoe_batched(self, rows: torch.Tensor, shared: torch.Tensor,
                       dense: torch.Tensor) -> torch.Tensor:

@@ -154,7 +154,7 @@ def train_from_store(store: CatalogReader | EventReader, registry: ModelRegistry
         retrieval=retrieval, retrieval_kwargs=_kwargs(cfg.retrieval), ranker=ranker,
         ranker_kwargs={"n_dense": len(DENSE_FEATURES), "dim": cfg.ranker.dim,
                        "experts": cfg.ranker.experts, "expert_dim": cfg.ranker.expert_dim,
-                       "use_item_id": cfg.ranker.item_id},
+                       "use_item_id": cfg.ranker.item_id, "wide": cfg.ranker.wide},
         value_weights=value_weights)
     # Topics matched to the version serving now, so their ids keep their meaning.
     topics = (learn_version_topics(retrieval, items, registry, cfg.topics)

@@ -67,6 +67,7 @@ class RetrievalConfig:
     full_softmax_items: int = 20_000
     validation_users: int = 0  # viewers whose last positive is held out for early stopping
     patience: int = 2
+    average: float | None = None  # decay of a moving average of the weights over the steps
     # With > 0, each validation viewer's last ``validation_tail`` of tokens (at least their last
     # positive) is held out, not only the last positive: early stopping still watches the
     # first held-out positive; the held-out positives as a set measure what a feed built at
@@ -277,7 +278,7 @@ def train_retrieval(model: TwoTower, catalog: ItemInputs, table: SequenceTable,
                         loss=loss, report=TrainReport(config=asdict(cfg)),
                         time_budget_s=cfg.time_budget_s, name="retrieval", progress=progress,
                         on_progress=on_progress, evaluate=evaluate, monitor=monitor,
-                        patience=cfg.patience)
+                        patience=cfg.patience, average=cfg.average)
     if monitor is not None:
         # Popularity as the training part knew it: without the held-out positives.
         log_pop = np.log1p(counts - np.bincount(held_positives(table, held), minlength=n_items))

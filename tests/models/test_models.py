@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from reelrank.features import DENSE_FEATURES
@@ -120,9 +121,13 @@ def test_factored_attention_equals_the_mlp_over_the_concatenation():
         assert torch.allclose(model._attention_logits(cand, t), slow, atol=1e-5)
 
 
-def test_batched_experts_at_inference_equal_the_layer_by_layer_path():
+@pytest.mark.parametrize("wide", [False, True])
+def test_batched_experts_at_inference_equal_the_layer_by_layer_path(wide):
     torch.manual_seed(0)
-    model = Ranker(len(DENSE_FEATURES), dim=8, experts=3, expert_dim=16).eval()
+    model = Ranker(len(DENSE_FEATURES), dim=8, experts=3, expert_dim=16, wide=wide).eval()
+    if wide:  # it starts at zero; a trained one is not
+        torch.nn.init.normal_(model.wide.weight)
+        torch.nn.init.normal_(model.wide.bias)
     x = rank_inputs(model, 9)
     with torch.no_grad():
         fast = model(x)
@@ -174,16 +179,19 @@ def test_ranker_with_empty_history_rows():
     assert torch.isfinite(model(x)).all()
 
 
-def test_bundle_round_trip_restores_predictions():
+@pytest.mark.parametrize("wide", [False, True])
+def test_bundle_round_trip_restores_predictions(wide):
     torch.manual_seed(0)
     retrieval = TwoTower(dim=8, max_len=4, layers=1, heads=2, dropout=0.0)
     retrieval.items.observe(ITEMS)
-    ranker = Ranker(len(DENSE_FEATURES), dim=8, experts=2, expert_dim=8)
+    ranker = Ranker(len(DENSE_FEATURES), dim=8, experts=2, expert_dim=8, wide=wide)
+    if wide:
+        torch.nn.init.normal_(ranker.wide.weight)
     x = rank_inputs(ranker, 5)
     bundle = ModelBundle(retrieval, {"dim": 8, "max_len": 4, "layers": 1, "heads": 2,
                                      "dropout": 0.0},
                          ranker, {"n_dense": len(DENSE_FEATURES), "dim": 8, "experts": 2,
-                                  "expert_dim": 8})
+                                  "expert_dim": 8, "wide": wide})
     ranker.eval()
     before = ranker(x)
     again = ModelBundle.from_state(bundle.state())

@@ -38,6 +38,33 @@ def test_without_a_measurable_score_every_epoch_runs():
     assert rep.epochs == 3 and rep.best_epoch is None and final == weights[-1]
 
 
+def test_the_weight_average_is_what_is_evaluated_and_kept():
+    """SGD on loss = w with lr 1 moves w by -1 a step, so the raw weight after step t is
+    w0 - t; the average is checked against a step-by-step reference, and training must go on
+    from the raw weights after each epoch's evaluation, not from the average."""
+    model = torch.nn.Linear(1, 1, bias=False)
+    w0 = float(model.weight.detach())
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    seen = []
+
+    def evaluate(m, epoch):
+        seen.append(float(m.weight.detach()))
+        return {"score": float(epoch)}  # every epoch is a new best: no early stop
+
+    steps, decay = 7, 0.9
+    run_epochs(model, opt, epochs=3, steps_per_epoch=steps, batches=lambda e: [None] * steps,
+               loss=lambda _b: model.weight.sum(), report=EpochReport(), progress=False,
+               evaluate=evaluate, monitor="score", average=decay)
+    reference, average = [], w0
+    for t in range(1, 3 * steps + 1):
+        average += (1 - min(decay, (1 + t) / (10 + t))) * ((w0 - t) - average)
+        if t % steps == 0:
+            reference.append(average)
+    assert np.allclose(seen, reference, atol=1e-5)
+    assert abs(float(model.weight.detach()) - reference[-1]) < 1e-5
+    assert reference[-1] > w0 - 3 * steps + 1  # the average lags the raw weight
+
+
 def test_windows_cover_every_target_once():
     ends = np.array([1, 2, 5, 11])
     users, stops = _windows(ends, max_len=4)
