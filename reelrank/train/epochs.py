@@ -151,4 +151,4 @@ class WeightAverage:
             grown = p.detach().clone()
             if s.dim() == p.dim() and s.shape[1:] == p.shape[1:] and s.shape[0] <= p.shape[0]:
                 grown[:s.shape[0]] = s
-            s.set_(grown)
+            s.data = grown

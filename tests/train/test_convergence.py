@@ -139,3 +139,18 @@ def test_future_targets_draw_a_positive_from_the_coming_tokens():
                 assert got in {j % 10 for j in span}
                 seen.setdefault(i, set()).add(got)
     assert any(len(v) > 1 for v in seen.values())
+
+
+def test_the_weight_average_follows_a_table_that_grew():
+    from reelrank.train.epochs import WeightAverage
+
+    table = torch.nn.Embedding(3, 2)
+    average = WeightAverage(table, 0.9)
+    average.update()
+    before = average.shadow[0].clone()
+    table.weight.data = torch.cat([table.weight.data, torch.ones(2, 2)])  # two new rows
+    average.update()
+    kept = 1 - min(0.9, 3 / 12)  # the second step's weight
+    assert average.shadow[0].shape == (5, 2)
+    assert torch.allclose(average.shadow[0][:3], before + kept * (table.weight[:3].detach() - before))
+    assert torch.allclose(average.shadow[0][3:], torch.ones(2, 2))  # new rows: their own values
