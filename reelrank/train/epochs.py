@@ -143,6 +143,13 @@ class WeightAverage:
             p.copy_(s)
             s.copy_(tmp)
 
+    @torch.no_grad()
+    def copy_into(self, params: list[torch.Tensor]) -> None:
+        """Write the average into ``params``: a copy of the model's parameters, in its order."""
+        for p, s in zip(params, self.shadow):
+            self._follow(p, s)
+            p.copy_(s)
+
     @staticmethod
     def _follow(p: torch.Tensor, s: torch.Tensor) -> None:
         """An embedding table that grew (``DynamicEmbedding`` resizes its weight in place):

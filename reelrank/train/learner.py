@@ -41,6 +41,7 @@ from reelrank.models.embeddings import DynamicEmbedding
 from reelrank.models.losses import sampled_softmax_loss
 from reelrank.models.retrieval import encode_histories
 from reelrank.store.live import CatalogView
+from reelrank.train.epochs import WeightAverage
 from reelrank.train.ranker import WatchQuantiles, build_table, observe_context, pairwise_loss
 from reelrank.types import Item
 
@@ -86,6 +87,9 @@ class OnlineConfig:
     train_retrieval: bool = True
     history_len: int = 30  # the ranker's history (RankerConfig.history_len)
     quantile_views: int = 50_000  # recent views the watch-time quantiles are taken over
+    # Serve a moving average of the learner's weights over its steps (decay, ``WeightAverage``)
+    # instead of its latest weights; None: the latest.
+    average: float | None = None
     seed: int = 0
 
 
@@ -127,6 +131,12 @@ class OnlineLearner:
             self._retrieval_opt = _optimizer(self.cfg.optimizer, bundle.retrieval,
                                              self.cfg.retrieval_lr, self.cfg.dense_lr_scale,
                                              shared_share=self.cfg.retrieval_shared_lr_scale)
+        self._ranker_avg = self._retrieval_avg = None
+        if self.cfg.average:
+            if self._ranker_opt is not None:
+                self._ranker_avg = WeightAverage(bundle.ranker, self.cfg.average)
+            if self._retrieval_opt is not None:
+                self._retrieval_avg = WeightAverage(bundle.retrieval, self.cfg.average)
 
     # -- input ---------------------------------------------------------------------------------
     def observe(self, rows: Sequence[RankingRow]) -> None:
@@ -196,10 +206,14 @@ class OnlineLearner:
                     group["lr"] = 0.0 if frozen else lr * scale * group["share"]
         if self._ranker_opt is not None:
             report.ranker_loss = self._ranker_step(rows)
+            if self._ranker_avg is not None:
+                self._ranker_avg.update()
         if self._retrieval_opt is not None:
             report.retrieval_loss, report.retrieval_rows = self._retrieval_step(rows)
             if report.retrieval_rows:
                 self.retrieval_steps += 1
+                if self._retrieval_avg is not None:
+                    self._retrieval_avg.update()
         self.steps += 1
         self.rows_trained += len(rows)
         marker = self._vocab_marker()
@@ -339,20 +353,25 @@ class OnlineLearner:
         """A copy of the ranker for serving, with the given retrieval module (the learner's own
         modules keep changing, so they are never handed out)."""
         b = self.bundle
-        ranker = snapshot(b.ranker) if b.ranker is not None else None
+        ranker = snapshot(b.ranker, self._ranker_avg) if b.ranker is not None else None
         return ModelBundle(retrieval, dict(b.retrieval_kwargs), ranker, dict(b.ranker_kwargs),
                            dict(b.value_weights))
 
     def retrieval_snapshot(self):
-        return snapshot(self.bundle.retrieval) if self.bundle.retrieval is not None else None
+        if self.bundle.retrieval is None:
+            return None
+        return snapshot(self.bundle.retrieval, self._retrieval_avg)
 
 
-def snapshot(module: torch.nn.Module) -> torch.nn.Module:
-    """A deep copy in inference mode. The dynamic tables' vocabularies copy their containers of
-    ids shallowly (``IdVocabulary.__deepcopy__``: the ids are immutable), ten times faster than
-    ``deepcopy`` walking 100,000 ids (or a state_dict round trip)."""
+def snapshot(module: torch.nn.Module, average: WeightAverage | None = None) -> torch.nn.Module:
+    """A deep copy in inference mode, holding ``average``'s weights where one is given. The
+    dynamic tables' vocabularies copy their containers of ids shallowly
+    (``IdVocabulary.__deepcopy__``: the ids are immutable), ten times faster than ``deepcopy``
+    walking 100,000 ids (or a state_dict round trip)."""
     with torch.no_grad():
         copied = copy.deepcopy(module)
+        if average is not None:
+            average.copy_into([p for p in copied.parameters() if p.requires_grad])
     return copied.eval()
 
 

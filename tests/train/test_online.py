@@ -494,3 +494,30 @@ def test_online_retrieval_skips_viewers_with_short_histories(engine, world):
         learner.add(rows, ts)
         trained[least] = learner.step().retrieval_rows
     assert trained[0] > trained[6] > trained[50] == 0
+
+
+def test_serving_takes_the_average_of_the_learners_weights_when_asked(engine, world):
+    """With ``average``, the versions handed to serving hold the moving average of the
+    learner's weights: between the weights it started from and its latest ones."""
+    rows, ts = _settled_rows(engine, world)
+    bundle = ModelBundle.from_state(engine.models.current.bundle.state())
+    start = {k: v.clone() for k, v in bundle.retrieval.state_dict().items()
+             if torch.is_tensor(v) and v.is_floating_point()}
+    learner = OnlineLearner(bundle, engine.catalog,
+                            OnlineConfig(batch_size=512, retrieval_lr=1e-2, average=0.9))
+    for _ in range(3):
+        learner.add(rows, ts)
+        assert learner.step().retrieval_rows > 0
+    latest = bundle.retrieval.state_dict()
+    served = learner.retrieval_snapshot().state_dict()
+    moved = [k for k in start if start[k].shape == latest[k].shape
+             and not torch.equal(start[k], latest[k])]
+    assert moved
+    for k in moved:
+        assert not torch.equal(served[k], latest[k])  # not the latest weights ...
+        gap = (latest[k] - start[k]).abs().sum()
+        assert (served[k] - start[k]).abs().sum() < gap  # ... nearer where it started
+        assert (latest[k] - served[k]).abs().sum() < gap
+    ranker = learner.serving_bundle().ranker.state_dict()
+    assert any(not torch.equal(ranker[k], v) for k, v in bundle.ranker.state_dict().items()
+               if torch.is_tensor(v) and v.is_floating_point())
