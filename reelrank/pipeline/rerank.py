@@ -38,14 +38,14 @@ class RerankResult:
     notes: dict[str, list[str]]  # item_id -> what the re-ranker did to it
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Row:
     scored: Scored
-    creator: str | None
-    sound: str | None
-    topic: str | None
     explore: bool
     new_creator: bool
+    # (creator, sound, topic): read from the catalog when a rule first looks at the item
+    # (``DiversityReranker._facts``). A page of 10 looks at a few dozen of ~300 candidates.
+    facts: tuple[str | None, str | None, str | None] | None = None
 
 
 class DiversityReranker:
@@ -93,13 +93,13 @@ class DiversityReranker:
         its scored reasons."""
         ordered = sorted(scored, key=lambda s: (-s.score, s.item_id))
         if rows is None:
-            pool = [self._row(ctx, s) for s in ordered]
+            pool = [_row(s) for s in ordered]
         else:
             pool = []
             for s in ordered:
                 row = rows.get(s.item_id)
                 if row is None or row.scored is not s:
-                    row = rows[s.item_id] = self._row(ctx, s)
+                    row = rows[s.item_id] = _row(s)
                 pool.append(row)
         notes: dict[str, list[str]] = {}
         if ctx.mode == "following":
@@ -111,7 +111,7 @@ class DiversityReranker:
             slot = len(out) + 1
             want_explore = explored < round(slot * self.exploration_share + 1e-9)
             want_new = new_creators < round((explored + 1) * self.new_creator_share + 1e-9)
-            idx = self._pick(pool, before + out, notes, want_explore, want_new)
+            idx = self._pick(ctx, pool, before + out, notes, want_explore, want_new)
             if idx is None:
                 break
             row = pool.pop(idx)
@@ -124,8 +124,8 @@ class DiversityReranker:
                 notes[left.scored.item_id].append("left for a later page")
         return RerankResult([r.scored for r in out], notes)
 
-    def _pick(self, pool: list[_Row], placed: list[_Row], notes: dict[str, list[str]],
-              want_explore: bool, want_new: bool) -> int | None:
+    def _pick(self, ctx: FeedContext, pool: list[_Row], placed: list[_Row],
+              notes: dict[str, list[str]], want_explore: bool, want_new: bool) -> int | None:
         """Index in ``pool`` of the item for the next slot, noting why better-scored items
         were passed over."""
         if want_explore:
@@ -133,7 +133,7 @@ class DiversityReranker:
             for group in groups if want_new else groups[1:]:
                 for relax in range(3):
                     for row in group:
-                        if not self._blocked(row, placed, relax):
+                        if not self._blocked(ctx, row, placed, relax):
                             idx = pool.index(row)
                             if idx > 0:
                                 _note(notes, row, "moved up: an exploration slot "
@@ -141,7 +141,7 @@ class DiversityReranker:
                             return idx
         for relax in range(3):
             for idx, row in enumerate(pool):
-                why = self._blocked(row, placed, relax)
+                why = self._blocked(ctx, row, placed, relax)
                 if why is None:
                     if relax:
                         _note(notes, row, "placed although "
@@ -152,31 +152,34 @@ class DiversityReranker:
                     _note(notes, row, f"moved down: {why}")
         return None
 
-    def _blocked(self, row: _Row, placed: list[_Row], relax: int) -> str | None:
+    def _blocked(self, ctx: FeedContext, row: _Row, placed: list[_Row],
+                 relax: int) -> str | None:
         """Why ``row`` may not come next (``None``: it may). ``relax`` 1 drops the topic rule,
-        2 the sound rule too; the creator rule always holds."""
+        2 the sound rule too; the creator rule always holds. Rows in ``placed`` passed here
+        before, so their facts are read already."""
+        creator, sound, topic = row.facts or self._facts(ctx, row)
         k = self.max_creator_run
-        if k is not None and row.creator is not None and len(placed) >= k and all(
-                p.creator == row.creator for p in placed[-k:]):
+        if k is not None and creator is not None and len(placed) >= k and all(
+                p.facts[0] == creator for p in placed[-k:]):  # type: ignore[index]
             return f"same creator as the {k} item(s) before it"
         k = self.max_sound_run
-        if relax < 2 and k is not None and row.sound is not None and len(placed) >= k and all(
-                p.sound == row.sound for p in placed[-k:]):
+        if relax < 2 and k is not None and sound is not None and len(placed) >= k and all(
+                p.facts[1] == sound for p in placed[-k:]):  # type: ignore[index]
             return f"same sound as the {k} item(s) before it"
         cap = self.max_per_topic
-        if relax < 1 and cap is not None and row.topic is not None:
+        if relax < 1 and cap is not None and topic is not None:
             recent = placed[-(self.topic_window - 1):]
-            if sum(p.topic == row.topic for p in recent) >= cap:
-                return (f"{self.topics.label(row.topic)} already fills {cap} of the last "
+            if sum(p.facts[2] == topic for p in recent) >= cap:  # type: ignore[index]
+                return (f"{self.topics.label(topic)} already fills {cap} of the last "
                         f"{self.topic_window} slots")
         return None
 
     # -- per-item facts ---------------------------------------------------------------------------
-    def _row(self, ctx: FeedContext, s: Scored) -> _Row:
-        item = ctx.catalog.get(s.item_id)
-        codes = {r.code for r in s.reasons} | {r.code for r in s.candidate.reasons}
-        return _Row(s, item.creator_id if item else None, item.sound_id if item else None,
-                    self.topics.of(item), bool(codes & EXPLORATION_CODES), NEW_CREATOR in codes)
+    def _facts(self, ctx: FeedContext, row: _Row) -> tuple[str | None, str | None, str | None]:
+        item = ctx.catalog.get(row.scored.item_id)
+        row.facts = (item.creator_id if item else None, item.sound_id if item else None,
+                     self.topics.of(item))
+        return row.facts
 
     def _served_tail(self, ctx: FeedContext) -> list[_Row]:
         """The last items sent to this viewer: the runs and the topic window continue from
@@ -190,8 +193,9 @@ class DiversityReranker:
         rows = []
         for item_id in tail:
             item = ctx.catalog.get(item_id)
-            rows.append(_Row(None, item.creator_id if item else None,  # type: ignore[arg-type]
-                             item.sound_id if item else None, self.topics.of(item), False, False))
+            rows.append(_Row(None, False, False,  # type: ignore[arg-type]
+                             (item.creator_id if item else None,
+                              item.sound_id if item else None, self.topics.of(item))))
         return rows
 
 
@@ -205,6 +209,19 @@ class SpacingReranker(DiversityReranker):
 
     def _served_tail(self, ctx: FeedContext) -> list[_Row]:
         return []  # v0 behaviour: each page on its own
+
+
+def _row(s: Scored) -> _Row:
+    """A scored item's row: whether exploration proposed it (and for a new creator); its
+    catalog facts wait until a rule needs them."""
+    explore = new_creator = False
+    for reasons in ((s.reasons,) if s.reasons is s.candidate.reasons
+                    else (s.reasons, s.candidate.reasons)):
+        for r in reasons:
+            if r.code in EXPLORATION_CODES:
+                explore = True
+                new_creator = new_creator or r.code == NEW_CREATOR
+    return _Row(s, explore, new_creator)
 
 
 def _note(notes: dict[str, list[str]], row: _Row, text: str) -> None:
