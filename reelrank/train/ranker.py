@@ -58,7 +58,13 @@ class RankerConfig:
     # of meeting an all-zero context for the first time at serving (``POST /v1/rank`` with no
     # traffic source, say).
     context_dropout: float = 0.0
-    item_id: bool = True  # the video's own learned vector beside its content (else content only)
+    # The video's own learned vector beside its content (else content only). Off: a vector
+    # learned for each video over the training days ages over the days served after them. As
+    # `reelrank train` trains, with the linear part and the average on, KuaiRand's 3-day split
+    # (cut-off 04-28, 3 seeds) gives long-view head 0.6995 -> 0.7047, like 0.6523 -> 0.6597
+    # without it; the 2-day split (cut-off 04-29) is even (0.6995 / 0.6968 -> 0.6996 / 0.6942)
+    # (benchmarks/results/ranker-wide-average.md).
+    item_id: bool = False
     dropout: float = 0.0  # on the network's hidden layers
     # A linear part per task beside the network, over the request's context and the dense
     # counters, and the weights kept being a moving average over the training steps (decay
