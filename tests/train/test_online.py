@@ -392,8 +392,12 @@ def test_registry_versions_link_unchanged_retrieval_and_load_as_published(engine
     ranked = engine.rank(viewer_id, [it.item_id for it in world.items[:20]])
     engine.models.current = dataclasses.replace(engine.models.current, bundle=fresh)
     again = engine.rank(viewer_id, [it.item_id for it in world.items[:20]])
-    assert [(s.item_id, round(s.score, 5)) for s in ranked.items] == \
-        [(s.item_id, round(s.score, 5)) for s in again.items]
+    # The same scores up to float32 rounding (the served set reuses cached tower outputs):
+    # compared with a tolerance, not rounded, so a score on a rounding boundary cannot flake.
+    first = {s.item_id: s.score for s in ranked.items}
+    second = {s.item_id: s.score for s in again.items}
+    assert first.keys() == second.keys()
+    assert all(abs(first[i] - second[i]) <= 1e-5 for i in first), (first, second)
 
 
 def test_a_swapped_out_version_is_freed_without_the_cyclic_collector(engine):
