@@ -44,14 +44,14 @@ class RankerConfig:
     # Weight of a pairwise loss between rows of the same viewer (the feed orders one viewer's
     # candidates). Chosen where a server ranks: with the live state following every event
     # (benchmarks/results/served-days.md). On KuaiRand's four test days, requests carrying
-    # their context, it lifts the long-view head's GAUC from 0.606 to 0.661 and the like
-    # head's from 0.605 to 0.634; without it the live state's fresh features make the heads
-    # worse than the cut-off's stale ones. Its cost: the heads are no longer calibrated across
-    # viewers (AUC 0.69 -> 0.55), and the served feed's Recall@50 of the day's long views
-    # falls by 0.004 (0.198 -> 0.195). Ranked from the cut-off's state alone (no test event
-    # in the live state, as ``reelrank eval`` ranks) it lowers the heads instead (long view
-    # 0.636 -> 0.620, like 0.655 -> 0.624, with context), which is why that protocol, not
-    # how a server serves, had it off.
+    # their context, a ranker trained one epoch: it lifts the long-view head's GAUC from 0.606
+    # to 0.661 and the like head's from 0.605 to 0.634; without it the live state's fresh
+    # features make the heads worse than the cut-off's stale ones. Its cost: the heads are no
+    # longer calibrated across viewers (AUC 0.69 -> 0.55), and the served feed's Recall@50 of
+    # the day's long views falls by 0.004 (0.198 -> 0.195). Ranked from the cut-off's state
+    # alone (no test event in the live state, as ``reelrank eval`` ranks) it lowers the heads
+    # instead (long view 0.636 -> 0.620, like 0.655 -> 0.624, with context), which is why that
+    # protocol, not how a server serves, had it off.
     pairwise_weight: float = 3.0
     # Share of training rows whose each context field (device, region, source) is hidden, as
     # a request that does not send it: the network then knows what "unknown" looks like instead
