@@ -78,7 +78,7 @@ def labels_of(registry, version, items):
     model = TopicModel.from_meta(art.meta["topics"])
     retrieval = ModelBundle.from_state(art.state).retrieval
     vectors = item_vectors(retrieval, items)
-    return model, model.labels(vectors, [it.item_id for it in items]), vectors
+    return model, model.labels(vectors, {it.item_id: r for r, it in enumerate(items)}), vectors
 
 
 def baseline(x: np.ndarray, k: int, seed: int) -> np.ndarray:

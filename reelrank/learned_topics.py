@@ -36,7 +36,7 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -119,14 +119,14 @@ class TopicModel:
             return np.full(len(vectors), -1, dtype=np.int64)
         return self._ids[np.argmax(unit(vectors) @ self.centroids.T, axis=1)]
 
-    def labels(self, vectors: np.ndarray, item_ids: Sequence[str]) -> np.ndarray:
-        """The topic id of each video: ``assign``, then the videos that kept their topic."""
+    def labels(self, vectors: np.ndarray, rows: Mapping[str, int]) -> np.ndarray:
+        """The topic id of each video (``rows``: item id -> its row of ``vectors``): ``assign``,
+        then the videos that kept their topic (a walk over those few, not the catalog)."""
         out = self.assign(vectors)
-        if self.kept:
-            for r, item_id in enumerate(item_ids):
-                topic = self.kept.get(item_id)
-                if topic is not None:
-                    out[r] = topic
+        for item_id, topic in self.kept.items():
+            r = rows.get(item_id)
+            if r is not None and r < len(out):
+                out[r] = topic
         return out
 
     def to_meta(self) -> dict:

@@ -116,7 +116,7 @@ def test_a_video_near_a_border_keeps_its_topic_across_a_retrain():
     assert np.array_equal(np.delete(ids2, j), np.delete(ids3, j))
     # What serving and the next retrain read: the centroids, then the kept videos.
     again = TopicModel.from_meta(sticky.to_meta())
-    assert np.array_equal(again.labels(x2, [it.item_id for it in items]), ids2)
+    assert np.array_equal(again.labels(x2, {it.item_id: r for r, it in enumerate(items)}), ids2)
     assert again.assign(x2)[j] == first.topics[1].id
 
 

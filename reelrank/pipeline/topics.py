@@ -166,7 +166,7 @@ class LearnedTopics:
             labels = prev.labels  # a ranker-only version: the same item vectors
         elif (vectors is not None and len(model)
                 and vectors.shape[1] == model.centroids.shape[1]):
-            labels = model.labels(vectors.numpy(), m.item_ids)
+            labels = model.labels(vectors.numpy(), m.item_index)
         else:
             labels = None
         return _Current(m, m.version, carried_by, model, labels, meta)

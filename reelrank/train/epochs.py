@@ -122,7 +122,7 @@ class WeightAverage:
     def __init__(self, model: torch.nn.Module, decay: float):
         if not 0.0 < decay < 1.0:
             raise ValueError(f"average must be in (0, 1), got {decay}")
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.params = _trainable(model)
         self.shadow = [p.detach().clone() for p in self.params]
         self.decay = decay
         self.steps = 0
@@ -144,9 +144,9 @@ class WeightAverage:
             s.copy_(tmp)
 
     @torch.no_grad()
-    def copy_into(self, params: list[torch.Tensor]) -> None:
-        """Write the average into ``params``: a copy of the model's parameters, in its order."""
-        for p, s in zip(params, self.shadow):
+    def copy_into(self, copy: torch.nn.Module) -> None:
+        """Write the average into ``copy``, a copy of the averaged model."""
+        for p, s in zip(_trainable(copy), self.shadow):
             self._follow(p, s)
             p.copy_(s)
 
@@ -159,3 +159,8 @@ class WeightAverage:
             if s.dim() == p.dim() and s.shape[1:] == p.shape[1:] and s.shape[0] <= p.shape[0]:
                 grown[:s.shape[0]] = s
             s.data = grown
+
+
+def _trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters an average covers, in the model's order."""
+    return [p for p in model.parameters() if p.requires_grad]

@@ -371,7 +371,7 @@ def snapshot(module: torch.nn.Module, average: WeightAverage | None = None) -> t
     with torch.no_grad():
         copied = copy.deepcopy(module)
         if average is not None:
-            average.copy_into([p for p in copied.parameters() if p.requires_grad])
+            average.copy_into(copied)
     return copied.eval()
 
 

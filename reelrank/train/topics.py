@@ -55,7 +55,7 @@ def previous_labels(registry, items: Sequence[Item]) -> tuple[str, TopicModel, n
     if retrieval is None:
         return None
     return latest, model, model.labels(item_vectors(retrieval, items),
-                                       [it.item_id for it in items])
+                                       {it.item_id: r for r, it in enumerate(items)})
 
 
 def learn_version_topics(retrieval: TwoTower, items: Sequence[Item], registry=None,
