@@ -9,6 +9,9 @@ run.
 
     python benchmarks/retrieval_options.py beauty:PATH/TO/beauty.txt '{"dropout": 0.5}'
     python benchmarks/retrieval_options.py kuairand:PATH/TO/kuairand-pure '{"dropout": 0.5}'
+
+A third and fourth argument set KuaiRand's cut-off and test days (a validation split that holds
+no test day: ``... '{}' 2022-04-29 2``).
 """
 import dataclasses
 import json
@@ -27,13 +30,16 @@ cfg.ranker = dataclasses.replace(cfg.ranker, epochs=0)  # retrieval alone is mea
 cfg.retrieval = dataclasses.replace(cfg.retrieval, time_budget_s=None, **over)
 t = time.time()
 ds = load_dataset(spec)
-split = (temporal_split(ds, "2022-05-01", None, None, 0) if spec.startswith("kuairand:")
+cutoff = sys.argv[3] if len(sys.argv) > 3 else "2022-05-01"
+test_days = int(sys.argv[4]) if len(sys.argv) > 4 else None
+split = (temporal_split(ds, cutoff, test_days, None, 0) if spec.startswith("kuairand:")
          else leave_one_out_split(ds, None, 0))
 result = harness.evaluate("reelrank", lambda: NeuralRecommender(cfg, view="retrieval"), split,
                           seed=0).as_dict()
 tm = result["settings"]["train_metrics"]
 print(json.dumps({
-    "over": over, **{k: round(v, 4) if isinstance(v, float) else v
+    "over": over, "split": (cutoff, test_days) if spec.startswith("kuairand:") else "loo",
+    **{k: round(v, 4) if isinstance(v, float) else v
                      for k, v in (result["metrics"].get("next_item")
                                   or result["metrics"].get("retrieval") or {}).items()},
     "train_seconds": result["fit_seconds"], "epochs": tm.get("retrieval_epochs"),

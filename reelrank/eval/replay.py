@@ -260,7 +260,8 @@ def replay_trained(split: TemporalSplit, cfg: TrainedReplayConfig | None = None,
             engine.store.close()
         report["train"] = {"version": result.version, "seconds": round(
             time.perf_counter() - started, 1), "rows": result.metrics.get("rows_train"),
-            "ranker_epochs": result.metrics.get("ranker_epochs")}
+            "ranker_epochs": result.metrics.get("ranker_epochs"),
+            "ranker_holdout_by_epoch": result.metrics.get("ranker_holdout_by_epoch")}
         runs: dict = {}
         scores_of: dict = {}
         heads_of: dict = {}

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from reelrank.models.embeddings import DynamicEmbedding
@@ -212,22 +213,37 @@ def _last_real(pad: torch.Tensor) -> torch.Tensor:
 
 
 class TwoTower(nn.Module):
-    """The retrieval model: score(user, item) = <user vector, item vector>."""
+    """The retrieval model: score(user, item) = <user vector, item vector>.
+
+    With ``temperature`` the two vectors are unit length scaled by 1 / sqrt(temperature), so
+    the score is their cosine / temperature: a vector's length no longer carries how often its
+    video was watched (the served score adds popularity as its own prior), and the temperature
+    sets how sharp the softmax over the catalog is. None: the plain inner product."""
 
     def __init__(self, dim: int = 64, max_len: int = 50, layers: int = 2, heads: int = 2,
                  dropout: float = 0.2, min_count: int = 1, use_content: bool = True,
-                 content_fields: Sequence[str] = ("creator", "sound", "tags", "duration", "words")):
+                 content_fields: Sequence[str] = ("creator", "sound", "tags", "duration", "words"),
+                 temperature: float | None = None):
         super().__init__()
+        if temperature is not None and temperature <= 0:
+            raise ValueError("temperature must be > 0")
         self.items = ItemTower(dim, min_count=min_count, use_content=use_content,
                                content_fields=content_fields)
         self.users = UserTower(dim, max_len, layers, heads, dropout)
+        self.temperature = temperature
+
+    def scaled(self, v: torch.Tensor) -> torch.Tensor:
+        """A tower's output as the score reads it (see ``temperature``)."""
+        if self.temperature is None:
+            return v
+        return F.normalize(v, dim=-1) * self.temperature ** -0.5
 
     def item_vectors(self, x: ItemInputs) -> torch.Tensor:
-        return self.items(x)  # (N, D)
+        return self.scaled(self.items(x))  # (N, D)
 
     def user_vectors(self, h: HistoryInputs, item_vectors: torch.Tensor) -> torch.Tensor:
         """The user's vector after the last event of each history: (B, D)."""
-        return self.users(h, item_vectors)[:, -1, :]
+        return self.scaled(self.users(h, item_vectors)[:, -1, :])
 
 
 _NO_FLAGS = [0.0] * len(FLAGS)

@@ -212,10 +212,14 @@ def _train_ranker(cfg: TrainConfig, items, item_index, rows, train_rows, test_ro
     rep = train_ranker(ranker, catalog, table, cfg.ranker, progress=progress,
                        on_progress=on_progress, evaluate=evaluate, monitor=monitor)
     seconds = rep.seconds
-    if rep.evals:
-        best = next((e for e in rep.evals if e["epoch"] == rep.best_epoch), rep.evals[-1])
-        out["ranker_holdout"] = best["tasks"]
     epochs = rep.best_epoch or rep.epochs
+    if rep.evals:
+        out["ranker_holdout_by_epoch"] = [
+            {"epoch": e["epoch"], "gauc": _round(e["gauc"]),
+             **{t: e["tasks"][t]["gauc"] for t in ("long_view", "like") if t in e["tasks"]}}
+            for e in rep.evals]
+        best = next((e for e in rep.evals if e["epoch"] == epochs), rep.evals[-1])
+        out["ranker_holdout"] = best["tasks"]
     out["ranker_epochs"] = epochs  # kept: the refit on every row runs this many
     out["ranker_epochs_run"] = rep.epochs  # run on the first fit, patience included
     if cfg.refit and fit_rows is train_rows and len(rows) > len(train_rows):
@@ -235,7 +239,7 @@ def _train_ranker(cfg: TrainConfig, items, item_index, rows, train_rows, test_ro
 def _kwargs(c: RetrievalConfig) -> dict:
     return {"dim": c.dim, "max_len": c.max_len, "layers": c.layers, "heads": c.heads,
             "dropout": c.dropout, "use_content": c.use_content,
-            "content_fields": list(c.content_fields)}
+            "content_fields": list(c.content_fields), "temperature": c.temperature}
 
 
 def _ranker_metrics_table(ranker, catalog, table) -> dict:

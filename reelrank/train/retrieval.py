@@ -77,6 +77,8 @@ class RetrievalConfig:
     # (1: the next token only). A feed is judged over the viewer's coming sessions, not their
     # very next video: a wider window trains for that horizon (a "dense all-action" target).
     future_targets: int = 1
+    # Cosine scores over a temperature (``TwoTower``); None: the plain inner product.
+    temperature: float | None = None
     # What the popularity prior's weight is chosen on: "ndcg@10" (the next video near the top)
     # or "tail_recall@50"; pages of 50+ have their own weight, chosen on "tail_recall@50".
     popularity_criterion: str = "ndcg@10"
@@ -87,7 +89,8 @@ class RetrievalConfig:
 
     def model(self) -> TwoTower:
         return TwoTower(self.dim, self.max_len, self.layers, self.heads, self.dropout,
-                        use_content=self.use_content, content_fields=self.content_fields)
+                        use_content=self.use_content, content_fields=self.content_fields,
+                        temperature=self.temperature)
 
 
 @dataclass
@@ -314,7 +317,7 @@ def _full_loss(model: TwoTower, catalog: ItemInputs, h: HistoryInputs, targets: 
     """Cross-entropy of each target over the whole catalog."""
     vec = model.item_vectors(catalog)  # (I, D)
     out = model.users(h, vec)  # (B, L, D)
-    return full_softmax_loss(out[valid], vec, targets[valid])
+    return full_softmax_loss(model.scaled(out[valid]), vec, targets[valid])
 
 
 def _length_buckets(users: np.ndarray, lengths: np.ndarray, batch_size: int,
@@ -340,7 +343,7 @@ def _step_loss(model: TwoTower, catalog: ItemInputs, h: HistoryInputs, targets: 
     local = HistoryInputs(torch.where(h.items >= 0, where[h.items.clamp(min=0)], h.items),
                           h.view, h.flags, h.gap)
     out = model.users(local, vec)  # (B, L, D)
-    u = out[valid]  # (N, D)
+    u = model.scaled(out[valid])  # (N, D)
     cand_ids = torch.cat([positives, negs])  # (C,)
     cand_vec = vec[where[cand_ids]]  # (C, D)
     target_idx = torch.searchsorted(positives, targets[valid])  # (N,) index into positives

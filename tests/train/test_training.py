@@ -41,6 +41,10 @@ def test_training_is_deterministic_and_publishes(world_store, tmp_path):
     assert a.metrics["rows_holdout"] > 0 and a.metrics["rows_train"] > a.metrics["rows_holdout"]
     # Epochs run on the held-out fit, and kept for the refit on every row (one epoch here).
     assert a.metrics["ranker_epochs_run"] == a.metrics["ranker_epochs"] == 1
+    # The held-out GAUC of every epoch run, the kept one's as ``ranker_holdout`` says.
+    (first,) = a.metrics["ranker_holdout_by_epoch"]
+    assert first["epoch"] == 1
+    assert first["long_view"] == a.metrics["ranker_holdout"]["long_view"]["gauc"]
     meta = registry.meta(a.version)
     assert meta["metrics"]["events"] == world_store.count_events()
 
