@@ -237,9 +237,12 @@ def _train_ranker(cfg: TrainConfig, items, item_index, rows, train_rows, test_ro
 
 
 def _kwargs(c: RetrievalConfig) -> dict:
-    return {"dim": c.dim, "max_len": c.max_len, "layers": c.layers, "heads": c.heads,
-            "dropout": c.dropout, "use_content": c.use_content,
-            "content_fields": list(c.content_fields), "temperature": c.temperature}
+    kwargs = {"dim": c.dim, "max_len": c.max_len, "layers": c.layers, "heads": c.heads,
+              "dropout": c.dropout, "use_content": c.use_content,
+              "content_fields": list(c.content_fields)}
+    if c.temperature is not None:  # absent otherwise: versions stay readable by older builds
+        kwargs["temperature"] = c.temperature
+    return kwargs
 
 
 def _ranker_metrics_table(ranker, catalog, table) -> dict:

@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+import torch
 
 from reelrank.engine import Engine
 from reelrank.eval.simulator import build_world, generate_history
@@ -226,3 +227,21 @@ def test_a_ranker_only_version_reuses_the_catalog_work_until_the_catalog_changes
     assert third.item_ids is not first.item_ids and "late" in third.item_index
     ranked = engine.rank("u1", ["late", first.item_ids[0]])
     assert {s.item_id for s in ranked.items} == {"late", first.item_ids[0]}
+
+
+def test_a_retrieval_temperature_is_published_with_the_version(world_store, tmp_path):
+    from dataclasses import replace
+
+    from reelrank.models.bundle import ModelBundle
+
+    registry = ModelRegistry(tmp_path / "models")
+    cfg = replace(TINY, retrieval=replace(TINY.retrieval, temperature=0.1), topics=None)
+    version = train_from_store(world_store, registry, cfg, progress=False).version
+    bundle = ModelBundle.from_state(registry.load(version).state)
+    assert bundle.retrieval.temperature == 0.1
+    engine = Engine(world_store, registry=registry, index_kind="exact").load()
+    vectors = engine.models.current.item_vectors
+    assert torch.allclose(vectors.norm(dim=1), torch.full((len(vectors),), 10 ** 0.5), atol=1e-3)
+    # A version trained without one says nothing of it: older builds read it as before.
+    plain = train_from_store(world_store, registry, replace(TINY, topics=None), progress=False)
+    assert "temperature" not in registry.load(plain.version).state["retrieval_kwargs"]
