@@ -151,7 +151,7 @@ def train_from_store(store: CatalogReader | EventReader, registry: ModelRegistry
     report(0.95)
 
     bundle = ModelBundle(
-        retrieval=retrieval, retrieval_kwargs=_kwargs(cfg.retrieval), ranker=ranker,
+        retrieval=retrieval, retrieval_kwargs=cfg.retrieval.model_kwargs(), ranker=ranker,
         ranker_kwargs={"n_dense": len(DENSE_FEATURES), "dim": cfg.ranker.dim,
                        "experts": cfg.ranker.experts, "expert_dim": cfg.ranker.expert_dim,
                        "use_item_id": cfg.ranker.item_id, "wide": cfg.ranker.wide},
@@ -234,15 +234,6 @@ def _train_ranker(cfg: TrainConfig, items, item_index, rows, train_rows, test_ro
         out["ranker_refit_rows"] = len(rows)
     out["ranker_train_seconds"] = round(seconds, 1)
     return ranker, out
-
-
-def _kwargs(c: RetrievalConfig) -> dict:
-    kwargs = {"dim": c.dim, "max_len": c.max_len, "layers": c.layers, "heads": c.heads,
-              "dropout": c.dropout, "use_content": c.use_content,
-              "content_fields": list(c.content_fields)}
-    if c.temperature is not None:  # absent otherwise: versions stay readable by older builds
-        kwargs["temperature"] = c.temperature
-    return kwargs
 
 
 def _ranker_metrics_table(ranker, catalog, table) -> dict:

@@ -87,10 +87,17 @@ class RetrievalConfig:
     co_engagement: bool = True
     trending: bool = True
 
+    def model_kwargs(self) -> dict:
+        """The model's arguments, as a published version records them."""
+        kwargs = {"dim": self.dim, "max_len": self.max_len, "layers": self.layers,
+                  "heads": self.heads, "dropout": self.dropout, "use_content": self.use_content,
+                  "content_fields": list(self.content_fields)}
+        if self.temperature is not None:  # absent otherwise: versions stay readable by older builds
+            kwargs["temperature"] = self.temperature
+        return kwargs
+
     def model(self) -> TwoTower:
-        return TwoTower(self.dim, self.max_len, self.layers, self.heads, self.dropout,
-                        use_content=self.use_content, content_fields=self.content_fields,
-                        temperature=self.temperature)
+        return TwoTower(**self.model_kwargs())
 
 
 @dataclass
