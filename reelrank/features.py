@@ -9,6 +9,7 @@ The rows come from replaying events through a live state and the impression-outc
 from __future__ import annotations
 
 import math
+from array import array
 import operator
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -208,7 +209,9 @@ class RowStream:
         self.joiner = Joiner(lambda i: catalog.get(i).duration_ms if catalog.get(i) else None,
                              window_ms, settle_ms=settle_ms, imply=implied)
         self._pending: dict[tuple[str, str, int], tuple[list[float], tuple[Token, ...]]] = {}
-        # Inputs of rows emitted early, kept while a late outcome may still correct them.
+        # Inputs of rows emitted early, kept while a late outcome may still correct them: the
+        # dense features as an ``array('d')`` (8 bytes a value, exact) rather than a list of
+        # float objects (32), since the trainer keeps thousands of them (``train.budget``).
         self._emitted: OrderedDict[tuple[str, str, int], tuple] = OrderedDict()
 
     def add(self, event: Event, interests: bool = True) -> list[RankingRow]:
@@ -245,16 +248,19 @@ class RowStream:
         for ex in closed:
             key = (ex.user_id, ex.item_id, ex.ts)
             got = self._pending.pop(key, None)
-            if got is None and ex.revision:
-                got = self._emitted.get(key)
-            if got is None and ex.implied:
-                got = (None, ())
-            if got is None:
-                continue
-            if early:
-                self._emitted[key] = got
+            if got is not None:
+                dense, history = got
+                if early:
+                    self._emitted[key] = (None if dense is None else array("d", dense), history)
+                    self._emitted.move_to_end(key)
+            elif ex.revision and (kept := self._emitted.get(key)) is not None:
+                dense, history = (None if kept[0] is None else kept[0].tolist()), kept[1]
                 self._emitted.move_to_end(key)
-            out.append(RankingRow(ex, got[0], got[1], (ex.ts // 3_600_000) % 24))
+            elif ex.implied:
+                dense, history = None, ()
+            else:
+                continue
+            out.append(RankingRow(ex, dense, history, (ex.ts // 3_600_000) % 24))
         if early:
             horizon = self.joiner.clock - self.joiner.window_ms
             while self._emitted and next(iter(self._emitted))[2] < horizon:

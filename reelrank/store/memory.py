@@ -81,17 +81,18 @@ class MemoryLiveState:
 
     ``co_engagement=False`` leaves out the item-to-item graph, which only serving's candidate
     source reads (the online trainer's state: the graph grows with pairs of videos); the
-    viewer's own recent positives are kept, so each viewer's state is the same either way."""
+    viewer's own recent positives are kept, so each viewer's state is the same either way.
+    ``viewer_history=False`` leaves out viewers' ``history`` and ``seen`` (``train.budget``)."""
 
     def __init__(self, catalog: live.Catalog, *, trending_window_ms: int = DAY_MS,
                  co_engagement_span: int = 10, served_memory: int = 500,
                  trending_refresh_events: int = 1000,
                  trending_refresh_seconds: float = 2.0,
                  background_refresh: bool = False,
-                 max_feed_only_viewers: int = 10_000,
+                 max_feed_only_viewers: int = 10_000, viewer_history: bool = True,
                  co_engagement: bool = True, max_viewers: int | None = None) -> None:
         self.catalog = catalog
-        self.co_engagement = co_engagement
+        self.co_engagement, self.viewer_history = co_engagement, viewer_history
         self.trending_window_ms = trending_window_ms
         self.co_engagement_span = co_engagement_span
         self.served_memory = served_memory
@@ -138,7 +139,8 @@ class MemoryLiveState:
                          trending_refresh_seconds=self.trending_refresh_seconds,
                          background_refresh=self.background_refresh,
                          max_feed_only_viewers=self.max_feed_only_viewers,
-                         co_engagement=self.co_engagement, max_viewers=self.max_viewers)
+                         co_engagement=self.co_engagement, max_viewers=self.max_viewers,
+                         viewer_history=self.viewer_history)
 
     # -- writes ---------------------------------------------------------------------------------
     def apply(self, event: Event, interests: bool = True) -> None:
@@ -174,23 +176,21 @@ class MemoryLiveState:
             t = event.type
             u.counts[t] += 1
             u.last_ts = max(u.last_ts, event.ts)
-            if event.region:
-                u.region = event.region
-            if event.device:
-                u.device = event.device
+            u.region, u.device = event.region or u.region, event.device or u.device
+            if self.viewer_history and t in ("impression", "play", "skip", "rewatch"):
+                u.seen.add(iid)  # the feed's filter: the trainer's state has no use for it
             if t == "impression":
-                u.seen.add(iid)
                 s.impressions += 1
                 self._creator_impressions[item.creator_id] += 1
                 return  # an impression says nothing about taste yet
             if interests:
                 assert isinstance(u.history, deque) and isinstance(u.tokens, deque)  # grown
-                u.history.append(HistoryEntry(iid, t, event.ts, event.watch_ms, ratio))
+                if self.viewer_history:
+                    u.history.append(HistoryEntry(iid, t, event.ts, event.watch_ms, ratio))
                 _update_tokens(u.tokens, event, iid, ratio,
                                is_long_view(event.watch_ms, item.duration_ms))
             signal = ENGAGEMENT_WEIGHTS.get(t, 0.0)
             if t in ("play", "skip", "rewatch"):
-                u.seen.add(iid)
                 s.views += 1
                 if event.watch_ms:
                     day = event.ts // DAY_MS
@@ -340,11 +340,9 @@ class MemoryLiveState:
             u = self._users.get(user_id)
             if u is None:
                 return
-            for name in ("history", "tokens", "positives"):
-                getattr(u, name).clear()
-            for name in ("creator_affinity", "hashtag_affinity", "hashtag_long_views",
-                         "creator_long_views", "length_views", "length_long_views",
-                         "topic_views", "topic_long_views"):
+            for name in ("history", "tokens", "positives", "creator_affinity", "hashtag_affinity",
+                         "hashtag_long_views", "creator_long_views", "length_views",
+                         "length_long_views", "topic_views", "topic_long_views"):
                 getattr(u, name).clear()
             self._version += 1
 

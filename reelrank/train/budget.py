@@ -11,10 +11,12 @@ load: benchmarks/results/soak.md):
   events and the catalog alone);
 - what the impression-outcome join keeps after an example closed early, so that a late
   outcome can correct it (``Joiner._done`` and ``RowStream._emitted``), for a whole window
-  (an hour): at 30 impressions/s that is 100,000 examples and their inputs, at about 2 KB
-  each some 200 MB. ``trim_join_memory`` keeps the newest ``late_memory`` (10,000 by default,
-  six minutes at that rate): a late outcome for an older one is counted as unattributed, and
-  the example stays learned with the labels it had when it closed;
+  (an hour): at 30 impressions/s that is 100,000 examples and their inputs, at 1.2 to 1.6 KB
+  each (the inputs' dense features packed as an array; measured with ``tracemalloc``, with the
+  history tokens they keep alive) some 150 MB. ``trim_join_memory`` keeps the newest
+  ``late_memory`` (10,000 by default, six minutes at that rate): a late outcome for an older
+  one is counted as unattributed, and the example stays learned with the labels it had when
+  it closed;
 - the join's heap of closing times, which keeps a stale entry for every example that settled
   before its window's end, until that end: it is compacted once stale entries dominate.
 
@@ -22,7 +24,9 @@ Two more things held no live data but grew all the same: the heap's freed memory
 keeps rather than returning it to the system (the trainer frees and allocates tens of MB a
 minute copying models for each version: ``release_free_memory`` hands it back now and then),
 and the co-engagement graph in the trainer's live state, which serving's candidate source reads
-but the trainer never does (``trainer_live_state`` leaves it out: it grows with pairs of videos).
+but the trainer never does (``trainer_live_state`` leaves it out: it grows with pairs of videos;
+so are each viewer's event history and seen set, which grow with the viewer's past up to some
+30 KB, times ``max_viewers``).
 
 The join's memory of event ids (``Joiner.dedupe_memory``, a million ids by default, about
 150 bytes each once full) is switched off by the trainer itself (``TrainerConfig``): it reads
@@ -51,10 +55,11 @@ log = logging.getLogger(__name__)
 
 def trainer_live_state(catalog: Catalog) -> LiveState:
     """The live state the trainer computes features from: the same viewers and item counters
-    as serving's, without the item-to-item co-engagement graph, which only serving's candidate
-    source reads (the viewer's own recent positives, which features do not read either, are
-    kept so that the viewer's state is the same as serving's)."""
-    return new_live_state(catalog, co_engagement=False)
+    as serving's, without what only serving reads: the item-to-item co-engagement graph (the
+    candidate source), and each viewer's event history and seen set (explanations, insights
+    and the feed's filter). What features and the models read (tokens, affinities, counters,
+    follows) is the same as serving's."""
+    return new_live_state(catalog, co_engagement=False, viewer_history=False)
 
 
 class ViewerBudget:

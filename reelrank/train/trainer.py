@@ -70,7 +70,7 @@ class TrainerConfig:
     backoff_s: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0)
     # Memory budgets (``train.budget``): what would otherwise grow for as long as it runs.
     max_viewers: int = 100_000  # viewers in its live state; an evicted one is rebuilt from the log
-    late_memory: int = 10_000  # closed examples kept for a late outcome to correct (~2 KB each)
+    late_memory: int = 10_000  # closed examples kept for a late outcome to correct (~1.5 KB each)
     # Event ids the join remembers to drop duplicates: none needed, the log holds each id once
     # (and none of an erased viewer's stays behind in memory).
     dedupe_memory: int = 0

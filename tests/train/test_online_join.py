@@ -77,3 +77,4 @@ def test_row_stream_captures_features_before_the_impression_and_reuses_them_for_
     (fixed,) = rows.add(ev(5, "u", "b", 40_000, "like"))
     assert fixed.example.like == 1 and fixed.example.revision == 1
     assert fixed.dense == second.dense and fixed.history == second.history
+    assert type(fixed.dense) is list  # kept compact in between, handed out as it was
