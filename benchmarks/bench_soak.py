@@ -17,7 +17,10 @@ child process, niced). Client threads then run a mix until the time is up:
 A sampler reads ``/proc/<pid>/statm`` of the server and the trainer every ``--sample-s``
 seconds and ``GET /v1/stats`` (its ``memory`` section) every 30 s. The report gives requests/s
 and errors by kind, RSS over time, and the change in RSS after the warm-up (the first 2
-minutes): the goal is a flat line, within 10%.
+minutes): the spread of the samples after it, and the change between the median of its first
+minute and of the last minute (``summarize``). The goal is a flat line, within 10%.
+``--serve-arg`` passes an option to the server (``--serve-arg=--trainer-late-examples
+--serve-arg=0``: a trainer that keeps no late example).
 
 Results: ``benchmarks/results/soak.md`` and ``.json``, with the command that made them.
 """
@@ -30,6 +33,7 @@ import os
 import platform
 import random
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -161,10 +165,18 @@ def trainer_pid(base: str, admin: dict) -> int | None:
 
 
 def summarize(samples: list[dict], key: str, warmup_s: float) -> dict:
+    """The RSS figures of one process. Beside the spread of every sample after the warm-up
+    (which a sample taken in the middle of a training step or a model hand-over widens: the
+    trainer's working memory comes and goes by 10-20 MB between samples) it gives the median
+    of the first minute after the warm-up and of the last minute, and the change between the
+    two: the drift, without the moment each sample happened to catch."""
     values = [(s["t_s"], s[key]) for s in samples if s.get(key) is not None]
     after = [v for t, v in values if t >= warmup_s]
     if not values:
         return {}
+    end = values[-1][0]
+    first_minute = [v for t, v in values if warmup_s <= t < warmup_s + 60]
+    last_minute = [v for t, v in values if t >= max(warmup_s, end - 60)]
     out = {"start_mb": round(values[0][1], 1), "end_mb": round(values[-1][1], 1),
            "max_mb": round(max(v for _, v in values), 1)}
     if after:
@@ -174,6 +186,10 @@ def summarize(samples: list[dict], key: str, warmup_s: float) -> dict:
                     "after_warmup_change_pct": round(100 * (after[-1] - after[0]) / after[0], 1),
                     "after_warmup_spread_pct": round(100 * (max(after) - min(after))
                                                      / min(after), 1)})
+    if first_minute and last_minute:
+        a, b = statistics.median(first_minute), statistics.median(last_minute)
+        out.update({"first_minute_median_mb": round(a, 1), "last_minute_median_mb": round(b, 1),
+                    "median_change_pct": round(100 * (b - a) / a, 1)})
     return out
 
 
@@ -209,12 +225,16 @@ def markdown(report: dict) -> str:
         f"end, at most {s.get('max_mb')} MB; after the {report['warmup_s']:.0f} s warm-up "
         f"between {s.get('after_warmup_min_mb')} and {s.get('after_warmup_max_mb')} MB "
         f"(spread {s.get('after_warmup_spread_pct')}%, first to last "
-        f"{s.get('after_warmup_change_pct')}%).",
+        f"{s.get('after_warmup_change_pct')}%); median of the first minute after it "
+        f"{s.get('first_minute_median_mb')} MB, of the last minute "
+        f"{s.get('last_minute_median_mb')} MB ({s.get('median_change_pct')}%).",
         "",
         f"Trainer RSS: {t.get('start_mb')} MB at the first sample, {t.get('end_mb')} MB at the "
         f"end, at most {t.get('max_mb')} MB; after the warm-up between "
         f"{t.get('after_warmup_min_mb')} and {t.get('after_warmup_max_mb')} MB (spread "
-        f"{t.get('after_warmup_spread_pct')}%, first to last {t.get('after_warmup_change_pct')}%).",
+        f"{t.get('after_warmup_spread_pct')}%, first to last {t.get('after_warmup_change_pct')}%); "
+        f"median of the first minute after it {t.get('first_minute_median_mb')} MB, of the last "
+        f"minute {t.get('last_minute_median_mb')} MB ({t.get('median_change_pct')}%).",
         "",
         "| request | answered | per s | mean ms | statuses |",
         "|---|---|---|---|---|",
@@ -246,11 +266,14 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=300)
     parser.add_argument("--items", type=int, default=2000)
     parser.add_argument("--out", type=Path, default=RESULTS / "soak")
+    parser.add_argument("--serve-arg", action="append", default=[],
+                        help="an extra argument of `reelrank serve` (repeat for each), e.g. "
+                             "--serve-arg=--trainer-late-examples --serve-arg=1000")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="reelrank-soak-"))
     data_dir, log = work / "data", work / "server.log"
     setup_s = build_demo_world(data_dir, log, args.users, args.items)
-    server = Server(data_dir, log, "process")
+    server = Server(data_dir, log, "process", extra=args.serve_arg)
     server.start()
     keys = tokens(data_dir)
     admin = {"Authorization": f"Bearer {keys['admin']}"}
@@ -279,6 +302,7 @@ def main() -> int:
                     budgets = (memory.get("trainer") or {}).get("budgets") or {}
                     sample["trainer_viewers"] = budgets.get("viewers")
                     sample["trainer_late_examples"] = budgets.get("late_examples")
+                    sample["trainer_memory"] = budgets  # all of it, for the JSON
                 except (httpx.HTTPError, KeyError, ValueError):
                     pass
             samples.append(sample)
