@@ -1,5 +1,5 @@
 """The parts of the Redis live state (``store/redis_live.py``) that are not the state itself:
-the viewer's state as JSON, item counters from a script's reply, the live-state URL, the
+the viewer's state as MessagePack, item counters from a script's reply, the live-state URL, the
 read cache each process keeps of item-level values, the readers of keys and top lists, an
 event's fold (the in-memory backend's code) and the swap of a rebuilt state's keys.
 """
@@ -17,6 +17,8 @@ from dataclasses import fields
 from typing import Callable, Iterable, Iterator
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
+import msgpack
+
 from reelrank.store.live import CatalogView, HistoryEntry, ItemStats, UserState
 from reelrank.store.memory import MemoryLiveState
 from reelrank.types import HOUR_MS, Event, Token
@@ -29,8 +31,12 @@ _ENTRY_ROWS = {name: operator.attrgetter(*(f.name for f in fields(cls)))
 BATCH = 2000  # commands per pipeline in bulk writes and reads
 
 
-# -- the viewer's state as JSON (never pickle: whoever can write to Redis could run code) --------
-def encode_user(u: UserState) -> str:
+# -- the viewer's state as MessagePack (never pickle: whoever can write to Redis could run code) --
+# Every event a process folds in reads and writes its viewer's whole state (some 15 KB at the
+# bounds): MessagePack packs it about four times as fast as JSON and parses it three times as
+# fast, in a third less space (benchmarks/results/scaleout-msgpack.md). States written as JSON by an
+# older build still read: a MessagePack map never starts with "{".
+def encode_user(u: UserState) -> bytes:
     out: dict = {}
     for f in fields(UserState):
         name = f.name
@@ -48,13 +54,17 @@ def encode_user(u: UserState) -> str:
             out[name] = value
         else:  # a new field of a kind this encoding does not know must not be dropped silently
             raise TypeError(f"UserState.{name}: cannot encode {type(value).__name__}")
-    return json.dumps(out, separators=(",", ":"))
+    return msgpack.packb(out, use_bin_type=True)
 
 
 def decode_user(user_id: str, text: str | bytes) -> UserState:
+    if isinstance(text, str) or text[:1] == b"{":
+        fields_of = json.loads(text)
+    else:
+        fields_of = msgpack.unpackb(text, raw=False)
     u = UserState(user_id)
     u.grow()
-    for name, value in json.loads(text).items():
+    for name, value in fields_of.items():
         current = getattr(u, name)
         if isinstance(current, deque):
             cls = _ENTRY_TYPES.get(name)

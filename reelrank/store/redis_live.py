@@ -2,11 +2,11 @@
 
 Chosen by ``new_live_state(catalog, url="redis://host:6379/0?prefix=rr:")``. Every key starts with
 the deployment's prefix (``reelrank:`` by default). Per viewer: ``{p}u:{user}`` (a hash: the state
-as JSON, and a random token of its last write for optimistic concurrency) and ``{p}s:{user}`` (what
-feeds sent, in order), and the id is a member of ``{p}users`` or ``{p}feedonly``; ``forget_user``
-removes all four, and with a fan-out the viewer's messages in the stream. Item-level keys (counters,
-top lists, co-engagement) hold item ids only; the aggregates an erased viewer fed are recomputed by
-the rebuild the engine runs after an erasure. docs/operations.md lists every key.
+as MessagePack, and a random token of its last write for optimistic concurrency) and
+``{p}s:{user}`` (what feeds sent, in order), and the id is a member of ``{p}users`` or
+``{p}feedonly``; ``forget_user`` removes all four, and with a fan-out the viewer's messages in the
+stream. Item-level keys (counters, top lists, co-engagement) hold item ids only; the aggregates an
+erased viewer fed are recomputed by the rebuild after an erasure. docs/operations.md lists them.
 
 How an event is folded is the in-memory backend's own code: ``apply`` reads the viewer (one
 round trip), folds the event with ``MemoryLiveState`` over a one-viewer scratch state, and

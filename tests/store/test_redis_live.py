@@ -4,9 +4,11 @@ viewer lose no event, and the feed path's round trips stay few."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import Counter
 
+import msgpack
 import pytest
 
 from reelrank.store import new_catalog, new_live_state
@@ -65,6 +67,10 @@ def test_the_viewer_state_survives_its_encoding():
     assert back == u
     assert back.history.maxlen == u.history.maxlen and back.tokens.maxlen == u.tokens.maxlen
     assert isinstance(back.counts, Counter) and list(back.length_views) == [1]
+    # A state an older build wrote as JSON (bytes as Redis returns them, or text) reads the same.
+    old = json.dumps(msgpack.unpackb(encode_user(u), raw=False), separators=(",", ":"))
+    assert old.startswith("{")
+    assert decode_user("u", old.encode()) == u and decode_user("u", old) == u
 
 
 def test_erasure_leaves_nothing_of_the_viewer(pair):
