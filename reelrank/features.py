@@ -9,8 +9,8 @@ The rows come from replaying events through a live state and the impression-outc
 from __future__ import annotations
 
 import math
-from array import array
 import operator
+from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
 from itertools import chain, repeat

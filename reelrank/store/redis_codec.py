@@ -34,8 +34,8 @@ BATCH = 2000  # commands per pipeline in bulk writes and reads
 # -- the viewer's state as MessagePack (never pickle: whoever can write to Redis could run code) --
 # Every event a process folds in reads and writes its viewer's whole state (some 15 KB at the
 # bounds): MessagePack packs it about four times as fast as JSON and parses it three times as
-# fast, in a third less space (benchmarks/results/scaleout-msgpack.md). States written as JSON by an
-# older build still read: a MessagePack map never starts with "{".
+# fast, in a third less space (benchmarks/results/scaleout-msgpack.md). States written as JSON
+# by an older build still read: a MessagePack map never starts with "{".
 def encode_user(u: UserState) -> bytes:
     out: dict = {}
     for f in fields(UserState):
