@@ -251,10 +251,10 @@ class RowStream:
             if got is not None:
                 dense, history = got
                 if early:
-                    self._emitted[key] = (None if dense is None else array("d", dense), history)
+                    self._emitted[key] = (array("d", dense), history)
                     self._emitted.move_to_end(key)
             elif ex.revision and (kept := self._emitted.get(key)) is not None:
-                dense, history = (None if kept[0] is None else kept[0].tolist()), kept[1]
+                dense, history = kept[0].tolist(), kept[1]
                 self._emitted.move_to_end(key)
             elif ex.implied:
                 dense, history = None, ()
