@@ -114,11 +114,21 @@ class ExploreSource:
 
     # -- the source -------------------------------------------------------------------------------
     def generate(self, ctx: FeedContext, n: int) -> list[Candidate]:
+        return self.generate_pages(ctx, n, 1)[0]
+
+    def generate_pages(self, ctx: FeedContext, n: int, pages: int) -> list[list[Candidate]]:
+        """``pages`` independent draws of ``n`` proposals each, as ``pages`` calls of
+        ``generate`` would make them, in one pass over the pool (a feed plan draws its next
+        pages' exploration together)."""
         pool = self._pool(ctx)
-        if pool is None or n <= 0:
-            return []
+        if pool is None or n <= 0 or pages <= 0:
+            return [[] for _ in range(max(pages, 0))]
         with self._rng_lock:
-            draws = self._rng.beta(pool.alpha, pool.beta)
+            draws = self._rng.beta(pool.alpha, pool.beta, size=(pages, len(pool.item_ids)))
+        return [self._choose(pool, row, n) for row in draws]
+
+    def _choose(self, pool: "_Pool", draws: np.ndarray, n: int) -> list[Candidate]:
+        """The highest draws, at least ``new_creator_quota`` of them new creators' videos."""
         order = np.argsort(-draws, kind="stable")
         quota = math.ceil(n * self.new_creator_quota)
         chosen = order[pool.new_creator[order]][:quota]

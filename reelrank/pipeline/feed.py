@@ -331,15 +331,28 @@ class FeedPipeline:
 
     def _collect(self, source: CandidateSource, ctx: FeedContext, n: int,
                  trace: FeedTrace) -> None:
+        self._collect_pages(source, ctx, n, [trace])
+
+    @staticmethod
+    def _collect_pages(source: CandidateSource, ctx: FeedContext, n: int,
+                       traces: list[FeedTrace]) -> None:
+        """The source's proposals for each of ``traces``: one draw per trace (a source that
+        draws anew for every page, ``generate_pages``, makes them in one pass)."""
         try:
-            cands = source.generate(ctx, n)
+            many = getattr(source, "generate_pages", None)
+            if many is not None and len(traces) > 1:
+                drawn = many(ctx, n, len(traces))
+            else:
+                drawn = [source.generate(ctx, n) for _ in traces]
         except Exception as exc:  # a broken source must never break the feed
             log.exception("candidate source %s failed", source.name)
-            trace.source_errors[source.name] = f"{type(exc).__name__}: {exc}"
+            for trace in traces:
+                trace.source_errors[source.name] = f"{type(exc).__name__}: {exc}"
             return
-        trace.source_counts[source.name] = len(cands)
-        for c in cands:
-            trace.proposals.setdefault(c.item_id, []).append(c)
+        for trace, cands in zip(traces, drawn):
+            trace.source_counts[source.name] = len(cands)
+            for c in cands:
+                trace.proposals.setdefault(c.item_id, []).append(c)
 
     @staticmethod
     def _merge(trace: FeedTrace) -> list[Candidate]:

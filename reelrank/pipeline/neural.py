@@ -178,9 +178,24 @@ class NeuralScorer:
         return self.models.version or self.fallback.version
 
     def score(self, ctx: FeedContext, candidates: list[Candidate]) -> list[Scored]:
+        return self.score_groups(ctx, [candidates])[0]
+
+    def score_groups(self, ctx: FeedContext,
+                     groups: list[list[Candidate]]) -> list[list[Scored]]:
+        """Several candidate lists for one request, each scored as ``score`` would score it
+        alone, through one pass of the models over their items: an item's score and
+        predictions do not depend on what else is scored beside it, and each list's reasons go
+        to its own top ``reasons_for_top``. (A feed plan scores the exploration draws of its
+        next pages this way.)"""
         m = self.models.current
-        if m is None or not candidates or (m.ranker_items is None and m.item_vectors is None):
-            return self.fallback.score(ctx, candidates)
+        if m is None or (m.ranker_items is None and m.item_vectors is None):
+            return [self.fallback.score(ctx, g) for g in groups]
+        if len(groups) == 1:
+            candidates = groups[0]
+        else:  # each item once, in the order first proposed
+            candidates = list({c.item_id: c for g in groups for c in g}.values())
+        if not candidates:
+            return [[] for _ in groups]
         ids = [c.item_id for c in candidates]
         items = ctx.catalog.get_many(ids)
         if None in items:  # gone from the catalog since a source proposed them
@@ -188,7 +203,7 @@ class NeuralScorer:
             candidates = [candidates[k] for k in kept]
             ids, items = [ids[k] for k in kept], [items[k] for k in kept]
         if not items:
-            return []
+            return [[] for _ in groups]
         weights = m.bundle.value_weights
         retrieval = retrieval_scores(m, ctx, ids, items) if ctx.personalized else None
         if m.bundle.ranker is not None and m.ranker_items is not None:
@@ -207,10 +222,24 @@ class NeuralScorer:
         elif retrieval is not None:
             scores, predictions = retrieval, [{} for _ in ids]
         else:
-            return self.fallback.score(ctx, candidates)
+            return [self.fallback.score(ctx, g) for g in groups]
+        if len(groups) == 1:
+            return [self._scored(ctx, candidates, items, scores, predictions)]
+        row = {i: k for k, i in enumerate(ids)}
+        out = []
+        for g in groups:
+            mine = [c for c in g if c.item_id in row]
+            at = [row[c.item_id] for c in mine]
+            out.append(self._scored(ctx, mine, [items[k] for k in at],
+                                    scores[torch.tensor(at, dtype=torch.long)],
+                                    [predictions[k] for k in at]))
+        return out
+
+    def _scored(self, ctx: FeedContext, candidates: list[Candidate], items: list[Item],
+                scores: torch.Tensor, predictions: list[dict]) -> list[Scored]:
         out = [Scored(cand, value, preds, cand.reasons)
                for cand, preds, value in zip(candidates, predictions, scores.tolist())]
-        if ctx.personalized:
+        if ctx.personalized and out:
             # The viewer's signals behind an item ("you watched 3 #cooking videos to the end")
             # are worded only for the items that can make the page, not all 500 candidates.
             top = min(self.reasons_for_top, len(out))

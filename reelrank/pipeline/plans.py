@@ -7,10 +7,12 @@ the page that built it, so that the viewer's next pages are cut from it: the fil
 what is left against the viewer's live state (served, seen, not interested, hidden creators and
 sounds, muted words), and the re-ranker places the page exactly as it would have, its spacing
 and topic windows continuing from what was last served and its exploration slots counted per
-page. Exploration is drawn again for each page (Thompson samples: a page built afresh draws
-anew, and the plan's draws would be the first page's leftovers), filtered and scored. What a
-plan saves is the other sources, the user tower, the ranker over the rest of the pool and
-their reasons.
+page. Exploration gets a draw of its own for each page (Thompson samples: a page built afresh
+draws anew, and the plan's draws would be the first page's leftovers). The first page that
+needs one draws for all of the plan's coming pages at once, each draw independent, and scores
+them in one pass of the models; each page filters its own draw against live state then. What
+a plan saves is the other sources, the user tower, the ranker over the rest of the pool, their
+reasons, and all but one pass of the ranker over exploration's draws.
 
 A plan is used only while nothing it was built from has changed (``FeedPlans.get`` says which
 thing did, for ``/v1/stats``):
@@ -78,6 +80,9 @@ class FeedPlan:
     rows: dict = field(default_factory=dict)  # the re-ranker's per-item facts, kept
     served: set[str] = field(default_factory=set)  # served from this plan so far
     pages: int = 1
+    # The per-page sources' draws for the coming pages, made and scored ahead (``_draw``):
+    # each a page's proposals (``FeedTrace.proposals``, ``source_counts``) and their scores.
+    ahead: list[FeedTrace] = field(default_factory=list)
 
 
 class FeedPlans:
@@ -269,23 +274,60 @@ def page_from_plan(pipeline: FeedPipeline, ctx: FeedContext, plan: FeedPlan,
 def _draw(pipeline: FeedPipeline, ctx: FeedContext, plan: FeedPlan, by_id: dict[str, Scored],
           trace: FeedTrace) -> list[Scored]:
     """This page's draw of the per-page sources (exploration), less what the plan holds or
-    served, filtered and scored; added to ``by_id``."""
+    served, filtered now and scored; added to ``by_id``. The draws of the plan's coming pages
+    are made and scored together, at the first page that needs one (``_draw_ahead``); each
+    page then takes its own."""
     per_page = per_page_sources(pipeline, ctx)
     if not per_page:
         return []
-    for source in per_page:
-        pipeline._collect(source, ctx, plan.want, trace)
+    if not plan.ahead:
+        n = max(1, ctx.request.n)
+        left = (pipeline.plans.max_items if pipeline.plans is not None else n) - len(plan.served)
+        plan.ahead = _draw_ahead(pipeline, ctx, plan, per_page, max(1, left // n))
+    drafted = plan.ahead.pop(0)
+    trace.source_counts.update(drafted.source_counts)
+    trace.source_errors.update(drafted.source_errors)
+    for item_id, cands in drafted.proposals.items():
+        trace.proposals.setdefault(item_id, []).extend(cands)
     fresh = [c for c in pipeline._merge(trace)
              if c.item_id not in by_id and c.item_id not in plan.served]
     fresh = pipeline._filter(ctx, fresh, trace)
-    if not fresh:
-        return []
-    kept_vector = pipeline._viewer_vector(ctx)
-    scorer = pipeline.scorer if ctx.personalized else pipeline.plain_scorer
-    drawn = scorer.score(ctx, fresh)
+    drawn = [drafted.scored[c.item_id] for c in fresh if c.item_id in drafted.scored]
     for item_id, note in pipeline.wellbeing.adjust(ctx, drawn).items():
         trace.rerank_notes.setdefault(item_id, []).append(note)
-    pipeline._keep_vector(ctx, kept_vector)
     for s in drawn:
         by_id[s.item_id] = s
     return drawn
+
+
+def _draw_ahead(pipeline: FeedPipeline, ctx: FeedContext, plan: FeedPlan, per_page: list,
+                pages: int) -> list[FeedTrace]:
+    """The per-page sources' draws for the plan's next ``pages`` pages: each an independent
+    draw, as that page would make it (Thompson samples from the exploration pool, which is
+    itself refreshed only every few seconds), made now and scored in one pass of the models.
+    Each is kept as a page's proposals and their scores; nothing in them depends on the other
+    draws (the scores are per item), so a page's exploration is what drawing it at that page
+    would give, up to the few seconds between the two. The filters run at each page."""
+    from reelrank.pipeline.feed import FeedTrace
+
+    drafts = [FeedTrace("", ctx.request.user_id, ctx.mode, ctx.now) for _ in range(pages)]
+    for source in per_page:
+        pipeline._collect_pages(source, ctx, plan.want, drafts)
+    held = plan.served | {s.item_id for s in plan.scored}
+    groups = [[c for c in pipeline._merge(d) if c.item_id not in held] for d in drafts]
+    kept_vector = pipeline._viewer_vector(ctx)
+    scorer = pipeline.scorer if ctx.personalized else pipeline.plain_scorer
+    scored = score_groups(scorer, ctx, groups)
+    pipeline._keep_vector(ctx, kept_vector)
+    for draft, group in zip(drafts, scored):
+        draft.scored = {s.item_id: s for s in group}
+    return drafts
+
+
+def score_groups(scorer, ctx: FeedContext, groups: list[list[Candidate]]) -> list[list[Scored]]:
+    """Each list scored as ``scorer.score`` would score it alone; in one pass where the scorer
+    can (``NeuralScorer.score_groups``)."""
+    many = getattr(scorer, "score_groups", None)
+    if many is not None:
+        return many(ctx, groups)
+    return [scorer.score(ctx, g) for g in groups]

@@ -92,6 +92,20 @@ def test_thompson_sampling_favours_a_good_start_and_still_tries_the_unknown(engi
     assert firsts["nv1"] < firsts["nv0"] / 10
 
 
+def test_draws_for_several_pages_are_those_of_as_many_calls(engine):
+    """``generate_pages`` (a feed plan's coming pages): the draws that as many calls of
+    ``generate`` make, from a generator left in the same state."""
+    views(engine, "nv0", 20, long=16)
+    views(engine, "nv1", 20, long=2)
+    one, many = ExploreSource(seed=4), ExploreSource(seed=4)
+    calls = [one.generate(ctx(engine), 3) for _ in range(5)]
+    pages = many.generate_pages(ctx(engine), 3, 5)
+    assert pages == calls
+    assert len({tuple(c.item_id for c in p) for p in pages}) > 1
+    assert one._rng.bit_generator.state == many._rng.bit_generator.state
+    assert many.generate_pages(ctx(engine), 3, 0) == []
+
+
 def test_new_creators_get_their_quota_of_proposals(engine):
     src = ExploreSource(pools=(1_000,), new_creator_quota=0.5, seed=1)
     for i in range(4):

@@ -29,7 +29,7 @@ from reelrank.registry import ModelRegistry
 from reelrank.service import create_app
 from reelrank.store import open_store
 from reelrank.train.batch import train_from_store
-from reelrank.types import EXPLORATION_CODES, Event
+from reelrank.types import EXPLORATION_CODES, Candidate, Event
 from tests.train.test_training import TINY
 
 N = 5
@@ -126,21 +126,32 @@ def test_next_pages_from_the_plan_are_the_reference_pages(twins):
 
 
 def test_exploration_is_drawn_for_every_page_from_a_plan(twins):
-    """With the exploration source on, a page cut from a plan draws it again (as many draws
-    as the reference makes), so both engines keep serving the same pages."""
+    """With the exploration source on, each page cut from a plan has its own draw. The plan's
+    second page draws for all the pages it can still serve at once and scores them in one
+    pass; a viewer who asks for all of them gets the pages the reference serves, drawing
+    page by page (as many draws, in the same order)."""
     on, off, _, _ = twins
     for engine in (on, off):
         plans = engine.pipeline.plans
         engine.pipeline = default_pipeline(
             engine.models, explore=ExploreSource(refresh_events=0, background_refresh=False))
         engine.pipeline.plans = plans
-    explored = 0
+    pages = 4  # the page that builds the plan, then the three a plan of 20 items still holds
+    on.pipeline.plans.max_items = pages * N
+    explored, drafted = 0, []
     for user in [*_viewers(on), "never-seen-before"]:
-        for _ in range(4):
+        for page_no in range(pages):
             page = _both(on, off, user)
             explored += sum(r.code in EXPLORATION_CODES for i in page.items for r in i.reasons)
-    assert on.pipeline.plans.hits == 3 * (len(_viewers(on)) + 1)
+            if page_no == 1:  # the draws of the pages still to come, kept in the plan
+                plan = on.pipeline.plans._plans[user]
+                drafted.append([frozenset((i, cs[0].score) for i, cs in d.proposals.items())
+                                for d in plan.ahead])
+    assert on.pipeline.plans.hits == (pages - 1) * (len(_viewers(on)) + 1)
     assert explored > 0
+    # Independent draws: the coming pages' samples are not one draw handed out again.
+    assert all(len(d) == pages - 2 for d in drafted)
+    assert any(len(set(d)) > 1 for d in drafted)
     # Drawn as often as the reference draws: the samples' generators are in the same state.
     drawers = [next(s for s in e.pipeline.sources["personalized"]
                     if isinstance(s, ExploreSource)) for e in (on, off)]
@@ -289,3 +300,24 @@ def test_stats_report_the_plans(twins):
         got = client.get("/v1/stats").json()["memory"]["feed_plans"]
     assert got["enabled"] is True and got["viewers"] == 1
     assert got["hits"] == 2 and got["misses"] == 1 and got["max_viewers"] == 100
+
+
+def test_lists_scored_in_one_pass_score_as_each_alone(twins):
+    """``score_groups`` (a plan's exploration draws): each list gets the items, scores,
+    predictions and reasons that scoring it alone gives, overlapping lists included."""
+    _, off, _, _ = twins
+    scorer = off.pipeline.scorer
+    ids = sorted(off.catalog.ids())[:30]
+    groups = [[Candidate(i, "explore", 0.5) for i in ids[a:b]]
+              for a, b in ((0, 12), (8, 20), (20, 30), (0, 0))]
+    for user in [*_viewers(off)[:2], "never-seen-before"]:
+        ctx = off.context(FeedRequest(user_id=user, n=N))
+        together = scorer.score_groups(ctx, groups)
+        assert len(together) == len(groups)
+        for group, got in zip(groups, together):
+            alone = scorer.score(off.context(FeedRequest(user_id=user, n=N)), group)
+            assert [s.item_id for s in got] == [s.item_id for s in alone]
+            assert [s.score for s in got] == pytest.approx([s.score for s in alone], rel=1e-5)
+            assert [s.reasons for s in got] == [s.reasons for s in alone]
+            for a, b in zip(got, alone):
+                assert a.predictions == pytest.approx(b.predictions, rel=1e-5)
