@@ -19,6 +19,9 @@ class Removed:
     filter: str
     reason: str
 
+    def __reduce__(self):  # pickled with every kept trace: see ``Reason.__reduce__``
+        return (Removed, (self.item_id, self.filter, self.reason))
+
 
 @dataclass
 class FilterResult:
