@@ -109,7 +109,7 @@ class Reason:
     code: str
     text: str
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple:
         # Pickled with every kept feed trace (a page's candidates carry a few hundred): the
         # dataclass default reads its fields one by one in Python, about 3x slower.
         return (Reason, (self.code, self.text))

@@ -19,7 +19,7 @@ class Removed:
     filter: str
     reason: str
 
-    def __reduce__(self):  # pickled with every kept trace: see ``Reason.__reduce__``
+    def __reduce__(self) -> tuple:  # pickled with every kept trace: see ``Reason.__reduce__``
         return (Removed, (self.item_id, self.filter, self.reason))
 
 

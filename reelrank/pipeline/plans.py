@@ -9,10 +9,10 @@ sounds, muted words), and the re-ranker places the page exactly as it would have
 and topic windows continuing from what was last served and its exploration slots counted per
 page. Exploration gets a draw of its own for each page (Thompson samples: a page built afresh
 draws anew, and the plan's draws would be the first page's leftovers). The first page that
-needs one draws for all of the plan's coming pages at once, each draw independent, and scores
-them in one pass of the models; each page filters its own draw against live state then. What
+needs one draws for the next two pages at once (then four, ...), each draw independent, and
+scores them in one pass of the models; each page filters its own draw against live state. What
 a plan saves is the other sources, the user tower, the ranker over the rest of the pool, their
-reasons, and all but one pass of the ranker over exploration's draws.
+reasons, and most passes of the ranker over exploration's draws.
 
 A plan is used only while nothing it was built from has changed (``FeedPlans.get`` says which
 thing did, for ``/v1/stats``):
@@ -83,6 +83,7 @@ class FeedPlan:
     # The per-page sources' draws for the coming pages, made and scored ahead (``_draw``):
     # each a page's proposals (``FeedTrace.proposals``, ``source_counts``) and their scores.
     ahead: list[FeedTrace] = field(default_factory=list)
+    draw_passes: int = 0  # how many times ``ahead`` was drawn
 
 
 class FeedPlans:
@@ -275,15 +276,20 @@ def _draw(pipeline: FeedPipeline, ctx: FeedContext, plan: FeedPlan, by_id: dict[
           trace: FeedTrace) -> list[Scored]:
     """This page's draw of the per-page sources (exploration), less what the plan holds or
     served, filtered now and scored; added to ``by_id``. The draws of the plan's coming pages
-    are made and scored together, at the first page that needs one (``_draw_ahead``); each
-    page then takes its own."""
+    are made and scored together when the last ones are used up (``_draw_ahead``); each page
+    then takes its own."""
     per_page = per_page_sources(pipeline, ctx)
     if not per_page:
         return []
     if not plan.ahead:
+        # Twice as many pages each time the draws run out (2, 4, ... up to what the plan can
+        # still serve): a viewer who asks for one more page does not pay for five, and one who
+        # scrolls on pays for few passes.
         n = max(1, ctx.request.n)
         left = (pipeline.plans.max_items if pipeline.plans is not None else n) - len(plan.served)
-        plan.ahead = _draw_ahead(pipeline, ctx, plan, per_page, max(1, left // n))
+        pages = min(max(1, left // n), 2 ** (plan.draw_passes + 1))
+        plan.ahead = _draw_ahead(pipeline, ctx, plan, per_page, pages)
+        plan.draw_passes += 1
     drafted = plan.ahead.pop(0)
     trace.source_counts.update(drafted.source_counts)
     trace.source_errors.update(drafted.source_errors)

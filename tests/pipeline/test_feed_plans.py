@@ -127,31 +127,37 @@ def test_next_pages_from_the_plan_are_the_reference_pages(twins):
 
 def test_exploration_is_drawn_for_every_page_from_a_plan(twins):
     """With the exploration source on, each page cut from a plan has its own draw. The plan's
-    second page draws for all the pages it can still serve at once and scores them in one
-    pass; a viewer who asks for all of them gets the pages the reference serves, drawing
-    page by page (as many draws, in the same order)."""
+    second page draws for itself and the next page at once (then for more) and scores the
+    draws in one pass; a viewer who asks for the pages the plan holds gets the pages the
+    reference serves, drawing page by page (as many draws, in the same order)."""
     on, off, _, _ = twins
     for engine in (on, off):
         plans = engine.pipeline.plans
         engine.pipeline = default_pipeline(
             engine.models, explore=ExploreSource(refresh_events=0, background_refresh=False))
         engine.pipeline.plans = plans
-    pages = 4  # the page that builds the plan, then the three a plan of 20 items still holds
+    pages = 5  # the page that builds the plan, then the four a plan of 25 items still holds
     on.pipeline.plans.max_items = pages * N
-    explored, drafted = 0, []
+    explored, drafted, samples = 0, [], []
     for user in [*_viewers(on), "never-seen-before"]:
         for page_no in range(pages):
             page = _both(on, off, user)
             explored += sum(r.code in EXPLORATION_CODES for i in page.items for r in i.reasons)
-            if page_no == 1:  # the draws of the pages still to come, kept in the plan
-                plan = on.pipeline.plans._plans[user]
-                drafted.append([frozenset((i, cs[0].score) for i, cs in d.proposals.items())
-                                for d in plan.ahead])
+            plan = on.pipeline.plans._plans.get(user)
+            if page_no in (1, 3):  # drew for this page and the next: the next one's is kept
+                assert plan is not None and len(plan.ahead) == 1
+                assert plan.draw_passes == (page_no + 1) // 2
+                samples.append(frozenset((i, c.score) for i, cs in page.trace.proposals.items()
+                                         for c in cs if c.source == "explore"))
+                samples.append(frozenset((i, cs[0].score)
+                                         for i, cs in plan.ahead[0].proposals.items()))
+        drafted.append(samples)
+        samples = []
     assert on.pipeline.plans.hits == (pages - 1) * (len(_viewers(on)) + 1)
     assert explored > 0
-    # Independent draws: the coming pages' samples are not one draw handed out again.
-    assert all(len(d) == pages - 2 for d in drafted)
-    assert any(len(set(d)) > 1 for d in drafted)
+    # Independent draws: the pages drawn in one pass do not share one sample.
+    assert all(len(d) == 4 for d in drafted)
+    assert any(d[0] != d[1] and d[2] != d[3] for d in drafted)
     # Drawn as often as the reference draws: the samples' generators are in the same state.
     drawers = [next(s for s in e.pipeline.sources["personalized"]
                     if isinstance(s, ExploreSource)) for e in (on, off)]
