@@ -40,6 +40,10 @@ def serve(
     max_in_flight_per_token: int = typer.Option(
         64, min=1, help="Requests served at once for one token; past it 429 with "
                         "Retry-After."),
+    feed_threads: int = typer.Option(
+        2, min=1, help="Feeds (and /v1/rank, /v1/explain) computed at once; the rest wait "
+                       "their turn. The feed is Python under one interpreter lock: more "
+                       "at once only take turns on it."),
     trace_budget_mb: float = typer.Option(
         64.0, min=0.0, help="Memory in MB for the feed traces kept for GET /v1/explain; "
                             "past it the least recently served viewers' traces go first."),
@@ -119,7 +123,8 @@ def serve(
 
     limits = RequestLimits(max_body_bytes=int(max_body_mb * 1024 * 1024),
                            max_in_flight=max_in_flight,
-                           max_in_flight_per_token=max_in_flight_per_token)
+                           max_in_flight_per_token=max_in_flight_per_token,
+                           feed_threads=feed_threads)
     options = dict(trainer="off" if no_trainer else trainer,
                    retention_days=retention_days,
                    trace_budget_bytes=int(trace_budget_mb * 1024 * 1024),

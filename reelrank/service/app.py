@@ -37,6 +37,7 @@ from reelrank.errors import (
 )
 from reelrank.service.deps import Authenticator, bearer_token, needs_token
 from reelrank.service.guard import GuardState, RequestGuard, RequestLimits
+from reelrank.service.lanes import FeedLanes
 from reelrank import communities
 from reelrank.insights import insights_for
 from reelrank.pipeline import topics as learned_topics
@@ -93,6 +94,7 @@ def create_app(engine: Engine, auth: Authenticator | None, *,
     _install_error_handlers(app)
     # Added first, so it runs inside _ObserveRequests: its refusals are counted in /metrics.
     app.state.guard = GuardState(limits)
+    app.state.lanes = FeedLanes(limits.feed_threads)  # the feed routes' threads (lanes.py)
     app.add_middleware(RequestGuard, state=app.state.guard,
                        needs_token=functools.partial(needs_token, also=(web.any_principal,)))
     app.add_middleware(_ObserveRequests, metrics=metrics)

@@ -52,10 +52,16 @@ class RequestLimits:
     max_in_flight: int = 128  # requests being served at once, all callers together
     max_in_flight_per_token: int = 64  # one caller's share: the app backend is one token
     retry_after_s: int = 1
+    # Feeds (and /v1/rank, /v1/explain) computed at once; the rest wait their turn in the
+    # event loop. The pipeline is Python under one interpreter lock: sixteen at once take
+    # turns on it every few milliseconds and cost half as much CPU again per feed. Two let one
+    # run the models (which release the lock) while the other runs Python; 70% more feeds/s
+    # than no limit at 16 clients (benchmarks/results/throughput-lanes.md).
+    feed_threads: int = 2
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_query_bytes", "max_path_bytes", "max_in_flight",
-                     "max_in_flight_per_token", "retry_after_s"):
+                     "max_in_flight_per_token", "retry_after_s", "feed_threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
 

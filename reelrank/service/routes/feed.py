@@ -20,7 +20,7 @@ router = APIRouter(prefix="/v1", tags=["feed"], responses=ERROR_RESPONSES)
 
 @router.get("/feed", response_model=FeedResponse,
             dependencies=[Depends(SERVE_OR_OWN_USER)])
-def get_feed(
+async def get_feed(
     engine: EngineDep, request: Request,
     user_id: Annotated[Id, Query()],
     n: Annotated[int, Query(ge=1, le=100)] = 10,
@@ -35,9 +35,10 @@ def get_feed(
     already sent or marked not interested do not come back; with personalization off in the
     viewer's settings the page is non-personalized whatever ``mode`` asks."""
     started = time.perf_counter()
-    result = engine.feed(FeedRequest(user_id=user_id, n=n, mode=mode, region=region,
-                                     device=device, source=source, session_id=session_id,
-                                     language=language))
+    # On a feed lane (service/lanes.py): a few feeds computed at once, the rest waiting here.
+    result = await request.app.state.lanes.run(
+        engine.feed, FeedRequest(user_id=user_id, n=n, mode=mode, region=region, device=device,
+                                 source=source, session_id=session_id, language=language))
     metrics = request.app.state.metrics
     metrics.feed_seconds.labels(result.mode).observe(time.perf_counter() - started)
     metrics.feed_items.inc(len(result.items))
@@ -52,13 +53,14 @@ def get_feed(
 
 
 @router.post("/rank", response_model=RankResponse, dependencies=[Depends(SERVE)])
-def post_rank(body: RankRequest, engine: EngineDep) -> RankResponse:
+async def post_rank(body: RankRequest, engine: EngineDep, request: Request) -> RankResponse:
     """Score the given items for the viewer, best first; unknown item ids are a 422."""
     ctx = body.context
     # Asking twice for the same item gets it scored once.
     item_ids = list(dict.fromkeys(body.item_ids))
-    result = engine.rank(body.user_id, item_ids, region=ctx.region if ctx else None,
-                         device=ctx.device if ctx else None, source=ctx.source if ctx else None)
+    result = await request.app.state.lanes.run(
+        engine.rank, body.user_id, item_ids, ctx.region if ctx else None,
+        ctx.device if ctx else None, ctx.source if ctx else None)
     return RankResponse(
         model_version=result.model_version,
         items=[RankedItem(item_id=s.item_id, score=float(s.score),
@@ -68,8 +70,8 @@ def post_rank(body: RankRequest, engine: EngineDep) -> RankResponse:
 
 
 @router.get("/explain", dependencies=[Depends(SERVE_OR_OWN_USER)])
-def get_explain(engine: EngineDep, user_id: Annotated[Id, Query()],
-                item_id: Annotated[Id, Query()]) -> dict[str, Any]:
+async def get_explain(engine: EngineDep, request: Request, user_id: Annotated[Id, Query()],
+                      item_id: Annotated[Id, Query()]) -> dict[str, Any]:
     """Why this item was (or would be) shown to this viewer: the candidate source, the signals,
     the predictions and any filter that touched it. An unknown item is a 404."""
-    return engine.explain(user_id, item_id)
+    return await request.app.state.lanes.run(engine.explain, user_id, item_id)

@@ -26,6 +26,7 @@ async def get_stats(request: Request) -> dict[str, Any]:
     view["memory"] = await run_in_threadpool(memory_view, request.app.state.engine,
                                              request.app.state.runtime.trainer)
     view["requests"] = request.app.state.guard.view()
+    view["requests"]["feed_lanes"] = request.app.state.lanes.view()
     engine = request.app.state.engine
     # Topic diversity by the topics the feed reads (learned ones where a version has them).
     view["topics"] = await run_in_threadpool(served_figures, request.app.state.topics,
