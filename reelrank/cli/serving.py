@@ -115,11 +115,11 @@ def serve(
                                      "apart: --trainer off, and `reelrank trainer --store URL "
                                      "--models URL` beside them", param_hint="--trainer")
     from reelrank.service.guard import RequestLimits
-    from reelrank.train.budget import tune_allocator
+    from reelrank.train.budget import SERVER_MMAP_THRESHOLD, tune_allocator
 
-    # Before the server's threads: fewer C-heap arenas, and a request's large blocks in
-    # mappings of their own, handed back when freed (benchmarks/results/soak.md).
-    tune_allocator()
+    # Before the server's threads: fewer C-heap arenas, and the largest blocks in mappings of
+    # their own, handed back when freed (benchmarks/results/soak.md).
+    tune_allocator(mmap_threshold=SERVER_MMAP_THRESHOLD)
 
     limits = RequestLimits(max_body_bytes=int(max_body_mb * 1024 * 1024),
                            max_in_flight=max_in_flight,

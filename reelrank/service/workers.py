@@ -100,9 +100,10 @@ def worker_app() -> FastAPI:
     from reelrank import logs
     from reelrank.service.server import prepare, shutdown
 
-    from reelrank.train.budget import tune_allocator
+    from reelrank.train.budget import SERVER_MMAP_THRESHOLD, tune_allocator
 
-    tune_allocator()  # each worker is a process of its own, bounded as ``reelrank serve`` is
+    # Each worker is a process of its own, bounded as ``reelrank serve`` is.
+    tune_allocator(mmap_threshold=SERVER_MMAP_THRESHOLD)
     options = json.loads(os.environ[OPTIONS_ENV])
     logs.setup(options.pop("log_level"))
     limits = options.pop("limits")

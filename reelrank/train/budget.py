@@ -172,6 +172,11 @@ def release_free_memory() -> bool:
 # glibc's mallopt parameters (malloc.h).
 _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
+# The API server's threshold. At 128 KB a feed's ranker tensors each got a mapping of their
+# own, made and handed back on every request: about 1,300 page faults and 4 ms of CPU per
+# feed, a third of it. At 2 MB, under 200 faults and the CPU of glibc's defaults
+# (benchmarks/results/throughput-lanes.md); the blocks above it still go back when freed.
+SERVER_MMAP_THRESHOLD = 2 * 1024 * 1024
 
 
 def tune_allocator(arenas: int = 2, mmap_threshold: int = 128 * 1024) -> dict[str, int]:
