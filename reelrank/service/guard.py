@@ -55,8 +55,8 @@ class RequestLimits:
     # Feeds (and /v1/rank, /v1/explain) computed at once; the rest wait their turn in the
     # event loop. The pipeline is Python under one interpreter lock: sixteen at once take
     # turns on it every few milliseconds and cost half as much CPU again per feed. Two let one
-    # run the models (which release the lock) while the other runs Python; 70% more feeds/s
-    # than no limit at 16 clients (benchmarks/results/throughput-lanes.md).
+    # run the models (which release the lock) while the other runs Python: at 16 clients 26%
+    # more feeds/s than 40 at once, p99 halved (benchmarks/results/throughput-lanes.md).
     feed_threads: int = 2
 
     def __post_init__(self) -> None:
